@@ -1,0 +1,238 @@
+#include "event.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "timeutil.h"
+
+static const char *const error_codes[EVENT_ERR__COUNT] = {
+    [EVENT_OK] = "ok",
+    [EVENT_ERR_EMPTY] = "empty",
+    [EVENT_ERR_TOO_LARGE] = "too_large",
+    [EVENT_ERR_INVALID_UTF8] = "invalid_utf8",
+    [EVENT_ERR_INVALID_JSON] = "invalid_json",
+    [EVENT_ERR_NOT_OBJECT] = "not_object",
+    [EVENT_ERR_MISSING_FIELD] = "missing_field",
+    [EVENT_ERR_INVALID_FIELD] = "invalid_field",
+    [EVENT_ERR_UNSUPPORTED_SPECVERSION] = "unsupported_specversion",
+    [EVENT_ERR_INVALID_TIME] = "invalid_time",
+    [EVENT_ERR_TOO_LATE] = "too_late",
+    [EVENT_ERR_IN_FUTURE] = "in_future",
+    [EVENT_ERR_UNKNOWN_KEY] = "unknown_key",
+};
+
+const char *event_error_code(event_error err)
+{
+    return (unsigned)err < EVENT_ERR__COUNT ? error_codes[err] : "unknown";
+}
+
+bool event_utf8_valid(const char *text, size_t len)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        uint32_t cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + need >= len)
+            return false;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80)
+                return false;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+__attribute__((format(printf, 4, 5))) static event_error fail(char *msg, size_t msg_size,
+                                                              event_error err, const char *fmt,
+                                                              ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msg_size, fmt, ap);
+    va_end(ap);
+    return err;
+}
+
+/* Copies a required string attribute of 1..max_len bytes into dst. */
+static event_error take_string(json_t *obj, const char *name, bool required, char *dst,
+                               size_t max_len, char *msg, size_t msg_size)
+{
+    json_t *v = json_object_get(obj, name);
+    if (v == NULL || json_is_null(v)) {
+        dst[0] = '\0';
+        if (required)
+            return fail(msg, msg_size, EVENT_ERR_MISSING_FIELD, "required attribute '%s' is missing",
+                        name);
+        return EVENT_OK;
+    }
+    if (!json_is_string(v))
+        return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must be a string", name);
+    size_t n = json_string_length(v);
+    if (n == 0)
+        return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must not be empty", name);
+    if (n > max_len) {
+        snprintf(msg, msg_size, "attribute '%s' is longer than %zu bytes", name, max_len);
+        return EVENT_ERR_INVALID_FIELD;
+    }
+    memcpy(dst, json_string_value(v), n);
+    dst[n] = '\0';
+    return EVENT_OK;
+}
+
+/* Reads an optional non-negative integer member of data within [min, max]. */
+static event_error take_integer(json_t *data, const char *name, int64_t min, int64_t max,
+                                int64_t fallback, int64_t *dst, char *msg, size_t msg_size)
+{
+    json_t *v = json_object_get(data, name);
+    if (v == NULL || json_is_null(v)) {
+        *dst = fallback;
+        return EVENT_OK;
+    }
+    if (!json_is_integer(v))
+        return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "data.%s must be an integer", name);
+    json_int_t n = json_integer_value(v);
+    if (n < min || n > max) {
+        snprintf(msg, msg_size, "data.%s must be between %lld and %lld", name, (long long)min,
+                 (long long)max);
+        return EVENT_ERR_INVALID_FIELD;
+    }
+    *dst = (int64_t)n;
+    return EVENT_OK;
+}
+
+static event_error parse_data(json_t *root, usage_event *out, char *msg, size_t msg_size)
+{
+    out->units = 1;
+    out->bytes = 0;
+    out->status = -1;
+    out->method[0] = '\0';
+    out->endpoint[0] = '\0';
+    json_t *data = json_object_get(root, "data");
+    if (data == NULL || json_is_null(data))
+        return EVENT_OK;
+    if (!json_is_object(data))
+        return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must be an object",
+                    "data");
+    event_error err;
+    int64_t status;
+    if ((err = take_integer(data, "units", 0, EVENT_MAX_UNITS, 1, &out->units, msg, msg_size)) ||
+        (err = take_integer(data, "bytes", 0, EVENT_MAX_BYTES_FIELD, 0, &out->bytes, msg,
+                            msg_size)) ||
+        (err = take_integer(data, "status", 100, 599, -1, &status, msg, msg_size)) ||
+        (err = take_string(data, "method", false, out->method, EVENT_MAX_METHOD_LEN, msg,
+                           msg_size)) ||
+        (err = take_string(data, "endpoint", false, out->endpoint, EVENT_MAX_ENDPOINT_LEN, msg,
+                           msg_size)))
+        return err;
+    out->status = (int)status;
+    for (const char *p = out->method; *p; p++) {
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z')))
+            return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD,
+                        "data.%s must be letters only (an HTTP method)", "method");
+    }
+    for (char *p = out->method; *p; p++) {
+        if (*p >= 'a' && *p <= 'z')
+            *p = (char)(*p - 'a' + 'A');
+    }
+    return EVENT_OK;
+}
+
+static event_error parse_object(json_t *root, const event_limits *limits, usage_event *out,
+                                char *msg, size_t msg_size)
+{
+    if (!json_is_object(root))
+        return fail(msg, msg_size, EVENT_ERR_NOT_OBJECT, "event must be a JSON %s", "object");
+    char specversion[16];
+    event_error err;
+    if ((err = take_string(root, "specversion", true, specversion, sizeof specversion - 1, msg,
+                           msg_size))) {
+        if (err == EVENT_ERR_INVALID_FIELD)
+            return fail(msg, msg_size, EVENT_ERR_UNSUPPORTED_SPECVERSION,
+                        "specversion must be the string \"1.0\"%s", "");
+        return err;
+    }
+    if (strcmp(specversion, "1.0") != 0)
+        return fail(msg, msg_size, EVENT_ERR_UNSUPPORTED_SPECVERSION,
+                    "specversion must be \"1.0\"%s", "");
+    char time_text[64];
+    if ((err = take_string(root, "id", true, out->id, EVENT_MAX_ID_LEN, msg, msg_size)) ||
+        (err = take_string(root, "source", true, out->source, EVENT_MAX_ID_LEN, msg, msg_size)) ||
+        (err = take_string(root, "type", true, out->type, EVENT_MAX_ID_LEN, msg, msg_size)) ||
+        (err = take_string(root, "subject", true, out->subject, EVENT_MAX_SUBJECT_LEN, msg,
+                           msg_size)))
+        return err;
+    json_t *time_value = json_object_get(root, "time");
+    if (time_value == NULL || json_is_null(time_value))
+        return fail(msg, msg_size, EVENT_ERR_MISSING_FIELD, "required attribute '%s' is missing",
+                    "time");
+    if (!json_is_string(time_value) || json_string_length(time_value) >= sizeof time_text)
+        return fail(msg, msg_size, EVENT_ERR_INVALID_TIME,
+                    "attribute '%s' must be an RFC 3339 date-time string", "time");
+    size_t time_len = json_string_length(time_value);
+    memcpy(time_text, json_string_value(time_value), time_len);
+    if (!time_parse_rfc3339(time_text, time_len, &out->time_usec))
+        return fail(msg, msg_size, EVENT_ERR_INVALID_TIME,
+                    "attribute '%s' is not an RFC 3339 date-time (e.g. 2026-11-23T12:00:00Z)",
+                    "time");
+    if (out->time_usec < limits->now_usec - limits->lateness_usec) {
+        snprintf(msg, msg_size, "time is older than the lateness horizon of %lld days",
+                 (long long)(limits->lateness_usec / USEC_PER_DAY));
+        return EVENT_ERR_TOO_LATE;
+    }
+    if (out->time_usec > limits->now_usec + EVENT_FUTURE_TOLERANCE_USEC)
+        return fail(msg, msg_size, EVENT_ERR_IN_FUTURE, "time is more than 5 minutes in the %s",
+                    "future");
+    return parse_data(root, out, msg, msg_size);
+}
+
+event_error event_parse(const char *payload, size_t len, const event_limits *limits,
+                        usage_event *out, char *msg, size_t msg_size)
+{
+    if (payload == NULL || len == 0)
+        return fail(msg, msg_size, EVENT_ERR_EMPTY, "message value is %s", "empty");
+    if (len > limits->max_bytes) {
+        snprintf(msg, msg_size, "message value is %zu bytes, above the limit of %zu", len,
+                 limits->max_bytes);
+        return EVENT_ERR_TOO_LARGE;
+    }
+    if (!event_utf8_valid(payload, len))
+        return fail(msg, msg_size, EVENT_ERR_INVALID_UTF8, "message value is not valid %s",
+                    "UTF-8");
+    json_error_t jerr;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        snprintf(msg, msg_size, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
+                 jerr.text);
+        return EVENT_ERR_INVALID_JSON;
+    }
+    event_error err = parse_object(root, limits, out, msg, msg_size);
+    json_decref(root);
+    if (err == EVENT_OK && msg_size > 0)
+        msg[0] = '\0';
+    return err;
+}

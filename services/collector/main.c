@@ -1,0 +1,878 @@
+/* tally-collector: consumes usage events from Kafka, deduplicates them by
+ * (source, id) in PostgreSQL and rolls the new ones up per key / plan /
+ * period, exactly once in effect.
+ *
+ * Delivery guarantee, and why offsets are committed the way they are:
+ * a batch is (1) validated, its rejects published to the DLQ and confirmed,
+ * (2) written in ONE database transaction that records every (source, id)
+ * and adds only the never-seen ones to the rollups, and only then (3) its
+ * Kafka offsets are committed. A crash before (2) commits loses nothing: the
+ * events are read again from the last committed offset. A crash between (2)
+ * and (3) makes the next owner read the batch again, and the deduplication
+ * record, written in the same transaction as the rollups, turns every event
+ * of it into a duplicate. So Kafka's committed offset may lag the database
+ * but never leads it. We chose this over storing offsets in the database and
+ * seeking on assignment because the deduplication record already makes
+ * replays harmless; it keeps Kafka the single source of consumer positions
+ * (standard tooling shows the lag) and rebalances need no database round
+ * trip. The price of a replay is only the work of re-reading a batch. */
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "buf.h"
+#include "config.h"
+#include "event.h"
+#include "keycache.h"
+#include "log.h"
+#include "metrics.h"
+#include "ops.h"
+#include "store.h"
+#include "timeutil.h"
+
+/* ---- settings ---------------------------------------------------------- */
+
+static const char *database_url;
+static const char *kafka_brokers;
+static const char *kafka_topic;
+static const char *dlq_topic;
+static const char *kafka_group;
+static const char *metrics_addr;
+static const char *log_level_text;
+static const char *assignment_strategy;
+static long long batch_max_events;
+static long long batch_max_wait_ms;
+static long long lateness_days;
+static long long max_event_bytes;
+static long long key_refresh_ms;
+static long long session_timeout_ms;
+
+static const cfg_setting settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_KAFKA_BROKERS", "kafka-brokers", CFG_STRING, &kafka_brokers, NULL, true, false, 0, 0,
+     "Kafka bootstrap servers, host:port[,host:port...]"},
+    {"TALLY_KAFKA_TOPIC", "kafka-topic", CFG_STRING, &kafka_topic, "usage-events", false, false, 0,
+     0, "topic the usage events are read from"},
+    {"TALLY_KAFKA_DLQ_TOPIC", "kafka-dlq-topic", CFG_STRING, &dlq_topic, "usage-events-dlq", false,
+     false, 0, 0, "topic rejected events are published to, with the reason in headers"},
+    {"TALLY_KAFKA_GROUP", "kafka-group", CFG_STRING, &kafka_group, "tally-collector", false, false,
+     0, 0, "consumer group; run more instances with the same group to scale"},
+    {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9101", false,
+     false, 0, 0, "where GET /metrics and GET /healthz listen"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {"TALLY_BATCH_MAX_EVENTS", "batch-max-events", CFG_INT, &batch_max_events, "10000", false,
+     false, 1, 200000, "a batch is written once it holds this many events"},
+    {"TALLY_BATCH_MAX_WAIT_MS", "batch-max-wait-ms", CFG_INT, &batch_max_wait_ms, "100", false,
+     false, 1, 200, "...or once its first event is this old (usage shows up at least this fast)"},
+    {"TALLY_LATENESS_DAYS", "lateness-days", CFG_INT, &lateness_days, "35", false, false, 1, 365,
+     "events older than this many days are rejected as too_late; deduplication records are kept "
+     "at least this long"},
+    {"TALLY_MAX_EVENT_BYTES", "max-event-bytes", CFG_INT, &max_event_bytes, "65536", false, false,
+     512, 1048576, "message values above this size are rejected as too_large"},
+    {"TALLY_KEY_REFRESH_MS", "key-refresh-ms", CFG_INT, &key_refresh_ms, "5000", false, false, 100,
+     3600000, "how often the whole key cache is reloaded (a miss is also looked up at once)"},
+    {NULL, "assignment-strategy", CFG_STRING, &assignment_strategy, "cooperative-sticky", false,
+     false, 0, 0, "Kafka partition assignment: cooperative-sticky, range or roundrobin"},
+    {NULL, "session-timeout-ms", CFG_INT, &session_timeout_ms, "10000", false, false, 1000,
+     300000, "how long the group waits for a silent (crashed) instance before its partitions "
+     "move"},
+};
+
+/* ---- metrics ----------------------------------------------------------- */
+
+static metric *m_consumed, *m_counted, *m_duplicates, *m_batches, *m_batch_size,
+    *m_batch_seconds, *m_lag, *m_db_errors, *m_dlq_errors, *m_key_cache_size, *m_key_lookups,
+    *m_last_commit, *m_paused;
+static metric *m_rejected[EVENT_ERR__COUNT];
+
+static const double batch_size_bounds[] = {1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000,
+                                           100000};
+static const double batch_seconds_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                              0.1,   0.25,   0.5,   1,    2.5,   5};
+
+static void register_metrics(void)
+{
+    m_consumed = metrics_counter("tally_collector_events_consumed_total",
+                                 "Kafka messages consumed (counted + duplicates + rejected)", NULL);
+    m_counted = metrics_counter("tally_collector_events_counted_total",
+                                "events counted into the rollups for the first time", NULL);
+    m_duplicates = metrics_counter("tally_collector_events_duplicate_total",
+                                   "valid events whose (source, id) was already counted", NULL);
+    static char labels[EVENT_ERR__COUNT][48];
+    for (int e = 1; e < EVENT_ERR__COUNT; e++) {
+        snprintf(labels[e], sizeof labels[e], "code=\"%s\"", event_error_code((event_error)e));
+        m_rejected[e] = metrics_counter("tally_collector_events_rejected_total",
+                                        "events published to the DLQ, by error code", labels[e]);
+    }
+    m_batches = metrics_counter("tally_collector_batches_total", "batches committed", NULL);
+    m_batch_size = metrics_histogram("tally_collector_batch_events", "events per committed batch",
+                                     NULL, batch_size_bounds,
+                                     sizeof batch_size_bounds / sizeof batch_size_bounds[0]);
+    m_batch_seconds = metrics_histogram(
+        "tally_collector_batch_commit_seconds",
+        "time to write a batch (DLQ, database transaction, offset commit)", NULL,
+        batch_seconds_bounds, sizeof batch_seconds_bounds / sizeof batch_seconds_bounds[0]);
+    m_lag = metrics_gauge("tally_collector_consumer_lag",
+                          "messages behind the high watermark, summed over assigned partitions",
+                          NULL);
+    m_db_errors = metrics_counter("tally_collector_db_errors_total",
+                                  "failed database operations (each is retried)", NULL);
+    m_dlq_errors = metrics_counter("tally_collector_dlq_errors_total",
+                                   "failed DLQ publications (each is retried)", NULL);
+    m_key_cache_size = metrics_gauge("tally_collector_key_cache_keys", "API keys in the cache",
+                                     NULL);
+    m_key_lookups = metrics_counter("tally_collector_key_cache_miss_lookups_total",
+                                    "database look-ups made for keys missing from the cache",
+                                    NULL);
+    m_last_commit = metrics_gauge("tally_collector_last_commit_timestamp_seconds",
+                                  "when the last batch was committed", NULL);
+    m_paused = metrics_gauge("tally_collector_paused",
+                             "1 while consumption is paused because the database is unavailable",
+                             NULL);
+}
+
+/* ---- the batch --------------------------------------------------------- */
+
+typedef struct {
+    rd_kafka_message_t *message; /* owned */
+    event_error code;
+    char reason[200];
+} reject;
+
+typedef struct {
+    rd_kafka_message_t *message; /* owned */
+    usage_event event;
+} unresolved;
+
+typedef struct {
+    int32_t partition;
+    int64_t next_offset;
+} partition_mark;
+
+typedef struct {
+    buf rows;                 /* staged rows, COPY text format */
+    size_t row_count;
+    uint64_t next_seq;
+    reject *rejects;
+    size_t reject_count, reject_cap;
+    unresolved *unresolved;   /* events whose key was not in the cache */
+    size_t unresolved_count, unresolved_cap;
+    partition_mark *marks;
+    size_t mark_count, mark_cap;
+    size_t consumed;
+    int64_t first_at;         /* when the first message of the batch arrived */
+    bool dlq_done;            /* rejects published and confirmed */
+} batch;
+
+typedef struct {
+    rd_kafka_t *consumer;
+    rd_kafka_t *dlq;
+    store *db;
+    keycache *keys;
+    batch b;
+    event_limits limits;
+    bool paused;
+    int64_t retry_at;
+    int64_t backoff_usec;
+    int dlq_failures;         /* delivery failures seen by the DLQ producer */
+} collector;
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t last_loop_at; /* seconds; read by /healthz */
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (stop_requested) {
+        /* A second signal: exit now. Nothing uncommitted is acknowledged, so
+         * the events of the current batch are simply read again later. */
+        static const char msg[] = "second signal: exiting at once\n";
+        ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(130);
+    }
+    stop_requested = 1;
+}
+
+static bool grow_array(void **items, size_t *cap, size_t count, size_t size)
+{
+    if (count < *cap)
+        return true;
+    size_t next = *cap ? *cap * 2 : 64;
+    void *grown = realloc(*items, next * size);
+    if (grown == NULL)
+        return false;
+    *items = grown;
+    *cap = next;
+    return true;
+}
+
+static bool mark_offset(batch *b, int32_t partition, int64_t offset)
+{
+    for (size_t i = 0; i < b->mark_count; i++) {
+        if (b->marks[i].partition == partition) {
+            if (offset + 1 > b->marks[i].next_offset)
+                b->marks[i].next_offset = offset + 1;
+            return true;
+        }
+    }
+    if (!grow_array((void **)&b->marks, &b->mark_cap, b->mark_count, sizeof *b->marks))
+        return false;
+    b->marks[b->mark_count++] = (partition_mark){partition, offset + 1};
+    return true;
+}
+
+static void batch_clear(batch *b)
+{
+    for (size_t i = 0; i < b->reject_count; i++)
+        rd_kafka_message_destroy(b->rejects[i].message);
+    for (size_t i = 0; i < b->unresolved_count; i++)
+        rd_kafka_message_destroy(b->unresolved[i].message);
+    buf_reset(&b->rows);
+    b->row_count = 0;
+    b->reject_count = 0;
+    b->unresolved_count = 0;
+    b->mark_count = 0;
+    b->consumed = 0;
+    b->first_at = 0;
+    b->dlq_done = false;
+}
+
+static bool batch_empty(const batch *b)
+{
+    return b->consumed == 0;
+}
+
+static bool add_reject(batch *b, rd_kafka_message_t *message, event_error code,
+                       const char *reason)
+{
+    if (!grow_array((void **)&b->rejects, &b->reject_cap, b->reject_count, sizeof *b->rejects))
+        return false;
+    reject *r = &b->rejects[b->reject_count++];
+    r->message = message;
+    r->code = code;
+    snprintf(r->reason, sizeof r->reason, "%s", reason);
+    b->dlq_done = false;
+    return true;
+}
+
+static bool stage_event(batch *b, const usage_event *ev, const char *plan_id)
+{
+    if (!store_stage_row(&b->rows, b->next_seq++, ev->source, ev->id, ev->subject, plan_id,
+                         ev->method, ev->endpoint, ev->units, ev->bytes, ev->time_usec))
+        return false;
+    b->row_count++;
+    return true;
+}
+
+/* Takes ownership of `message`. False only when memory runs out (the caller
+ * then stops the process rather than lose the message). */
+static bool batch_add(collector *c, rd_kafka_message_t *message)
+{
+    batch *b = &c->b;
+    if (!mark_offset(b, message->partition, message->offset))
+        return false;
+    if (b->consumed++ == 0)
+        b->first_at = time_now_usec();
+    c->limits.now_usec = time_now_usec();
+    usage_event ev;
+    char reason[200];
+    event_error err =
+        event_parse(message->payload, message->len, &c->limits, &ev, reason, sizeof reason);
+    if (err != EVENT_OK)
+        return add_reject(b, message, err, reason);
+    const char *plan_id = keycache_lookup(c->keys, ev.subject);
+    if (plan_id == NULL) {
+        if (!grow_array((void **)&b->unresolved, &b->unresolved_cap, b->unresolved_count,
+                        sizeof *b->unresolved))
+            return false;
+        b->unresolved[b->unresolved_count++] = (unresolved){message, ev};
+        return true;
+    }
+    bool ok = stage_event(b, &ev, plan_id);
+    rd_kafka_message_destroy(message);
+    return ok;
+}
+
+/* ---- flushing ---------------------------------------------------------- */
+
+/* Looks up the keys the cache missed (a key created a moment ago is counted),
+ * then stages the events whose key exists and rejects the rest. */
+static bool resolve_unknown_keys(collector *c, char *err, size_t err_size)
+{
+    batch *b = &c->b;
+    if (b->unresolved_count == 0)
+        return true;
+    const char **ids = malloc(b->unresolved_count * sizeof *ids);
+    if (ids == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < b->unresolved_count; i++)
+        ids[i] = b->unresolved[i].event.subject;
+    metrics_add(m_key_lookups, 1);
+    bool ok = store_lookup_keys(c->db, ids, b->unresolved_count, c->keys, err, err_size);
+    free(ids);
+    if (!ok)
+        return false;
+    metrics_set(m_key_cache_size, (double)keycache_size(c->keys));
+    for (size_t i = 0; i < b->unresolved_count; i++) {
+        unresolved *u = &b->unresolved[i];
+        const char *plan_id = keycache_lookup(c->keys, u->event.subject);
+        if (plan_id != NULL) {
+            if (!stage_event(b, &u->event, plan_id)) {
+                snprintf(err, err_size, "out of memory staging a batch");
+                return false;
+            }
+            rd_kafka_message_destroy(u->message);
+        } else {
+            char reason[200];
+            snprintf(reason, sizeof reason, "subject \"%.100s\" is not a known API key id",
+                     u->event.subject);
+            if (!add_reject(b, u->message, EVENT_ERR_UNKNOWN_KEY, reason)) {
+                snprintf(err, err_size, "out of memory");
+                return false;
+            }
+        }
+        u->message = NULL;
+    }
+    b->unresolved_count = 0;
+    return true;
+}
+
+static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
+{
+    (void)rk;
+    collector *c = opaque;
+    if (message->err) {
+        c->dlq_failures++;
+        log_warn("DLQ delivery failed: %s", rd_kafka_err2str(message->err));
+    }
+}
+
+/* Publishes the batch's rejects to the DLQ, unchanged, with the reason in
+ * headers, and waits until the broker has them all. */
+static bool publish_rejects(collector *c, char *err, size_t err_size)
+{
+    batch *b = &c->b;
+    if (b->dlq_done || b->reject_count == 0) {
+        b->dlq_done = true;
+        return true;
+    }
+    c->dlq_failures = 0;
+    for (size_t i = 0; i < b->reject_count; i++) {
+        const reject *r = &b->rejects[i];
+        const rd_kafka_message_t *m = r->message;
+        rd_kafka_headers_t *original = NULL;
+        rd_kafka_headers_t *headers = rd_kafka_message_headers(m, &original) == RD_KAFKA_RESP_ERR_NO_ERROR
+                                          ? rd_kafka_headers_copy(original)
+                                          : rd_kafka_headers_new(5);
+        char partition[16], offset[24];
+        snprintf(partition, sizeof partition, "%d", (int)m->partition);
+        snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
+        rd_kafka_header_add(headers, "tally-error-code", -1, event_error_code(r->code), -1);
+        rd_kafka_header_add(headers, "tally-error-message", -1, r->reason, -1);
+        rd_kafka_header_add(headers, "tally-source-topic", -1, rd_kafka_topic_name(m->rkt), -1);
+        rd_kafka_header_add(headers, "tally-source-partition", -1, partition, -1);
+        rd_kafka_header_add(headers, "tally-source-offset", -1, offset, -1);
+        rd_kafka_resp_err_t perr;
+        do {
+            perr = rd_kafka_producev(
+                c->dlq, RD_KAFKA_V_TOPIC(dlq_topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len),
+                RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+            if (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+                rd_kafka_poll(c->dlq, 50);
+        } while (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+        if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+            rd_kafka_headers_destroy(headers); /* not taken over on failure */
+            snprintf(err, err_size, "publishing to the DLQ topic %s: %s", dlq_topic,
+                     rd_kafka_err2str(perr));
+            return false;
+        }
+    }
+    rd_kafka_resp_err_t ferr = rd_kafka_flush(c->dlq, 10000);
+    if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR || c->dlq_failures > 0) {
+        snprintf(err, err_size, "DLQ topic %s did not confirm %d rejected events (%s)", dlq_topic,
+                 c->dlq_failures, rd_kafka_err2str(ferr));
+        return false;
+    }
+    b->dlq_done = true;
+    return true;
+}
+
+/* Commits the batch's offsets for the partitions this instance still owns.
+ * A failed commit is only logged: the database already holds the batch, so
+ * a replay from an older offset is deduplicated. */
+static void commit_offsets(collector *c, bool synchronous)
+{
+    batch *b = &c->b;
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new((int)b->mark_count);
+    for (size_t i = 0; i < b->mark_count; i++) {
+        if (rd_kafka_topic_partition_list_find(owned, kafka_topic, b->marks[i].partition))
+            rd_kafka_topic_partition_list_add(offsets, kafka_topic, b->marks[i].partition)->offset =
+                b->marks[i].next_offset;
+    }
+    if (offsets->cnt > 0) {
+        rd_kafka_resp_err_t cerr = rd_kafka_commit(c->consumer, offsets, synchronous ? 0 : 1);
+        if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+            log_warn("committing Kafka offsets: %s (the batch is in the database; a replay is "
+                     "deduplicated)",
+                     rd_kafka_err2str(cerr));
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+    rd_kafka_topic_partition_list_destroy(owned);
+}
+
+/* One attempt to write the batch. On failure the batch stays as it is and is
+ * tried again later; nothing is acknowledged to Kafka before it succeeds. */
+static bool flush_once(collector *c, bool synchronous_commit)
+{
+    batch *b = &c->b;
+    if (batch_empty(b))
+        return true;
+    int64_t started = time_now_usec();
+    char err[512];
+    uint64_t counted = 0;
+    bool ok = resolve_unknown_keys(c, err, sizeof err);
+    if (!ok)
+        metrics_add(m_db_errors, 1);
+    else if (!(ok = publish_rejects(c, err, sizeof err)))
+        metrics_add(m_dlq_errors, 1);
+    else if (!(ok = store_commit_batch(c->db, &b->rows, &counted, err, sizeof err)))
+        metrics_add(m_db_errors, 1);
+    if (!ok) {
+        log_error("batch of %zu events not written, will retry: %s", b->consumed, err);
+        return false;
+    }
+    commit_offsets(c, synchronous_commit);
+    uint64_t duplicates = b->row_count - counted;
+    metrics_add(m_consumed, b->consumed);
+    metrics_add(m_counted, counted);
+    metrics_add(m_duplicates, duplicates);
+    for (size_t i = 0; i < b->reject_count; i++)
+        metrics_add(m_rejected[b->rejects[i].code], 1);
+    metrics_add(m_batches, 1);
+    metrics_observe(m_batch_size, (double)b->consumed);
+    double seconds = (double)(time_now_usec() - started) / 1e6;
+    metrics_observe(m_batch_seconds, seconds);
+    metrics_set(m_last_commit, (double)time_now_usec() / 1e6);
+    log_debug("batch committed: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
+              "%.1f ms",
+              b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
+              b->reject_count, seconds * 1000);
+    batch_clear(b);
+    return true;
+}
+
+static void set_paused(collector *c, bool paused)
+{
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (owned->cnt > 0) {
+            if (paused)
+                rd_kafka_pause_partitions(c->consumer, owned);
+            else
+                rd_kafka_resume_partitions(c->consumer, owned);
+        }
+        rd_kafka_topic_partition_list_destroy(owned);
+    }
+    if (c->paused != paused)
+        log_info(paused ? "consumption paused until the batch can be written"
+                        : "consumption resumed");
+    c->paused = paused;
+    metrics_set(m_paused, paused ? 1 : 0);
+}
+
+/* Flushes with retries: on failure pauses consumption and backs off (100 ms
+ * doubling to 5 s); the caller keeps polling so group membership survives. */
+static void flush_or_back_off(collector *c)
+{
+    if (flush_once(c, false)) {
+        c->backoff_usec = 0;
+        c->retry_at = 0;
+        if (c->paused)
+            set_paused(c, false);
+        return;
+    }
+    if (!store_is_connected(c->db))
+        store_disconnect(c->db);
+    c->backoff_usec = c->backoff_usec ? c->backoff_usec * 2 : 100 * 1000;
+    if (c->backoff_usec > 5 * USEC_PER_SEC)
+        c->backoff_usec = 5 * USEC_PER_SEC;
+    c->retry_at = time_now_usec() + c->backoff_usec;
+    set_paused(c, true);
+}
+
+/* ---- Kafka ------------------------------------------------------------- */
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+    collector *c = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        log_info("assigned %d partition(s) (%s)", partitions->cnt,
+                 cooperative ? "cooperative" : "eager");
+        rd_kafka_error_t *aerr = NULL;
+        if (cooperative)
+            aerr = rd_kafka_incremental_assign(rk, partitions);
+        else
+            rd_kafka_assign(rk, partitions);
+        if (aerr) {
+            log_error("incremental assign: %s", rd_kafka_error_string(aerr));
+            rd_kafka_error_destroy(aerr);
+        }
+        if (c->paused && partitions->cnt > 0)
+            rd_kafka_pause_partitions(rk, partitions);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        log_info("revoking %d partition(s)%s", partitions->cnt,
+                 rd_kafka_assignment_lost(rk) ? " (assignment lost)" : "");
+        /* Finish the batch while these partitions are still ours, so the new
+         * owner starts after it. If that fails the batch is kept and written
+         * later: its events may then be processed by the new owner too, and
+         * the deduplication record counts them once whoever commits first. */
+        if (!batch_empty(&c->b) && !rd_kafka_assignment_lost(rk))
+            flush_once(c, true);
+        if (cooperative) {
+            rd_kafka_error_t *uerr = rd_kafka_incremental_unassign(rk, partitions);
+            if (uerr) {
+                log_error("incremental unassign: %s", rd_kafka_error_string(uerr));
+                rd_kafka_error_destroy(uerr);
+            }
+        } else {
+            rd_kafka_assign(rk, NULL);
+        }
+        return;
+    }
+    log_error("rebalance failed: %s", rd_kafka_err2str(err));
+    rd_kafka_assign(rk, NULL);
+}
+
+static void on_kafka_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
+{
+    (void)rk;
+    if (level <= 3)
+        log_error("kafka %s: %s", facility, text);
+    else if (level <= 4)
+        log_warn("kafka %s: %s", facility, text);
+    else
+        log_debug("kafka %s: %s", facility, text);
+}
+
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        log_error("fatal Kafka error: %s; stopping", reason);
+        stop_requested = 1;
+        return;
+    }
+    log_warn("Kafka: %s (%s)", reason, rd_kafka_err2name((rd_kafka_resp_err_t)err));
+}
+
+static bool set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char err[256];
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) != RD_KAFKA_CONF_OK) {
+        log_error("Kafka setting %s=%s: %s", name, value, err);
+        return false;
+    }
+    return true;
+}
+
+static rd_kafka_t *make_consumer(collector *c)
+{
+    char session[24], queued[24];
+    snprintf(session, sizeof session, "%lld", session_timeout_ms);
+    /* Bound what librdkafka pre-fetches: a few batches' worth is enough to
+     * keep the database busy and keeps the process small. */
+    snprintf(queued, sizeof queued, "%lld", 16384LL);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    bool ok = set_conf(conf, "bootstrap.servers", kafka_brokers) &&
+              set_conf(conf, "group.id", kafka_group) &&
+              set_conf(conf, "client.id", "tally-collector") &&
+              /* Offsets are committed by us, after the database commit. */
+              set_conf(conf, "enable.auto.commit", "false") &&
+              set_conf(conf, "enable.auto.offset.store", "false") &&
+              /* A new group starts at the beginning: nothing published is skipped. */
+              set_conf(conf, "auto.offset.reset", "earliest") &&
+              set_conf(conf, "partition.assignment.strategy", assignment_strategy) &&
+              set_conf(conf, "session.timeout.ms", session) &&
+              set_conf(conf, "heartbeat.interval.ms", session_timeout_ms >= 9000 ? "3000" : "500") &&
+              set_conf(conf, "queued.max.messages.kbytes", queued) &&
+              set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    char err[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk == NULL) {
+        log_error("creating the Kafka consumer: %s", err);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    /* rd_kafka_new() took ownership of conf. */
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, kafka_topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t serr = rd_kafka_subscribe(rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (serr) {
+        log_error("subscribing to %s: %s", kafka_topic, rd_kafka_err2str(serr));
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    return rk;
+}
+
+static rd_kafka_t *make_dlq_producer(collector *c)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    bool ok = set_conf(conf, "bootstrap.servers", kafka_brokers) &&
+              set_conf(conf, "client.id", "tally-collector-dlq") &&
+              /* A rejected event must not be lost or reordered on retries. */
+              set_conf(conf, "enable.idempotence", "true") && set_conf(conf, "acks", "all") &&
+              set_conf(conf, "linger.ms", "5") && set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_dr_msg_cb(conf, dlq_delivered);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    char err[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == NULL) {
+        log_error("creating the DLQ producer: %s", err);
+        rd_kafka_conf_destroy(conf);
+    }
+    return rk;
+}
+
+static void update_lag(collector *c)
+{
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    rd_kafka_position(c->consumer, owned);
+    int64_t lag = 0;
+    for (int i = 0; i < owned->cnt; i++) {
+        int64_t low = 0, high = 0;
+        const rd_kafka_topic_partition_t *p = &owned->elems[i];
+        if (rd_kafka_get_watermark_offsets(c->consumer, p->topic, p->partition, &low, &high) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            high >= 0) {
+            int64_t position = p->offset >= 0 ? p->offset : low;
+            if (high > position)
+                lag += high - position;
+        }
+    }
+    metrics_set(m_lag, (double)lag);
+    rd_kafka_topic_partition_list_destroy(owned);
+}
+
+/* ---- main -------------------------------------------------------------- */
+
+static bool health(char *detail, size_t detail_size)
+{
+    long long idle = (long long)(time(NULL) - last_loop_at);
+    snprintf(detail, detail_size, "main loop ran %llds ago; paused=%s", idle,
+             metrics_gauge_value(m_paused) > 0 ? "yes (database unavailable)" : "no");
+    return idle < 60;
+}
+
+static void refresh_keys(collector *c)
+{
+    keycache *fresh = keycache_new();
+    char err[512];
+    if (fresh == NULL)
+        return;
+    if (!store_load_keys(c->db, fresh, err, sizeof err)) {
+        log_warn("key cache not refreshed: %s", err);
+        keycache_free(fresh);
+        return;
+    }
+    keycache_free(c->keys);
+    c->keys = fresh;
+    metrics_set(m_key_cache_size, (double)keycache_size(fresh));
+}
+
+static void maintain_partitions(collector *c)
+{
+    int created = 0, dropped = 0;
+    char err[512];
+    if (store_maintain_partitions(c->db, &created, &dropped, err, sizeof err)) {
+        if (created || dropped)
+            log_info("event_ids partitions: %d created, %d expired ones dropped", created,
+                     dropped);
+    } else {
+        log_warn("%s", err);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    char err[512];
+    cfg_result loaded = cfg_load(settings, sizeof settings / sizeof settings[0], argc, argv, NULL,
+                                 0, NULL, err, sizeof err);
+    if (loaded == CFG_HELP) {
+        cfg_print_help(stdout, "tally-collector [--flag value ...]",
+                       "Consumes CloudEvents usage events from Kafka, deduplicates them by "
+                       "(source, id) in PostgreSQL and\nrolls them up per key / plan / hour and "
+                       "quota period; rejected events go to the DLQ topic.\nSIGTERM finishes the "
+                       "current batch and exits; a second signal exits at once.",
+                       settings, sizeof settings / sizeof settings[0]);
+        return 0;
+    }
+    if (loaded == CFG_ERROR) {
+        fprintf(stderr, "tally-collector: %s\n", err);
+        return 2;
+    }
+    log_level level;
+    if (!log_parse_level(log_level_text, &level)) {
+        fprintf(stderr, "tally-collector: TALLY_LOG_LEVEL must be debug, info, warn or error\n");
+        return 2;
+    }
+    log_init("collector", level);
+    register_metrics();
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    last_loop_at = (sig_atomic_t)time(NULL);
+
+    collector c;
+    memset(&c, 0, sizeof c);
+    /* Room for a full batch of the largest rows, plus what may still arrive
+     * while consumption is paused (bounded by queued.max.messages.kbytes). */
+    buf_init(&c.b.rows, (size_t)batch_max_events * 2200 + (64u << 20));
+    c.limits.lateness_usec = lateness_days * USEC_PER_DAY;
+    c.limits.max_bytes = (size_t)max_event_bytes;
+    c.db = store_new(database_url, (int)lateness_days);
+    c.keys = keycache_new();
+    ops_server *ops = ops_start(metrics_addr, health, err, sizeof err);
+    if (ops == NULL) {
+        log_error("TALLY_METRICS_ADDR: %s", err);
+        return 1;
+    }
+    /* The database must be reachable once before consuming anything. */
+    for (int64_t backoff = 100000; !stop_requested;) {
+        if (store_ensure_connected(c.db, err, sizeof err))
+            break;
+        log_warn("%s; retrying in %lld ms", err, (long long)(backoff / 1000));
+        usleep((useconds_t)backoff);
+        last_loop_at = (sig_atomic_t)time(NULL);
+        backoff = backoff * 2 > 5 * USEC_PER_SEC ? 5 * USEC_PER_SEC : backoff * 2;
+    }
+    if (stop_requested) {
+        ops_stop(ops);
+        return 0;
+    }
+    maintain_partitions(&c);
+    refresh_keys(&c);
+    c.consumer = make_consumer(&c);
+    c.dlq = make_dlq_producer(&c);
+    if (c.consumer == NULL || c.dlq == NULL) {
+        ops_stop(ops);
+        return 1;
+    }
+    log_info("consuming %s as group %s from %s (batches of up to %lld events or %lld ms)",
+             kafka_topic, kafka_group, kafka_brokers, batch_max_events, batch_max_wait_ms);
+
+    int64_t next_key_refresh = time_now_usec() + key_refresh_ms * 1000;
+    int64_t next_maintenance = time_now_usec() + 3600 * USEC_PER_SEC;
+    int64_t next_lag = 0;
+    while (!stop_requested) {
+        int64_t now = time_now_usec();
+        last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
+        bool full = c.b.consumed >= (size_t)batch_max_events;
+        bool due = !batch_empty(&c.b) && now - c.b.first_at >= batch_max_wait_ms * 1000;
+        if ((full || due) && now >= c.retry_at) {
+            flush_or_back_off(&c);
+            continue;
+        }
+        int timeout_ms = 100;
+        if (!batch_empty(&c.b)) {
+            int64_t wait = c.retry_at > now ? c.retry_at - now
+                                            : c.b.first_at + batch_max_wait_ms * 1000 - now;
+            timeout_ms = wait <= 0 ? 0 : (int)(wait / 1000 < 100 ? wait / 1000 : 100);
+        }
+        /* Polled even while backing off with a full batch: that serves the
+         * group's callbacks (membership survives a database outage); the
+         * partitions are paused then, so little or nothing arrives. */
+        rd_kafka_message_t *message = rd_kafka_consumer_poll(c.consumer, timeout_ms);
+        if (message != NULL) {
+            if (message->err) {
+                if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+                    log_warn("consumer: %s", rd_kafka_message_errstr(message));
+                rd_kafka_message_destroy(message);
+            } else if (!batch_add(&c, message)) {
+                log_error("out of memory adding an event to the batch; stopping without "
+                          "acknowledging it");
+                rd_kafka_message_destroy(message);
+                break;
+            }
+        }
+        now = time_now_usec();
+        if (now >= next_key_refresh && !c.paused) {
+            refresh_keys(&c);
+            next_key_refresh = now + key_refresh_ms * 1000;
+        }
+        if (now >= next_maintenance && !c.paused) {
+            maintain_partitions(&c);
+            next_maintenance = now + 3600 * USEC_PER_SEC;
+        }
+        if (now >= next_lag) {
+            update_lag(&c);
+            next_lag = now + 2 * USEC_PER_SEC;
+        }
+    }
+
+    /* SIGTERM: finish the batch (a few tries while the database answers),
+     * then leave the group cleanly. */
+    log_info("stopping: writing the last batch of %zu events", c.b.consumed);
+    for (int attempt = 0; attempt < 20 && !batch_empty(&c.b); attempt++) {
+        if (flush_once(&c, true))
+            break;
+        usleep(250 * 1000);
+    }
+    if (!batch_empty(&c.b))
+        log_warn("exiting with %zu events not written; they are read again on restart",
+                 c.b.consumed);
+    rd_kafka_consumer_close(c.consumer);
+    rd_kafka_destroy(c.consumer);
+    rd_kafka_flush(c.dlq, 5000);
+    rd_kafka_destroy(c.dlq);
+    batch_clear(&c.b);
+    buf_free(&c.b.rows);
+    free(c.b.rejects);
+    free(c.b.unresolved);
+    free(c.b.marks);
+    keycache_free(c.keys);
+    store_free(c.db);
+    ops_stop(ops);
+    log_info("stopped");
+    return 0;
+}
