@@ -1,0 +1,12 @@
+/* One Check suite per module of common/; main.c runs them all. */
+#ifndef TALLY_TESTS_UNIT_SUITES_H
+#define TALLY_TESTS_UNIT_SUITES_H
+
+#include <check.h>
+
+Suite *timeutil_suite(void);
+Suite *period_suite(void);
+Suite *event_suite(void);
+Suite *config_suite(void);
+
+#endif
