@@ -18,7 +18,7 @@ static const char *const known_variables[] = {
     "TALLY_STRIPE_VERSION", "TALLY_METRICS_ADDR", "TALLY_LOG_LEVEL", "TALLY_BATCH_MAX_EVENTS",
     "TALLY_BATCH_MAX_WAIT_MS", "TALLY_LATENESS_DAYS", "TALLY_MAX_EVENT_BYTES",
     "TALLY_KEY_REFRESH_MS", "TALLY_REPORT_INTERVAL_S", "TALLY_REPORT_RATE_LIMIT",
-    "TALLY_REPORT_CONCURRENCY", "TALLY_STATE_DIR",
+    "TALLY_REPORT_CONCURRENCY", "TALLY_STATE_DIR", "TALLY_BIN_DIR", "TALLY_DEVBROKER_PARTITIONS",
 };
 
 static bool is_known_variable(const char *name, size_t len)
@@ -82,7 +82,8 @@ static bool apply_value(const cfg_setting *s, const char *value, char *err, size
         if (errno != 0 || end == value || *end != '\0' || !isfinite(d) || d < s->min ||
             d > s->max) {
             snprintf(err, err_size, "%s must be a number from %g to %g, got \"%.40s\"",
-                     setting_name(s, name, sizeof name), s->min, s->max, value);
+                     setting_name(s, name, sizeof name), s->min, s->max,
+                     s->secret ? "(hidden)" : value);
             return false;
         }
         *(double *)s->target = d;
@@ -91,7 +92,7 @@ static bool apply_value(const cfg_setting *s, const char *value, char *err, size
     case CFG_BOOL:
         if (!parse_bool(value, (bool *)s->target)) {
             snprintf(err, err_size, "%s must be true or false, got \"%.40s\"",
-                     setting_name(s, name, sizeof name), value);
+                     setting_name(s, name, sizeof name), s->secret ? "(hidden)" : value);
             return false;
         }
         return true;
@@ -110,6 +111,10 @@ cfg_result cfg_load(const cfg_setting *table, size_t count, int argc, char **arg
     }
     if (positional_count)
         *positional_count = 0;
+    for (int a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "--help") == 0 || strcmp(argv[a], "-h") == 0)
+            return CFG_HELP;
+    }
 
     for (char **e = environ; e && *e; e++) {
         if (strncmp(*e, "TALLY_", 6) != 0)
@@ -200,7 +205,7 @@ void cfg_print_help(FILE *out, const char *usage, const char *summary, const cfg
         fprintf(out, "  %s\n      %s", left, s->help);
         if (s->required)
             fprintf(out, " (required)");
-        else if (s->default_value)
+        else if (s->default_value && !s->secret)
             fprintf(out, " [default: %s]", s->default_value);
         fprintf(out, "\n");
     }

@@ -60,42 +60,28 @@ const char *db_sqlstate(const PGresult *res)
     return state ? state : "";
 }
 
+bool db_append_array_element(buf *out, const char *text)
+{
+    if (!buf_append(out, "\"", 1))
+        return false;
+    const char *run = text;
+    for (const char *p = text; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            if (!buf_append(out, run, (size_t)(p - run)) || !buf_append(out, "\\", 1))
+                return false;
+            run = p; /* the quote or backslash itself starts the next run */
+        }
+    }
+    return buf_append_str(out, run) && buf_append(out, "\"", 1);
+}
+
 bool db_append_text_array(buf *out, const char *const *items, size_t count)
 {
     if (!buf_append(out, "{", 1))
         return false;
     for (size_t i = 0; i < count; i++) {
-        if (i > 0 && !buf_append(out, ",", 1))
-            return false;
-        if (!buf_append(out, "\"", 1))
-            return false;
-        for (const char *p = items[i]; *p; p++) {
-            if ((*p == '"' || *p == '\\') && !buf_append(out, "\\", 1))
-                return false;
-            if (!buf_append(out, p, 1))
-                return false;
-        }
-        if (!buf_append(out, "\"", 1))
+        if ((i > 0 && !buf_append(out, ",", 1)) || !db_append_array_element(out, items[i]))
             return false;
     }
     return buf_append(out, "}", 1);
-}
-
-bool db_append_copy_text(buf *out, const char *text)
-{
-    const char *run = text;
-    for (const char *p = text;; p++) {
-        const char *escape = NULL;
-        switch (*p) {
-        case '\\': escape = "\\\\"; break;
-        case '\t': escape = "\\t"; break;
-        case '\n': escape = "\\n"; break;
-        case '\r': escape = "\\r"; break;
-        case '\0': return buf_append(out, run, (size_t)(p - run));
-        default: continue;
-        }
-        if (!buf_append(out, run, (size_t)(p - run)) || !buf_append(out, escape, 2))
-            return false;
-        run = p + 1;
-    }
 }

@@ -28,7 +28,7 @@ const char *db_sqlstate(const PGresult *res);
  * for a parameter cast to text[]; false when the buffer's limit is hit. */
 bool db_append_text_array(buf *out, const char *const *items, size_t count)
     __attribute__((warn_unused_result));
-/* Appends `text` escaped for COPY's text format (\\, \t, \n, \r). */
-bool db_append_copy_text(buf *out, const char *text) __attribute__((warn_unused_result));
+/* Appends one element of an array literal: "text", with " and \\ escaped. */
+bool db_append_array_element(buf *out, const char *text) __attribute__((warn_unused_result));
 
 #endif

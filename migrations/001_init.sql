@@ -35,18 +35,29 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_plan_id ON api_keys (plan_id) WHERE plan_id IS NOT NULL;
 
--- Deduplication record: one row per (source, id) seen. Partitioned by the
--- ISO week (Monday, UTC) of the event's own time, so the unique index
--- catches every re-send of an event, concurrent or not, and expired weeks
--- are dropped whole (tally_drop_expired_event_partitions) instead of being
--- deleted row by row. Events older than the lateness horizon are rejected
--- before they get here, so a week can go once it is past the horizon.
+-- Deduplication record: one row per (source, id) seen, stored as a 128-bit
+-- digest (tally_event_hash below; the collector computes the same in C), so
+-- the unique index stays small (16-byte keys) whatever the producers' id
+-- formats. Partitioned by the ISO week (Monday, UTC) of the event's own
+-- time, so the unique index catches every re-send of an event, concurrent or
+-- not, and expired weeks are dropped whole (tally_drop_expired_event_partitions)
+-- instead of being deleted row by row. Events older than the lateness
+-- horizon are rejected before they get here, so a week can go once it is past
+-- the horizon.
 CREATE TABLE event_ids (
-    source     text NOT NULL,
-    id         text NOT NULL,
+    event_hash uuid NOT NULL,
     event_week date NOT NULL,
-    PRIMARY KEY (source, id, event_week)
+    PRIMARY KEY (event_hash, event_week)
 ) PARTITION BY RANGE (event_week);
+
+-- The digest of an event: the first 16 bytes of
+-- SHA-256(<byte length of source> ':' source id). The length prefix keeps two
+-- different pairs from ever hashing the same text. common/digest.c computes
+-- the same (digest_event); the integration tests check that they agree.
+CREATE FUNCTION tally_event_hash(source text, id text) RETURNS uuid
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN encode(substring(sha256(convert_to(octet_length(source)::text || ':' || source || id, 'UTF8'))
+                        FROM 1 FOR 16), 'hex')::uuid;
 
 -- Hourly rollups per key / plan / method / endpoint, in the hour of the
 -- event's own time (late events land in their own hour). plan_id, method and

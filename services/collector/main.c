@@ -17,6 +17,7 @@
  * (standard tooling shows the lag) and rebalances need no database round
  * trip. The price of a replay is only the work of re-reading a batch. */
 #include <librdkafka/rdkafka.h>
+#include <libpq-fe.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,7 +32,10 @@
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
+#include "digest.h"
+#include "rollup.h"
 #include "store.h"
+#include "period.h"
 #include "timeutil.h"
 
 /* ---- settings ---------------------------------------------------------- */
@@ -66,10 +70,11 @@ static const cfg_setting settings[] = {
      false, 0, 0, "where GET /metrics and GET /healthz listen"},
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
      "debug, info, warn or error"},
-    {"TALLY_BATCH_MAX_EVENTS", "batch-max-events", CFG_INT, &batch_max_events, "10000", false,
+    {"TALLY_BATCH_MAX_EVENTS", "batch-max-events", CFG_INT, &batch_max_events, "50000", false,
      false, 1, 200000, "a batch is written once it holds this many events"},
     {"TALLY_BATCH_MAX_WAIT_MS", "batch-max-wait-ms", CFG_INT, &batch_max_wait_ms, "100", false,
-     false, 1, 200, "...or once its first event is this old (usage shows up at least this fast)"},
+     false, 1, 200, "...or, when no more events are waiting, once its first event is this old; "
+     "under sustained load batches fill up instead, for at most 1 s"},
     {"TALLY_LATENESS_DAYS", "lateness-days", CFG_INT, &lateness_days, "35", false, false, 1, 365,
      "events older than this many days are rejected as too_late; deduplication records are kept "
      "at least this long"},
@@ -155,29 +160,56 @@ typedef struct {
     int64_t next_offset;
 } partition_mark;
 
+/* A valid event with a known key, waiting for the database to say whether
+ * its (source, id) is new. */
 typedef struct {
-    buf rows;                 /* staged rows, COPY text format */
-    size_t row_count;
-    uint64_t next_seq;
+    long group;              /* its hourly group in the batch's rollup */
+    int64_t units, bytes;
+} staged_event;
+
+/* Everything consumed since the last batch was handed to the writer. */
+typedef struct {
+    size_t capacity;          /* staged events at most */
+    staged_event *events;
+    uint8_t *digests;         /* 16 bytes per staged event: the deduplication key */
+    int32_t *week_days;       /* per staged event: its event week, days since 1970 */
+    size_t event_count;
+    uint32_t *slots;          /* digest -> event index + 1, open addressing */
+    size_t slot_count;
+    rollup *rollup;
+    size_t in_batch_duplicates;
     reject *rejects;
     size_t reject_count, reject_cap;
     unresolved *unresolved;   /* events whose key was not in the cache */
     size_t unresolved_count, unresolved_cap;
-    partition_mark *marks;
+    partition_mark *marks;    /* next offset to commit, per partition */
     size_t mark_count, mark_cap;
     size_t consumed;
     int64_t first_at;         /* when the first message of the batch arrived */
     bool dlq_done;            /* rejects published and confirmed */
 } batch;
 
+/* Two batches alternate: one fills from Kafka while the other is written,
+ * so parsing and the database work overlap (and under load each write
+ * takes all that arrived during the previous one). */
 typedef struct {
     rd_kafka_t *consumer;
     rd_kafka_t *dlq;
     store *db;
     keycache *keys;
-    batch b;
+    batch batches[2];
+    batch *filling;
+    batch *writing;           /* NULL when no batch is being written */
+    bool writing_sent;        /* an exchange is in flight (else it waits to retry) */
+    bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
+    uint64_t writing_counted; /* new events found by phase A */
+    buf hourly[ROLLUP_HOURLY_COLUMNS];
+    buf counters[ROLLUP_COUNTER_COLUMNS];
+    int64_t writing_started;
     event_limits limits;
     bool paused;
+    bool synchronous_commit;  /* during a revocation: commit offsets before returning */
+    bool caught_up;           /* the last poll found no message waiting */
     int64_t retry_at;
     int64_t backoff_usec;
     int dlq_failures;         /* delivery failures seen by the DLQ producer */
@@ -190,8 +222,8 @@ static void on_signal(int sig)
 {
     (void)sig;
     if (stop_requested) {
-        /* A second signal: exit now. Nothing uncommitted is acknowledged, so
-         * the events of the current batch are simply read again later. */
+        /* A second signal: exit now. Nothing unwritten was acknowledged, so
+         * the events of the current batches are simply read again later. */
         static const char msg[] = "second signal: exiting at once\n";
         ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)ignored;
@@ -213,6 +245,74 @@ static bool grow_array(void **items, size_t *cap, size_t count, size_t size)
     return true;
 }
 
+static bool batch_init(batch *b)
+{
+    memset(b, 0, sizeof *b);
+    /* A full batch, plus what may still arrive while consumption is paused
+     * (bounded by queued.max.messages.kbytes). */
+    b->capacity = (size_t)batch_max_events + 100000;
+    b->slot_count = 16;
+    while (b->slot_count < b->capacity * 2)
+        b->slot_count *= 2;
+    b->events = malloc(b->capacity * sizeof *b->events);
+    b->digests = malloc(b->capacity * 16);
+    b->week_days = malloc(b->capacity * sizeof *b->week_days);
+    b->slots = calloc(b->slot_count, sizeof *b->slots);
+    b->rollup = rollup_new(b->capacity);
+    return b->events && b->digests && b->week_days && b->slots && b->rollup;
+}
+
+static void batch_clear(batch *b)
+{
+    for (size_t i = 0; i < b->reject_count; i++)
+        rd_kafka_message_destroy(b->rejects[i].message);
+    for (size_t i = 0; i < b->unresolved_count; i++)
+        rd_kafka_message_destroy(b->unresolved[i].message);
+    if (b->event_count > 0)
+        memset(b->slots, 0, b->slot_count * sizeof *b->slots);
+    b->event_count = 0;
+    if (b->rollup)
+        rollup_clear(b->rollup);
+    b->in_batch_duplicates = 0;
+    b->reject_count = 0;
+    b->unresolved_count = 0;
+    b->mark_count = 0;
+    b->consumed = 0;
+    b->first_at = 0;
+    b->dlq_done = false;
+}
+
+static void batch_destroy(batch *b)
+{
+    batch_clear(b);
+    free(b->events);
+    free(b->digests);
+    free(b->week_days);
+    free(b->slots);
+    rollup_free(b->rollup);
+    free(b->rejects);
+    free(b->unresolved);
+    free(b->marks);
+}
+
+/* The slot of `digest`: holding its event index + 1, or 0 if absent. */
+static uint32_t *digest_slot(const batch *b, const uint8_t digest[16])
+{
+    uint64_t h;
+    memcpy(&h, digest, sizeof h); /* a SHA-256 prefix is already uniform */
+    size_t mask = b->slot_count - 1;
+    for (size_t i = h & mask;; i = (i + 1) & mask) {
+        uint32_t *slot = &b->slots[i];
+        if (*slot == 0 || memcmp(b->digests + (size_t)(*slot - 1) * 16, digest, 16) == 0)
+            return slot;
+    }
+}
+
+static bool batch_empty(const batch *b)
+{
+    return b->consumed == 0;
+}
+
 static bool mark_offset(batch *b, int32_t partition, int64_t offset)
 {
     for (size_t i = 0; i < b->mark_count; i++) {
@@ -228,27 +328,6 @@ static bool mark_offset(batch *b, int32_t partition, int64_t offset)
     return true;
 }
 
-static void batch_clear(batch *b)
-{
-    for (size_t i = 0; i < b->reject_count; i++)
-        rd_kafka_message_destroy(b->rejects[i].message);
-    for (size_t i = 0; i < b->unresolved_count; i++)
-        rd_kafka_message_destroy(b->unresolved[i].message);
-    buf_reset(&b->rows);
-    b->row_count = 0;
-    b->reject_count = 0;
-    b->unresolved_count = 0;
-    b->mark_count = 0;
-    b->consumed = 0;
-    b->first_at = 0;
-    b->dlq_done = false;
-}
-
-static bool batch_empty(const batch *b)
-{
-    return b->consumed == 0;
-}
-
 static bool add_reject(batch *b, rd_kafka_message_t *message, event_error code,
                        const char *reason)
 {
@@ -262,20 +341,35 @@ static bool add_reject(batch *b, rd_kafka_message_t *message, event_error code,
     return true;
 }
 
+/* Adds a valid event with a known key, unless its (source, id) is already
+ * in the batch. False when the batch's bounds are exceeded. */
 static bool stage_event(batch *b, const usage_event *ev, const char *plan_id)
 {
-    if (!store_stage_row(&b->rows, b->next_seq++, ev->source, ev->id, ev->subject, plan_id,
-                         ev->method, ev->endpoint, ev->units, ev->bytes, ev->time_usec))
+    if (b->event_count >= b->capacity)
         return false;
-    b->row_count++;
+    uint8_t *digest = b->digests + b->event_count * 16;
+    digest_event(ev->source, ev->id, digest);
+    uint32_t *slot = digest_slot(b, digest);
+    if (*slot != 0) {
+        b->in_batch_duplicates++;
+        return true;
+    }
+    long group = rollup_group(b->rollup, ev->subject, plan_id, ev->method, ev->endpoint,
+                              ev->time_usec);
+    if (group < 0)
+        return false;
+    b->week_days[b->event_count] =
+        (int32_t)(period_start(PERIOD_WEEK, ev->time_usec) / USEC_PER_DAY);
+    b->events[b->event_count] = (staged_event){group, ev->units, ev->bytes};
+    *slot = (uint32_t)++b->event_count;
     return true;
 }
 
-/* Takes ownership of `message`. False only when memory runs out (the caller
- * then stops the process rather than lose the message). */
+/* Takes ownership of `message`. False only when memory or the batch's bounds
+ * run out (the caller then stops without acknowledging anything). */
 static bool batch_add(collector *c, rd_kafka_message_t *message)
 {
-    batch *b = &c->b;
+    batch *b = c->filling;
     if (!mark_offset(b, message->partition, message->offset))
         return false;
     if (b->consumed++ == 0)
@@ -300,13 +394,12 @@ static bool batch_add(collector *c, rd_kafka_message_t *message)
     return ok;
 }
 
-/* ---- flushing ---------------------------------------------------------- */
+/* ---- writing ----------------------------------------------------------- */
 
 /* Looks up the keys the cache missed (a key created a moment ago is counted),
  * then stages the events whose key exists and rejects the rest. */
-static bool resolve_unknown_keys(collector *c, char *err, size_t err_size)
+static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_size)
 {
-    batch *b = &c->b;
     if (b->unresolved_count == 0)
         return true;
     const char **ids = malloc(b->unresolved_count * sizeof *ids);
@@ -327,7 +420,7 @@ static bool resolve_unknown_keys(collector *c, char *err, size_t err_size)
         const char *plan_id = keycache_lookup(c->keys, u->event.subject);
         if (plan_id != NULL) {
             if (!stage_event(b, &u->event, plan_id)) {
-                snprintf(err, err_size, "out of memory staging a batch");
+                snprintf(err, err_size, "batch bounds exceeded while staging");
                 return false;
             }
             rd_kafka_message_destroy(u->message);
@@ -356,11 +449,11 @@ static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, voi
     }
 }
 
-/* Publishes the batch's rejects to the DLQ, unchanged, with the reason in
- * headers, and waits until the broker has them all. */
-static bool publish_rejects(collector *c, char *err, size_t err_size)
+/* Publishes the batch's rejects to the DLQ, unchanged (value, key and
+ * headers), with the reason in added headers, and waits until the broker
+ * has them all. */
+static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
 {
-    batch *b = &c->b;
     if (b->dlq_done || b->reject_count == 0) {
         b->dlq_done = true;
         return true;
@@ -370,9 +463,10 @@ static bool publish_rejects(collector *c, char *err, size_t err_size)
         const reject *r = &b->rejects[i];
         const rd_kafka_message_t *m = r->message;
         rd_kafka_headers_t *original = NULL;
-        rd_kafka_headers_t *headers = rd_kafka_message_headers(m, &original) == RD_KAFKA_RESP_ERR_NO_ERROR
-                                          ? rd_kafka_headers_copy(original)
-                                          : rd_kafka_headers_new(5);
+        rd_kafka_headers_t *headers =
+            rd_kafka_message_headers(m, &original) == RD_KAFKA_RESP_ERR_NO_ERROR
+                ? rd_kafka_headers_copy(original)
+                : rd_kafka_headers_new(5);
         char partition[16], offset[24];
         snprintf(partition, sizeof partition, "%d", (int)m->partition);
         snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
@@ -410,20 +504,21 @@ static bool publish_rejects(collector *c, char *err, size_t err_size)
 /* Commits the batch's offsets for the partitions this instance still owns.
  * A failed commit is only logged: the database already holds the batch, so
  * a replay from an older offset is deduplicated. */
-static void commit_offsets(collector *c, bool synchronous)
+static void commit_offsets(collector *c, const batch *b)
 {
-    batch *b = &c->b;
     rd_kafka_topic_partition_list_t *owned = NULL;
     if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
-    rd_kafka_topic_partition_list_t *offsets = rd_kafka_topic_partition_list_new((int)b->mark_count);
+    rd_kafka_topic_partition_list_t *offsets =
+        rd_kafka_topic_partition_list_new((int)b->mark_count);
     for (size_t i = 0; i < b->mark_count; i++) {
         if (rd_kafka_topic_partition_list_find(owned, kafka_topic, b->marks[i].partition))
             rd_kafka_topic_partition_list_add(offsets, kafka_topic, b->marks[i].partition)->offset =
                 b->marks[i].next_offset;
     }
     if (offsets->cnt > 0) {
-        rd_kafka_resp_err_t cerr = rd_kafka_commit(c->consumer, offsets, synchronous ? 0 : 1);
+        rd_kafka_resp_err_t cerr =
+            rd_kafka_commit(c->consumer, offsets, c->synchronous_commit ? 0 : 1);
         if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR)
             log_warn("committing Kafka offsets: %s (the batch is in the database; a replay is "
                      "deduplicated)",
@@ -431,47 +526,6 @@ static void commit_offsets(collector *c, bool synchronous)
     }
     rd_kafka_topic_partition_list_destroy(offsets);
     rd_kafka_topic_partition_list_destroy(owned);
-}
-
-/* One attempt to write the batch. On failure the batch stays as it is and is
- * tried again later; nothing is acknowledged to Kafka before it succeeds. */
-static bool flush_once(collector *c, bool synchronous_commit)
-{
-    batch *b = &c->b;
-    if (batch_empty(b))
-        return true;
-    int64_t started = time_now_usec();
-    char err[512];
-    uint64_t counted = 0;
-    bool ok = resolve_unknown_keys(c, err, sizeof err);
-    if (!ok)
-        metrics_add(m_db_errors, 1);
-    else if (!(ok = publish_rejects(c, err, sizeof err)))
-        metrics_add(m_dlq_errors, 1);
-    else if (!(ok = store_commit_batch(c->db, &b->rows, &counted, err, sizeof err)))
-        metrics_add(m_db_errors, 1);
-    if (!ok) {
-        log_error("batch of %zu events not written, will retry: %s", b->consumed, err);
-        return false;
-    }
-    commit_offsets(c, synchronous_commit);
-    uint64_t duplicates = b->row_count - counted;
-    metrics_add(m_consumed, b->consumed);
-    metrics_add(m_counted, counted);
-    metrics_add(m_duplicates, duplicates);
-    for (size_t i = 0; i < b->reject_count; i++)
-        metrics_add(m_rejected[b->rejects[i].code], 1);
-    metrics_add(m_batches, 1);
-    metrics_observe(m_batch_size, (double)b->consumed);
-    double seconds = (double)(time_now_usec() - started) / 1e6;
-    metrics_observe(m_batch_seconds, seconds);
-    metrics_set(m_last_commit, (double)time_now_usec() / 1e6);
-    log_debug("batch committed: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
-              "%.1f ms",
-              b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
-              b->reject_count, seconds * 1000);
-    batch_clear(b);
-    return true;
 }
 
 static void set_paused(collector *c, bool paused)
@@ -493,17 +547,13 @@ static void set_paused(collector *c, bool paused)
     metrics_set(m_paused, paused ? 1 : 0);
 }
 
-/* Flushes with retries: on failure pauses consumption and backs off (100 ms
- * doubling to 5 s); the caller keeps polling so group membership survives. */
-static void flush_or_back_off(collector *c)
+/* The write failed: keep the batch, pause consumption and retry after a
+ * backoff (100 ms doubling to 5 s). Nothing was acknowledged to Kafka. */
+static void write_failed(collector *c, const char *err)
 {
-    if (flush_once(c, false)) {
-        c->backoff_usec = 0;
-        c->retry_at = 0;
-        if (c->paused)
-            set_paused(c, false);
-        return;
-    }
+    log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
+    c->writing_sent = false;
+    c->rollups_sent = false;
     if (!store_is_connected(c->db))
         store_disconnect(c->db);
     c->backoff_usec = c->backoff_usec ? c->backoff_usec * 2 : 100 * 1000;
@@ -511,6 +561,145 @@ static void flush_or_back_off(collector *c)
         c->backoff_usec = 5 * USEC_PER_SEC;
     c->retry_at = time_now_usec() + c->backoff_usec;
     set_paused(c, true);
+}
+
+/* The batch is in the database: acknowledge it to Kafka and account for it.
+ * consumed = counted + duplicates + rejected, batch by batch. */
+static void write_done(collector *c, uint64_t counted)
+{
+    batch *b = c->writing;
+    commit_offsets(c, b);
+    uint64_t duplicates = b->event_count - counted + b->in_batch_duplicates;
+    metrics_add(m_consumed, b->consumed);
+    metrics_add(m_counted, counted);
+    metrics_add(m_duplicates, duplicates);
+    for (size_t i = 0; i < b->reject_count; i++)
+        metrics_add(m_rejected[b->rejects[i].code], 1);
+    metrics_add(m_batches, 1);
+    metrics_observe(m_batch_size, (double)b->consumed);
+    double seconds = (double)(time_now_usec() - c->writing_started) / 1e6;
+    metrics_observe(m_batch_seconds, seconds);
+    metrics_set(m_last_commit, (double)time_now_usec() / 1e6);
+    log_debug("batch written: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
+              "%.1f ms",
+              b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
+              b->reject_count, seconds * 1000);
+    batch_clear(b);
+    c->writing = NULL;
+    c->writing_sent = false;
+    c->rollups_sent = false;
+    c->backoff_usec = 0;
+    c->retry_at = 0;
+    if (c->paused)
+        set_paused(c, false);
+}
+
+/* Starts (or restarts) writing c->writing: unknown keys, DLQ, then the
+ * database statement, which is left in flight. */
+static void write_start(collector *c)
+{
+    batch *b = c->writing;
+    char err[512];
+    c->writing_started = time_now_usec();
+    if (!resolve_unknown_keys(c, b, err, sizeof err)) {
+        metrics_add(m_db_errors, 1);
+        write_failed(c, err);
+        return;
+    }
+    if (!publish_rejects(c, b, err, sizeof err)) {
+        metrics_add(m_dlq_errors, 1);
+        write_failed(c, err);
+        return;
+    }
+    if (b->event_count == 0) {
+        write_done(c, 0);
+        return;
+    }
+    if (!store_send_inserts(c->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
+        metrics_add(m_db_errors, 1);
+        write_failed(c, err);
+        return;
+    }
+    c->writing_sent = true;
+    c->rollups_sent = false;
+}
+
+/* Phase A answered with the digests never seen before: count exactly those
+ * events in the batch's rollup, and send phase B. */
+static void send_rollups(collector *c, PGresult *inserted)
+{
+    batch *b = c->writing;
+    char err[512];
+    rollup_reset_counts(b->rollup); /* a retried batch starts from zero again */
+    uint64_t counted = 0;
+    for (int i = 0; i < PQntuples(inserted); i++) {
+        if (PQgetlength(inserted, i, 0) != 16)
+            continue;
+        uint32_t slot = *digest_slot(b, (const uint8_t *)PQgetvalue(inserted, i, 0));
+        if (slot == 0)
+            continue; /* cannot happen: the database only returns what we sent */
+        const staged_event *ev = &b->events[slot - 1];
+        rollup_add(b->rollup, ev->group, ev->units, ev->bytes);
+        counted++;
+    }
+    c->writing_counted = counted;
+    if (!rollup_render(b->rollup, c->hourly, c->counters)) {
+        write_failed(c, "rollup parameters exceed their buffers");
+        return;
+    }
+    if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
+        metrics_add(m_db_errors, 1);
+        write_failed(c, err);
+        return;
+    }
+    c->rollups_sent = true;
+}
+
+/* Advances the write in flight; with `wait`, until it is done. */
+static void write_poll(collector *c, bool wait)
+{
+    while (c->writing != NULL && c->writing_sent) {
+        PGresult *inserted = NULL;
+        char err[512];
+        switch (store_poll(c->db, wait, &inserted, err, sizeof err)) {
+        case STORE_PENDING:
+            return;
+        case STORE_DONE:
+            if (c->rollups_sent) {
+                write_done(c, c->writing_counted);
+                return;
+            }
+            send_rollups(c, inserted);
+            PQclear(inserted);
+            break; /* phase B is in flight now */
+        case STORE_FAILED:
+            metrics_add(m_db_errors, 1);
+            write_failed(c, err);
+            return;
+        }
+    }
+}
+
+/* Hands the filling batch to the writer (which must be idle). */
+static void write_next(collector *c)
+{
+    c->writing = c->filling;
+    c->filling = c->filling == &c->batches[0] ? &c->batches[1] : &c->batches[0];
+    write_start(c);
+}
+
+/* Writes everything consumed so far, synchronously, one attempt per batch.
+ * True when nothing is left unwritten. */
+static bool write_all_now(collector *c)
+{
+    if (c->writing && !c->writing_sent)
+        write_start(c);
+    write_poll(c, true);
+    if (c->writing == NULL && !batch_empty(c->filling)) {
+        write_next(c);
+        write_poll(c, true);
+    }
+    return c->writing == NULL && batch_empty(c->filling);
 }
 
 /* ---- Kafka ------------------------------------------------------------- */
@@ -539,12 +728,16 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         log_info("revoking %d partition(s)%s", partitions->cnt,
                  rd_kafka_assignment_lost(rk) ? " (assignment lost)" : "");
-        /* Finish the batch while these partitions are still ours, so the new
-         * owner starts after it. If that fails the batch is kept and written
-         * later: its events may then be processed by the new owner too, and
-         * the deduplication record counts them once whoever commits first. */
-        if (!batch_empty(&c->b) && !rd_kafka_assignment_lost(rk))
-            flush_once(c, true);
+        /* Write what was consumed while these partitions are still ours, so
+         * the new owner starts after it. If that fails the batches are kept
+         * and written later: their events may then be processed by the new
+         * owner too, and the deduplication record counts them once, whoever
+         * commits first. */
+        if (!rd_kafka_assignment_lost(rk)) {
+            c->synchronous_commit = true;
+            write_all_now(c);
+            c->synchronous_commit = false;
+        }
         if (cooperative) {
             rd_kafka_error_t *uerr = rd_kafka_incremental_unassign(rk, partitions);
             if (uerr) {
@@ -597,9 +790,10 @@ static rd_kafka_t *make_consumer(collector *c)
 {
     char session[24], queued[24];
     snprintf(session, sizeof session, "%lld", session_timeout_ms);
-    /* Bound what librdkafka pre-fetches: a few batches' worth is enough to
-     * keep the database busy and keeps the process small. */
-    snprintf(queued, sizeof queued, "%lld", 16384LL);
+    /* Bound what librdkafka pre-fetches (queue and a single fetch response):
+     * a batch or so in flight is enough to keep the database busy and keeps
+     * the process small. */
+    snprintf(queued, sizeof queued, "%lld", 8192LL);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     bool ok = set_conf(conf, "bootstrap.servers", kafka_brokers) &&
               set_conf(conf, "group.id", kafka_group) &&
@@ -613,6 +807,7 @@ static rd_kafka_t *make_consumer(collector *c)
               set_conf(conf, "session.timeout.ms", session) &&
               set_conf(conf, "heartbeat.interval.ms", session_timeout_ms >= 9000 ? "3000" : "500") &&
               set_conf(conf, "queued.max.messages.kbytes", queued) &&
+              set_conf(conf, "fetch.max.bytes", "8388608") &&
               set_conf(conf, "log.queue", "false");
     if (!ok) {
         rd_kafka_conf_destroy(conf);
@@ -765,9 +960,15 @@ int main(int argc, char **argv)
 
     collector c;
     memset(&c, 0, sizeof c);
-    /* Room for a full batch of the largest rows, plus what may still arrive
-     * while consumption is paused (bounded by queued.max.messages.kbytes). */
-    buf_init(&c.b.rows, (size_t)batch_max_events * 2200 + (64u << 20));
+    if (!batch_init(&c.batches[0]) || !batch_init(&c.batches[1])) {
+        log_error("out of memory");
+        return 1;
+    }
+    c.filling = &c.batches[0];
+    for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)
+        buf_init(&c.hourly[i], 256u << 20);
+    for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
+        buf_init(&c.counters[i], 256u << 20);
     c.limits.lateness_usec = lateness_days * USEC_PER_DAY;
     c.limits.max_bytes = (size_t)max_event_bytes;
     c.db = store_new(database_url, (int)lateness_days);
@@ -805,44 +1006,67 @@ int main(int argc, char **argv)
     int64_t next_maintenance = time_now_usec() + 3600 * USEC_PER_SEC;
     int64_t next_lag = 0;
     while (!stop_requested) {
+        write_poll(&c, false);
         int64_t now = time_now_usec();
         last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
-        bool full = c.b.consumed >= (size_t)batch_max_events;
-        bool due = !batch_empty(&c.b) && now - c.b.first_at >= batch_max_wait_ms * 1000;
-        if ((full || due) && now >= c.retry_at) {
-            flush_or_back_off(&c);
+        if (c.writing && !c.writing_sent && now >= c.retry_at)
+            write_start(&c);
+        if (c.writing == NULL) {
+            /* The connection is idle between writes: the moment for the
+             * periodic work that needs it. */
+            if (now >= next_key_refresh) {
+                refresh_keys(&c);
+                next_key_refresh = now + key_refresh_ms * 1000;
+            }
+            if (now >= next_maintenance) {
+                maintain_partitions(&c);
+                next_maintenance = now + 3600 * USEC_PER_SEC;
+            }
+        }
+        batch *f = c.filling;
+        bool full = f->consumed >= (size_t)batch_max_events;
+        /* Under light load a batch goes after batch_max_wait_ms; while events
+         * keep arriving it fills up (bigger batches amortise the rollup
+         * upserts) but never waits more than a second. */
+        int64_t age = now - f->first_at;
+        bool due = !batch_empty(f) &&
+                   ((age >= batch_max_wait_ms * 1000 && c.caught_up) || age >= USEC_PER_SEC);
+        if (c.writing == NULL && (full || due)) {
+            write_next(&c);
             continue;
         }
-        int timeout_ms = 100;
-        if (!batch_empty(&c.b)) {
-            int64_t wait = c.retry_at > now ? c.retry_at - now
-                                            : c.b.first_at + batch_max_wait_ms * 1000 - now;
-            timeout_ms = wait <= 0 ? 0 : (int)(wait / 1000 < 100 ? wait / 1000 : 100);
+        if (full && c.writing && c.writing_sent) {
+            /* Both batches busy: wait for the database (heartbeats go on in
+             * librdkafka's background thread). */
+            write_poll(&c, true);
+            continue;
         }
-        /* Polled even while backing off with a full batch: that serves the
-         * group's callbacks (membership survives a database outage); the
-         * partitions are paused then, so little or nothing arrives. */
+        int timeout_ms;
+        if (c.writing && c.writing_sent)
+            timeout_ms = 1; /* check the statement in flight often */
+        else if (c.writing)
+            timeout_ms = (int)((c.retry_at - now) / 1000);
+        else if (!batch_empty(f))
+            timeout_ms = (int)((f->first_at + batch_max_wait_ms * 1000 - now) / 1000);
+        else
+            timeout_ms = 100;
+        timeout_ms = timeout_ms < 0 ? 0 : timeout_ms > 100 ? 100 : timeout_ms;
+        /* Polled even while the database is unavailable: that serves the
+         * group's callbacks so membership survives; the partitions are
+         * paused then, so little or nothing arrives. */
         rd_kafka_message_t *message = rd_kafka_consumer_poll(c.consumer, timeout_ms);
+        c.caught_up = message == NULL;
         if (message != NULL) {
             if (message->err) {
                 if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
                     log_warn("consumer: %s", rd_kafka_message_errstr(message));
                 rd_kafka_message_destroy(message);
             } else if (!batch_add(&c, message)) {
-                log_error("out of memory adding an event to the batch; stopping without "
-                          "acknowledging it");
+                log_error("out of memory or batch bounds exceeded; stopping without "
+                          "acknowledging the current batches");
                 rd_kafka_message_destroy(message);
                 break;
             }
-        }
-        now = time_now_usec();
-        if (now >= next_key_refresh && !c.paused) {
-            refresh_keys(&c);
-            next_key_refresh = now + key_refresh_ms * 1000;
-        }
-        if (now >= next_maintenance && !c.paused) {
-            maintain_partitions(&c);
-            next_maintenance = now + 3600 * USEC_PER_SEC;
         }
         if (now >= next_lag) {
             update_lag(&c);
@@ -850,26 +1074,25 @@ int main(int argc, char **argv)
         }
     }
 
-    /* SIGTERM: finish the batch (a few tries while the database answers),
+    /* SIGTERM: finish the batches (a few tries while the database answers),
      * then leave the group cleanly. */
-    log_info("stopping: writing the last batch of %zu events", c.b.consumed);
-    for (int attempt = 0; attempt < 20 && !batch_empty(&c.b); attempt++) {
-        if (flush_once(&c, true))
-            break;
+    log_info("stopping: writing the last %zu events",
+             c.filling->consumed + (c.writing ? c.writing->consumed : 0));
+    c.synchronous_commit = true;
+    for (int attempt = 0; attempt < 20 && !write_all_now(&c); attempt++)
         usleep(250 * 1000);
-    }
-    if (!batch_empty(&c.b))
-        log_warn("exiting with %zu events not written; they are read again on restart",
-                 c.b.consumed);
+    if (c.writing || !batch_empty(c.filling))
+        log_warn("exiting with events not written; they are read again on restart");
     rd_kafka_consumer_close(c.consumer);
     rd_kafka_destroy(c.consumer);
     rd_kafka_flush(c.dlq, 5000);
     rd_kafka_destroy(c.dlq);
-    batch_clear(&c.b);
-    buf_free(&c.b.rows);
-    free(c.b.rejects);
-    free(c.b.unresolved);
-    free(c.b.marks);
+    batch_destroy(&c.batches[0]);
+    batch_destroy(&c.batches[1]);
+    for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)
+        buf_free(&c.hourly[i]);
+    for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
+        buf_free(&c.counters[i]);
     keycache_free(c.keys);
     store_free(c.db);
     ops_stop(ops);

@@ -4,60 +4,52 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 
 #include "db.h"
-#include "period.h"
 #include "timeutil.h"
 
 struct store {
     const char *url;
     int lateness_days;
     PGconn *conn;
+    buf params;       /* binary array parameters of phase A */
+    int statements;   /* statements sent before the pipeline's sync */
+    int completed;    /* statements whose results have all been read */
+    int keep;         /* the statement whose result is handed back, or -1 */
+    PGresult *kept;
+    bool failed;
+    char failure[512];
 };
 
-/* Session-local staging tables, emptied at every commit. */
-static const char sql_setup[] =
-    "CREATE TEMP TABLE IF NOT EXISTS tally_staged ("
-    "  seq bigint, source text, id text, key_id text, plan_id text, method text,"
-    "  endpoint text, units bigint, bytes bigint,"
-    "  hour_s bigint, day_s bigint, week_s bigint, month_s bigint) ON COMMIT DELETE ROWS;"
-    "CREATE TEMP TABLE IF NOT EXISTS tally_fresh (LIKE tally_staged) ON COMMIT DELETE ROWS;";
+/* Phase A: record the digests; RETURNING lists only those never seen. The
+ * sort gives concurrent collectors the same index lock order. */
+static const char sql_inserts[] =
+    "INSERT INTO event_ids (event_hash, event_week)"
+    " SELECT h, date '1970-01-01' + d FROM unnest($1::uuid[], $2::int[]) AS t (h, d)"
+    "  ORDER BY h"
+    " ON CONFLICT DO NOTHING"
+    " RETURNING event_hash";
 
-/* Records every staged (source, id) in its event week; the pairs the insert
- * returns were never seen before, and only those go on to the rollups. The
- * sort gives every collector the same lock order on the unique index, and
- * DISTINCT ON keeps the first copy of a pair sent twice in one batch. */
-static const char sql_dedup[] =
-    "WITH inserted AS ("
-    "  INSERT INTO event_ids (source, id, event_week)"
-    "  SELECT source, id, (to_timestamp(week_s) AT TIME ZONE 'UTC')::date"
-    "    FROM tally_staged ORDER BY source, id"
-    "  ON CONFLICT DO NOTHING"
-    "  RETURNING source, id)"
-    " INSERT INTO tally_fresh"
-    " SELECT DISTINCT ON (s.source, s.id) s.*"
-    "   FROM tally_staged s JOIN inserted i ON i.source = s.source AND i.id = s.id"
-    "  ORDER BY s.source, s.id, s.seq";
-
-/* Sorted so that concurrent collectors lock rollup rows in the same order. */
-static const char sql_hourly[] =
-    "INSERT INTO usage_hourly AS u (key_id, hour, plan_id, method, endpoint, requests, units, bytes)"
-    " SELECT key_id, to_timestamp(hour_s), plan_id, method, endpoint,"
-    "        count(*), sum(units)::bigint, sum(bytes)::bigint"
-    "   FROM tally_fresh GROUP BY key_id, hour_s, plan_id, method, endpoint"
-    "  ORDER BY key_id, hour_s, plan_id, method, endpoint"
-    " ON CONFLICT (key_id, hour, plan_id, method, endpoint) DO UPDATE"
-    "    SET requests = u.requests + EXCLUDED.requests, units = u.units + EXCLUDED.units,"
-    "        bytes = u.bytes + EXCLUDED.bytes, updated_at = now()";
-
-static const char sql_counters[] =
-    "INSERT INTO usage_counters AS c (key_id, period, period_start, requests, units, bytes)"
-    " SELECT key_id, p.period,"
-    "        to_timestamp(CASE p.period WHEN 'DAY' THEN day_s WHEN 'WEEK' THEN week_s"
-    "                     ELSE month_s END) AS start,"
-    "        count(*), sum(units)::bigint, sum(bytes)::bigint"
-    "   FROM tally_fresh CROSS JOIN (VALUES ('DAY'), ('WEEK'), ('MONTH')) AS p (period)"
-    "  GROUP BY key_id, p.period, start ORDER BY key_id, p.period, start"
+/* Phase B: the new events' totals, pre-aggregated by the collector. Rows are
+ * sorted so concurrent collectors lock them in the same order. */
+static const char sql_rollups[] =
+    "WITH hourly AS ("
+    "  INSERT INTO usage_hourly AS u (key_id, hour, plan_id, method, endpoint, requests, units, bytes)"
+    "  SELECT k, to_timestamp(h), p, m, e, r, n, b"
+    "    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
+    "                $6::bigint[], $7::bigint[], $8::bigint[]) AS t (k, h, p, m, e, r, n, b)"
+    "   ORDER BY k, h, p, m, e"
+    "  ON CONFLICT (key_id, hour, plan_id, method, endpoint) DO UPDATE"
+    "     SET requests = u.requests + EXCLUDED.requests, units = u.units + EXCLUDED.units,"
+    "         bytes = u.bytes + EXCLUDED.bytes, updated_at = now()"
+    "  RETURNING 1)"
+    " INSERT INTO usage_counters AS c (key_id, period, period_start, requests, units, bytes)"
+    " SELECT k, p, to_timestamp(s), r, n, b"
+    "   FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],"
+    "               $14::bigint[]) AS t (k, p, s, r, n, b)"
+    "  WHERE (SELECT count(*) FROM hourly) >= 0" /* hourly first: one lock order for all */
+    "  ORDER BY k, p, s"
     " ON CONFLICT (key_id, period, period_start) DO UPDATE"
     "    SET requests = c.requests + EXCLUDED.requests, units = c.units + EXCLUDED.units,"
     "        bytes = c.bytes + EXCLUDED.bytes, updated_at = now()";
@@ -68,12 +60,17 @@ store *store_new(const char *url, int lateness_days)
     if (st) {
         st->url = url;
         st->lateness_days = lateness_days;
+        buf_init(&st->params, 64u << 20);
     }
     return st;
 }
 
 void store_disconnect(store *st)
 {
+    if (st->kept) {
+        PQclear(st->kept);
+        st->kept = NULL;
+    }
     if (st->conn) {
         PQfinish(st->conn);
         st->conn = NULL;
@@ -85,6 +82,7 @@ void store_free(store *st)
     if (st == NULL)
         return;
     store_disconnect(st);
+    buf_free(&st->params);
     free(st);
 }
 
@@ -112,18 +110,18 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
     st->conn = db_connect(st->url, "tally-collector", err, err_size);
     if (st->conn == NULL)
         return false;
-    if (!db_exec(st->conn, "SET client_min_messages TO warning", "configuring the session", err,
-                 err_size) ||
-        !db_exec(st->conn, sql_setup, "creating the staging tables", err, err_size) ||
-        !prepare(st->conn, "dedup", sql_dedup, 0, "preparing the deduplication statement", err,
-                 err_size) ||
-        !prepare(st->conn, "hourly", sql_hourly, 0, "preparing the hourly rollup statement", err,
-                 err_size) ||
-        !prepare(st->conn, "counters", sql_counters, 0, "preparing the counter statement", err,
+    /* JIT compilation costs more than it saves on statements that run a few
+     * times a second (the planner cannot see how small the arrays are). */
+    if (!db_exec(st->conn, "SET jit = off", "configuring the session", err, err_size) ||
+        !prepare(st->conn, "inserts", sql_inserts, 2, "preparing the deduplication statement",
+                 err, err_size) ||
+        !prepare(st->conn, "rollups", sql_rollups, 14, "preparing the rollup statement", err,
                  err_size)) {
         store_disconnect(st);
         return false;
     }
+    /* Sends never block: the collector parses the next batch meanwhile. */
+    PQsetnonblocking(st->conn, 1);
     return true;
 }
 
@@ -200,90 +198,148 @@ bool store_maintain_partitions(store *st, int *created, int *dropped, char *err,
     return ok;
 }
 
-bool store_stage_row(buf *rows, uint64_t seq, const char *source, const char *id,
-                     const char *key_id, const char *plan_id, const char *method,
-                     const char *endpoint, int64_t units, int64_t bytes, int64_t time_usec)
+static bool put_int32(buf *b, int32_t value)
 {
-    /* Period starts are computed here, by the unit-tested period module, and
-     * passed as whole epoch seconds, so SQL never re-derives them. */
-    long long hour_s = (long long)(time_truncate(time_usec, USEC_PER_HOUR) / USEC_PER_SEC);
-    long long day_s = (long long)(period_start(PERIOD_DAY, time_usec) / USEC_PER_SEC);
-    long long week_s = (long long)(period_start(PERIOD_WEEK, time_usec) / USEC_PER_SEC);
-    long long month_s = (long long)(period_start(PERIOD_MONTH, time_usec) / USEC_PER_SEC);
-    return buf_appendf(rows, "%llu\t", (unsigned long long)seq) &&
-           db_append_copy_text(rows, source) && buf_append(rows, "\t", 1) &&
-           db_append_copy_text(rows, id) && buf_append(rows, "\t", 1) &&
-           db_append_copy_text(rows, key_id) && buf_append(rows, "\t", 1) &&
-           db_append_copy_text(rows, plan_id) && buf_append(rows, "\t", 1) &&
-           db_append_copy_text(rows, method) && buf_append(rows, "\t", 1) &&
-           db_append_copy_text(rows, endpoint) &&
-           buf_appendf(rows, "\t%lld\t%lld\t%lld\t%lld\t%lld\t%lld\n", (long long)units,
-                       (long long)bytes, hour_s, day_s, week_s, month_s);
+    uint8_t be[4] = {(uint8_t)((uint32_t)value >> 24), (uint8_t)((uint32_t)value >> 16),
+                     (uint8_t)((uint32_t)value >> 8), (uint8_t)value};
+    return buf_append(b, be, 4);
 }
 
-static bool run_prepared(PGconn *conn, const char *name, const char *what, uint64_t *affected,
-                         char *err, size_t err_size)
+/* A one-dimensional array in PostgreSQL's binary format: header, then each
+ * element as length + bytes (`elem_size` bytes from `items`, or int32s). */
+static bool put_binary_array(buf *b, uint32_t element_type, const void *items, size_t count,
+                             int elem_size)
 {
-    PGresult *res = PQexecPrepared(conn, name, 0, NULL, NULL, NULL, 0);
-    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    if (ok && affected)
-        *affected = strtoull(PQcmdTuples(res), NULL, 10);
-    if (!ok)
-        db_error(conn, res, what, err, err_size);
-    PQclear(res);
+    bool ok = put_int32(b, 1) && put_int32(b, 0) && put_int32(b, (int32_t)element_type) &&
+              put_int32(b, (int32_t)count) && put_int32(b, 1);
+    for (size_t i = 0; ok && i < count; i++) {
+        ok = put_int32(b, elem_size);
+        if (ok && element_type == 23)
+            ok = put_int32(b, ((const int32_t *)items)[i]);
+        else if (ok)
+            ok = buf_append(b, (const uint8_t *)items + i * (size_t)elem_size, (size_t)elem_size);
+    }
     return ok;
 }
 
-static bool copy_rows(PGconn *conn, const buf *rows, char *err, size_t err_size)
+static void begin_exchange(store *st, int keep)
 {
-    PGresult *res = PQexec(conn, "COPY tally_staged FROM STDIN");
-    if (PQresultStatus(res) != PGRES_COPY_IN) {
-        db_error(conn, res, "starting COPY into the staging table", err, err_size);
-        PQclear(res);
-        return false;
-    }
-    PQclear(res);
-    const size_t chunk = 1u << 20;
-    bool sent = true;
-    for (size_t off = 0; off < rows->len && sent; off += chunk) {
-        size_t n = rows->len - off < chunk ? rows->len - off : chunk;
-        sent = PQputCopyData(conn, rows->data + off, (int)n) == 1;
-    }
-    if (PQputCopyEnd(conn, sent ? NULL : "client failed to send") != 1)
-        sent = false;
-    bool ok = sent;
-    while ((res = PQgetResult(conn)) != NULL) {
-        if (PQresultStatus(res) != PGRES_COMMAND_OK && ok) {
-            db_error(conn, res, "copying the batch into the staging table", err, err_size);
-            ok = false;
-        }
-        PQclear(res);
-    }
-    if (!sent && ok)
-        db_error(conn, NULL, "sending the batch", err, err_size);
-    return ok && sent;
+    st->statements = 0;
+    st->completed = 0;
+    st->keep = keep;
+    st->failed = false;
+    st->failure[0] = '\0';
 }
 
-bool store_commit_batch(store *st, const buf *rows, uint64_t *counted, char *err, size_t err_size)
+static bool send_failed(store *st, const char *what, char *err, size_t err_size)
+{
+    db_error(st->conn, NULL, what, err, err_size);
+    store_disconnect(st);
+    return false;
+}
+
+bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_days,
+                        size_t count, char *err, size_t err_size)
 {
     if (!store_ensure_connected(st, err, err_size))
         return false;
-    uint64_t fresh = 0;
-    bool ok = db_exec(st->conn, "BEGIN", "starting the batch transaction", err, err_size) &&
-              (rows->len == 0 || copy_rows(st->conn, rows, err, err_size)) &&
-              run_prepared(st->conn, "dedup", "deduplicating the batch", &fresh, err, err_size) &&
-              run_prepared(st->conn, "hourly", "adding to the hourly rollups", NULL, err,
-                           err_size) &&
-              run_prepared(st->conn, "counters", "adding to the period counters", NULL, err,
-                           err_size) &&
-              db_exec(st->conn, "COMMIT", "committing the batch", err, err_size);
-    if (!ok) {
-        char ignored[256];
-        if (store_is_connected(st) &&
-            !db_exec(st->conn, "ROLLBACK", "rolling back", ignored, sizeof ignored))
-            store_disconnect(st);
+    enum { UUID_OID = 2950, INT4_OID = 23 };
+    buf_reset(&st->params);
+    bool built = put_binary_array(&st->params, UUID_OID, digests, count, 16);
+    size_t split = st->params.len;
+    built = built && put_binary_array(&st->params, INT4_OID, week_days, count, 4);
+    if (!built) {
+        snprintf(err, err_size, "batch too large for its parameter buffer");
         return false;
     }
-    *counted = fresh;
+    const char *values[2] = {st->params.data, st->params.data + split};
+    int lengths[2] = {(int)split, (int)(st->params.len - split)};
+    int formats[2] = {1, 1};
+    begin_exchange(st, 1);
+    if (!PQenterPipelineMode(st->conn) ||
+        !PQsendQueryParams(st->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQsendQueryPrepared(st->conn, "inserts", 2, values, lengths, formats, 1) ||
+        !PQpipelineSync(st->conn))
+        return send_failed(st, "sending the batch's event digests", err, err_size);
+    st->statements = 2;
     return true;
+}
+
+bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool nothing_new,
+                        char *err, size_t err_size)
+{
+    begin_exchange(st, -1);
+    const char *values[14];
+    for (int i = 0; i < 8; i++)
+        values[i] = hourly[i].data;
+    for (int i = 0; i < 6; i++)
+        values[8 + i] = counters[i].data;
+    if (!PQenterPipelineMode(st->conn) ||
+        (!nothing_new &&
+         !PQsendQueryPrepared(st->conn, "rollups", 14, values, NULL, NULL, 0)) ||
+        !PQsendQueryParams(st->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
+        !PQpipelineSync(st->conn))
+        return send_failed(st, "sending the batch's rollups", err, err_size);
+    st->statements = nothing_new ? 1 : 2;
+    return true;
+}
+
+store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size_t err_size)
+{
+    *kept = NULL;
+    for (;;) {
+        int flushed = PQflush(st->conn);
+        if (flushed < 0 || !PQconsumeInput(st->conn)) {
+            db_error(st->conn, NULL, "talking to PostgreSQL", err, err_size);
+            store_disconnect(st);
+            return STORE_FAILED;
+        }
+        while (!PQisBusy(st->conn)) {
+            PGresult *res = PQgetResult(st->conn);
+            if (res == NULL) {
+                st->completed++; /* the end of one statement's results */
+                if (st->completed > st->statements + 1) {
+                    snprintf(err, err_size, "talking to PostgreSQL: pipeline out of step");
+                    store_disconnect(st);
+                    return STORE_FAILED;
+                }
+                continue;
+            }
+            ExecStatusType status = PQresultStatus(res);
+            if (status == PGRES_PIPELINE_SYNC) {
+                PQclear(res);
+                bool ok = !st->failed && PQexitPipelineMode(st->conn) == 1;
+                if (!ok) {
+                    snprintf(err, err_size, "%s",
+                             st->failed ? st->failure : "leaving pipeline mode failed");
+                    store_disconnect(st); /* rolls the transaction back */
+                    return STORE_FAILED;
+                }
+                *kept = st->kept;
+                st->kept = NULL;
+                return STORE_DONE;
+            }
+            if (status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED) {
+                if (!st->failed)
+                    db_error(st->conn, res, "writing the batch", st->failure,
+                             sizeof st->failure);
+                st->failed = true;
+            } else if (st->completed == st->keep && st->kept == NULL) {
+                st->kept = res;
+                continue;
+            }
+            PQclear(res);
+        }
+        if (!wait)
+            return STORE_PENDING;
+        int fd = PQsocket(st->conn);
+        fd_set readable, writable;
+        FD_ZERO(&readable);
+        FD_ZERO(&writable);
+        FD_SET(fd, &readable);
+        if (flushed == 1)
+            FD_SET(fd, &writable);
+        struct timeval tv = {1, 0};
+        select(fd + 1, &readable, &writable, NULL, &tv);
+    }
 }

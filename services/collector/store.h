@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <libpq-fe.h>
+
 #include "buf.h"
 #include "keycache.h"
 
@@ -32,17 +34,30 @@ bool store_lookup_keys(store *st, const char *const *ids, size_t count, keycache
 /* Creates the coming weeks' event_ids partitions and drops expired ones. */
 bool store_maintain_partitions(store *st, int *created, int *dropped, char *err, size_t err_size);
 
-/* Appends one staged row in COPY text format. The columns are those of
- * store.c's staging table; strings are escaped here. */
-bool store_stage_row(buf *rows, uint64_t seq, const char *source, const char *id,
-                     const char *key_id, const char *plan_id, const char *method,
-                     const char *endpoint, int64_t units, int64_t bytes, int64_t time_usec)
+/* Writing a batch is one transaction in two pipelined exchanges, so the
+ * collector can parse the next batch meanwhile:
+ *   A. store_send_inserts: BEGIN, then record each event's 128-bit digest in
+ *      its event week; the result (store_poll's *kept) lists the digests
+ *      never seen before, binary, 16 bytes each;
+ *   B. store_send_rollups: add the new events' totals (aggregated by the
+ *      caller) to the hourly rollups and period counters, then COMMIT.
+ * Between a send and a store_poll that is not STORE_PENDING, no other store
+ * call may be made. On STORE_FAILED the connection is dropped, which rolls
+ * the transaction back: nothing of the batch is written. */
+bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_days,
+                        size_t count, char *err, size_t err_size)
     __attribute__((warn_unused_result));
-/* In one transaction: stages `rows` (from store_stage_row), records their
- * (source, id) pairs, and adds the ones never seen before to the hourly
- * rollups and period counters. *counted is how many were new; the rest were
- * duplicates. On failure nothing is written. */
-bool store_commit_batch(store *st, const buf *rows, uint64_t *counted, char *err, size_t err_size)
-    __attribute__((warn_unused_result));
+/* `hourly` and `counters` hold array literals (see rollup.h); with
+ * `nothing_new` only COMMIT is sent. */
+bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool nothing_new,
+                        char *err, size_t err_size) __attribute__((warn_unused_result));
+
+typedef enum { STORE_PENDING, STORE_DONE, STORE_FAILED } store_progress;
+
+/* Advances the exchange in flight; with `wait` blocks until it is done. On
+ * STORE_DONE after store_send_inserts, *kept is the INSERT's result (owned
+ * by the caller: PQclear it); otherwise *kept is NULL. */
+store_progress store_poll(store *st, bool wait, PGresult **kept, char *err,
+                          size_t err_size);
 
 #endif

@@ -43,6 +43,7 @@ typedef struct {
     const char *summary_path;
     long long count;     /* -1: not given */
     long long seed;      /* -1: not given */
+    bool uuid_ids;
     long long replay;    /* -1: not given */
     double duration;     /* -1: not given */
     double rate;
@@ -453,6 +454,9 @@ int main(int argc, char **argv)
          "comma-separated \"METHOD path\" pairs"},
         {NULL, "source", CFG_STRING, &opt.source, "loadgen", false, false, 0, 0,
          "CloudEvents source of every event"},
+        {NULL, "uuid-ids", CFG_BOOL, &opt.uuid_ids, "false", false, false, 0, 0,
+         "make event ids random-looking UUIDs (still a pure function of seed and index) instead "
+         "of lg-<seed hex>-<index>"},
         {NULL, "seed", CFG_INT, &opt.seed, NULL, false, false, 0, (double)SEED_MAX,
          "PRNG seed (default: random, printed); same seed and base time = same events"},
         {NULL, "base-time", CFG_STRING, &opt.base_time, NULL, false, false, 0, 0,
@@ -526,6 +530,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "tally-loadgen: %s\n", err);
         return EXIT_BAD_ARGUMENTS;
     }
+    gen.uuid_ids = opt.uuid_ids;
 
     int exit_code = EXIT_DELIVERY_FAILED;
     summary sum;

@@ -403,10 +403,33 @@ size_t synth_render(const synth_generator *gen, const synth_event *ev, int64_t t
 {
     appender a = {buf, 0, size};
     const synth_endpoint *endpoint = &gen->endpoints[ev->endpoint];
-    put_str(&a, "{\"specversion\":\"1.0\",\"id\":\"lg-");
-    put_hex(&a, gen->seed);
-    put(&a, "-", 1);
-    put_u64(&a, ev->index);
+    if (gen->uuid_ids) {
+        /* A version-4-shaped UUID drawn from (seed, index): what gateways
+         * typically send, and the worst case for a B-tree (random order). */
+        static const char hex[] = "0123456789abcdef";
+        synth_rng rng;
+        synth_rng_init(&rng, (gen->seed * UINT64_C(0x9E3779B97F4A7C15)) ^ ev->index ^
+                                 UINT64_C(0x5851F42D4C957F2D));
+        uint64_t hi = synth_rng_next(&rng), lo = synth_rng_next(&rng);
+        hi = (hi & ~UINT64_C(0xF000)) | UINT64_C(0x4000);
+        lo = (lo & ~(UINT64_C(3) << 62)) | (UINT64_C(2) << 62);
+        char text[37];
+        size_t n = 0;
+        for (int i = 0; i < 32; i++) {
+            if (i == 8 || i == 12 || i == 16 || i == 20)
+                text[n++] = '-';
+            uint64_t word = i < 16 ? hi : lo;
+            text[n++] = hex[(word >> (60 - 4 * (i % 16))) & 0xF];
+        }
+        text[n] = '\0';
+        put_str(&a, "{\"specversion\":\"1.0\",\"id\":\"");
+        put_str(&a, text);
+    } else {
+        put_str(&a, "{\"specversion\":\"1.0\",\"id\":\"lg-");
+        put_hex(&a, gen->seed);
+        put(&a, "-", 1);
+        put_u64(&a, ev->index);
+    }
     put_str(&a, "\",\"source\":\"");
     put_str(&a, gen->source_json);
     put_str(&a, "\",\"type\":\"api.request\",\"subject\":\"");

@@ -42,6 +42,7 @@ typedef struct {
     size_t endpoint_count;
     char *source_json;           /* escaped, owned */
     double late_ratio;
+    bool uuid_ids;               /* ids as random-looking UUIDs (from seed, index) */
 } synth_generator;
 
 /* The fields of one event, before its time is anchored. */

@@ -1,0 +1,149 @@
+#include "digest.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* The first 32 bits of the fractional parts of the cube roots of the first
+ * 64 primes (FIPS 180-4, 4.2.2). */
+static const uint32_t round_constants[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u,
+    0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
+    0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u,
+    0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
+    0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu,
+    0x2de92c6fu, 0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau,
+    0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u,
+    0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu, 0x53380d13u,
+    0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u,
+    0xa2bfe8a1u, 0xa81a664bu, 0xc24b8b70u, 0xc76c51a3u,
+    0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u,
+    0x19a4c116u, 0x1e376c08u, 0x2748774cu, 0x34b0bcb5u,
+    0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u,
+    0x90befffau, 0xa4506cebu, 0xbef9a3f7u, 0xc67178f2u
+};
+
+static uint32_t rotr(uint32_t x, unsigned n)
+{
+    return (x >> n) | (x << (32 - n));
+}
+
+static void compress(uint32_t state[8], const uint8_t block[64])
+{
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)block[i * 4] << 24 | (uint32_t)block[i * 4 + 1] << 16 |
+               (uint32_t)block[i * 4 + 2] << 8 | (uint32_t)block[i * 4 + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) +
+                      round_constants[i] + w[i];
+        uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        h = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+    state[4] += e;
+    state[5] += f;
+    state[6] += g;
+    state[7] += h;
+}
+
+void digest_sha256_init(digest_sha256_ctx *ctx)
+{
+    /* The first 32 bits of the fractional parts of the square roots of the
+     * first 8 primes (FIPS 180-4, 5.3.3). */
+    static const uint32_t initial[8] = {0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au, 0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u};
+    memcpy(ctx->state, initial, sizeof initial);
+    ctx->length = 0;
+    ctx->block_len = 0;
+}
+
+void digest_sha256_update(digest_sha256_ctx *ctx, const void *data, size_t len)
+{
+    const uint8_t *p = data;
+    ctx->length += len;
+    while (len > 0) {
+        size_t take = 64 - ctx->block_len < len ? 64 - ctx->block_len : len;
+        memcpy(ctx->block + ctx->block_len, p, take);
+        ctx->block_len += take;
+        p += take;
+        len -= take;
+        if (ctx->block_len == 64) {
+            compress(ctx->state, ctx->block);
+            ctx->block_len = 0;
+        }
+    }
+}
+
+void digest_sha256_final(digest_sha256_ctx *ctx, uint8_t out[DIGEST_SHA256_LEN])
+{
+    uint64_t bits = ctx->length * 8;
+    uint8_t pad = 0x80;
+    digest_sha256_update(ctx, &pad, 1);
+    pad = 0;
+    while (ctx->block_len != 56)
+        digest_sha256_update(ctx, &pad, 1);
+    uint8_t length_be[8];
+    for (int i = 0; i < 8; i++)
+        length_be[i] = (uint8_t)(bits >> (56 - 8 * i));
+    digest_sha256_update(ctx, length_be, 8);
+    for (int i = 0; i < 8; i++) {
+        out[i * 4] = (uint8_t)(ctx->state[i] >> 24);
+        out[i * 4 + 1] = (uint8_t)(ctx->state[i] >> 16);
+        out[i * 4 + 2] = (uint8_t)(ctx->state[i] >> 8);
+        out[i * 4 + 3] = (uint8_t)ctx->state[i];
+    }
+}
+
+void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN])
+{
+    digest_sha256_ctx ctx;
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, data, len);
+    digest_sha256_final(&ctx, out);
+}
+
+void digest_event(const char *source, const char *id, uint8_t out[16])
+{
+    char prefix[24];
+    size_t source_len = strlen(source);
+    int n = snprintf(prefix, sizeof prefix, "%zu:", source_len);
+    digest_sha256_ctx ctx;
+    uint8_t full[DIGEST_SHA256_LEN];
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, prefix, (size_t)n);
+    digest_sha256_update(&ctx, source, source_len);
+    digest_sha256_update(&ctx, id, strlen(id));
+    digest_sha256_final(&ctx, full);
+    memcpy(out, full, 16);
+}
+
+void digest_uuid_text(const uint8_t bytes[16], char out[37])
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t n = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            out[n++] = '-';
+        out[n++] = hex[bytes[i] >> 4];
+        out[n++] = hex[bytes[i] & 0xF];
+    }
+    out[n] = '\0';
+}

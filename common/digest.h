@@ -1,0 +1,32 @@
+/* SHA-256 (FIPS 180-4), written for Tally: API key values are stored as
+ * their SHA-256, and the collector records each event as a 128-bit digest
+ * of its (source, id). Pure functions, no allocation. */
+#ifndef TALLY_DIGEST_H
+#define TALLY_DIGEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define DIGEST_SHA256_LEN 32
+
+typedef struct {
+    uint32_t state[8];
+    uint64_t length;     /* bytes hashed so far */
+    uint8_t block[64];
+    size_t block_len;
+} digest_sha256_ctx;
+
+void digest_sha256_init(digest_sha256_ctx *ctx);
+void digest_sha256_update(digest_sha256_ctx *ctx, const void *data, size_t len);
+void digest_sha256_final(digest_sha256_ctx *ctx, uint8_t out[DIGEST_SHA256_LEN]);
+/* One call: out = SHA-256(data). */
+void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN]);
+/* The event digest the collector records (see migrations/001_init.sql,
+ * tally_event_hash): the first 16 bytes of
+ * SHA-256(<decimal byte length of source> ":" source id). The length prefix
+ * keeps two different pairs from ever hashing the same text. */
+void digest_event(const char *source, const char *id, uint8_t out[16]);
+/* Writes 16 bytes as a canonical UUID string (36 chars + NUL) into out. */
+void digest_uuid_text(const uint8_t bytes[16], char out[37]);
+
+#endif

@@ -1,0 +1,42 @@
+/* A batch's rollups, aggregated in memory before they reach PostgreSQL:
+ * hourly groups (key, hour, plan, method, endpoint) and, derived from them,
+ * the per-key period counters (DAY, WEEK, MONTH). Events are registered in
+ * their group while the batch fills; only those the database reports as new
+ * are then added, so duplicates never reach the totals. */
+#ifndef TALLY_COLLECTOR_ROLLUP_H
+#define TALLY_COLLECTOR_ROLLUP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+typedef struct rollup rollup;
+
+/* A new rollup holding at most `max_groups` hourly groups, or NULL. */
+rollup *rollup_new(size_t max_groups);
+void rollup_free(rollup *r);
+void rollup_clear(rollup *r);
+/* The index of the event's hourly group, created if new (strings copied);
+ * -1 when the rollup is full. */
+long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char *method,
+                  const char *endpoint, int64_t time_usec);
+/* Counts one new event in group `group`. */
+void rollup_add(rollup *r, long group, int64_t units, int64_t bytes);
+/* Sets every group's totals back to zero (before a retried batch is
+ * counted again); the groups themselves stay. */
+void rollup_reset_counts(rollup *r);
+/* True when no event has been counted. */
+bool rollup_is_empty(const rollup *r);
+
+#define ROLLUP_HOURLY_COLUMNS  8  /* key_id, hour_s, plan_id, method, endpoint, requests, units, bytes */
+#define ROLLUP_COUNTER_COLUMNS 6  /* key_id, period, start_s, requests, units, bytes */
+/* Renders the counted groups, and the counters summed from them, as
+ * PostgreSQL array literals (one per column, in the orders above). The
+ * columns must be initialised buffers; they are reset first. False when a
+ * buffer's limit is hit. */
+bool rollup_render(rollup *r, buf hourly[ROLLUP_HOURLY_COLUMNS],
+                   buf counters[ROLLUP_COUNTER_COLUMNS]) __attribute__((warn_unused_result));
+
+#endif
