@@ -28,8 +28,14 @@ BIN_FILES     := $(BINARIES:%=$(BUILD)/bin/tally-%)
 UNIT_SRC  := $(wildcard tests/unit/*.c)
 UNIT_BIN  := $(BUILD)/bin/unit-tests
 
-.PHONY: all asan deps test unit integration run stack-up stack-down migrate bench clean
-all: $(BIN_FILES)
+.PHONY: all asan deps test unit integration run stack-up stack-down migrate bench clean check-deps
+all: check-deps $(BIN_FILES)
+
+# A newcomer's plain `make` on a machine without the libraries gets a hint
+# instead of a wall of missing-header errors.
+check-deps:
+	@pkg-config --exists $(PKGS) 2>/dev/null || { \
+	  echo "missing build dependencies: run 'make deps' (or 'make test' / 'make run', which install them)"; exit 1; }
 
 $(BUILD)/obj/%.o: %.c $(wildcard common/*.h)
 	@mkdir -p $(dir $@)
@@ -70,6 +76,10 @@ test: deps
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
+
+# The whole system on embedded defaults, with demo data and traffic; Ctrl-C stops it.
+run: deps all
+	@tools/run.sh
 
 stack-up: deps all
 	@tools/stack.sh up .tally
