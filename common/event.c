@@ -259,9 +259,6 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
                  limits->max_bytes);
         return EVENT_ERR_TOO_LARGE;
     }
-    if (!event_utf8_valid(payload, len))
-        return fail(msg, msg_size, EVENT_ERR_INVALID_UTF8, "message value is not valid %s",
-                    "UTF-8");
     pthread_once(&arena_once, arena_install);
     arena_used = 0;
     arena_active = 1;
@@ -269,6 +266,11 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
     json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (root == NULL) {
         arena_active = 0;
+        /* jansson accepts only valid UTF-8, so the (costlier) check is needed
+         * only to say why a value was refused. */
+        if (!event_utf8_valid(payload, len))
+            return fail(msg, msg_size, EVENT_ERR_INVALID_UTF8, "message value is not valid %s",
+                        "UTF-8");
         snprintf(msg, msg_size, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
                  jerr.text);
         return EVENT_ERR_INVALID_JSON;

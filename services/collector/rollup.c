@@ -203,11 +203,20 @@ long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char
                   const char *endpoint, int64_t time_usec)
 {
     int64_t hour_s = time_truncate(time_usec, USEC_PER_HOUR) / USEC_PER_SEC;
+    /* The map key: the fields joined by \x1f, then the hour's 8 raw bytes. */
     char key[1024];
-    int n = snprintf(key, sizeof key, "%s\x1f%s\x1f%s\x1f%s\x1f%lld", key_id, plan_id, method,
-                     endpoint, (long long)hour_s);
-    if (n < 0 || (size_t)n >= sizeof key)
-        return -1;
+    size_t n = 0;
+    const char *fields[4] = {key_id, plan_id, method, endpoint};
+    for (int i = 0; i < 4; i++) {
+        size_t len = strlen(fields[i]);
+        if (n + len + 1 + sizeof hour_s > sizeof key)
+            return -1;
+        memcpy(key + n, fields[i], len);
+        n += len;
+        key[n++] = '\x1f';
+    }
+    memcpy(key + n, &hour_s, sizeof hour_s);
+    n += sizeof hour_s;
     long found = map_find_or_add(&r->group_index, key, (size_t)n, -1);
     if (found >= 0)
         return found;
