@@ -25,10 +25,19 @@
 
 static volatile sig_atomic_t devbroker_stop_requested = 0;
 
+/* SIGUSR1 takes every broker down (connections refused and dropped, as
+ * when a real cluster is unreachable) and SIGUSR2 brings them back, with
+ * their data, so tests can check that clients survive an outage. */
+static volatile sig_atomic_t devbroker_outage_wanted = 0;
+
 static void devbroker_on_signal(int signo)
 {
-    (void)signo;
-    devbroker_stop_requested = 1;
+    if (signo == SIGUSR1)
+        devbroker_outage_wanted = 1;
+    else if (signo == SIGUSR2)
+        devbroker_outage_wanted = 0;
+    else
+        devbroker_stop_requested = 1;
 }
 
 static const char devbroker_usage[] = "tally-devbroker [options]";
@@ -52,6 +61,8 @@ static const char devbroker_summary[] =
     "\n"
     "Creates the events topic and the dead-letter topic; other topics are\n"
     "auto-created on first use with the mock's default partition count.\n"
+    "SIGUSR1 takes every broker down (an outage: clients cannot connect), SIGUSR2\n"
+    "brings them back with their data.\n"
     "Runs until SIGTERM or SIGINT, then shuts the cluster down and exits 0.\n"
     "On start it prints one line to stdout: BOOTSTRAP <host:port,...>";
 
@@ -202,6 +213,8 @@ int main(int argc, char **argv)
     sigemptyset(&action.sa_mask);
     sigaction(SIGTERM, &action, NULL);
     sigaction(SIGINT, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+    sigaction(SIGUSR2, &action, NULL);
     /* A client that disconnects mid-write must not kill the broker. */
     signal(SIGPIPE, SIG_IGN);
 
@@ -247,9 +260,22 @@ int main(int argc, char **argv)
              "partition)",
              broker_count, bootstrap);
 
+    bool down = false;
     while (!devbroker_stop_requested) {
         struct timespec pause = {.tv_sec = 0, .tv_nsec = 100 * 1000 * 1000};
         nanosleep(&pause, NULL);
+        bool want_down = devbroker_outage_wanted != 0;
+        if (want_down != down) {
+            for (int32_t id = 1; id <= (int32_t)broker_count; id++) {
+                if (want_down)
+                    rd_kafka_mock_broker_set_down(cluster, id);
+                else
+                    rd_kafka_mock_broker_set_up(cluster, id);
+            }
+            down = want_down;
+            log_info(down ? "outage: all brokers down (SIGUSR2 brings them back)"
+                          : "outage over: all brokers up");
+        }
     }
     log_info("stop requested, shutting down");
     result = 0;
