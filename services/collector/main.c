@@ -867,25 +867,47 @@ static rd_kafka_t *make_dlq_producer(collector *c)
     return rk;
 }
 
+/* Lag = high watermark - where this group is: our position on partitions we
+ * have read since assignment; the group's committed offset on the others (a
+ * restarted instance that is caught up must not report the whole log);
+ * the log start where nothing was ever committed (auto.offset.reset is
+ * earliest). A partition whose committed offset cannot be fetched in 200 ms
+ * is left out of this sample. */
 static void update_lag(collector *c)
 {
     rd_kafka_topic_partition_list_t *owned = NULL;
     if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
         return;
     rd_kafka_position(c->consumer, owned);
+    rd_kafka_topic_partition_list_t *unread = rd_kafka_topic_partition_list_new(owned->cnt);
+    for (int i = 0; i < owned->cnt; i++) {
+        if (owned->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_add(unread, owned->elems[i].topic,
+                                              owned->elems[i].partition);
+    }
+    bool committed_known = unread->cnt == 0 ||
+                           rd_kafka_committed(c->consumer, unread, 200) == RD_KAFKA_RESP_ERR_NO_ERROR;
     int64_t lag = 0;
     for (int i = 0; i < owned->cnt; i++) {
-        int64_t low = 0, high = 0;
         const rd_kafka_topic_partition_t *p = &owned->elems[i];
-        if (rd_kafka_get_watermark_offsets(c->consumer, p->topic, p->partition, &low, &high) ==
-                RD_KAFKA_RESP_ERR_NO_ERROR &&
-            high >= 0) {
-            int64_t position = p->offset >= 0 ? p->offset : low;
-            if (high > position)
-                lag += high - position;
+        int64_t low = 0, high = 0;
+        if (rd_kafka_get_watermark_offsets(c->consumer, p->topic, p->partition, &low, &high) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR ||
+            high < 0)
+            continue;
+        int64_t position = p->offset;
+        if (position < 0) {
+            const rd_kafka_topic_partition_t *committed =
+                rd_kafka_topic_partition_list_find(unread, p->topic, p->partition);
+            if (!committed_known || committed == NULL || committed->err)
+                continue;
+            position = committed->offset >= 0 ? committed->offset : low;
         }
+        if (high > position)
+            lag += high - position;
     }
     metrics_set(m_lag, (double)lag);
+    rd_kafka_topic_partition_list_destroy(unread);
     rd_kafka_topic_partition_list_destroy(owned);
 }
 

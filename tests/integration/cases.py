@@ -1,0 +1,598 @@
+"""The integration tests. Each takes a Scope (see run.py) and raises
+lib.Failure when the collector does not do what the contract says.
+
+Isolation: every test gets its own dev broker (fresh topics, fresh DLQ,
+partition count to fit its volume), its own consumer group, key ids and
+CloudEvents source; the rollups and the deduplication record are emptied
+before each test."""
+
+import json
+import time
+
+import lib
+from lib import Expected, check, wait_until, wait_for_totals
+
+TOPIC = "usage-events"
+DLQ = "usage-events-dlq"
+
+
+def now():
+    return time.time()
+
+
+def base_time(minutes_ago=3):
+    """A fixed RFC 3339 time a few minutes ago (loadgen --base-time)."""
+    return lib.rfc3339(int(now()) - minutes_ago * 60)
+
+
+def event(id, subject, source, t=None, data=None, **extra):
+    """A CloudEvents 1.0 usage event as a dict (t: epoch seconds)."""
+    ev = {"specversion": "1.0", "id": id, "source": source, "type": "api.request",
+          "subject": subject, "time": lib.rfc3339_ms(now() - 60 if t is None else t)}
+    if data is not None:
+        ev["data"] = data
+    ev.update(extra)
+    return ev
+
+
+def enc(obj):
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def expect_event(expected, ev):
+    data = ev.get("data") or {}
+    expected.add_event(ev["subject"], lib.parse_rfc3339(ev["time"]), data.get("units", 1),
+                       data.get("bytes", 0))
+
+
+# ---- 1. 100,000 events, 20% duplicates, replay minutes later ----------------------
+
+
+def test_dedup_100k_with_replay(s):
+    partitions = 32
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t1-key-", 24, partitions)
+    plan = "t1-plan"
+    s.db.add_plan(plan)
+    s.db.add_keys(keys[:12], plan)
+    s.db.add_keys(keys[12:])
+    plans = {k: (plan if i < 12 else "") for i, k in enumerate(keys)}
+    weighted = [k + (":2" if i % 8 == 0 else "") for i, k in enumerate(keys)]
+    seed = s.rng.randrange(1, 2 ** 31)
+    common = dict(keys=weighted, count=100000, seed=seed, base_time=base_time(),
+                  source="it-dedup", late_ratio=0.1)
+
+    collector = s.collector(broker, "it-dedup")
+    first = s.loadgen(broker, rate=25000, dup_ratio=0.2, dup_other_partition=0.5, **common)
+    # The "minutes later" re-sends: once the collector has counted part of
+    # the run, a second producer re-sends events 0..29999 byte for byte.
+    wait_until("the collector to count a first part of the run",
+               lambda: collector.metrics().counted >= 20000, 90,
+               on_timeout=lambda: collector.metrics().brief())
+    counted_before_replay = collector.metrics().counted
+    replay = s.loadgen(broker, replay=30000, **common).finish()
+    first = first.finish()
+    check(first["unique"] == 100000, "loadgen sent %d unique events" % first["unique"])
+    dup_share = first["duplicates"] / first["sent"]
+    check(0.17 < dup_share < 0.23, "loadgen duplicate share %.3f, not about 20%%" % dup_share)
+    check(first["late"] > 5000, "loadgen sent only %d late events" % first["late"])
+    check(replay["sent"] == 30000 and replay["unique"] == 0, "replay summary: %s" % replay)
+
+    sent = first["sent"] + replay["sent"]
+    wait_until("consumed = %d (every message sent) and consumed = counted + duplicates + "
+               "rejected" % sent,
+               lambda: (lambda m: m.consumed == sent and m.balanced())(collector.metrics()),
+               120, on_timeout=lambda: collector.metrics().brief()
+               + " (a consumed count short of the sent count with lag 0 means the broker "
+               "dropped messages: retention)")
+    m = collector.metrics()
+    check(m.counted == 100000 and m.duplicates == sent - 100000 and m.rejected == 0,
+          "expected counted=100000 duplicates=%d rejected=0, got %s" % (sent - 100000, m.brief()))
+
+    expected = Expected()
+    expected.add_summary(first)
+    check(len(expected.hours) > len(keys), "internal: expected hour rows span too few hours")
+    wait_for_totals(s.db, 100000, [collector], 60)
+    lib.verify_totals(s.db, expected, plans)
+    s.note("%d messages, %d hour rows, %d counted before the replay"
+           % (sent, len(expected.hours), counted_before_replay))
+
+
+# ---- 2. SIGKILL at random moments ---------------------------------------------------
+
+
+def test_sigkill_restarts(s):
+    partitions = 32
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t2-key-", 16, partitions)
+    s.db.add_keys(keys)
+    group = "it-sigkill"
+    # Open-ended traffic (stopped after the last kill): every kill below
+    # happens while events arrive, however long the restarts take.
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-sigkill", rate=1500, dup_ratio=0.2,
+                    dup_other_partition=0.5, late_ratio=0.1)
+    collector = s.collector(broker, group)
+    kills = []
+    for _ in range(5):
+        # Kill once the instance is at work (it has written a batch), at a
+        # random moment after that.
+        wait_until("%s to count something" % collector.name,
+                   lambda: collector.metrics().counted > 0, 60,
+                   on_timeout=lambda: collector.metrics().brief())
+        time.sleep(s.rng.uniform(0.2, 2.0))
+        collector.assert_alive()
+        m = collector.metrics()
+        collector.sigkill()
+        kills.append("%d+%d" % (m.counted, m.duplicates))
+        collector = s.collector(broker, group)
+    time.sleep(1)
+    summary = run.stop()
+    expected = Expected()
+    expected.add_summary(summary)
+    unique = summary["unique"]
+    check(expected.requests() == unique, "internal: summary hours hold %d of %d events"
+          % (expected.requests(), unique))
+    wait_for_totals(s.db, unique, [collector], 120)
+    lib.verify_totals(s.db, expected)
+    s.note("%d events; killed after counted+duplicates %s" % (unique, ", ".join(kills)))
+
+
+# ---- 3. PostgreSQL stopped and restarted -------------------------------------------
+
+
+def test_postgres_restart(s):
+    partitions = 16
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t3-key-", 12, partitions)
+    s.db.add_keys(keys)
+    # Open-ended traffic, stopped a few seconds after PostgreSQL is back.
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-pg", rate=2500, dup_ratio=0.2,
+                    dup_other_partition=0.5, late_ratio=0.1)
+    collector = s.collector(broker, "it-pg")
+    pid = collector.proc.pid
+    wait_until("the collector to count events", lambda: collector.metrics().counted > 2000, 60,
+               on_timeout=lambda: collector.metrics().brief())
+    s.pg("pg-stop")
+    stopped_at = time.monotonic()
+    seen = {"paused": False, "max_errors": 0}
+
+    def outage_observed():
+        collector.assert_alive()
+        m = collector.metrics()
+        seen["paused"] = seen["paused"] or m.paused == 1
+        seen["max_errors"] = max(seen["max_errors"], m.db_errors)
+        return seen["paused"] and time.monotonic() - stopped_at >= 5
+
+    try:
+        wait_until("tally_collector_paused to become 1 while PostgreSQL is down",
+                   outage_observed, 30, on_timeout=lambda: collector.metrics().brief())
+    finally:
+        s.pg("pg-start")
+    collector.assert_alive()
+    time.sleep(3)
+    summary = run.stop()
+    expected = Expected()
+    expected.add_summary(summary)
+    wait_for_totals(s.db, summary["unique"], [collector], 120)
+    lib.verify_totals(s.db, expected)
+    check(collector.proc.pid == pid and collector.alive(), "the collector did not survive")
+    wait_until("tally_collector_paused to return to 0",
+               lambda: collector.metrics().paused == 0, 15)
+    m = collector.metrics()
+    check(m.db_errors > 0, "tally_collector_db_errors_total is 0 after a database outage")
+    s.note("db_errors=%d" % m.db_errors)
+
+
+# ---- 4. two instances, one killed --------------------------------------------------
+
+
+def test_two_instances_one_killed(s):
+    partitions = 32
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t4-key-", 16, partitions)
+    s.db.add_keys(keys)
+    group = "it-two"
+    run = s.loadgen(broker, keys, count=40000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-two", rate=2500, dup_ratio=0.2,
+                    dup_other_partition=0.5, late_ratio=0.1)
+    pair = [s.collector(broker, group, name="collector-a"),
+            s.collector(broker, group, name="collector-b")]
+    wait_until("both instances to consume (partitions shared)",
+               lambda: all(c.metrics().consumed > 0 for c in pair), 45,
+               on_timeout=lambda: "; ".join(c.metrics().brief() for c in pair))
+    time.sleep(s.rng.uniform(0.5, 2.5))
+    victim = s.rng.choice(pair)
+    survivor = pair[1 - pair.index(victim)]
+    survivor.assert_alive()
+    victim_counted = victim.metrics().counted
+    victim.sigkill()
+    summary = run.finish()
+    expected = Expected()
+    expected.add_summary(summary)
+    wait_for_totals(s.db, 40000, [survivor], 120)
+    lib.verify_totals(s.db, expected)
+    s.note("killed %s after it counted %d" % (victim.name, victim_counted))
+
+
+# ---- 5. the DLQ corpus -------------------------------------------------------------
+
+
+def bad_event_corpus(key, source):
+    """[(name, value bytes or None, expected tally-error-code)]"""
+    t = now()
+    n = [0]
+
+    def ev(**changes):
+        n[0] += 1
+        e = event("bad-%d" % n[0], key, source, t - 30,
+                  {"method": "GET", "endpoint": "/v1/items", "status": 200, "units": 1,
+                   "bytes": 10})
+        for k, v in changes.items():
+            if v is DELETE:
+                del e[k]
+            else:
+                e[k] = v
+        return e
+
+    def data(**d):
+        base = {"method": "GET", "endpoint": "/v1/items", "status": 200, "units": 1, "bytes": 10}
+        base.update(d)
+        return base
+
+    def raw(e, field, raw_value):
+        """Encodes e with field's value replaced by raw bytes."""
+        e[field] = "@@RAW@@"
+        return enc(e).replace(b'"@@RAW@@"', raw_value)
+
+    corpus = [
+        ("empty value", b"", "empty"),
+        ("null value", None, "empty"),
+        ("huge payload", enc(ev(padding="x" * 70000)), "too_large"),
+        ("invalid utf-8 byte", raw(ev(), "type", b'"api.\xffrequest"'), "invalid_utf8"),
+        ("overlong utf-8", raw(ev(), "type", b'"api.\xc0\xafrequest"'), "invalid_utf8"),
+        ("utf-8 surrogate", raw(ev(), "type", b'"api.\xed\xa0\x80request"'), "invalid_utf8"),
+        ("truncated utf-8 at the end", enc(ev()) + b"\xe2\x82", "invalid_utf8"),
+        ("truncated json", enc(ev())[:40], "invalid_json"),
+        ("not json", b"hello, collector", "invalid_json"),
+        ("trailing garbage", enc(ev()) + b" x", "invalid_json"),
+        ("single quotes", b"{'specversion':'1.0'}", "invalid_json"),
+        ("duplicate member", raw(ev(), "type", b'"api.request","id":"again"'), "invalid_json"),
+        ("array", b'[{"specversion":"1.0"}]', "not_object"),
+        ("string", b'"an event"', "not_object"),
+        ("number", b"42", "not_object"),
+        ("json null", b"null", "not_object"),
+        ("boolean", b"true", "not_object"),
+    ]
+    for field in ("specversion", "id", "source", "type", "subject", "time"):
+        corpus.append(("missing %s" % field, enc(ev(**{field: DELETE})), "missing_field"))
+    corpus += [
+        ("null id", enc(ev(id=None)), "missing_field"),
+        ("id is a number", enc(ev(id=123)), "invalid_field"),
+        ("empty id", enc(ev(id="")), "invalid_field"),
+        ("id of 257 chars", enc(ev(id="i" * 257)), "invalid_field"),
+        ("source is an array", enc(ev(source=["gw"])), "invalid_field"),
+        ("type is an object", enc(ev(type={})), "invalid_field"),
+        ("subject is a number", enc(ev(subject=7)), "invalid_field"),
+        ("subject of 129 chars", enc(ev(subject="k" * 129)), "invalid_field"),
+        ("data is a string", enc(ev(data="units=1")), "invalid_field"),
+        ("units is a string", enc(ev(data=data(units="1"))), "invalid_field"),
+        ("units negative", enc(ev(data=data(units=-1))), "invalid_field"),
+        ("units fractional", enc(ev(data=data(units=1.5))), "invalid_field"),
+        ("units too big", enc(ev(data=data(units=1000000001))), "invalid_field"),
+        ("bytes negative", enc(ev(data=data(bytes=-5))), "invalid_field"),
+        ("status out of range", enc(ev(data=data(status=99))), "invalid_field"),
+        ("status is a string", enc(ev(data=data(status="200"))), "invalid_field"),
+        ("method not letters", enc(ev(data=data(method="G3T"))), "invalid_field"),
+        ("specversion 0.3", enc(ev(specversion="0.3")), "unsupported_specversion"),
+        ("specversion 2.0", enc(ev(specversion="2.0")), "unsupported_specversion"),
+        ("specversion a number", enc(ev(specversion=1.0)), "unsupported_specversion"),
+        ("time not rfc 3339", enc(ev(time="yesterday")), "invalid_time"),
+        ("time without offset", enc(ev(time=lib.rfc3339(t - 30)[:-1])), "invalid_time"),
+        ("time month 13", enc(ev(time="2026-13-01T00:00:00Z")), "invalid_time"),
+        ("time february 30", enc(ev(time=lib.rfc3339(t - 30)[:5] + "02-30T00:00:00Z")),
+         "invalid_time"),
+        ("time hour 25", enc(ev(time=lib.rfc3339(t - 30)[:11] + "25:00:00Z")), "invalid_time"),
+        ("time a number", enc(ev(time=int(t))), "invalid_time"),
+        ("time empty", enc(ev(time="")), "invalid_time"),
+        ("time 36 days ago", enc(ev(time=lib.rfc3339(t - 36 * 86400))), "too_late"),
+        ("time 10 minutes ahead", enc(ev(time=lib.rfc3339(t + 600))), "in_future"),
+        ("time a day ahead", enc(ev(time=lib.rfc3339(t + 86400))), "in_future"),
+        ("unknown key", enc(ev(subject=key + "-unknown")), "unknown_key"),
+    ]
+    return corpus
+
+
+DELETE = object()
+
+
+def test_dlq_corpus(s):
+    partitions = 4
+    broker = s.broker(partitions, dlq_partitions=4)
+    key, source = "t5-key", "it-dlq"
+    s.db.add_keys([key])
+    collector = s.collector(broker, "it-dlq")
+    expected = Expected()
+    warm = event("warm-up", key, source, data={"units": 2, "bytes": 3})
+    lib.kcat_produce(broker.bootstrap, TOPIC, enc(warm), key=key, partition=0,
+                     tmpdir=s.dir)
+    expect_event(expected, warm)
+    wait_until("the collector to count the first event", lambda: collector.metrics().counted == 1,
+               60, on_timeout=lambda: collector.metrics().brief())
+
+    corpus = bad_event_corpus(key, source)
+    next_offset = [1, 0, 0, 0]
+    placed = {}  # (partition, offset) -> corpus entry
+    for i, (name, value, code) in enumerate(corpus):
+        p = i % partitions
+        lib.kcat_produce(broker.bootstrap, TOPIC, value, key=key, partition=p, tmpdir=s.dir)
+        placed[(p, next_offset[p])] = (name, value, code)
+        next_offset[p] += 1
+
+    # Valid events after the corpus, some at the edges of what is accepted.
+    t = now()
+    valid = [
+        event("ok-1", key, source, t - 60, {"units": 3, "bytes": 100, "method": "get",
+                                            "endpoint": "/v1/items", "status": 200}),
+        event("ok-2", key, source, t - 34 * 86400, {"units": 1, "bytes": 1}),
+        event("ok-3", key, source, t + 120, {"units": 2, "bytes": 0}),
+        event("ok-4", key, source, t - 3600),
+        dict(event("ok-5", key, source, t - 7200), data=None),
+        event("ok-6", key, source, t - 60, {"units": 0, "bytes": 0}),
+        event("ok-7", key, source, t - 60, {"units": 5}, padding="p" * 60000),
+        event("ok-8", key, source, t - 60, {"units": 1, "bytes": 7, "extra": {"nested": [1]}}),
+    ] + [event("ok-n%d" % i, key, source, t - 60 - i, {"units": 1 + i % 3, "bytes": i})
+         for i in range(20)]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(key, enc(e)) for e in valid])
+    for e in valid:
+        expect_event(expected, e)
+
+    total = 1 + len(corpus) + len(valid)
+    wait_until("consumed = %d, rejected = %d, counted = %d" % (total, len(corpus), 1 + len(valid)),
+               lambda: (lambda m: m.consumed == total and m.balanced()
+                        and m.rejected == len(corpus))(collector.metrics()),
+               60, on_timeout=lambda: "%s, rejected by code %s" % (
+                   collector.metrics().brief(), collector.metrics().rejected_by_code()))
+    m = collector.metrics()
+    check(m.counted == 1 + len(valid) and m.duplicates == 0,
+          "expected counted=%d duplicates=0, got %s" % (1 + len(valid), m.brief()))
+    messages = wait_until("%d messages in the DLQ" % len(corpus),
+                          lambda: (lambda ms: ms if len(ms) >= len(corpus) else None)(
+                              lib.kcat_consume_all(broker.bootstrap, DLQ)), 30)
+    problems = []
+    seen = set()
+    for msg in messages:
+        h = msg["headers"]
+        try:
+            where = (int(h.get("tally-source-partition", "-1")),
+                     int(h.get("tally-source-offset", "-1")))
+        except ValueError:
+            where = None
+        entry = placed.get(where)
+        if entry is None:
+            problems.append("DLQ message with headers %s matches no corpus entry" % h)
+            continue
+        name, value, code = entry
+        if where in seen:
+            problems.append("%s: published to the DLQ twice" % name)
+        seen.add(where)
+        if h.get("tally-error-code") != code:
+            problems.append("%s: code %r, expected %r (message %r)"
+                            % (name, h.get("tally-error-code"), code,
+                               h.get("tally-error-message")))
+        if msg["value"] != value:
+            problems.append("%s: DLQ value differs from the original (%r... vs %r...)"
+                            % (name, (msg["value"] or b"")[:40], (value or b"")[:40])
+                            if value is not None or msg["value"] is not None else name)
+        if h.get("tally-source-topic") != TOPIC:
+            problems.append("%s: tally-source-topic %r" % (name, h.get("tally-source-topic")))
+        if not h.get("tally-error-message"):
+            problems.append("%s: empty tally-error-message" % name)
+    for where, (name, _, _) in placed.items():
+        if where not in seen:
+            problems.append("%s (partition %d offset %d) is not in the DLQ" % ((name,) + where))
+    check(not problems, "%d DLQ problems: %s" % (len(problems), "; ".join(problems[:8])))
+    by_code = {}
+    for _, _, code in corpus:
+        by_code[code] = by_code.get(code, 0) + 1
+    check(m.rejected_by_code() == by_code, "rejected by code: expected %s, got %s"
+          % (by_code, m.rejected_by_code()))
+
+
+    collector.assert_alive()
+    wait_for_totals(s.db, expected.requests(), [collector], 30)
+    lib.verify_totals(s.db, expected, {key: ""})
+    s.note("%d bad events, %d valid" % (len(corpus), len(valid) + 1))
+
+
+# ---- 6. key created while running, SIGTERM, same (source, id) ----------------------
+
+
+def test_key_created_while_running(s):
+    broker = s.broker(4)
+    known, fresh, later, source = "t6a-known", "t6a-new", "t6a-later", "it-newkey"
+    s.db.add_keys([known])
+    # No periodic reload during the test: only the miss look-up can find a key.
+    collector = s.collector(broker, "it-newkey", args=["--key-refresh-ms", "3600000"])
+    expected = Expected()
+    warm = event("warm", known, source)
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(known, enc(warm))])
+    expect_event(expected, warm)
+    wait_until("the collector to count the first event", lambda: collector.metrics().counted == 1,
+               60, on_timeout=lambda: collector.metrics().brief())
+
+    s.db.add_keys([fresh])  # after the collector loaded its key cache
+    batch = [event("new-%d" % i, fresh, source, data={"units": i + 1, "bytes": 2 * i})
+             for i in range(20)]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(fresh, enc(e)) for e in batch])
+    for e in batch:
+        expect_event(expected, e)
+    wait_until("the new key's events to be consumed",
+               lambda: (lambda m: m.consumed == 21 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    m = collector.metrics()
+    check(m.counted == 21 and m.rejected == 0,
+          "a key created after the collector started was not counted: %s, rejected %s"
+          % (m.brief(), m.rejected_by_code()))
+
+    # A key unknown at its first event, created afterwards: the first is
+    # rejected, the later ones are counted (no lasting negative cache).
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(later, enc(event("early", later, source)))])
+    wait_until("the event of a missing key to be rejected",
+               lambda: collector.metrics().rejected_by_code().get("unknown_key") == 1, 60,
+               on_timeout=lambda: collector.metrics().brief())
+    s.db.add_keys([later])
+    batch = [event("later-%d" % i, later, source) for i in range(5)]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(later, enc(e)) for e in batch])
+    for e in batch:
+        expect_event(expected, e)
+    wait_until("the created key's events to be counted",
+               lambda: (lambda m: m.consumed == 27 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    m = collector.metrics()
+    check(m.counted == 26 and m.rejected == 1,
+          "after creating a key that was missing, expected counted=26 rejected=1, got %s"
+          % m.brief())
+    wait_for_totals(s.db, expected.requests(), [collector], 30)
+    lib.verify_totals(s.db, expected)
+
+
+def test_sigterm_exits_cleanly(s):
+    partitions = 16
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t6b-key-", 8, partitions)
+    s.db.add_keys(keys)
+    group = "it-sigterm"
+    total = 30000
+    run = s.loadgen(broker, keys, count=total, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-sigterm", rate=5000, late_ratio=0.1)
+    first = s.collector(broker, group)
+    wait_until("the collector to count events", lambda: first.metrics().counted >= 5000, 60,
+               on_timeout=lambda: first.metrics().brief())
+    elapsed = first.stop(timeout=10)  # exit status 0, no sanitizer report
+    in_db = s.db.total_requests()
+    check(in_db >= 5000, "only %d events in the database after SIGTERM" % in_db)
+    summary = run.finish()
+    check(summary["duplicates"] == 0, "internal: loadgen sent duplicates")
+    second = s.collector(broker, group)
+    expected = Expected()
+    expected.add_summary(summary)
+    wait_for_totals(s.db, total, [second], 90)
+    lib.verify_totals(s.db, expected)
+    m = second.metrics()
+    # A clean stop commits the offsets of everything it wrote: the next
+    # instance re-reads nothing (the run has no duplicates of its own).
+    check(m.duplicates == 0 and m.counted == total - in_db,
+          "after a SIGTERM stop the next instance counted %d (expected %d) and saw %d "
+          "duplicates (expected 0): offsets of written batches were not committed"
+          % (m.counted, total - in_db, m.duplicates))
+    s.note("exit after %.2fs with %d of %d written" % (elapsed, in_db, total))
+
+
+def test_same_id_different_data(s):
+    broker = s.broker(4)
+    ka, kb, kc, kd, ke = ("t6c-a", "t6c-b", "t6c-c", "t6c-d", "t6c-e")
+    s.db.add_keys([ka, kb, kc, kd, ke])
+    src = "it-same"
+    collector = s.collector(broker, "it-same")
+    t = now() - 120
+    expected = Expected()
+    a1 = event("a", ka, src, t, {"units": 3, "bytes": 100, "endpoint": "/one", "method": "GET"})
+    first_batch = [
+        a1,
+        # same (source, id), everything else different, in the same batch
+        event("a", ka, src, t + 5, {"units": 7, "bytes": 999, "endpoint": "/two",
+                                    "method": "POST"}),
+        event("a", kb, src, t - 3600, {"units": 11, "bytes": 5}),
+        event("a", ka, src + "-2", t, {"units": 4, "bytes": 1}),   # other source: counts
+        event("c", kc, "ab", t, {"units": 1, "bytes": 0}),         # ("ab","c") and
+        event("bc", kc, "a", t, {"units": 1, "bytes": 0}),         # ("a","bc") differ
+        event("b", ka, src, t, {"units": 2, "bytes": 10}),
+    ]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(ka, enc(e)) for e in first_batch],
+                           partition=0)
+    for e in (first_batch[0], first_batch[3], first_batch[4], first_batch[5], first_batch[6]):
+        expect_event(expected, e)
+    wait_until("7 events consumed",
+               lambda: (lambda m: m.consumed == 7 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    m = collector.metrics()
+    check(m.counted == 5 and m.duplicates == 2, "expected counted=5 duplicates=2, got %s"
+          % m.brief())
+
+    # Re-sends after the originals were counted, on other partitions.
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                           [(kb, enc(event("b", kb, src, t + 60, {"units": 9, "bytes": 9})))],
+                           partition=1)
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                           [(ka, enc(event("a", ka, src, t, {"units": 5, "bytes": 100})))],
+                           partition=2)
+    # One pair sent at once on two partitions: exactly one of them counts.
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                           [(kd, enc(event("race", kd, src, t, {"units": 6, "bytes": 6})))],
+                           partition=0)
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                           [(ke, enc(event("race", ke, src, t, {"units": 6, "bytes": 6})))],
+                           partition=3)
+    wait_until("11 events consumed",
+               lambda: (lambda m: m.consumed == 11 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    m = collector.metrics()
+    check(m.counted == 6 and m.duplicates == 5, "expected counted=6 duplicates=5, got %s"
+          % m.brief())
+    per_key = s.db.hourly_by_key()
+    race = [k for k in (kd, ke) if k in per_key]
+    check(len(race) == 1, "the pair sent on two partitions counted for %s" % race)
+    expect_event(expected, event("race", race[0], src, t, {"units": 6, "bytes": 6}))
+    wait_for_totals(s.db, expected.requests(), [collector], 30)
+    lib.verify_totals(s.db, expected)
+
+
+def test_lag_zero_when_caught_up(s):
+    """tally_collector_consumer_lag is 0 once an instance has consumed all
+    there is, also on partitions where it had nothing to consume since it
+    started (everything committed by a previous instance)."""
+    partitions = 8
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t6d-key-", 8, partitions)
+    s.db.add_keys(keys)
+    group = "it-lag"
+    first = s.collector(broker, group)
+    s.loadgen(broker, keys, count=2000, seed=s.rng.randrange(1, 2 ** 31),
+              base_time=base_time(), source="it-lag").finish()
+    wait_until("the first instance to count 2000 events",
+               lambda: first.metrics().counted == 2000, 60,
+               on_timeout=lambda: first.metrics().brief())
+    wait_until("the first instance's lag to be 0", lambda: first.metrics().lag == 0, 15,
+               on_timeout=lambda: first.metrics().brief())
+    first.stop()
+    second = s.collector(broker, group)
+    # New traffic on one partition only, to see the second instance at work.
+    ev = event("after-restart", keys[0], "it-lag")
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(keys[0], enc(ev))])
+    wait_until("the second instance to count the new event",
+               lambda: second.metrics().counted == 1, 60,
+               on_timeout=lambda: second.metrics().brief())
+    # The gauge is refreshed every 2 s: a value read 5 s after the instance
+    # was seen at work was computed with its assignment in place.
+    time.sleep(5)
+    wait_until("tally_collector_consumer_lag to be 0 with nothing left to consume",
+               lambda: second.metrics().lag == 0, 10,
+               on_timeout=lambda: second.metrics().brief()
+               + " (2000 events already committed by the previous instance; a lag near 2000 "
+               "means partitions with no message since the assignment count from the low "
+               "watermark)")
+
+
+TESTS = [
+    ("dedup_100k_with_replay", test_dedup_100k_with_replay),
+    ("sigkill_restarts", test_sigkill_restarts),
+    ("postgres_restart", test_postgres_restart),
+    ("two_instances_one_killed", test_two_instances_one_killed),
+    ("dlq_corpus", test_dlq_corpus),
+    ("key_created_while_running", test_key_created_while_running),
+    ("sigterm_exits_cleanly", test_sigterm_exits_cleanly),
+    ("same_id_different_data", test_same_id_different_data),
+    ("lag_zero_when_caught_up", test_lag_zero_when_caught_up),
+]
