@@ -585,8 +585,93 @@ def test_lag_zero_when_caught_up(s):
                "watermark)")
 
 
+def test_broker_outage(s):
+    """The dev broker goes away (SIGUSR1: every broker refuses and drops
+    connections) while events flow, and comes back (SIGUSR2) with its data:
+    the collector keeps running, rejoins its group and the totals are exact."""
+    import signal as _signal
+    partitions = 8
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t7-key-", 8, partitions)
+    s.db.add_keys(keys)
+    collector = s.collector(broker, "it-outage")
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-outage", rate=1000, dup_ratio=0.1)
+    wait_until("the collector to count something", lambda: collector.metrics().counted > 0, 60,
+               on_timeout=lambda: collector.metrics().brief())
+    broker.proc.send(_signal.SIGUSR1)
+    time.sleep(8)  # longer than the collector's session timeout in these tests
+    collector.assert_alive()
+    broker.proc.send(_signal.SIGUSR2)
+    time.sleep(3)
+    summary = run.stop()
+    expected = Expected()
+    expected.add_summary(summary)
+    wait_for_totals(s.db, summary["unique"], [collector], 120)
+    lib.verify_totals(s.db, expected)
+    collector.assert_alive()
+    s.note("%d events across an 8 s broker outage" % summary["unique"])
+
+
+def test_event_hash_matches_sql(s):
+    """The digest the collector records for (source, id) is the one the SQL
+    function tally_event_hash computes (operators rely on it to look an event
+    up), including multi-byte and separator-like characters."""
+    partitions = 4
+    broker = s.broker(partitions)
+    key = lib.keys_on_distinct_partitions("t8-key-", 1, partitions)[0]
+    s.db.add_keys([key])
+    collector = s.collector(broker, "it-hash")
+    pairs = [("gw-1", "abc"), ("gateway \u00e9t\u00e9 \u6771\u4eac", "id:1:2"),
+             ("a:b", "c"), ("a", ":bc"), ("s" * 256, "i" * 256)]
+    lines = [(key, enc(event(i, key, src))) for src, i in pairs]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, lines)
+    wait_until("the collector to count %d events" % len(pairs),
+               lambda: collector.metrics().counted == len(pairs), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    for src, i in pairs:
+        found = s.db.scalar(
+            "SELECT count(*) FROM event_ids WHERE event_hash = tally_event_hash(%s, %s)"
+            % (lib.sql_literal(src), lib.sql_literal(i)))
+        check(found == "1", "no event_ids row for tally_event_hash(%r, %r)" % (src[:20], i[:20]))
+    check(s.db.scalar("SELECT count(*) FROM event_ids") == str(len(pairs)),
+          "expected %d event_ids rows" % len(pairs))
+
+
+def test_expired_partitions_dropped(s):
+    """Retention: a week of event_ids that ended more than the lateness horizon
+    ago is dropped whole; the current weeks stay; the collector creates the
+    coming weeks' partitions at start."""
+    partitions = 4
+    broker = s.broker(partitions)
+    collector = s.collector(broker, "it-retention")
+    wait_until("the collector to be up", lambda: collector.metrics(required=False) is not None,
+               30)
+    weeks = s.db.query("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+                       " WHERE i.inhparent = 'event_ids'::regclass")
+    names = sorted(r[0] for r in weeks)
+    this_week = s.db.scalar("SELECT 'event_ids_' || to_char(date_trunc('week', now() AT TIME "
+                            "ZONE 'UTC'), 'YYYYMMDD')")
+    next_week = s.db.scalar("SELECT 'event_ids_' || to_char(date_trunc('week', now() AT TIME "
+                            "ZONE 'UTC') + interval '7 days', 'YYYYMMDD')")
+    check(this_week in names and next_week in names,
+          "missing this or next week's partition in %s" % names)
+    s.db.execute("CREATE TABLE event_ids_20200106 PARTITION OF event_ids"
+                 " FOR VALUES FROM ('2020-01-06') TO ('2020-01-13');"
+                 "INSERT INTO event_ids VALUES (gen_random_uuid(), '2020-01-07')")
+    dropped = s.db.scalar("SELECT tally_drop_expired_event_partitions(35)")
+    check(dropped == "1", "expected 1 expired partition dropped, got %s" % dropped)
+    check(s.db.scalar("SELECT to_regclass('event_ids_20200106') IS NULL") == "t",
+          "the expired partition is still there")
+    check(s.db.scalar("SELECT to_regclass('%s') IS NOT NULL" % this_week) == "t",
+          "this week's partition was dropped")
+
+
 TESTS = [
     ("dedup_100k_with_replay", test_dedup_100k_with_replay),
+    ("broker_outage", test_broker_outage),
+    ("event_hash_matches_sql", test_event_hash_matches_sql),
+    ("expired_partitions_dropped", test_expired_partitions_dropped),
     ("sigkill_restarts", test_sigkill_restarts),
     ("postgres_restart", test_postgres_restart),
     ("two_instances_one_killed", test_two_instances_one_killed),

@@ -241,6 +241,11 @@ class DB:
 # ---- expected totals --------------------------------------------------------------
 
 
+def sql_literal(text):
+    """A SQL string literal (standard_conforming_strings is on)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def parse_rfc3339(text):
     return int(datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
 
