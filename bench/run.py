@@ -325,6 +325,7 @@ DUP_RATIO = 0.1
 SEED = 20261123
 TARGET_EVENTS_PER_S = 100_000
 TARGET_RATIO = 0.6
+COPY_RUNS = 3          # the COPY baseline is the best of this many runs
 TARGET_RSS_MB = 100.0
 
 
@@ -611,7 +612,10 @@ def bench_collector(ctx, opts):
     if rows != unique:
         problems.append(f"the topic holds {rows} distinct (source, id), loadgen says {unique}")
     load_copy = background_cpu()
-    copy_s, copy_wall = run_copy(ctx, tsv, rows)
+    # COPY's rate varies run to run on this machine (checkpoints, page cache):
+    # the best of three is the database's limit, the stricter yardstick.
+    copies = [run_copy(ctx, tsv, rows) for _ in range(COPY_RUNS)]
+    copy_s, copy_wall = min(copies)
     os.unlink(tsv)
     copy_rate = rows / copy_s
     ratio = rate / copy_rate
@@ -634,7 +638,8 @@ def bench_collector(ctx, opts):
              f"sum(usage_hourly.requests) {total}: "
              + ("OK" if not problems else "FAILED"))
     fig.note(f"COPY baseline   {rows} rows in {copy_s:.2f} s (psql \\timing; {copy_wall:.2f} s "
-             f"around psql) = {copy_rate:,.0f} rows/s")
+             f"around psql) = {copy_rate:,.0f} rows/s, the best of "
+             + ", ".join(f"{c[0]:.2f}" for c in copies) + " s")
     fig.note(f"ratio           collector / COPY = {ratio:.2f}")
     fig.note(f"other load      {load_collector:.0%} of the machine's CPU busy just before the "
              f"collector, {load_copy:.0%} before COPY ({os.cpu_count()} CPUs; the benchmark idle)")
