@@ -22,7 +22,8 @@ COMMON_OBJ  := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
 BIN_collector := $(wildcard services/collector/*.c)
 BIN_devbroker := $(wildcard tools/devbroker/*.c)
 BIN_loadgen   := $(wildcard tools/loadgen/*.c)
-BINARIES      := collector devbroker loadgen
+BIN_api       := $(wildcard services/api/*.c)
+BINARIES      := collector devbroker loadgen api
 BIN_FILES     := $(BINARIES:%=$(BUILD)/bin/tally-%)
 
 UNIT_SRC  := $(wildcard tests/unit/*.c)
@@ -73,6 +74,7 @@ test: deps
 	$(UNIT_BIN)
 	build/asan/bin/unit-tests
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
+	python3 tests/api/run.py --asan-bin build/asan/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

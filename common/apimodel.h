@@ -1,0 +1,128 @@
+/* tally-api's input model: plans and keys as they arrive in JSON bodies
+ * (camelCase, CONTRACT.md section 4, the AWS usage-plan model), usage query
+ * parameters and list cursors, each validated field by field. Pure: no I/O,
+ * no logging; a refusal fills an apimodel_error whose code and message go
+ * straight into the 400 answer. */
+#ifndef TALLY_APIMODEL_H
+#define TALLY_APIMODEL_H
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "period.h"
+
+#define APIMODEL_NAME_MAX 256         /* plan and key names (plans.name CHECK) */
+#define APIMODEL_DESCRIPTION_MAX 1024
+#define APIMODEL_CUSTOMER_ID_MAX 256  /* customerId, stripeCustomerId */
+#define APIMODEL_METER_MAX 100        /* plans.stripe_meter_event_name CHECK */
+#define APIMODEL_VALUE_MIN 20         /* a supplied key secret */
+#define APIMODEL_VALUE_MAX 256
+#define APIMODEL_ID_MAX 128
+#define APIMODEL_METHOD_THROTTLES_MAX 100
+#define APIMODEL_METHOD_PATH_MAX 256  /* "/path/METHOD" */
+#define APIMODEL_BURST_MAX 2147483647 /* plans.throttle_burst_limit is an integer */
+#define APIMODEL_RATE_MAX 1e9
+#define APIMODEL_QUOTA_MAX INT64_C(1000000000000000) /* 10^15 */
+#define APIMODEL_LIST_LIMIT_DEFAULT 100
+#define APIMODEL_LIST_LIMIT_MAX 500
+#define APIMODEL_USAGE_POINTS_MAX 1000
+#define APIMODEL_CURSOR_MAX 180       /* base64url of an id, with room */
+
+typedef struct {
+    const char *code;   /* static: "invalid_field", "unknown_field", "missing_field", ... */
+    char message[300];
+} apimodel_error;
+
+typedef struct {
+    double rate_limit;    /* requests per second, >= 0 */
+    int64_t burst_limit;  /* 0..APIMODEL_BURST_MAX */
+} apimodel_throttle;
+
+typedef struct {
+    char name[APIMODEL_NAME_MAX + 1];
+    char description[APIMODEL_DESCRIPTION_MAX + 1];
+    bool has_quota;
+    int64_t quota_limit, quota_offset;
+    period_kind quota_period;
+    bool has_throttle;
+    apimodel_throttle throttle;
+    json_t *method_throttles; /* owned: {"/path/METHOD": {"rateLimit","burstLimit"}} */
+    bool has_meter;
+    char meter[APIMODEL_METER_MAX + 1];
+} apimodel_plan;
+
+typedef struct {
+    char name[APIMODEL_NAME_MAX + 1];
+    char description[APIMODEL_DESCRIPTION_MAX + 1];
+    bool has_customer_id;
+    char customer_id[APIMODEL_CUSTOMER_ID_MAX + 1];
+    bool has_stripe_customer_id;
+    char stripe_customer_id[APIMODEL_CUSTOMER_ID_MAX + 1];
+    bool enabled;
+    bool has_value;                 /* creation only */
+    char value[APIMODEL_VALUE_MAX + 1];
+    bool has_plan_id;               /* creation only */
+    char plan_id[APIMODEL_ID_MAX + 1];
+} apimodel_key;
+
+typedef enum { GRANULARITY_HOUR = 0, GRANULARITY_DAY, GRANULARITY_MONTH } apimodel_granularity;
+
+typedef struct {
+    int64_t from, to;        /* usec; aligned to bucket starts, to exclusive */
+    apimodel_granularity granularity;
+    bool group_by_endpoint;
+    int64_t points;          /* buckets between from and to */
+} apimodel_usage_query;
+
+/* A plan with no name, quota, throttle or meter and no method throttles.
+ * Free with apimodel_plan_free. False when out of memory. */
+bool apimodel_plan_init(apimodel_plan *plan);
+void apimodel_plan_free(apimodel_plan *plan);
+/* Applies a JSON body (borrowed) to `plan`. Creating: `name` is required.
+ * Otherwise (PATCH) it is a merge patch: members present replace, `null`
+ * removes quota, throttle, stripeMeterEventName (and empties description);
+ * quota and throttle objects merge into what is there. Unknown members,
+ * wrong types and out-of-range values are refused; on refusal `plan` may be
+ * partly changed (the caller discards it). */
+bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
+                         apimodel_error *err) __attribute__((warn_unused_result));
+/* Validates a methodThrottles object (borrowed), as stored in plans. */
+bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err);
+
+/* Defaults: enabled, everything else unset. */
+void apimodel_key_init(apimodel_key *key);
+/* As apimodel_plan_apply, for keys. `value` and `planId` are accepted only
+ * when creating; customerId and stripeCustomerId may be null (unset). */
+bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, apimodel_error *err)
+    __attribute__((warn_unused_result));
+
+/* Parses the usage query: `from`, `to` (RFC 3339 or YYYY-MM-DD; a date `to`
+ * includes that whole day), `granularity` (hour|day|month, default day) and
+ * `groupBy` (only "endpoint"); each may be NULL (absent). Defaults: `to` =
+ * now; `from` = 24 hours (hour), 30 days (day) or 12 months (month) before
+ * `to`. The range is widened to whole buckets. from > to, more than
+ * APIMODEL_USAGE_POINTS_MAX points, and anything malformed are refused. */
+bool apimodel_usage_query_parse(const char *from, const char *to, const char *granularity,
+                                const char *group_by, int64_t now, apimodel_usage_query *out,
+                                apimodel_error *err) __attribute__((warn_unused_result));
+const char *apimodel_granularity_name(apimodel_granularity granularity);
+/* Start of the bucket containing t, and of the next bucket. */
+int64_t apimodel_bucket_start(apimodel_granularity granularity, int64_t t);
+int64_t apimodel_bucket_next(apimodel_granularity granularity, int64_t start);
+
+/* List paging: `limit` text (NULL: default) into 1..APIMODEL_LIST_LIMIT_MAX. */
+bool apimodel_parse_limit(const char *text, int *out, apimodel_error *err)
+    __attribute__((warn_unused_result));
+/* The opaque `position` of a list: the last id of a page, base64url
+ * encoded. Encode writes at most APIMODEL_CURSOR_MAX + 1 bytes; decode
+ * refuses anything that is not the encoding of a valid id. */
+void apimodel_cursor_encode(const char *last_id, char *out, size_t out_size);
+bool apimodel_cursor_decode(const char *text, char *id_out, size_t id_size, apimodel_error *err)
+    __attribute__((warn_unused_result));
+/* Ids as the api generates and accepts them in bodies:
+ * 1..APIMODEL_ID_MAX of [A-Za-z0-9._:~-]. */
+bool apimodel_valid_id(const char *text);
+
+#endif

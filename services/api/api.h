@@ -1,0 +1,118 @@
+/* What tally-api's handlers share: the request as routed, the response
+ * being built, the database pool and the authentication helpers. One
+ * request is handled on one libmicrohttpd worker thread from start to end. */
+#ifndef TALLY_API_H
+#define TALLY_API_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <microhttpd.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apimodel.h"
+#include "apiroute.h"
+
+#define API_MAX_BODY_BYTES (64u * 1024u)
+#define API_MAX_HEADERS 8
+
+typedef struct {
+    unsigned status;
+    char *body;               /* owned (malloc), or NULL for an empty body */
+    size_t body_len;
+    const char *content_type; /* static */
+    int header_count;
+    struct {
+        const char *name;     /* static */
+        char value[160];
+    } headers[API_MAX_HEADERS];
+} api_response;
+
+typedef struct {
+    struct MHD_Connection *conn;  /* borrowed */
+    const char *method;           /* borrowed from libmicrohttpd */
+    apiroute_op op;
+    char id[APIROUTE_ID_MAX + 1]; /* the path's {id}, or "" */
+    const char *body;             /* NUL-terminated; "" when there was none */
+    size_t body_len;
+    char key_id[APIROUTE_ID_MAX + 1]; /* the key the request acted as or for, for the log */
+    api_response response;
+} api_request;
+
+/* ---- responses (http.c) ---- */
+
+/* Sets a JSON response; steals `body` (a reference jansson counts). */
+void api_reply_json(api_request *req, unsigned status, json_t *body);
+/* {"error":{"code","message"}}; code is static. */
+void api_reply_error(api_request *req, unsigned status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void api_reply_empty(api_request *req, unsigned status);
+/* Adds a response header; name static, value copied (truncated at 159 bytes). */
+void api_add_header(api_request *req, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* 503 after a database failure, logged with `what` and the server's message. */
+void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, const char *what);
+/* Parses the body as one JSON object (duplicates refused); NULL after
+ * replying 400. New reference. */
+json_t *api_parse_body(api_request *req);
+/* The query argument `name` (borrowed), or NULL. */
+const char *api_query(api_request *req, const char *name);
+/* Refuses (400) any query argument not in the NULL-terminated `allowed`. */
+bool api_check_query(api_request *req, const char *const *allowed);
+/* RFC 3339 text of usec, as a new jansson string. */
+json_t *api_time_json(int64_t usec);
+
+/* ---- database pool (dbpool.c) ---- */
+
+/* PQexecParams with text parameters and results (NULL entries are SQL NULL).
+ * The caller PQclears the result. */
+PGresult *api_exec(PGconn *conn, const char *sql, int count, const char *const *params);
+/* True when res is a success (command or rows). */
+bool api_ok(const PGresult *res);
+/* Field helpers: NULL for SQL NULL; integers parsed as long long. */
+const char *api_field(const PGresult *res, int row, int col);
+long long api_field_int(const PGresult *res, int row, int col);
+
+bool dbpool_init(const char *url, int size, char *err, size_t err_size);
+void dbpool_destroy(void);
+/* A connection for this request, or NULL when none can be had (after
+ * replying 503). Give it back with dbpool_release. */
+PGconn *dbpool_acquire(api_request *req);
+void dbpool_release(PGconn *conn);
+/* SELECT 1 on a pooled connection; for /readyz. */
+bool dbpool_ping(char *err, size_t err_size);
+
+/* ---- authentication (auth.c) ---- */
+
+void auth_init(const char *admin_token);
+/* True when Authorization is "Bearer <admin token>" (constant time);
+ * otherwise replies 401 and returns false. */
+bool auth_admin(api_request *req);
+/* The SHA-256 of the x-api-key header into hash; false (and 401 replied)
+ * when the header is missing, empty or too long. */
+bool auth_api_key_hash(api_request *req, uint8_t hash[32]);
+
+/* ---- handlers ---- */
+
+void plans_handle(api_request *req);   /* plans.c: the plan routes */
+void keys_handle(api_request *req);    /* keys.c: the key routes, attach / detach */
+void usage_handle(api_request *req);   /* usage.c: usage and quota, by id and /me */
+void authorize_handle(api_request *req); /* authorize.c */
+
+/* A key's JSON from a row of KEY_COLUMNS (keys.c), for reuse. */
+#define KEY_COLUMNS                                                                   \
+    "k.id, k.name, k.description, k.customer_id, k.stripe_customer_id, k.enabled, "   \
+    "k.plan_id, (extract(epoch from k.created_at) * 1000000)::bigint, "               \
+    "(extract(epoch from k.updated_at) * 1000000)::bigint"
+json_t *keys_row_json(const PGresult *res, int row);
+
+/* Random ids and secrets from getrandom (random.c). `prefix` + `length`
+ * base62 characters into out; false when the system cannot give randomness. */
+bool random_base62(const char *prefix, size_t length, char *out, size_t out_size);
+
+/* Asks the authorize cache to reload now and waits (up to ~2 s) until it
+ * has, so that an admin change is seen by the next request (keycache.c). */
+void keycache_refresh_now(void);
+
+#endif

@@ -1,0 +1,64 @@
+/* Admin bearer token and x-api-key checks. The admin token is compared as
+ * SHA-256 digests in constant time, so neither its content nor its length
+ * leaks through timing; it is never logged. */
+#include <string.h>
+
+#include "api.h"
+#include "digest.h"
+
+/* The longest x-api-key looked at: a stored secret is at most 256 bytes. */
+#define API_KEY_HEADER_MAX 256
+
+static uint8_t admin_digest[DIGEST_SHA256_LEN];
+
+void auth_init(const char *admin_token)
+{
+    digest_sha256(admin_token, strlen(admin_token), admin_digest);
+}
+
+static bool equal_constant_time(const uint8_t *a, const uint8_t *b, size_t len)
+{
+    volatile uint8_t diff = 0;
+    for (size_t i = 0; i < len; i++)
+        diff |= (uint8_t)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+bool auth_admin(api_request *req)
+{
+    const char *header =
+        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    static const char scheme[] = "Bearer ";
+    if (header == NULL || strncmp(header, scheme, sizeof scheme - 1) != 0 ||
+        header[sizeof scheme - 1] == '\0') {
+        api_add_header(req, "WWW-Authenticate", "Bearer realm=\"tally-admin\"");
+        api_reply_error(req, 401, "unauthorized",
+                        "admin routes need Authorization: Bearer <admin token>");
+        return false;
+    }
+    const char *token = header + sizeof scheme - 1;
+    uint8_t digest[DIGEST_SHA256_LEN];
+    digest_sha256(token, strlen(token), digest);
+    if (!equal_constant_time(digest, admin_digest, sizeof digest)) {
+        api_add_header(req, "WWW-Authenticate", "Bearer realm=\"tally-admin\", error=\"invalid_token\"");
+        api_reply_error(req, 401, "unauthorized", "the admin token is not valid");
+        return false;
+    }
+    return true;
+}
+
+bool auth_api_key_hash(api_request *req, uint8_t hash[32])
+{
+    const char *value = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "x-api-key");
+    if (value == NULL || value[0] == '\0') {
+        api_reply_error(req, 401, "unauthorized", "an API key is required in x-api-key");
+        return false;
+    }
+    size_t len = strnlen(value, API_KEY_HEADER_MAX + 1);
+    if (len > API_KEY_HEADER_MAX) {
+        api_reply_error(req, 401, "unauthorized", "the API key is not valid");
+        return false;
+    }
+    digest_sha256(value, len, hash);
+    return true;
+}

@@ -1,0 +1,187 @@
+/* A small pool of PostgreSQL connections shared by the worker threads.
+ * libpq connections are not thread-safe, so each is lent to one request at a
+ * time under a mutex; a lost connection is dropped and reopened on next use,
+ * so the api rides out a database restart. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "db.h"
+#include "log.h"
+
+#define DBPOOL_MAX 32
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t available = PTHREAD_COND_INITIALIZER;
+static PGconn *idle[DBPOOL_MAX]; /* NULL slots: not connected yet (or dropped) */
+static bool lent[DBPOOL_MAX];
+static int pool_size;
+static const char *database_url;
+
+bool dbpool_init(const char *url, int size, char *err, size_t err_size)
+{
+    if (size < 1 || size > DBPOOL_MAX) {
+        snprintf(err, err_size, "database pool size must be 1..%d", DBPOOL_MAX);
+        return false;
+    }
+    database_url = url;
+    pool_size = size;
+    /* One connection at start proves the settings; the rest open on demand. */
+    idle[0] = db_connect(url, "tally-api", err, err_size);
+    return idle[0] != NULL;
+}
+
+void dbpool_destroy(void)
+{
+    pthread_mutex_lock(&lock);
+    for (int i = 0; i < pool_size; i++) {
+        if (idle[i] && !lent[i]) {
+            PQfinish(idle[i]);
+            idle[i] = NULL;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+}
+
+/* Takes a slot; returns its index. Waits while all are lent. */
+static int take_slot(void)
+{
+    pthread_mutex_lock(&lock);
+    for (;;) {
+        int free_slot = -1;
+        for (int i = 0; i < pool_size; i++) {
+            if (!lent[i] && idle[i] != NULL) {
+                free_slot = i;
+                break;
+            }
+            if (!lent[i] && free_slot < 0)
+                free_slot = i;
+        }
+        if (free_slot >= 0) {
+            lent[free_slot] = true;
+            pthread_mutex_unlock(&lock);
+            return free_slot;
+        }
+        pthread_cond_wait(&available, &lock);
+    }
+}
+
+static void give_slot(int slot, PGconn *conn)
+{
+    pthread_mutex_lock(&lock);
+    idle[slot] = conn;
+    lent[slot] = false;
+    pthread_cond_signal(&available);
+    pthread_mutex_unlock(&lock);
+}
+
+static void set_slot(int slot, PGconn *conn)
+{
+    pthread_mutex_lock(&lock);
+    idle[slot] = conn;
+    pthread_mutex_unlock(&lock);
+}
+
+/* The slot's connection, (re)opened when needed. The slot is lent to the
+ * calling thread, so no other thread uses its connection meanwhile. */
+static PGconn *connect_slot(int slot, char *err, size_t err_size)
+{
+    pthread_mutex_lock(&lock);
+    PGconn *conn = idle[slot];
+    pthread_mutex_unlock(&lock);
+    if (conn != NULL && PQstatus(conn) == CONNECTION_OK)
+        return conn;
+    if (conn != NULL) {
+        set_slot(slot, NULL);
+        PQfinish(conn);
+    }
+    conn = db_connect(database_url, "tally-api", err, err_size);
+    set_slot(slot, conn);
+    return conn;
+}
+
+PGconn *dbpool_acquire(api_request *req)
+{
+    int slot = take_slot();
+    char err[512];
+    PGconn *conn = connect_slot(slot, err, sizeof err);
+    if (conn == NULL) {
+        give_slot(slot, NULL);
+        log_error("%s: %s", apiroute_label(req->op), err);
+        api_reply_error(req, 503, "database_unavailable",
+                        "the database is unreachable; try again shortly");
+        return NULL;
+    }
+    return conn;
+}
+
+void dbpool_release(PGconn *conn)
+{
+    pthread_mutex_lock(&lock);
+    int slot = -1;
+    for (int i = 0; i < pool_size; i++) {
+        if (lent[i] && idle[i] == conn) {
+            slot = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (slot < 0) {
+        PQfinish(conn);
+        return;
+    }
+    /* A connection left inside a transaction (a failed handler) is reset. */
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+        PGresult *res = PQexec(conn, "ROLLBACK");
+        PQclear(res);
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE) {
+            PQfinish(conn);
+            conn = NULL;
+        }
+    }
+    if (conn != NULL && PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    give_slot(slot, conn);
+}
+
+bool dbpool_ping(char *err, size_t err_size)
+{
+    int slot = take_slot();
+    PGconn *conn = connect_slot(slot, err, err_size);
+    if (conn == NULL) {
+        give_slot(slot, NULL);
+        return false;
+    }
+    bool ok = db_exec(conn, "SELECT 1", "checking the database", err, err_size);
+    if (!ok && PQstatus(conn) != CONNECTION_OK) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    give_slot(slot, conn);
+    return ok;
+}
+
+PGresult *api_exec(PGconn *conn, const char *sql, int count, const char *const *params)
+{
+    return PQexecParams(conn, sql, count, NULL, params, NULL, NULL, 0);
+}
+
+bool api_ok(const PGresult *res)
+{
+    ExecStatusType status = PQresultStatus(res);
+    return status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK;
+}
+
+const char *api_field(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? NULL : PQgetvalue(res, row, col);
+}
+
+long long api_field_int(const PGresult *res, int row, int col)
+{
+    return PQgetisnull(res, row, col) ? 0 : strtoll(PQgetvalue(res, row, col), NULL, 10);
+}

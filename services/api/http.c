@@ -1,0 +1,135 @@
+/* Building responses and reading requests for the handlers. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "db.h"
+#include "log.h"
+#include "timeutil.h"
+
+static void set_body(api_request *req, unsigned status, char *body, size_t len, const char *type)
+{
+    free(req->response.body);
+    req->response.status = status;
+    req->response.body = body;
+    req->response.body_len = len;
+    req->response.content_type = type;
+}
+
+void api_reply_json(api_request *req, unsigned status, json_t *body)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL) {
+        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        char *copy = strdup(oom);
+        set_body(req, 500, copy, copy ? strlen(copy) : 0, "application/json");
+        return;
+    }
+    set_body(req, status, text, strlen(text), "application/json");
+}
+
+void api_reply_error(api_request *req, unsigned status, const char *code, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
+    api_reply_json(req, status, body);
+}
+
+void api_reply_empty(api_request *req, unsigned status)
+{
+    set_body(req, status, NULL, 0, NULL);
+}
+
+void api_add_header(api_request *req, const char *name, const char *fmt, ...)
+{
+    api_response *r = &req->response;
+    if (r->header_count >= API_MAX_HEADERS)
+        return;
+    r->headers[r->header_count].name = name;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->headers[r->header_count].value, sizeof r->headers[0].value, fmt, ap);
+    va_end(ap);
+    r->header_count++;
+}
+
+void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, const char *what)
+{
+    char err[512];
+    db_error(conn, res, what, err, sizeof err);
+    log_error("%s: %s", apiroute_label(req->op), err);
+    if (db_connection_lost(conn))
+        api_reply_error(req, 503, "database_unavailable",
+                        "the database could not answer; try again shortly");
+    else
+        api_reply_error(req, 500, "internal", "the request failed on the server's side");
+}
+
+json_t *api_parse_body(api_request *req)
+{
+    json_error_t jerr;
+    if (req->body_len == 0) {
+        api_reply_error(req, 400, "invalid_body", "a JSON object body is required");
+        return NULL;
+    }
+    json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        api_reply_error(req, 400, "invalid_json", "the body is not valid JSON: %s (at byte %d)",
+                        jerr.text, jerr.position);
+        return NULL;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        api_reply_error(req, 400, "invalid_body", "the body must be a JSON object");
+        return NULL;
+    }
+    return body;
+}
+
+const char *api_query(api_request *req, const char *name)
+{
+    return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+typedef struct {
+    const char *const *allowed;
+    char unknown[64];
+} query_check;
+
+static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char *key,
+                                 const char *value)
+{
+    (void)kind;
+    (void)value;
+    query_check *check = cls;
+    for (const char *const *a = check->allowed; *a; a++) {
+        if (strcmp(*a, key) == 0)
+            return MHD_YES;
+    }
+    snprintf(check->unknown, sizeof check->unknown, "%s", key);
+    return MHD_NO;
+}
+
+bool api_check_query(api_request *req, const char *const *allowed)
+{
+    query_check check = {allowed, ""};
+    MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_one, &check);
+    if (check.unknown[0] == '\0')
+        return true;
+    api_reply_error(req, 400, "unknown_parameter", "unknown query parameter \"%s\"",
+                    check.unknown);
+    return false;
+}
+
+json_t *api_time_json(int64_t usec)
+{
+    char text[TIME_RFC3339_LEN];
+    return json_string(time_format_rfc3339(usec, text, sizeof text));
+}

@@ -1,0 +1,686 @@
+/* See keycache.h. Concurrency: the snapshot (keys, plans, counters) is
+ * immutable once published and swapped under a write lock; requests read it
+ * under the read lock. Per-key mutable state (token buckets, allowed count)
+ * is a separate object with its own mutex, moved from the old snapshot to
+ * the new one at the swap, so a reload never resets a bucket.
+ *
+ * Quota accounting: used = the counter read from the database + what this
+ * process allowed since that read. The count of allowed requests is marked
+ * just before the query, so a request allowed while the query runs is still
+ * counted afterwards. Requests allowed here but not yet counted by the
+ * collector when the next load reads the counter are not counted twice nor
+ * at all for that moment: the overshoot is bounded by what is in flight in
+ * the pipeline (gateway -> Kafka -> collector, ~100 ms batches). */
+#include "keycache.h"
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "api.h"
+#include "db.h"
+#include "log.h"
+#include "metrics.h"
+#include "period.h"
+#include "timeutil.h"
+#include "tokenbucket.h"
+
+typedef struct {
+    char pattern[APIMODEL_METHOD_PATH_MAX + 1]; /* "/path/METHOD" or "/path/ *" */
+    double rate;
+    int64_t burst;
+} method_throttle;
+
+typedef struct {
+    char *id;
+    bool has_quota;
+    int64_t quota_limit, quota_offset;
+    period_kind quota_period;
+    bool has_throttle;
+    double rate;
+    int64_t burst;
+    method_throttle *methods;
+    size_t method_count;
+    int64_t created_at, updated_at;
+} plan_entry;
+
+/* Per-key state that outlives snapshots. */
+typedef struct {
+    pthread_mutex_t lock;
+    tokenbucket bucket;
+    tokenbucket *method_buckets; /* one per method throttle of the plan, or NULL */
+    size_t method_bucket_count;
+    char plan_signature[APIROUTE_ID_MAX + 24]; /* plan id + updated_at: buckets reset on change */
+    _Atomic int64_t allowed_total;             /* requests allowed by this process */
+    int64_t mark;        /* allowed_total when the current snapshot's counters were read */
+    int64_t next_mark;   /* taken by the refresh thread before its query */
+} key_state;
+
+typedef struct {
+    uint8_t hash[32];
+    char *id;
+    bool enabled;
+    int plan; /* index into plans, or -1 */
+    int64_t used;         /* counter units of the plan's period at load */
+    int64_t used_period;  /* that period's start */
+    key_state *state;     /* owned by the snapshot that holds it */
+} key_entry;
+
+typedef struct {
+    key_entry *keys;
+    size_t key_count;
+    plan_entry *plans;
+    size_t plan_count;
+    uint32_t *by_hash; /* open addressing: index + 1, 0 empty */
+    uint32_t *by_id;
+    size_t slots;      /* power of two */
+    int64_t loaded_at;
+} snapshot;
+
+struct keycache {
+    const char *url;
+    long long refresh_ms;
+    PGconn *conn;
+    pthread_t thread;
+    bool thread_started;
+    pthread_rwlock_t swap_lock;
+    snapshot *current;
+    pthread_mutex_t wake_lock;
+    pthread_cond_t wake;
+    pthread_cond_t served;
+    uint64_t requested_seq, served_seq;
+    bool stopping;
+};
+
+static keycache *the_cache;
+static metric *m_keys, *m_refreshes, *m_refresh_errors, *m_refresh_seconds, *m_hits, *m_misses;
+static metric *m_outcomes[AUTHZ__COUNT];
+
+static const char *const outcome_names[AUTHZ__COUNT] = {
+    "allowed", "unknown_key", "disabled", "no_plan", "throttled", "over_quota", "not_ready"};
+
+const char *keycache_outcome_name(authz_outcome outcome)
+{
+    return (unsigned)outcome < AUTHZ__COUNT ? outcome_names[outcome] : "?";
+}
+
+static void register_metrics(void)
+{
+    static char labels[AUTHZ__COUNT][40];
+    m_keys = metrics_gauge("tally_api_key_cache_keys", "keys in the authorize cache", NULL);
+    m_refreshes = metrics_counter("tally_api_key_cache_refreshes_total",
+                                  "successful reloads of the authorize cache", NULL);
+    m_refresh_errors = metrics_counter("tally_api_key_cache_refresh_errors_total",
+                                       "failed reloads (the previous cache stays in use)", NULL);
+    m_refresh_seconds = metrics_gauge("tally_api_key_cache_refresh_seconds",
+                                      "duration of the last reload", NULL);
+    m_hits = metrics_counter("tally_api_key_cache_hits_total",
+                             "authorize look-ups that found the key in the cache", NULL);
+    m_misses = metrics_counter("tally_api_key_cache_misses_total",
+                               "authorize look-ups of an unknown key", NULL);
+    for (int i = 0; i < AUTHZ__COUNT; i++) {
+        snprintf(labels[i], sizeof labels[i], "outcome=\"%s\"", outcome_names[i]);
+        m_outcomes[i] = metrics_counter("tally_api_authorize_total",
+                                        "authorize decisions by outcome", labels[i]);
+    }
+}
+
+/* ---- snapshots ---------------------------------------------------------- */
+
+static uint64_t id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static uint64_t value_hash_slot(const uint8_t hash[32])
+{
+    uint64_t h;
+    memcpy(&h, hash, sizeof h); /* SHA-256 bytes are already uniform */
+    return h;
+}
+
+static void free_state(key_state *state)
+{
+    if (state == NULL)
+        return;
+    pthread_mutex_destroy(&state->lock);
+    free(state->method_buckets);
+    free(state);
+}
+
+static void free_snapshot(snapshot *snap)
+{
+    if (snap == NULL)
+        return;
+    for (size_t i = 0; i < snap->key_count; i++) {
+        free(snap->keys[i].id);
+        free_state(snap->keys[i].state);
+    }
+    for (size_t i = 0; i < snap->plan_count; i++) {
+        free(snap->plans[i].id);
+        free(snap->plans[i].methods);
+    }
+    free(snap->keys);
+    free(snap->plans);
+    free(snap->by_hash);
+    free(snap->by_id);
+    free(snap);
+}
+
+static const key_entry *find_by_hash(const snapshot *snap, const uint8_t hash[32])
+{
+    if (snap == NULL || snap->slots == 0)
+        return NULL;
+    size_t mask = snap->slots - 1;
+    for (size_t i = value_hash_slot(hash) & mask;; i = (i + 1) & mask) {
+        uint32_t slot = snap->by_hash[i];
+        if (slot == 0)
+            return NULL;
+        const key_entry *key = &snap->keys[slot - 1];
+        if (memcmp(key->hash, hash, 32) == 0)
+            return key;
+    }
+}
+
+static key_entry *find_by_id(snapshot *snap, const char *id)
+{
+    if (snap == NULL || snap->slots == 0)
+        return NULL;
+    size_t mask = snap->slots - 1;
+    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+        uint32_t slot = snap->by_id[i];
+        if (slot == 0)
+            return NULL;
+        key_entry *key = &snap->keys[slot - 1];
+        if (strcmp(key->id, id) == 0)
+            return key;
+    }
+}
+
+static bool index_snapshot(snapshot *snap)
+{
+    size_t slots = 16;
+    while (slots < snap->key_count * 2)
+        slots *= 2;
+    snap->slots = slots;
+    snap->by_hash = calloc(slots, sizeof *snap->by_hash);
+    snap->by_id = calloc(slots, sizeof *snap->by_id);
+    if (snap->by_hash == NULL || snap->by_id == NULL)
+        return false;
+    for (size_t k = 0; k < snap->key_count; k++) {
+        size_t i = value_hash_slot(snap->keys[k].hash) & (slots - 1);
+        while (snap->by_hash[i] != 0)
+            i = (i + 1) & (slots - 1);
+        snap->by_hash[i] = (uint32_t)(k + 1);
+        i = id_hash(snap->keys[k].id) & (slots - 1);
+        while (snap->by_id[i] != 0)
+            i = (i + 1) & (slots - 1);
+        snap->by_id[i] = (uint32_t)(k + 1);
+    }
+    return true;
+}
+
+static bool parse_method_throttles(const char *text, plan_entry *plan)
+{
+    json_t *root = json_loads(text ? text : "{}", 0, NULL);
+    if (root == NULL || !json_is_object(root)) {
+        json_decref(root);
+        return true; /* a malformed column (written by hand) means no overrides */
+    }
+    size_t count = json_object_size(root);
+    plan->methods = count ? calloc(count, sizeof *plan->methods) : NULL;
+    if (count && plan->methods == NULL) {
+        json_decref(root);
+        return false;
+    }
+    const char *pattern;
+    json_t *value;
+    json_object_foreach(root, pattern, value) {
+        json_t *rate = json_object_get(value, "rateLimit");
+        json_t *burst = json_object_get(value, "burstLimit");
+        if (!json_is_number(rate) || !json_is_integer(burst) ||
+            strlen(pattern) > APIMODEL_METHOD_PATH_MAX)
+            continue;
+        method_throttle *m = &plan->methods[plan->method_count++];
+        snprintf(m->pattern, sizeof m->pattern, "%s", pattern);
+        m->rate = json_number_value(rate);
+        m->burst = json_integer_value(burst);
+    }
+    json_decref(root);
+    return true;
+}
+
+static bool hex_digest(const char *text, uint8_t out[32])
+{
+    if (text == NULL || strlen(text) != 64)
+        return false;
+    for (int i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (int j = 0; j < 2; j++) {
+            char c = text[2 * i + j];
+            v <<= 4;
+            if (c >= '0' && c <= '9')
+                v |= (unsigned)(c - '0');
+            else if (c >= 'a' && c <= 'f')
+                v |= (unsigned)(c - 'a' + 10);
+            else
+                return false;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return true;
+}
+
+/* Reads keys, plans and current counters in one read-only snapshot. */
+static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
+{
+    snapshot *snap = calloc(1, sizeof *snap);
+    PGresult *plans = NULL, *keys = NULL;
+    if (snap == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    snap->loaded_at = now;
+    if (cache->conn == NULL || PQstatus(cache->conn) != CONNECTION_OK) {
+        if (cache->conn)
+            PQfinish(cache->conn);
+        cache->conn = db_connect(cache->url, "tally-api-keycache", err, err_size);
+        if (cache->conn == NULL)
+            goto fail;
+    }
+    if (!db_exec(cache->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+                 "starting the key cache load", err, err_size))
+        goto fail;
+    plans = PQexec(cache->conn,
+                   "SELECT id, quota_limit, quota_period, quota_offset, throttle_rate_limit, "
+                   "throttle_burst_limit, method_throttles::text, "
+                   "(extract(epoch from created_at) * 1000000)::bigint, "
+                   "(extract(epoch from updated_at) * 1000000)::bigint FROM plans");
+    if (!api_ok(plans)) {
+        db_error(cache->conn, plans, "loading plans", err, err_size);
+        goto fail;
+    }
+    char starts[PERIOD_KIND_COUNT][TIME_RFC3339_LEN];
+    int64_t start_at[PERIOD_KIND_COUNT];
+    for (int k = 0; k < PERIOD_KIND_COUNT; k++) {
+        start_at[k] = period_start((period_kind)k, now);
+        time_format_rfc3339(start_at[k], starts[k], sizeof starts[k]);
+    }
+    const char *params[] = {starts[PERIOD_DAY], starts[PERIOD_WEEK], starts[PERIOD_MONTH]};
+    keys = PQexecParams(cache->conn,
+                        "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
+                        "coalesce(c.units, 0) FROM api_keys k "
+                        "LEFT JOIN plans p ON p.id = k.plan_id "
+                        "LEFT JOIN usage_counters c ON c.key_id = k.id "
+                        "AND c.period = p.quota_period AND c.period_start = "
+                        "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
+                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END",
+                        3, NULL, params, NULL, NULL, 0);
+    if (!api_ok(keys)) {
+        db_error(cache->conn, keys, "loading keys", err, err_size);
+        goto fail;
+    }
+    if (!db_exec(cache->conn, "COMMIT", "ending the key cache load", err, err_size))
+        goto fail;
+
+    int plan_rows = PQntuples(plans);
+    snap->plans = calloc((size_t)plan_rows + 1, sizeof *snap->plans);
+    if (snap->plans == NULL)
+        goto oom;
+    for (int r = 0; r < plan_rows; r++) {
+        plan_entry *p = &snap->plans[snap->plan_count++];
+        p->id = strdup(PQgetvalue(plans, r, 0));
+        if (p->id == NULL)
+            goto oom;
+        p->has_quota = api_field(plans, r, 1) != NULL &&
+                       period_parse(PQgetvalue(plans, r, 2), &p->quota_period);
+        p->quota_limit = api_field_int(plans, r, 1);
+        p->quota_offset = api_field_int(plans, r, 3);
+        p->has_throttle = api_field(plans, r, 4) != NULL && api_field(plans, r, 5) != NULL;
+        p->rate = p->has_throttle ? strtod(PQgetvalue(plans, r, 4), NULL) : 0;
+        p->burst = api_field_int(plans, r, 5);
+        p->created_at = api_field_int(plans, r, 7);
+        p->updated_at = api_field_int(plans, r, 8);
+        if (!parse_method_throttles(api_field(plans, r, 6), p))
+            goto oom;
+    }
+    int key_rows = PQntuples(keys);
+    snap->keys = calloc((size_t)key_rows + 1, sizeof *snap->keys);
+    if (snap->keys == NULL)
+        goto oom;
+    for (int r = 0; r < key_rows; r++) {
+        key_entry *k = &snap->keys[snap->key_count];
+        if (!hex_digest(PQgetvalue(keys, r, 1), k->hash))
+            continue;
+        k->id = strdup(PQgetvalue(keys, r, 0));
+        if (k->id == NULL)
+            goto oom;
+        snap->key_count++;
+        k->enabled = strcmp(PQgetvalue(keys, r, 2), "t") == 0;
+        k->plan = -1;
+        const char *plan_id = api_field(keys, r, 3);
+        for (size_t p = 0; plan_id != NULL && p < snap->plan_count; p++) {
+            if (strcmp(snap->plans[p].id, plan_id) == 0) {
+                k->plan = (int)p;
+                break;
+            }
+        }
+        k->used = api_field_int(keys, r, 4);
+        k->used_period = k->plan >= 0 && snap->plans[k->plan].has_quota
+                             ? start_at[snap->plans[k->plan].quota_period]
+                             : 0;
+    }
+    if (!index_snapshot(snap))
+        goto oom;
+    PQclear(plans);
+    PQclear(keys);
+    return snap;
+oom:
+    snprintf(err, err_size, "out of memory loading the key cache");
+fail:
+    PQclear(plans);
+    PQclear(keys);
+    if (cache->conn && PQtransactionStatus(cache->conn) != PQTRANS_IDLE) {
+        PGresult *res = PQexec(cache->conn, "ROLLBACK");
+        PQclear(res);
+    }
+    free_snapshot(snap);
+    return NULL;
+}
+
+/* Gives each key of `next` its state: moved from `prev` when the key was
+ * there (buckets kept; method buckets reset when the plan changed), new
+ * otherwise. Runs under the write lock: no request is inside either. */
+static bool carry_states(snapshot *prev, snapshot *next, int64_t now)
+{
+    for (size_t i = 0; i < next->key_count; i++) {
+        key_entry *k = &next->keys[i];
+        key_entry *old = find_by_id(prev, k->id);
+        key_state *state = old ? old->state : NULL;
+        if (old)
+            old->state = NULL;
+        const plan_entry *plan = k->plan >= 0 ? &next->plans[k->plan] : NULL;
+        if (state == NULL) {
+            state = calloc(1, sizeof *state);
+            if (state == NULL)
+                return false;
+            pthread_mutex_init(&state->lock, NULL);
+            tokenbucket_init(&state->bucket, plan && plan->has_throttle ? plan->burst : 0, now);
+        } else {
+            state->mark = state->next_mark;
+        }
+        k->state = state;
+        char signature[sizeof state->plan_signature];
+        snprintf(signature, sizeof signature, "%.128s@%lld", plan ? plan->id : "",
+                 plan ? (long long)plan->updated_at : 0LL);
+        if (strcmp(signature, state->plan_signature) != 0) {
+            /* A new or changed plan: full buckets at the new limits. */
+            memcpy(state->plan_signature, signature, sizeof signature);
+            tokenbucket_init(&state->bucket, plan && plan->has_throttle ? plan->burst : 0, now);
+            free(state->method_buckets);
+            state->method_buckets = NULL;
+            state->method_bucket_count = 0;
+            if (plan && plan->method_count) {
+                state->method_buckets = calloc(plan->method_count, sizeof *state->method_buckets);
+                if (state->method_buckets == NULL)
+                    return false;
+                state->method_bucket_count = plan->method_count;
+                for (size_t m = 0; m < plan->method_count; m++)
+                    tokenbucket_init(&state->method_buckets[m], plan->methods[m].burst, now);
+            }
+        }
+    }
+    return true;
+}
+
+static bool refresh(keycache *cache, char *err, size_t err_size)
+{
+    int64_t started = time_now_usec();
+    /* Mark the allowed counts before the query (see the top comment). Only
+     * this thread changes `current`, so it may walk it without the lock. */
+    snapshot *prev = cache->current;
+    for (size_t i = 0; prev && i < prev->key_count; i++) {
+        key_state *s = prev->keys[i].state;
+        if (s)
+            s->next_mark = atomic_load_explicit(&s->allowed_total, memory_order_relaxed);
+    }
+    snapshot *next = load(cache, started, err, err_size);
+    if (next == NULL)
+        return false;
+    pthread_rwlock_wrlock(&cache->swap_lock);
+    bool ok = carry_states(prev, next, time_now_usec());
+    if (ok)
+        cache->current = next;
+    pthread_rwlock_unlock(&cache->swap_lock);
+    if (!ok) {
+        free_snapshot(next); /* states moved into it are lost: buckets restart full */
+        snprintf(err, err_size, "out of memory building the key cache");
+        return false;
+    }
+    free_snapshot(prev);
+    metrics_set(m_keys, (double)next->key_count);
+    metrics_set(m_refresh_seconds, (double)(time_now_usec() - started) / 1e6);
+    metrics_add(m_refreshes, 1);
+    return true;
+}
+
+static void *refresh_thread(void *arg)
+{
+    keycache *cache = arg;
+    int64_t last_error_log = 0;
+    pthread_mutex_lock(&cache->wake_lock);
+    while (!cache->stopping) {
+        if (cache->requested_seq == cache->served_seq) {
+            struct timespec deadline;
+            clock_gettime(CLOCK_REALTIME, &deadline);
+            long long ns = deadline.tv_nsec + (cache->refresh_ms % 1000) * 1000000LL;
+            deadline.tv_sec += (time_t)(cache->refresh_ms / 1000 + ns / 1000000000LL);
+            deadline.tv_nsec = (long)(ns % 1000000000LL);
+            pthread_cond_timedwait(&cache->wake, &cache->wake_lock, &deadline);
+            if (cache->stopping)
+                break;
+        }
+        uint64_t serving = cache->requested_seq;
+        pthread_mutex_unlock(&cache->wake_lock);
+        char err[512];
+        if (!refresh(cache, err, sizeof err)) {
+            metrics_add(m_refresh_errors, 1);
+            int64_t now = time_now_usec();
+            if (now - last_error_log > 10 * USEC_PER_SEC) { /* not once a second for hours */
+                log_warn("key cache reload failed (the previous one stays in use): %s", err);
+                last_error_log = now;
+            }
+        }
+        pthread_mutex_lock(&cache->wake_lock);
+        cache->served_seq = serving;
+        pthread_cond_broadcast(&cache->served);
+    }
+    pthread_mutex_unlock(&cache->wake_lock);
+    return NULL;
+}
+
+keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_t err_size)
+{
+    keycache *cache = calloc(1, sizeof *cache);
+    if (cache == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    cache->url = url;
+    cache->refresh_ms = refresh_ms;
+    pthread_rwlock_init(&cache->swap_lock, NULL);
+    pthread_mutex_init(&cache->wake_lock, NULL);
+    pthread_cond_init(&cache->wake, NULL);
+    pthread_cond_init(&cache->served, NULL);
+    register_metrics();
+    if (!refresh(cache, err, err_size) ||
+        pthread_create(&cache->thread, NULL, refresh_thread, cache) != 0) {
+        if (err[0] == '\0')
+            snprintf(err, err_size, "cannot start the key cache thread");
+        keycache_stop(cache);
+        return NULL;
+    }
+    cache->thread_started = true;
+    the_cache = cache;
+    return cache;
+}
+
+void keycache_stop(keycache *cache)
+{
+    if (cache == NULL)
+        return;
+    if (cache->thread_started) {
+        pthread_mutex_lock(&cache->wake_lock);
+        cache->stopping = true;
+        pthread_cond_broadcast(&cache->wake);
+        pthread_cond_broadcast(&cache->served);
+        pthread_mutex_unlock(&cache->wake_lock);
+        pthread_join(cache->thread, NULL);
+    }
+    if (the_cache == cache)
+        the_cache = NULL;
+    free_snapshot(cache->current);
+    if (cache->conn)
+        PQfinish(cache->conn);
+    pthread_rwlock_destroy(&cache->swap_lock);
+    pthread_mutex_destroy(&cache->wake_lock);
+    pthread_cond_destroy(&cache->wake);
+    pthread_cond_destroy(&cache->served);
+    free(cache);
+}
+
+void keycache_refresh_now(void)
+{
+    keycache *cache = the_cache;
+    if (cache == NULL)
+        return;
+    pthread_mutex_lock(&cache->wake_lock);
+    uint64_t ticket = ++cache->requested_seq;
+    pthread_cond_signal(&cache->wake);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 2;
+    while (cache->served_seq < ticket && !cache->stopping) {
+        if (pthread_cond_timedwait(&cache->served, &cache->wake_lock, &deadline) != 0)
+            break; /* the next periodic reload will pick the change up */
+    }
+    pthread_mutex_unlock(&cache->wake_lock);
+}
+
+/* ---- decisions ---------------------------------------------------------- */
+
+static int64_t ceil_seconds(int64_t usec)
+{
+    if (usec <= 0)
+        return 0;
+    return (usec + USEC_PER_SEC - 1) / USEC_PER_SEC;
+}
+
+/* The method throttle for "<path>/<METHOD>", or NULL. The path is the URI
+ * up to '?' or '#'. */
+static int match_method(const plan_entry *plan, const char *method, const char *uri)
+{
+    if (plan->method_count == 0 || method == NULL || uri == NULL)
+        return -1;
+    size_t path_len = strcspn(uri, "?#");
+    size_t method_len = strlen(method);
+    for (size_t m = 0; m < plan->method_count; m++) {
+        const char *pattern = plan->methods[m].pattern;
+        size_t len = strlen(pattern);
+        const char *slash = strrchr(pattern, '/');
+        if (slash == NULL || (size_t)(slash - pattern) != path_len ||
+            memcmp(pattern, uri, path_len) != 0)
+            continue;
+        const char *want = slash + 1;
+        size_t want_len = len - path_len - 1;
+        if ((want_len == 1 && want[0] == '*') ||
+            (want_len == method_len && memcmp(want, method, method_len) == 0))
+            return (int)m;
+    }
+    return -1;
+}
+
+void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,
+                        int64_t now, authz_decision *out)
+{
+    memset(out, 0, sizeof *out);
+    keycache *cache = the_cache;
+    if (cache == NULL) {
+        out->outcome = AUTHZ_NOT_READY;
+        metrics_add(m_outcomes[AUTHZ_NOT_READY], 1);
+        return;
+    }
+    pthread_rwlock_rdlock(&cache->swap_lock);
+    const snapshot *snap = cache->current;
+    const key_entry *key = find_by_hash(snap, hash);
+    if (key == NULL) {
+        pthread_rwlock_unlock(&cache->swap_lock);
+        out->outcome = AUTHZ_UNKNOWN_KEY;
+        metrics_add(m_misses, 1);
+        metrics_add(m_outcomes[AUTHZ_UNKNOWN_KEY], 1);
+        return;
+    }
+    metrics_add(m_hits, 1);
+    snprintf(out->key_id, sizeof out->key_id, "%s", key->id);
+    const plan_entry *plan = key->plan >= 0 ? &snap->plans[key->plan] : NULL;
+    if (!key->enabled || plan == NULL) {
+        out->outcome = key->enabled ? AUTHZ_NO_PLAN : AUTHZ_DISABLED;
+        goto done;
+    }
+    key_state *state = key->state;
+    pthread_mutex_lock(&state->lock);
+    int64_t used = -1, limit = 0, period_end_at = 0;
+    if (plan->has_quota) {
+        int64_t local = atomic_load_explicit(&state->allowed_total, memory_order_relaxed) -
+                        state->mark;
+        int64_t counted = key->used_period == period_start(plan->quota_period, now) ? key->used : 0;
+        used = counted + local;
+        limit = period_limit(plan->quota_limit, plan->quota_offset, plan->quota_period,
+                             plan->created_at, now);
+        period_end_at = period_end(plan->quota_period, now);
+    }
+    int m = match_method(plan, method, uri);
+    tokenbucket *bucket = m >= 0 && (size_t)m < state->method_bucket_count
+                              ? &state->method_buckets[m]
+                              : (plan->has_throttle ? &state->bucket : NULL);
+    double rate = m >= 0 && bucket != &state->bucket ? plan->methods[m].rate : plan->rate;
+    int64_t burst = m >= 0 && bucket != &state->bucket ? plan->methods[m].burst : plan->burst;
+    if (plan->has_quota && used >= limit) {
+        out->outcome = AUTHZ_OVER_QUOTA;
+        out->retry_after_seconds = ceil_seconds(period_end_at - now);
+    } else if (bucket != NULL && !tokenbucket_take(bucket, rate, burst, now)) {
+        out->outcome = AUTHZ_THROTTLED;
+        int64_t wait = tokenbucket_wait_usec(bucket, rate, burst, now);
+        out->retry_after_seconds = wait == INT64_MAX ? 60 : ceil_seconds(wait);
+        if (out->retry_after_seconds < 1)
+            out->retry_after_seconds = 1;
+    } else {
+        out->outcome = AUTHZ_ALLOWED;
+        atomic_fetch_add_explicit(&state->allowed_total, 1, memory_order_relaxed);
+        if (used >= 0)
+            used++;
+    }
+    if (plan->has_quota) {
+        out->limit = limit;
+        out->remaining = limit - used > 0 ? limit - used : 0;
+        out->reset_seconds = ceil_seconds(period_end_at - now);
+    } else if (bucket != NULL) {
+        out->limit = burst;
+        out->remaining = tokenbucket_available(bucket, rate, burst, now);
+        int64_t full = tokenbucket_full_usec(bucket, rate, burst, now);
+        out->reset_seconds = full == INT64_MAX ? 0 : ceil_seconds(full);
+    }
+    pthread_mutex_unlock(&state->lock);
+done:
+    pthread_rwlock_unlock(&cache->swap_lock);
+    metrics_add(m_outcomes[out->outcome], 1);
+}

@@ -1,0 +1,51 @@
+/* The authorize cache: every key (by the SHA-256 of its secret) with its
+ * plan and the quota counter of the plan's current period, reloaded from
+ * PostgreSQL by a background thread every refresh interval (and at once
+ * after an admin change in this process). Per-key token buckets and the
+ * count of requests this process allowed since the last reload live here
+ * too, and survive reloads. One cache per process. */
+#ifndef TALLY_API_KEYCACHE_H
+#define TALLY_API_KEYCACHE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "apiroute.h"
+
+typedef struct keycache keycache;
+
+typedef enum {
+    AUTHZ_ALLOWED,
+    AUTHZ_UNKNOWN_KEY,
+    AUTHZ_DISABLED,
+    AUTHZ_NO_PLAN,
+    AUTHZ_THROTTLED,
+    AUTHZ_OVER_QUOTA,
+    AUTHZ_NOT_READY, /* no successful load yet */
+    AUTHZ__COUNT
+} authz_outcome;
+
+typedef struct {
+    authz_outcome outcome;
+    char key_id[APIROUTE_ID_MAX + 1];
+    /* X-RateLimit-*: the quota when the plan has one, else the throttle
+     * bucket, else all 0 (no limit applies). */
+    int64_t limit, remaining, reset_seconds;
+    int64_t retry_after_seconds; /* for 429 */
+} authz_decision;
+
+/* Loads the cache once (false with err when that fails) and starts the
+ * reload thread. `url` is borrowed for the process's life. */
+keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_t err_size);
+/* Stops the thread and frees everything; NULL is fine. */
+void keycache_stop(keycache *cache);
+/* Decides one gateway request: the key by `hash`, its plan's quota
+ * (counter + allowed here since the load), then the token bucket (the
+ * plan's, or the per-method one matching "<path>/<METHOD>"). Counts an
+ * allowed request. `path` may carry a query string; it is ignored. */
+void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,
+                        int64_t now, authz_decision *out);
+const char *keycache_outcome_name(authz_outcome outcome);
+
+#endif

@@ -1,0 +1,364 @@
+/* The key routes: POST/GET /v1/keys, GET/PATCH/DELETE /v1/keys/{id} and
+ * PUT/DELETE /v1/keys/{id}/plan. A key's secret value is returned once, by
+ * POST, and stored only as its SHA-256. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "db.h"
+#include "digest.h"
+
+enum {
+    COL_ID,
+    COL_NAME,
+    COL_DESCRIPTION,
+    COL_CUSTOMER,
+    COL_STRIPE_CUSTOMER,
+    COL_ENABLED,
+    COL_PLAN,
+    COL_CREATED,
+    COL_UPDATED,
+};
+
+#define GENERATED_VALUE_CHARS 40 /* base62: about 238 bits */
+
+static json_t *nullable(const char *text)
+{
+    return text ? json_string(text) : json_null();
+}
+
+json_t *keys_row_json(const PGresult *res, int row)
+{
+    json_t *key = json_object();
+    json_object_set_new(key, "id", json_string(api_field(res, row, COL_ID)));
+    json_object_set_new(key, "name", json_string(api_field(res, row, COL_NAME)));
+    json_object_set_new(key, "description", json_string(api_field(res, row, COL_DESCRIPTION)));
+    json_object_set_new(key, "customerId", nullable(api_field(res, row, COL_CUSTOMER)));
+    json_object_set_new(key, "stripeCustomerId",
+                        nullable(api_field(res, row, COL_STRIPE_CUSTOMER)));
+    json_object_set_new(key, "enabled",
+                        json_boolean(strcmp(api_field(res, row, COL_ENABLED), "t") == 0));
+    json_object_set_new(key, "planId", nullable(api_field(res, row, COL_PLAN)));
+    json_object_set_new(key, "createdAt", api_time_json(api_field_int(res, row, COL_CREATED)));
+    json_object_set_new(key, "updatedAt", api_time_json(api_field_int(res, row, COL_UPDATED)));
+    return key;
+}
+
+static void hex(const uint8_t *bytes, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static void key_not_found(api_request *req)
+{
+    api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->id);
+}
+
+static void create_key(api_request *req)
+{
+    json_t *body = api_parse_body(req);
+    if (body == NULL)
+        return;
+    apimodel_key key;
+    apimodel_error err;
+    apimodel_key_init(&key);
+    bool valid = apimodel_key_apply(&key, body, true, &err);
+    json_decref(body);
+    if (!valid) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        return;
+    }
+    char id[32];
+    if (!random_base62("key_", 20, id, sizeof id) ||
+        (!key.has_value &&
+         !random_base62("", GENERATED_VALUE_CHARS, key.value, sizeof key.value))) {
+        api_reply_error(req, 500, "internal", "no randomness available");
+        return;
+    }
+    uint8_t digest[DIGEST_SHA256_LEN];
+    char digest_hex[2 * DIGEST_SHA256_LEN + 1];
+    digest_sha256(key.value, strlen(key.value), digest);
+    hex(digest, sizeof digest, digest_hex);
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {id,
+                            digest_hex,
+                            key.name,
+                            key.description,
+                            key.has_customer_id ? key.customer_id : NULL,
+                            key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
+                            key.enabled ? "true" : "false",
+                            key.has_plan_id ? key.plan_id : NULL};
+    PGresult *res = api_exec(conn,
+                             "INSERT INTO api_keys AS k (id, value_hash, name, description, "
+                             "customer_id, stripe_customer_id, enabled, plan_id) "
+                             "VALUES ($1, decode($2, 'hex'), $3, $4, $5, $6, $7::boolean, $8) "
+                             "RETURNING " KEY_COLUMNS,
+                             8, params);
+    if (api_ok(res) && PQntuples(res) == 1) {
+        json_t *answer = keys_row_json(res, 0);
+        json_object_set_new(answer, "value", json_string(key.value));
+        api_add_header(req, "Location", "/v1/keys/%s", id);
+        api_add_header(req, "Cache-Control", "no-store");
+        api_reply_json(req, 201, answer);
+    } else if (strcmp(db_sqlstate(res), "23505") == 0) { /* unique_violation: value_hash */
+        api_reply_error(req, 409, "value_in_use", "another key already has this value");
+    } else if (strcmp(db_sqlstate(res), "23503") == 0) { /* foreign_key_violation: plan_id */
+        api_reply_error(req, 404, "plan_not_found", "no plan with id \"%s\"", key.plan_id);
+    } else {
+        api_reply_db_error(req, conn, res, "creating a key");
+    }
+    PQclear(res);
+    dbpool_release(conn);
+    /* The secret is not kept in memory longer than needed. */
+    memset(key.value, 0, sizeof key.value);
+    if (req->response.status == 201)
+        keycache_refresh_now();
+}
+
+static void list_keys(api_request *req)
+{
+    static const char *const allowed[] = {"limit", "position", "customerId", "planId", NULL};
+    if (!api_check_query(req, allowed))
+        return;
+    int limit;
+    apimodel_error err;
+    char after[APIMODEL_ID_MAX + 1] = "";
+    const char *position = api_query(req, "position");
+    if (!apimodel_parse_limit(api_query(req, "limit"), &limit, &err) ||
+        (position != NULL && position[0] != '\0' &&
+         !apimodel_cursor_decode(position, after, sizeof after, &err))) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        return;
+    }
+    const char *customer = api_query(req, "customerId");
+    const char *plan = api_query(req, "planId");
+    if ((customer && strlen(customer) > APIMODEL_CUSTOMER_ID_MAX) ||
+        (plan && strlen(plan) > APIMODEL_ID_MAX)) {
+        api_reply_error(req, 400, "invalid_parameter", "customerId or planId is too long");
+        return;
+    }
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    char limit_text[16];
+    snprintf(limit_text, sizeof limit_text, "%d", limit + 1);
+    const char *params[] = {after[0] ? after : NULL, limit_text, customer, plan};
+    PGresult *res = api_exec(conn,
+                             "SELECT " KEY_COLUMNS " FROM api_keys k "
+                             "WHERE ($1::text IS NULL OR k.id > $1) "
+                             "AND ($3::text IS NULL OR k.customer_id = $3) "
+                             "AND ($4::text IS NULL OR k.plan_id = $4) "
+                             "ORDER BY k.id LIMIT $2::int",
+                             4, params);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "listing keys");
+    } else {
+        int rows = PQntuples(res);
+        int shown = rows > limit ? limit : rows;
+        json_t *items = json_array();
+        for (int i = 0; i < shown; i++)
+            json_array_append_new(items, keys_row_json(res, i));
+        json_t *page = json_pack("{s:o}", "items", items);
+        if (rows > limit) {
+            char cursor[APIMODEL_CURSOR_MAX + 1];
+            apimodel_cursor_encode(api_field(res, shown - 1, COL_ID), cursor, sizeof cursor);
+            json_object_set_new(page, "position", json_string(cursor));
+        }
+        api_reply_json(req, 200, page);
+    }
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+static void get_key(api_request *req)
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id};
+    PGresult *res =
+        api_exec(conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1", 1, params);
+    if (!api_ok(res))
+        api_reply_db_error(req, conn, res, "reading a key");
+    else if (PQntuples(res) == 0)
+        key_not_found(req);
+    else
+        api_reply_json(req, 200, keys_row_json(res, 0));
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+static void update_key(api_request *req)
+{
+    json_t *body = api_parse_body(req);
+    if (body == NULL)
+        return;
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL) {
+        json_decref(body);
+        return;
+    }
+    PGresult *res = PQexec(conn, "BEGIN");
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "starting a transaction");
+        goto done;
+    }
+    PQclear(res);
+    const char *id_param[] = {req->id};
+    res = api_exec(conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1 FOR UPDATE", 1,
+                   id_param);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "reading a key");
+        goto done;
+    }
+    if (PQntuples(res) == 0) {
+        key_not_found(req);
+        goto done;
+    }
+    apimodel_key key;
+    apimodel_key_init(&key);
+    snprintf(key.name, sizeof key.name, "%s", api_field(res, 0, COL_NAME));
+    snprintf(key.description, sizeof key.description, "%s", api_field(res, 0, COL_DESCRIPTION));
+    if (api_field(res, 0, COL_CUSTOMER)) {
+        key.has_customer_id = true;
+        snprintf(key.customer_id, sizeof key.customer_id, "%s", api_field(res, 0, COL_CUSTOMER));
+    }
+    if (api_field(res, 0, COL_STRIPE_CUSTOMER)) {
+        key.has_stripe_customer_id = true;
+        snprintf(key.stripe_customer_id, sizeof key.stripe_customer_id, "%s",
+                 api_field(res, 0, COL_STRIPE_CUSTOMER));
+    }
+    key.enabled = strcmp(api_field(res, 0, COL_ENABLED), "t") == 0;
+    apimodel_error err;
+    if (!apimodel_key_apply(&key, body, false, &err)) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        goto done;
+    }
+    PQclear(res);
+    const char *params[] = {req->id,
+                            key.name,
+                            key.description,
+                            key.has_customer_id ? key.customer_id : NULL,
+                            key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
+                            key.enabled ? "true" : "false"};
+    res = api_exec(conn,
+                   "UPDATE api_keys AS k SET name = $2, description = $3, customer_id = $4, "
+                   "stripe_customer_id = $5, enabled = $6::boolean, updated_at = now() "
+                   "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
+                   6, params);
+    if (!api_ok(res) || PQntuples(res) != 1) {
+        api_reply_db_error(req, conn, res, "updating a key");
+        goto done;
+    }
+    PGresult *commit = PQexec(conn, "COMMIT");
+    if (!api_ok(commit))
+        api_reply_db_error(req, conn, commit, "committing a key update");
+    else
+        api_reply_json(req, 200, keys_row_json(res, 0));
+    PQclear(commit);
+done:
+    PQclear(res);
+    dbpool_release(conn);
+    json_decref(body);
+    if (req->response.status == 200)
+        keycache_refresh_now();
+}
+
+static void delete_key(api_request *req)
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id};
+    PGresult *res = api_exec(conn, "DELETE FROM api_keys WHERE id = $1", 1, params);
+    if (!api_ok(res))
+        api_reply_db_error(req, conn, res, "deleting a key");
+    else if (strcmp(PQcmdTuples(res), "0") == 0)
+        key_not_found(req);
+    else
+        api_reply_empty(req, 204);
+    PQclear(res);
+    dbpool_release(conn);
+    if (req->response.status == 204)
+        keycache_refresh_now();
+}
+
+/* PUT (attach, body {"planId"}) and DELETE (detach) /v1/keys/{id}/plan. */
+static void set_plan(api_request *req, bool attach)
+{
+    char plan_id[APIMODEL_ID_MAX + 1] = "";
+    if (attach) {
+        json_t *body = api_parse_body(req);
+        if (body == NULL)
+            return;
+        json_t *value = json_object_get(body, "planId");
+        bool ok = json_object_size(body) == 1 && json_is_string(value) &&
+                  json_string_length(value) <= APIMODEL_ID_MAX &&
+                  apimodel_valid_id(json_string_value(value));
+        if (ok)
+            snprintf(plan_id, sizeof plan_id, "%s", json_string_value(value));
+        json_decref(body);
+        if (!ok) {
+            api_reply_error(req, 400, "invalid_body",
+                            "the body must be {\"planId\": \"<plan id>\"} and nothing else");
+            return;
+        }
+    }
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id, attach ? plan_id : NULL};
+    PGresult *res = api_exec(conn,
+                             "UPDATE api_keys AS k SET plan_id = $2, updated_at = now() "
+                             "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
+                             2, params);
+    if (api_ok(res) && PQntuples(res) == 1)
+        api_reply_json(req, 200, keys_row_json(res, 0));
+    else if (api_ok(res))
+        key_not_found(req);
+    else if (strcmp(db_sqlstate(res), "23503") == 0)
+        api_reply_error(req, 404, "plan_not_found", "no plan with id \"%s\"", plan_id);
+    else
+        api_reply_db_error(req, conn, res, attach ? "attaching a plan" : "detaching a plan");
+    PQclear(res);
+    dbpool_release(conn);
+    if (req->response.status == 200)
+        keycache_refresh_now();
+}
+
+void keys_handle(api_request *req)
+{
+    switch (req->op) {
+    case OP_CREATE_KEY:
+        create_key(req);
+        break;
+    case OP_LIST_KEYS:
+        list_keys(req);
+        break;
+    case OP_GET_KEY:
+        get_key(req);
+        break;
+    case OP_UPDATE_KEY:
+        update_key(req);
+        break;
+    case OP_DELETE_KEY:
+        delete_key(req);
+        break;
+    case OP_ATTACH_PLAN:
+        set_plan(req, true);
+        break;
+    case OP_DETACH_PLAN:
+        set_plan(req, false);
+        break;
+    default:
+        break;
+    }
+}

@@ -1,0 +1,360 @@
+/* The plan routes: POST/GET /v1/plans, GET/PATCH/DELETE /v1/plans/{id}. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "db.h"
+
+#define PLAN_COLUMNS                                                                        \
+    "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
+    "throttle_burst_limit, method_throttles::text, stripe_meter_event_name, "               \
+    "(extract(epoch from created_at) * 1000000)::bigint, "                                  \
+    "(extract(epoch from updated_at) * 1000000)::bigint"
+
+enum {
+    COL_ID,
+    COL_NAME,
+    COL_DESCRIPTION,
+    COL_QUOTA_LIMIT,
+    COL_QUOTA_PERIOD,
+    COL_QUOTA_OFFSET,
+    COL_RATE,
+    COL_BURST,
+    COL_METHOD_THROTTLES,
+    COL_METER,
+    COL_CREATED,
+    COL_UPDATED,
+};
+
+static json_t *row_json(const PGresult *res, int row)
+{
+    json_t *plan = json_object();
+    json_object_set_new(plan, "id", json_string(api_field(res, row, COL_ID)));
+    json_object_set_new(plan, "name", json_string(api_field(res, row, COL_NAME)));
+    json_object_set_new(plan, "description", json_string(api_field(res, row, COL_DESCRIPTION)));
+    if (api_field(res, row, COL_QUOTA_LIMIT) != NULL) {
+        json_object_set_new(plan, "quota",
+                            json_pack("{s:I,s:s,s:I}", "limit",
+                                      (json_int_t)api_field_int(res, row, COL_QUOTA_LIMIT),
+                                      "period", api_field(res, row, COL_QUOTA_PERIOD), "offset",
+                                      (json_int_t)api_field_int(res, row, COL_QUOTA_OFFSET)));
+    } else {
+        json_object_set_new(plan, "quota", json_null());
+    }
+    if (api_field(res, row, COL_RATE) != NULL && api_field(res, row, COL_BURST) != NULL) {
+        json_object_set_new(plan, "throttle",
+                            json_pack("{s:f,s:I}", "rateLimit",
+                                      strtod(api_field(res, row, COL_RATE), NULL), "burstLimit",
+                                      (json_int_t)api_field_int(res, row, COL_BURST)));
+    } else {
+        json_object_set_new(plan, "throttle", json_null());
+    }
+    json_t *methods = json_loads(api_field(res, row, COL_METHOD_THROTTLES), 0, NULL);
+    json_object_set_new(plan, "methodThrottles", methods ? methods : json_object());
+    const char *meter = api_field(res, row, COL_METER);
+    json_object_set_new(plan, "stripeMeterEventName", meter ? json_string(meter) : json_null());
+    json_object_set_new(plan, "createdAt", api_time_json(api_field_int(res, row, COL_CREATED)));
+    json_object_set_new(plan, "updatedAt", api_time_json(api_field_int(res, row, COL_UPDATED)));
+    return plan;
+}
+
+/* Fills a model from a row, for a merge patch. */
+static bool row_model(const PGresult *res, int row, apimodel_plan *plan)
+{
+    if (!apimodel_plan_init(plan))
+        return false;
+    snprintf(plan->name, sizeof plan->name, "%s", api_field(res, row, COL_NAME));
+    snprintf(plan->description, sizeof plan->description, "%s",
+             api_field(res, row, COL_DESCRIPTION));
+    if (api_field(res, row, COL_QUOTA_LIMIT) != NULL) {
+        plan->has_quota = true;
+        plan->quota_limit = api_field_int(res, row, COL_QUOTA_LIMIT);
+        plan->quota_offset = api_field_int(res, row, COL_QUOTA_OFFSET);
+        if (!period_parse(api_field(res, row, COL_QUOTA_PERIOD), &plan->quota_period))
+            plan->quota_period = PERIOD_MONTH;
+    }
+    if (api_field(res, row, COL_RATE) != NULL && api_field(res, row, COL_BURST) != NULL) {
+        plan->has_throttle = true;
+        plan->throttle.rate_limit = strtod(api_field(res, row, COL_RATE), NULL);
+        plan->throttle.burst_limit = api_field_int(res, row, COL_BURST);
+    }
+    json_t *methods = json_loads(api_field(res, row, COL_METHOD_THROTTLES), 0, NULL);
+    if (methods != NULL) {
+        json_decref(plan->method_throttles);
+        plan->method_throttles = methods;
+    }
+    const char *meter = api_field(res, row, COL_METER);
+    if (meter != NULL) {
+        plan->has_meter = true;
+        snprintf(plan->meter, sizeof plan->meter, "%s", meter);
+    }
+    return true;
+}
+
+/* The text parameters $2..$10 of a plan's columns (see INSERT/UPDATE). */
+typedef struct {
+    char limit[24], offset[24], rate[40], burst[24];
+    char *methods; /* owned */
+    const char *values[9];
+} plan_params;
+
+static bool plan_params_fill(const apimodel_plan *plan, plan_params *p)
+{
+    snprintf(p->limit, sizeof p->limit, "%lld", (long long)plan->quota_limit);
+    snprintf(p->offset, sizeof p->offset, "%lld", plan->has_quota ? (long long)plan->quota_offset : 0LL);
+    snprintf(p->rate, sizeof p->rate, "%.17g", plan->throttle.rate_limit);
+    snprintf(p->burst, sizeof p->burst, "%lld", (long long)plan->throttle.burst_limit);
+    p->methods = json_dumps(plan->method_throttles, JSON_COMPACT);
+    if (p->methods == NULL)
+        return false;
+    p->values[0] = plan->name;
+    p->values[1] = plan->description;
+    p->values[2] = plan->has_quota ? p->limit : NULL;
+    p->values[3] = plan->has_quota ? period_name(plan->quota_period) : NULL;
+    p->values[4] = p->offset;
+    p->values[5] = plan->has_throttle ? p->rate : NULL;
+    p->values[6] = plan->has_throttle ? p->burst : NULL;
+    p->values[7] = p->methods;
+    p->values[8] = plan->has_meter ? plan->meter : NULL;
+    return true;
+}
+
+static void create_plan(api_request *req)
+{
+    json_t *body = api_parse_body(req);
+    if (body == NULL)
+        return;
+    apimodel_plan plan;
+    apimodel_error err;
+    if (!apimodel_plan_init(&plan)) {
+        json_decref(body);
+        api_reply_error(req, 500, "internal", "out of memory");
+        return;
+    }
+    bool valid = apimodel_plan_apply(&plan, body, true, &err);
+    json_decref(body);
+    if (!valid) {
+        apimodel_plan_free(&plan);
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        return;
+    }
+    char id[32];
+    plan_params p = {0};
+    if (!random_base62("pln_", 20, id, sizeof id) || !plan_params_fill(&plan, &p)) {
+        apimodel_plan_free(&plan);
+        free(p.methods);
+        api_reply_error(req, 500, "internal", "cannot generate an id");
+        return;
+    }
+    PGconn *conn = dbpool_acquire(req);
+    if (conn != NULL) {
+        const char *params[10] = {id};
+        memcpy(params + 1, p.values, sizeof p.values);
+        PGresult *res = api_exec(conn,
+                                 "INSERT INTO plans (id, name, description, quota_limit, "
+                                 "quota_period, quota_offset, throttle_rate_limit, "
+                                 "throttle_burst_limit, method_throttles, stripe_meter_event_name) "
+                                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) "
+                                 "RETURNING " PLAN_COLUMNS,
+                                 10, params);
+        if (api_ok(res) && PQntuples(res) == 1) {
+            api_add_header(req, "Location", "/v1/plans/%s", id);
+            api_reply_json(req, 201, row_json(res, 0));
+        } else {
+            api_reply_db_error(req, conn, res, "creating a plan");
+        }
+        PQclear(res);
+        dbpool_release(conn);
+        keycache_refresh_now();
+    }
+    free(p.methods);
+    apimodel_plan_free(&plan);
+}
+
+static void list_plans(api_request *req)
+{
+    static const char *const allowed[] = {"limit", "position", NULL};
+    if (!api_check_query(req, allowed))
+        return;
+    int limit;
+    apimodel_error err;
+    char after[APIMODEL_ID_MAX + 1] = "";
+    const char *position = api_query(req, "position");
+    if (!apimodel_parse_limit(api_query(req, "limit"), &limit, &err) ||
+        (position != NULL && position[0] != '\0' &&
+         !apimodel_cursor_decode(position, after, sizeof after, &err))) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        return;
+    }
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    char limit_text[16];
+    snprintf(limit_text, sizeof limit_text, "%d", limit + 1);
+    const char *params[] = {after[0] ? after : NULL, limit_text};
+    PGresult *res = api_exec(conn,
+                             "SELECT " PLAN_COLUMNS " FROM plans WHERE ($1::text IS NULL OR id > $1) "
+                             "ORDER BY id LIMIT $2::int",
+                             2, params);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "listing plans");
+    } else {
+        int rows = PQntuples(res);
+        int shown = rows > limit ? limit : rows;
+        json_t *items = json_array();
+        for (int i = 0; i < shown; i++)
+            json_array_append_new(items, row_json(res, i));
+        json_t *page = json_pack("{s:o}", "items", items);
+        if (rows > limit) {
+            char cursor[APIMODEL_CURSOR_MAX + 1];
+            apimodel_cursor_encode(api_field(res, shown - 1, COL_ID), cursor, sizeof cursor);
+            json_object_set_new(page, "position", json_string(cursor));
+        }
+        api_reply_json(req, 200, page);
+    }
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+static void not_found(api_request *req)
+{
+    api_reply_error(req, 404, "not_found", "no plan with id \"%s\"", req->id);
+}
+
+static void get_plan(api_request *req)
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id};
+    PGresult *res = api_exec(conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1", 1, params);
+    if (!api_ok(res))
+        api_reply_db_error(req, conn, res, "reading a plan");
+    else if (PQntuples(res) == 0)
+        not_found(req);
+    else
+        api_reply_json(req, 200, row_json(res, 0));
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+static void update_plan(api_request *req)
+{
+    json_t *body = api_parse_body(req);
+    if (body == NULL)
+        return;
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL) {
+        json_decref(body);
+        return;
+    }
+    apimodel_plan plan = {0};
+    plan_params p = {0};
+    PGresult *res = PQexec(conn, "BEGIN");
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "starting a transaction");
+        goto done;
+    }
+    PQclear(res);
+    const char *id_param[] = {req->id};
+    res = api_exec(conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1 FOR UPDATE", 1,
+                   id_param);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "reading a plan");
+        goto done;
+    }
+    if (PQntuples(res) == 0) {
+        not_found(req);
+        goto done;
+    }
+    apimodel_error err;
+    if (!row_model(res, 0, &plan)) {
+        api_reply_error(req, 500, "internal", "out of memory");
+        goto done;
+    }
+    if (!apimodel_plan_apply(&plan, body, false, &err)) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        goto done;
+    }
+    if (!plan_params_fill(&plan, &p)) {
+        api_reply_error(req, 500, "internal", "out of memory");
+        goto done;
+    }
+    PQclear(res);
+    const char *params[10] = {req->id};
+    memcpy(params + 1, p.values, sizeof p.values);
+    res = api_exec(conn,
+                   "UPDATE plans SET name = $2, description = $3, quota_limit = $4, "
+                   "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
+                   "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
+                   "stripe_meter_event_name = $10, updated_at = now() WHERE id = $1 "
+                   "RETURNING " PLAN_COLUMNS,
+                   10, params);
+    if (!api_ok(res) || PQntuples(res) != 1) {
+        api_reply_db_error(req, conn, res, "updating a plan");
+        goto done;
+    }
+    PGresult *commit = PQexec(conn, "COMMIT");
+    if (!api_ok(commit))
+        api_reply_db_error(req, conn, commit, "committing a plan update");
+    else
+        api_reply_json(req, 200, row_json(res, 0));
+    PQclear(commit);
+done:
+    PQclear(res);
+    dbpool_release(conn); /* rolls back what was not committed */
+    apimodel_plan_free(&plan);
+    free(p.methods);
+    json_decref(body);
+    if (req->response.status == 200)
+        keycache_refresh_now();
+}
+
+static void delete_plan(api_request *req)
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id};
+    PGresult *res = api_exec(conn, "DELETE FROM plans WHERE id = $1", 1, params);
+    if (api_ok(res)) {
+        if (strcmp(PQcmdTuples(res), "0") == 0)
+            not_found(req);
+        else
+            api_reply_empty(req, 204);
+    } else if (strcmp(db_sqlstate(res), "23503") == 0) { /* foreign_key_violation */
+        api_reply_error(req, 409, "plan_in_use",
+                        "plan \"%s\" still has keys; detach them first (DELETE /v1/keys/{id}/plan)",
+                        req->id);
+    } else {
+        api_reply_db_error(req, conn, res, "deleting a plan");
+    }
+    PQclear(res);
+    dbpool_release(conn);
+    if (req->response.status == 204)
+        keycache_refresh_now();
+}
+
+void plans_handle(api_request *req)
+{
+    switch (req->op) {
+    case OP_CREATE_PLAN:
+        create_plan(req);
+        break;
+    case OP_LIST_PLANS:
+        list_plans(req);
+        break;
+    case OP_GET_PLAN:
+        get_plan(req);
+        break;
+    case OP_UPDATE_PLAN:
+        update_plan(req);
+        break;
+    case OP_DELETE_PLAN:
+        delete_plan(req);
+        break;
+    default:
+        break;
+    }
+}

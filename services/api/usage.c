@@ -1,0 +1,251 @@
+/* Usage series and remaining quota: GET /v1/keys/{id}/usage and /quota
+ * (admin), GET /v1/me/usage and /quota (the key's own x-api-key). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "period.h"
+#include "timeutil.h"
+
+/* The most items a grouped series may hold (buckets x endpoints). */
+#define USAGE_ITEMS_MAX 20000
+
+static void hex(const uint8_t *bytes, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+/* Resolves the key the request is about into key_id: the path's id (admin
+ * routes) or the x-api-key's key (/v1/me). False after replying 401/403/404. */
+static bool resolve_key(api_request *req, PGconn *conn)
+{
+    bool me = req->op == OP_ME_USAGE || req->op == OP_ME_QUOTA;
+    char digest_hex[65];
+    const char *params[1];
+    PGresult *res;
+    if (me) {
+        uint8_t hash[32];
+        if (!auth_api_key_hash(req, hash))
+            return false;
+        hex(hash, sizeof hash, digest_hex);
+        params[0] = digest_hex;
+        res = api_exec(conn, "SELECT id, enabled FROM api_keys WHERE value_hash = decode($1, 'hex')",
+                       1, params);
+    } else {
+        params[0] = req->id;
+        res = api_exec(conn, "SELECT id, enabled FROM api_keys WHERE id = $1", 1, params);
+    }
+    bool ok = false;
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "looking up a key");
+    } else if (PQntuples(res) == 0) {
+        if (me)
+            api_reply_error(req, 401, "unauthorized", "the API key is not valid");
+        else
+            api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->id);
+    } else if (me && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+        snprintf(req->key_id, sizeof req->key_id, "%s", PQgetvalue(res, 0, 0));
+        api_reply_error(req, 403, "key_disabled", "the API key is disabled");
+    } else {
+        snprintf(req->key_id, sizeof req->key_id, "%s", PQgetvalue(res, 0, 0));
+        ok = true;
+    }
+    PQclear(res);
+    return ok;
+}
+
+static void quota(api_request *req, PGconn *conn)
+{
+    int64_t now = time_now_usec();
+    char starts[PERIOD_KIND_COUNT][TIME_RFC3339_LEN];
+    for (int k = 0; k < PERIOD_KIND_COUNT; k++)
+        time_format_rfc3339(period_start((period_kind)k, now), starts[k], sizeof starts[k]);
+    const char *params[] = {req->key_id, starts[PERIOD_DAY], starts[PERIOD_WEEK],
+                            starts[PERIOD_MONTH]};
+    PGresult *res = api_exec(
+        conn,
+        "SELECT k.plan_id, p.quota_limit, p.quota_period, p.quota_offset, "
+        "(extract(epoch from p.created_at) * 1000000)::bigint, coalesce(c.units, 0) "
+        "FROM api_keys k LEFT JOIN plans p ON p.id = k.plan_id "
+        "LEFT JOIN usage_counters c ON c.key_id = k.id AND c.period = p.quota_period "
+        "AND c.period_start = CASE p.quota_period WHEN 'DAY' THEN $2::timestamptz "
+        "WHEN 'WEEK' THEN $3::timestamptz ELSE $4::timestamptz END WHERE k.id = $1",
+        4, params);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "reading a quota");
+    } else if (PQntuples(res) == 0) {
+        api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->key_id);
+    } else if (api_field(res, 0, 0) == NULL) {
+        api_reply_error(req, 409, "no_plan", "key \"%s\" is attached to no plan", req->key_id);
+    } else {
+        json_t *answer = json_pack("{s:s,s:s}", "keyId", req->key_id, "planId",
+                                   api_field(res, 0, 0));
+        period_kind kind;
+        if (api_field(res, 0, 1) != NULL && period_parse(api_field(res, 0, 2), &kind)) {
+            int64_t limit = period_limit(api_field_int(res, 0, 1), api_field_int(res, 0, 3), kind,
+                                         api_field_int(res, 0, 4), now);
+            int64_t used = api_field_int(res, 0, 5);
+            json_object_set_new(answer, "period", json_string(period_name(kind)));
+            json_object_set_new(answer, "limit", json_integer(limit));
+            json_object_set_new(answer, "used", json_integer(used));
+            json_object_set_new(answer, "remaining", json_integer(used < limit ? limit - used : 0));
+            json_object_set_new(answer, "overage", json_integer(used > limit ? used - limit : 0));
+            json_object_set_new(answer, "periodStart", api_time_json(period_start(kind, now)));
+            json_object_set_new(answer, "periodEnd", api_time_json(period_end(kind, now)));
+        } else { /* a plan without a quota: nothing to count against */
+            const char *nulls[] = {"period", "limit", "used", "remaining", "overage",
+                                   "periodStart", "periodEnd"};
+            for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
+                json_object_set_new(answer, nulls[i], json_null());
+        }
+        json_object_set_new(answer, "asOf", api_time_json(now));
+        api_reply_json(req, 200, answer);
+    }
+    PQclear(res);
+}
+
+typedef struct {
+    const char *method, *endpoint; /* borrowed from the result */
+} group;
+
+static int compare_groups(const void *a, const void *b)
+{
+    const group *x = a, *y = b;
+    int c = strcmp(x->method, y->method);
+    return c ? c : strcmp(x->endpoint, y->endpoint);
+}
+
+static json_t *item(int64_t start, int64_t end, const PGresult *res, int row, const group *g)
+{
+    json_t *out = json_object();
+    json_object_set_new(out, "start", api_time_json(start));
+    json_object_set_new(out, "end", api_time_json(end));
+    int base = g ? 3 : 1;
+    json_object_set_new(out, "requests", json_integer(row >= 0 ? api_field_int(res, row, base) : 0));
+    json_object_set_new(out, "units", json_integer(row >= 0 ? api_field_int(res, row, base + 1) : 0));
+    json_object_set_new(out, "bytes", json_integer(row >= 0 ? api_field_int(res, row, base + 2) : 0));
+    if (g) {
+        json_object_set_new(out, "method", json_string(g->method));
+        json_object_set_new(out, "endpoint", json_string(g->endpoint));
+    }
+    return out;
+}
+
+static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
+{
+    char from[TIME_RFC3339_LEN], to[TIME_RFC3339_LEN];
+    time_format_rfc3339(q->from, from, sizeof from);
+    time_format_rfc3339(q->to, to, sizeof to);
+    const char *params[] = {req->key_id, from, to, apimodel_granularity_name(q->granularity)};
+    PGresult *res = api_exec(
+        conn,
+        q->group_by_endpoint
+            ? "SELECT extract(epoch from date_trunc($4, hour))::bigint, method, endpoint, "
+              "sum(requests), sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
+              "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1, 2, 3 "
+              "ORDER BY 1, method COLLATE \"C\", endpoint COLLATE \"C\""
+            : "SELECT extract(epoch from date_trunc($4, hour))::bigint, sum(requests), "
+              "sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
+              "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1 ORDER BY 1",
+        4, params);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "reading usage");
+        PQclear(res);
+        return;
+    }
+    int rows = PQntuples(res);
+    group *groups = NULL;
+    size_t group_count = 0;
+    if (q->group_by_endpoint && rows > 0) {
+        groups = malloc((size_t)rows * sizeof *groups);
+        if (groups == NULL) {
+            api_reply_error(req, 500, "internal", "out of memory");
+            PQclear(res);
+            return;
+        }
+        for (int r = 0; r < rows; r++)
+            groups[r] = (group){PQgetvalue(res, r, 1), PQgetvalue(res, r, 2)};
+        qsort(groups, (size_t)rows, sizeof *groups, compare_groups);
+        for (int r = 0; r < rows; r++) {
+            if (group_count == 0 || compare_groups(&groups[group_count - 1], &groups[r]) != 0)
+                groups[group_count++] = groups[r];
+        }
+        if ((int64_t)group_count * q->points > USAGE_ITEMS_MAX) {
+            api_reply_error(req, 400, "too_many_points",
+                            "%zu endpoints x %lld buckets is more than %d items: narrow from/to "
+                            "or use a coarser granularity",
+                            group_count, (long long)q->points, USAGE_ITEMS_MAX);
+            free(groups);
+            PQclear(res);
+            return;
+        }
+    }
+    json_t *items = json_array();
+    int row = 0;
+    for (int64_t start = q->from; start < q->to;) {
+        int64_t end = apimodel_bucket_next(q->granularity, start);
+        /* Rows of a bucket before `start` cannot exist: the query is bounded by from. */
+        if (!q->group_by_endpoint) {
+            bool here = row < rows && api_field_int(res, row, 0) * USEC_PER_SEC == start;
+            json_array_append_new(items, item(start, end, res, here ? row : -1, NULL));
+            if (here)
+                row++;
+        } else {
+            for (size_t g = 0; g < group_count; g++) {
+                bool here = row < rows && api_field_int(res, row, 0) * USEC_PER_SEC == start &&
+                            strcmp(PQgetvalue(res, row, 1), groups[g].method) == 0 &&
+                            strcmp(PQgetvalue(res, row, 2), groups[g].endpoint) == 0;
+                json_array_append_new(items, item(start, end, res, here ? row : -1, &groups[g]));
+                if (here)
+                    row++;
+            }
+        }
+        start = end;
+    }
+    json_t *answer = json_pack("{s:s,s:s,s:s,s:s,s:o}", "keyId", req->key_id, "from", from, "to",
+                               to, "granularity", apimodel_granularity_name(q->granularity),
+                               "items", items);
+    if (q->group_by_endpoint)
+        json_object_set_new(answer, "groupBy", json_string("endpoint"));
+    api_reply_json(req, 200, answer);
+    free(groups);
+    PQclear(res);
+}
+
+void usage_handle(api_request *req)
+{
+    bool is_usage = req->op == OP_KEY_USAGE || req->op == OP_ME_USAGE;
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    /* The key first: a stranger learns nothing from a query's validation.
+     * The admin quota query finds (or misses) the key itself: one round trip. */
+    bool admin_quota = req->op == OP_KEY_QUOTA;
+    if (admin_quota)
+        snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
+    if (admin_quota || resolve_key(req, conn)) {
+        static const char *const usage_args[] = {"from", "to", "granularity", "groupBy", NULL};
+        static const char *const no_args[] = {NULL};
+        if (!api_check_query(req, is_usage ? usage_args : no_args)) {
+            /* replied 400 */
+        } else if (is_usage) {
+            apimodel_usage_query q;
+            apimodel_error err;
+            if (apimodel_usage_query_parse(api_query(req, "from"), api_query(req, "to"),
+                                           api_query(req, "granularity"),
+                                           api_query(req, "groupBy"), time_now_usec(), &q, &err))
+                usage(req, conn, &q);
+            else
+                api_reply_error(req, 400, err.code, "%s", err.message);
+        } else {
+            quota(req, conn);
+        }
+    }
+    dbpool_release(conn);
+}

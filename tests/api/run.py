@@ -1,0 +1,962 @@
+#!/usr/bin/env python3
+"""Integration tests of tally-api against a real PostgreSQL.
+
+    python3 tests/api/run.py [--asan-bin build/asan/bin] [--only NAME[,NAME...]] [--keep-logs DIR]
+
+Starts its own throwaway stack (tools/stack.sh up DIR --fast, tools/migrate.sh),
+runs the sanitized tally-api on a free port, drives every route and error
+(including isolation cases, as an attacker would try them), writes usage rows
+directly with psql for the usage, quota and authorize tests, and checks that
+every answer the server gave is documented in docs/openapi.json. Prints one
+line per test and then "N passed, N failed"; exits 1 if any failed. Whatever
+happens, the api and the stack are stopped and the temporary directory removed.
+
+Python 3 standard library only."""
+
+import argparse
+import datetime
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ADMIN_TOKEN = "test-admin-token-5d1c9a0e7f"
+REFRESH_MS = 300
+SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                      "SUMMARY: UndefinedBehaviorSanitizer", "SUMMARY: AddressSanitizer")
+
+
+class Failure(Exception):
+    pass
+
+
+def check(condition, message):
+    if not condition:
+        raise Failure(message)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def clean_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
+    env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0"
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def utc(text):
+    return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc)
+
+
+def iso(dt):
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (dt.microsecond // 1000)
+
+
+class Answer:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.raw = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    def header(self, name):
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def error_code(self):
+        if isinstance(self.json, dict) and isinstance(self.json.get("error"), dict):
+            return self.json["error"].get("code")
+        return None
+
+    def __repr__(self):
+        return "HTTP %d %s" % (self.status, self.raw[:300])
+
+
+class Suite:
+    def __init__(self, args, tmp):
+        self.args = args
+        self.tmp = tmp
+        self.stack_dir = os.path.join(tmp, "stack")
+        self.db_url = None
+        self.api = None
+        self.api_log = os.path.join(tmp, "api.log")
+        self.port = None
+        self.conn = None
+        self.seen = set()  # (method, route template, status) answered by the server
+
+    # ---- stack ----
+
+    def stack(self, command):
+        env = clean_env({"TALLY_BIN_DIR": os.path.join(REPO, "build", "bin")})
+        cp = subprocess.run([os.path.join(REPO, "tools", "stack.sh"), command, self.stack_dir]
+                            + (["--fast"] if command == "up" else []),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            stdin=subprocess.DEVNULL, timeout=180, start_new_session=True)
+        if cp.returncode != 0:
+            raise Failure("tools/stack.sh %s: %s" % (command, cp.stdout.decode()[-1500:]))
+
+    def up(self):
+        self.stack("up")
+        with open(os.path.join(self.stack_dir, "env")) as f:
+            for line in f:
+                if line.startswith("export TALLY_DATABASE_URL="):
+                    self.db_url = line.split("=", 1)[1].strip().strip("'")
+        cp = subprocess.run([os.path.join(REPO, "tools", "migrate.sh")],
+                            env=clean_env({"TALLY_DATABASE_URL": self.db_url}),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        if cp.returncode != 0:
+            raise Failure("migrate: " + cp.stdout.decode()[-1500:])
+
+    def down(self):
+        try:
+            self.stack("down")
+        except Exception as e:  # noqa: BLE001 - teardown must go on
+            print("warning: stack down: %s" % e)
+
+    def psql(self, sql):
+        cp = subprocess.run(["psql", self.db_url, "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
+                             "-c", sql], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            timeout=60)
+        if cp.returncode != 0:
+            raise Failure("psql: %s" % cp.stderr.decode())
+        return cp.stdout.decode().strip()
+
+    # ---- the api ----
+
+    def api_env(self, extra=None):
+        env = clean_env({"TALLY_DATABASE_URL": self.db_url, "TALLY_ADMIN_TOKEN": ADMIN_TOKEN,
+                         "TALLY_HTTP_ADDR": "127.0.0.1:%d" % self.port,
+                         "TALLY_LOG_LEVEL": "debug"})
+        if extra:
+            env.update(extra)
+        return env
+
+    def start_api(self):
+        self.port = free_port()
+        binary = os.path.join(os.path.abspath(self.args.asan_bin), "tally-api")
+        self._log = open(self.api_log, "ab")
+        self.api = subprocess.Popen(
+            [binary, "--key-refresh-ms", str(REFRESH_MS), "--openapi-file",
+             os.path.join(REPO, "docs", "openapi.json")],
+            env=self.api_env(), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.api.poll() is not None:
+                raise Failure("tally-api exited at start: " + self.log_text()[-2000:])
+            try:
+                if self.request("GET", "/healthz", record=False).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise Failure("tally-api did not answer /healthz within 20 s")
+
+    def stop_api(self):
+        """SIGTERM; returns (exit status, seconds)."""
+        if self.api is None:
+            return None, 0
+        t0 = time.monotonic()
+        if self.api.poll() is None:
+            self.api.send_signal(signal.SIGTERM)
+        try:
+            rc = self.api.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.api.kill()
+            rc = self.api.wait()
+        self._log.close()
+        return rc, time.monotonic() - t0
+
+    def log_text(self):
+        try:
+            with open(self.api_log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def request(self, method, path, headers=None, body=None, admin=False, key=None, record=True,
+                route=None):
+        hdrs = dict(headers or {})
+        if admin:
+            hdrs["Authorization"] = "Bearer " + ADMIN_TOKEN
+        if key is not None:
+            hdrs["x-api-key"] = key
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                self.conn.request(method, path, body=body, headers=hdrs)
+                res = self.conn.getresponse()
+                data = res.read()
+                answer = Answer(res.status, res.getheaders(), data.decode("utf-8", "replace"))
+                if res.getheader("Connection", "").lower() == "close" or res.will_close:
+                    self.conn.close()
+                    self.conn = None
+                break
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 1:
+                    raise
+        if record and route is not None:
+            self.seen.add((method, route, answer.status))
+        return answer
+
+    # Route-aware shorthands, so that every answer is checked against the
+    # OpenAPI document at the end.
+    def call(self, method, route, ids=None, query="", **kw):
+        path = route
+        for name, value in (ids or {}).items():
+            path = path.replace("{" + name + "}", value)
+        return self.request(method, path + query, route=route, **kw)
+
+
+def expect(answer, status, code=None):
+    check(answer.status == status, "expected %d, got %r" % (status, answer))
+    if code is not None:
+        check(answer.error_code() == code, "expected error code %s, got %r" % (code, answer))
+    if status >= 400 and answer.raw:
+        check(answer.error_code() is not None and
+              isinstance(answer.json["error"].get("message"), str),
+              "error body not in the contract's shape: %r" % answer)
+    return answer
+
+
+# ---------------------------------------------------------------------------
+# Tests. Each takes the suite; they run in this order and may build on
+# earlier state only through `state`.
+
+state = {}
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def make_plan(s, **fields):
+    body = {"name": "plan"}
+    body.update(fields)
+    return expect(s.call("POST", "/v1/plans", admin=True, body=body), 201).json
+
+
+def make_key(s, **fields):
+    return expect(s.call("POST", "/v1/keys", admin=True, body=fields), 201).json
+
+
+@test
+def settings_and_help(s):
+    binary = os.path.join(os.path.abspath(s.args.asan_bin), "tally-api")
+    cp = subprocess.run([binary, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                        env=clean_env(), timeout=30)
+    check(cp.returncode == 0 and b"TALLY_ADMIN_TOKEN" in cp.stdout, "--help: %r" % cp.stdout[:200])
+    check(ADMIN_TOKEN.encode() not in cp.stdout, "--help shows the token")
+    cases = [
+        ({"TALLY_ADMIN_TOKEN": ""}, "TALLY_ADMIN_TOKEN"),
+        ({"TALLY_ADMIN_TOKEN": "short"}, "TALLY_ADMIN_TOKEN"),
+        ({"TALLY_ADMN_TOKEN": "x"}, "TALLY_ADMN_TOKEN"),
+        ({"TALLY_HTTP_ADDR": "nonsense"}, "TALLY_HTTP_ADDR"),
+        ({"TALLY_LOG_LEVEL": "loud"}, "TALLY_LOG_LEVEL"),
+    ]
+    for extra, needle in cases:
+        env = s.api_env(extra)
+        if extra.get("TALLY_ADMIN_TOKEN") == "":
+            del env["TALLY_ADMIN_TOKEN"]
+        cp = subprocess.run([binary], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            timeout=30)
+        out = cp.stdout.decode()
+        check(cp.returncode == 2 and needle in out, "%r: exit %d, %r" % (extra, cp.returncode, out))
+        check(ADMIN_TOKEN not in out, "an error message shows the admin token")
+
+
+@test
+def operations_endpoints(s):
+    expect(s.call("GET", "/healthz"), 200)
+    r = expect(s.call("GET", "/readyz"), 200)
+    check(r.json == {"status": "ok"}, repr(r))
+    r = expect(s.call("GET", "/metrics"), 200)
+    check("tally_api_requests_total{route=\"GET /readyz\",status=\"200\"}" in r.raw, r.raw[:400])
+    check("tally_api_request_duration_seconds_bucket" in r.raw, "no latency histogram")
+    check("tally_api_key_cache_keys" in r.raw, "no cache metrics")
+    r = expect(s.call("GET", "/openapi.json"), 200)
+    check(r.json.get("openapi", "").startswith("3."), "not an OpenAPI 3 document")
+
+
+@test
+def routing_errors(s):
+    expect(s.call("GET", "/nope"), 404, "not_found")
+    expect(s.request("GET", "/v1/plans/", admin=True), 404, "not_found")
+    expect(s.request("GET", "/v1/plans//x", admin=True), 404, "not_found")
+    expect(s.request("GET", "/v1/plans/a%20b", admin=True), 404, "not_found")
+    expect(s.request("GET", "/v1/plans/" + "x" * 129, admin=True), 404, "not_found")
+    r = expect(s.call("PUT", "/v1/plans", admin=True), 405, "method_not_allowed")
+    check("POST" in (r.header("Allow") or ""), "no Allow header: %r" % r.headers)
+    expect(s.call("POST", "/v1/authorize"), 405)
+    expect(s.call("GET", "/v1/keys/{id}/plan", ids={"id": "key_x"}, admin=True), 405)
+    expect(s.call("DELETE", "/healthz"), 405)
+
+
+@test
+def admin_authentication(s):
+    bad = [
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer "},
+        {"Authorization": "Bearer wrong-token-of-some-length"},
+        {"Authorization": "Bearer " + ADMIN_TOKEN + "x"},
+        {"Authorization": "Bearer " + ADMIN_TOKEN[:-1]},
+        {"Authorization": "bearer " + ADMIN_TOKEN},
+        {"Authorization": "Basic " + ADMIN_TOKEN},
+        {"Authorization": ADMIN_TOKEN},
+        {"x-api-key": ADMIN_TOKEN},
+        {"Authorization": "Bearer " + "A" * 8000},
+    ]
+    for headers in bad:
+        for method, route in (("GET", "/v1/plans"), ("POST", "/v1/keys"),
+                              ("GET", "/v1/keys/{id}/usage")):
+            r = s.call(method, route, ids={"id": "key_x"}, headers=headers, body={"name": "x"}
+                       if method == "POST" else None)
+            expect(r, 401, "unauthorized")
+    r = s.request("GET", "/v1/plans", headers={"Authorization": "Bearer " + "A" * 40000})
+    check(400 <= r.status < 500, "huge header: %r" % r)
+    check(ADMIN_TOKEN not in s.log_text(), "the admin token appears in the log")
+
+
+@test
+def plan_create_and_read(s):
+    p = make_plan(s, name="Pro", description="for pros", quota={"limit": 1000, "period": "MONTH",
+                                                               "offset": 100},
+                  throttle={"rateLimit": 12.5, "burstLimit": 20},
+                  methodThrottles={"/items/GET": {"rateLimit": 1, "burstLimit": 2}},
+                  stripeMeterEventName="api_requests")
+    check(re.fullmatch(r"pln_[A-Za-z0-9]{20}", p["id"]), "id %r" % p["id"])
+    check(p["quota"] == {"limit": 1000, "period": "MONTH", "offset": 100}, repr(p))
+    check(p["throttle"] == {"rateLimit": 12.5, "burstLimit": 20}, repr(p))
+    check(p["methodThrottles"] == {"/items/GET": {"rateLimit": 1, "burstLimit": 2}}, repr(p))
+    utc(p["createdAt"]), utc(p["updatedAt"])
+    got = expect(s.call("GET", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True), 200).json
+    check(got == p, "GET differs from POST: %r vs %r" % (got, p))
+    minimal = make_plan(s, name="Minimal")
+    check(minimal["quota"] is None and minimal["throttle"] is None and
+          minimal["methodThrottles"] == {} and minimal["stripeMeterEventName"] is None,
+          repr(minimal))
+    expect(s.call("GET", "/v1/plans/{id}", ids={"id": "pln_nope"}, admin=True), 404, "not_found")
+    state["plan_pro"] = p
+
+
+@test
+def plan_validation(s):
+    bad = [
+        ({}, "missing_field"),
+        ({"name": ""}, "invalid_field"),
+        ({"name": "x" * 257}, "invalid_field"),
+        ({"name": 5}, "invalid_field"),
+        ({"name": "a\u0001b"}, "invalid_field"),
+        ({"name": "x", "color": "red"}, "unknown_field"),
+        ({"name": "x", "id": "pln_mine"}, "read_only_field"),
+        ({"name": "x", "quota": {"limit": -1, "period": "DAY"}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": 1.5, "period": "DAY"}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": "10", "period": "DAY"}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": 10, "period": "YEAR"}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": 10, "period": "day"}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": 10}}, "missing_field"),
+        ({"name": "x", "quota": {"limit": 10, "period": "DAY", "offset": -5}}, "invalid_field"),
+        ({"name": "x", "quota": {"limit": 10, "period": "DAY", "extra": 1}}, "unknown_field"),
+        ({"name": "x", "quota": [10, "DAY"]}, "invalid_field"),
+        ({"name": "x", "throttle": {"rateLimit": -1, "burstLimit": 1}}, "invalid_field"),
+        ({"name": "x", "throttle": {"rateLimit": "fast", "burstLimit": 1}}, "invalid_field"),
+        ({"name": "x", "throttle": {"rateLimit": 1, "burstLimit": 1.5}}, "invalid_field"),
+        ({"name": "x", "throttle": {"rateLimit": 1, "burstLimit": 2 ** 31}}, "invalid_field"),
+        ({"name": "x", "throttle": {"rateLimit": 1}}, "missing_field"),
+        ({"name": "x", "methodThrottles": {"items": {"rateLimit": 1, "burstLimit": 1}}},
+         "invalid_field"),
+        ({"name": "x", "methodThrottles": {"/items/get": {"rateLimit": 1, "burstLimit": 1}}},
+         "invalid_field"),
+        ({"name": "x", "methodThrottles": {"/items/GET": {"rateLimit": 1}}}, "missing_field"),
+        ({"name": "x", "methodThrottles": []}, "invalid_field"),
+        ({"name": "x", "stripeMeterEventName": ""}, "invalid_field"),
+        ({"name": "x", "stripeMeterEventName": "m" * 101}, "invalid_field"),
+        ({"name": "x", "description": "d" * 1025}, "invalid_field"),
+    ]
+    for body, code in bad:
+        expect(s.call("POST", "/v1/plans", admin=True, body=body), 400, code)
+    for raw, code in (("", "invalid_body"), ("{", "invalid_json"), ("[]", "invalid_body"),
+                      ("null", "invalid_json"), ("5", "invalid_json"), ('{"name":"a","name":"b"}', "invalid_json"),
+                      ('{"name":"a\\u0000"}', "invalid_json"), ("\xff\xfe", "invalid_json"),
+                      ('{"name":"x","quota":{"limit":99999999999999999999999,"period":"DAY"}}',
+                       "invalid_json"),
+                      ("[" * 5000 + "]" * 5000, "invalid_json")):
+        expect(s.call("POST", "/v1/plans", admin=True, body=raw,
+                      headers={"Content-Type": "application/json"}), 400, code)
+    big = json.dumps({"name": "x", "description": "d" * 70000})
+    r = s.call("POST", "/v1/plans", admin=True, body=big)
+    expect(r, 413, "body_too_large")
+    # Chunked, without Content-Length: refused once past the limit too.
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    conn.putrequest("POST", "/v1/plans")
+    conn.putheader("Authorization", "Bearer " + ADMIN_TOKEN)
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    chunk = b"x" * 16384
+    for _ in range(6):
+        conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+    conn.send(b"0\r\n\r\n")
+    res = conn.getresponse()
+    check(res.status == 413, "chunked 96 KiB body: %d" % res.status)
+    conn.close()
+    s.seen.add(("POST", "/v1/plans", 413))
+    check(s.psql("SELECT count(*) FROM plans WHERE name = 'x'") == "0", "a bad plan was stored")
+
+
+@test
+def plan_list_pagination(s):
+    for i in range(5):
+        make_plan(s, name="page-%d" % i)
+    total = int(s.psql("SELECT count(*) FROM plans"))
+    seen, position, positions = [], None, set()
+    for _ in range(20):
+        q = "?limit=2" + ("&position=" + position if position else "")
+        page = expect(s.call("GET", "/v1/plans", admin=True, query=q), 200).json
+        check(len(page["items"]) <= 2, "page too long")
+        seen += [p["id"] for p in page["items"]]
+        position = page.get("position")
+        if not position:
+            break
+        check(position not in positions, "the same position twice")
+        positions.add(position)
+    check(len(seen) == total and len(set(seen)) == total, "paged %d of %d" % (len(seen), total))
+    check(seen == sorted(seen), "pages out of order")
+    for q in ("?limit=0", "?limit=501", "?limit=abc", "?limit=-1", "?position=%%%",
+              "?position=AAAA", "?color=red"):
+        r = s.call("GET", "/v1/plans", admin=True, query=q)
+        expect(r, 400)
+
+
+@test
+def plan_update(s):
+    p = state["plan_pro"]
+    time.sleep(0.01)
+    r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
+                      body={"quota": {"limit": 2000}, "description": None}), 200).json
+    check(r["quota"] == {"limit": 2000, "period": "MONTH", "offset": 100}, repr(r))
+    check(r["description"] == "" and r["name"] == "Pro", repr(r))
+    check(r["updatedAt"] > p["updatedAt"] and r["createdAt"] == p["createdAt"], repr(r))
+    r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
+                      body={"throttle": None, "stripeMeterEventName": None}), 200).json
+    check(r["throttle"] is None and r["stripeMeterEventName"] is None, repr(r))
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
+                  body={"name": None}), 400, "invalid_field")
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
+                  body={"quota": {"period": "FORTNIGHT"}}), 400, "invalid_field")
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
+                  body={"bogus": 1}), 400, "unknown_field")
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": "pln_missing"}, admin=True,
+                  body={"name": "y"}), 404, "not_found")
+    after = expect(s.call("GET", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True), 200).json
+    check(after["quota"]["limit"] == 2000 and after["name"] == "Pro", "a refused patch changed it")
+
+
+@test
+def key_create_and_secret(s):
+    plan = make_plan(s, name="Keys", quota={"limit": 100, "period": "DAY"})
+    k = make_key(s, name="alice", customerId="cust_alice", stripeCustomerId="cus_123",
+                 planId=plan["id"])
+    check(re.fullmatch(r"key_[A-Za-z0-9]{20}", k["id"]), "id %r" % k["id"])
+    check(len(k["value"]) >= 20 and re.fullmatch(r"[A-Za-z0-9]+", k["value"]), "value %r" % k["value"])
+    check(k["enabled"] is True and k["planId"] == plan["id"] and k["customerId"] == "cust_alice",
+          repr(k))
+    digest = hashlib.sha256(k["value"].encode()).hexdigest()
+    check(s.psql("SELECT encode(value_hash, 'hex') FROM api_keys WHERE id = '%s'" % k["id"])
+          == digest, "value_hash is not SHA-256 of the value")
+    check(k["value"] not in s.psql("SELECT row_to_json(k)::text FROM api_keys k"),
+          "the secret is stored in clear")
+    got = expect(s.call("GET", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True), 200).json
+    check("value" not in got, "GET returns the secret")
+    listed = expect(s.call("GET", "/v1/keys", admin=True), 200).json
+    check(all("value" not in item for item in listed["items"]), "list returns secrets")
+    check(k["value"] not in s.log_text(), "the secret appears in the log")
+    supplied = make_key(s, name="bob", value="bob-supplied-secret-value-0001")
+    check(supplied["value"] == "bob-supplied-secret-value-0001" and supplied["planId"] is None,
+          repr(supplied))
+    expect(s.call("POST", "/v1/keys", admin=True,
+                  body={"value": "bob-supplied-secret-value-0001"}), 409, "value_in_use")
+    for body, code in (({"value": "short-secret"}, "invalid_field"),
+                       ({"value": "has space in the secret value"}, "invalid_field"),
+                       ({"value": "v" * 257}, "invalid_field"),
+                       ({"enabled": "yes"}, "invalid_field"),
+                       ({"customerId": ""}, "invalid_field"),
+                       ({"customerId": 12}, "invalid_field"),
+                       ({"planId": "bad id"}, "invalid_field"),
+                       ({"id": "key_mine"}, "read_only_field"),
+                       ({"secret": "x"}, "unknown_field")):
+        expect(s.call("POST", "/v1/keys", admin=True, body=body), 400, code)
+    expect(s.call("POST", "/v1/keys", admin=True, body={"planId": "pln_missing"}), 404,
+           "plan_not_found")
+    empty = make_key(s)
+    check(empty["name"] == "" and empty["enabled"] is True, repr(empty))
+    state.update(key_alice=k, key_bob=supplied, plan_keys=plan)
+
+
+@test
+def key_update_list_delete(s):
+    k = state["key_alice"]
+    r = expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True,
+                      body={"name": "Alice", "stripeCustomerId": None, "description": "d"}),
+               200).json
+    check(r["name"] == "Alice" and r["stripeCustomerId"] is None and r["customerId"] == "cust_alice"
+          and r["planId"] == k["planId"], repr(r))
+    for body, code in (({"value": "a-new-secret-value-123456"}, "read_only_field"),
+                       ({"planId": "pln_x"}, "read_only_field"),
+                       ({"enabled": 1}, "invalid_field"), ({"nope": 1}, "unknown_field")):
+        expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True, body=body),
+               400, code)
+    expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": "key_missing"}, admin=True,
+                  body={"name": "x"}), 404)
+    listed = expect(s.call("GET", "/v1/keys", admin=True, query="?customerId=cust_alice"),
+                    200).json
+    check([i["id"] for i in listed["items"]] == [k["id"]], repr(listed))
+    listed = expect(s.call("GET", "/v1/keys", admin=True,
+                           query="?planId=" + state["plan_keys"]["id"]), 200).json
+    check([i["id"] for i in listed["items"]] == [k["id"]], repr(listed))
+    for _ in range(3):
+        make_key(s, name="filler")
+    total = int(s.psql("SELECT count(*) FROM api_keys"))
+    ids, position = [], None
+    while True:
+        page = expect(s.call("GET", "/v1/keys", admin=True,
+                             query="?limit=2" + ("&position=" + position if position else "")),
+                      200).json
+        ids += [i["id"] for i in page["items"]]
+        position = page.get("position")
+        if not position:
+            break
+    check(len(ids) == total == len(set(ids)), "paged %d of %d keys" % (len(ids), total))
+    victim = make_key(s, name="victim")
+    expect(s.call("DELETE", "/v1/keys/{id}", ids={"id": victim["id"]}, admin=True), 204)
+    expect(s.call("GET", "/v1/keys/{id}", ids={"id": victim["id"]}, admin=True), 404)
+    expect(s.call("DELETE", "/v1/keys/{id}", ids={"id": victim["id"]}, admin=True), 404)
+    expect(s.call("GET", "/v1/authorize", key=victim["value"]), 401, "unauthorized")
+
+
+@test
+def attach_detach_and_plan_delete(s):
+    plan = make_plan(s, name="Attach")
+    k = state["key_bob"]
+    r = expect(s.call("PUT", "/v1/keys/{id}/plan", ids={"id": k["id"]}, admin=True,
+                      body={"planId": plan["id"]}), 200).json
+    check(r["planId"] == plan["id"], repr(r))
+    expect(s.call("DELETE", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True), 409,
+           "plan_in_use")
+    expect(s.call("PUT", "/v1/keys/{id}/plan", ids={"id": k["id"]}, admin=True,
+                  body={"planId": "pln_missing"}), 404, "plan_not_found")
+    expect(s.call("PUT", "/v1/keys/{id}/plan", ids={"id": "key_missing"}, admin=True,
+                  body={"planId": plan["id"]}), 404, "not_found")
+    for body in ({}, {"planId": 5}, {"planId": plan["id"], "x": 1}, {"planId": "a b"}):
+        expect(s.call("PUT", "/v1/keys/{id}/plan", ids={"id": k["id"]}, admin=True, body=body),
+               400, "invalid_body")
+    r = expect(s.call("DELETE", "/v1/keys/{id}/plan", ids={"id": k["id"]}, admin=True), 200).json
+    check(r["planId"] is None, repr(r))
+    expect(s.call("DELETE", "/v1/keys/{id}/plan", ids={"id": "key_missing"}, admin=True), 404)
+    expect(s.call("DELETE", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True), 204)
+    expect(s.call("DELETE", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True), 404)
+
+
+def put_counter(s, key_id, period, start, units, requests=None):
+    s.psql("INSERT INTO usage_counters (key_id, period, period_start, requests, units, bytes) "
+           "VALUES ('%s', '%s', '%s', %d, %d, 0) ON CONFLICT (key_id, period, period_start) "
+           "DO UPDATE SET units = EXCLUDED.units, requests = EXCLUDED.requests"
+           % (key_id, period, start, requests if requests is not None else units, units))
+
+
+def day_start(now=None):
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+@test
+def quota(s):
+    plan = make_plan(s, name="Quota", quota={"limit": 50, "period": "DAY"})
+    k = make_key(s, name="quota", planId=plan["id"])
+    today = day_start()
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": k["id"]}, admin=True), 200).json
+    check(q["used"] == 0 and q["remaining"] == 50 and q["limit"] == 50 and q["overage"] == 0 and
+          q["period"] == "DAY" and q["planId"] == plan["id"] and q["keyId"] == k["id"], repr(q))
+    check(utc(q["periodStart"]) == today and
+          utc(q["periodEnd"]) == today + datetime.timedelta(days=1), repr(q))
+    check(abs((utc(q["asOf"]) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 5,
+          repr(q))
+    put_counter(s, k["id"], "DAY", iso(today), 42)
+    put_counter(s, k["id"], "DAY", iso(today - datetime.timedelta(days=1)), 999)
+    put_counter(s, k["id"], "MONTH", iso(today.replace(day=1)), 5000)
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": k["id"]}, admin=True), 200).json
+    check(q["used"] == 42 and q["remaining"] == 8 and q["overage"] == 0, repr(q))
+    put_counter(s, k["id"], "DAY", iso(today), 57)
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", key=None, ids={"id": k["id"]}, admin=True),
+               200).json
+    check(q["used"] == 57 and q["remaining"] == 0 and q["overage"] == 7, repr(q))
+    me = expect(s.call("GET", "/v1/me/quota", key=k["value"]), 200).json
+    check(me["keyId"] == k["id"] and me["used"] == 57, repr(me))
+    # The offset applies in the plan's first period (the one it was created in).
+    off = make_plan(s, name="Offset", quota={"limit": 100, "period": "WEEK", "offset": 30})
+    ko = make_key(s, planId=off["id"])
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": ko["id"]}, admin=True), 200).json
+    check(q["limit"] == 70 and q["period"] == "WEEK", repr(q))
+    s.psql("UPDATE plans SET created_at = now() - interval '15 days' WHERE id = '%s'" % off["id"])
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": ko["id"]}, admin=True), 200).json
+    check(q["limit"] == 100, repr(q))
+    # A plan without a quota, and no plan.
+    free = make_plan(s, name="NoQuota")
+    kf = make_key(s, planId=free["id"])
+    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": kf["id"]}, admin=True), 200).json
+    check(q["limit"] is None and q["remaining"] is None and q["planId"] == free["id"], repr(q))
+    kn = make_key(s)
+    expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": kn["id"]}, admin=True), 409, "no_plan")
+    expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": "key_missing"}, admin=True), 404)
+    expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": k["id"]}, admin=True,
+                  query="?x=1"), 400, "unknown_parameter")
+    state["key_quota"] = k
+
+
+def put_hour(s, key_id, hour, requests, units, nbytes, method="GET", endpoint="/items"):
+    s.psql("INSERT INTO usage_hourly (key_id, hour, plan_id, method, endpoint, requests, units, "
+           "bytes) VALUES ('%s', '%s', '', '%s', '%s', %d, %d, %d)"
+           % (key_id, hour, method, endpoint, requests, units, nbytes))
+
+
+@test
+def usage_series(s):
+    k = make_key(s, name="usage")
+    put_hour(s, k["id"], "2026-03-01T10:00:00Z", 3, 4, 100)
+    put_hour(s, k["id"], "2026-03-01T10:00:00Z", 1, 1, 10, "POST", "/items")
+    put_hour(s, k["id"], "2026-03-01T12:00:00Z", 2, 2, 20, "GET", "/users/{id}")
+    put_hour(s, k["id"], "2026-03-02T00:00:00Z", 5, 5, 50)
+    put_hour(s, k["id"], "2026-04-15T00:00:00Z", 7, 7, 70)
+    other = make_key(s, name="other")
+    put_hour(s, other["id"], "2026-03-01T10:00:00Z", 1000, 1000, 1000)
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=hour&from=2026-03-01T09:30:00Z&to=2026-03-01T13:00:00Z"),
+               200).json
+    check(r["keyId"] == k["id"] and r["granularity"] == "hour" and
+          r["from"] == "2026-03-01T09:00:00.000Z" and r["to"] == "2026-03-01T13:00:00.000Z", repr(r))
+    got = [(i["start"][11:16], i["requests"], i["units"], i["bytes"]) for i in r["items"]]
+    check(got == [("09:00", 0, 0, 0), ("10:00", 4, 5, 110), ("11:00", 0, 0, 0),
+                  ("12:00", 2, 2, 20)], repr(got))
+    check(all(utc(i["end"]) - utc(i["start"]) == datetime.timedelta(hours=1) for i in r["items"]),
+          "bucket ends")
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=day&from=2026-03-01&to=2026-03-03"), 200).json
+    got = [(i["start"][:10], i["requests"]) for i in r["items"]]
+    check(got == [("2026-03-01", 6), ("2026-03-02", 5), ("2026-03-03", 0)], repr(got))
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=month&from=2026-02-10&to=2026-04-30"), 200).json
+    got = [(i["start"][:7], i["units"], i["end"][:10]) for i in r["items"]]
+    check(got == [("2026-02", 0, "2026-03-01"), ("2026-03", 12, "2026-04-01"),
+                  ("2026-04", 7, "2026-05-01")], repr(got))
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=day&from=2026-03-01&to=2026-03-02&groupBy=endpoint"),
+               200).json
+    got = [(i["start"][:10], i["method"], i["endpoint"], i["requests"]) for i in r["items"]]
+    check(got == [("2026-03-01", "GET", "/items", 3), ("2026-03-01", "GET", "/users/{id}", 2),
+                  ("2026-03-01", "POST", "/items", 1), ("2026-03-02", "GET", "/items", 5),
+                  ("2026-03-02", "GET", "/users/{id}", 0), ("2026-03-02", "POST", "/items", 0)],
+          repr(got))
+    # Defaults: the last 30 days by day, the last 24 hours by hour.
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True), 200).json
+    check(r["granularity"] == "day" and len(r["items"]) in (30, 31), "default: %d items"
+          % len(r["items"]))
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=hour"), 200).json
+    check(len(r["items"]) in (24, 25), "hour default: %d" % len(r["items"]))
+    for q, code in (("?from=2026-03-05&to=2026-03-01", "invalid_range"),
+                    ("?from=yesterday", "invalid_parameter"),
+                    ("?to=2026-13-01", "invalid_parameter"),
+                    ("?from=2026-02-30", "invalid_parameter"),
+                    ("?granularity=week", "invalid_parameter"),
+                    ("?groupBy=method", "invalid_parameter"),
+                    ("?granularity=hour&from=2026-01-01&to=2026-03-01", "too_many_points"),
+                    ("?granularity=day&from=2020-01-01&to=2026-01-01", "too_many_points"),
+                    ("?from=0001-01-01T00:00:00Z&to=9998-01-01T00:00:00Z&granularity=month",
+                     "too_many_points"),
+                    ("?from=0000-01-01T00:00:00Z&granularity=month", "invalid_parameter"),
+                    ("?to=9999-12-31T23:59:59Z", "invalid_parameter"),
+                    ("?limit=5", "unknown_parameter")):
+        expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True, query=q),
+               400, code)
+    expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": "key_missing"}, admin=True), 404)
+    me = expect(s.call("GET", "/v1/me/usage", key=k["value"],
+                       query="?granularity=day&from=2026-03-01&to=2026-03-01"), 200).json
+    check(me["keyId"] == k["id"] and [i["requests"] for i in me["items"]] == [6], repr(me))
+    expect(s.call("GET", "/v1/me/usage", key=k["value"], query="?from=bad"), 400)
+    state.update(key_usage=k, key_other=other)
+
+
+@test
+def isolation(s):
+    k, other = state["key_usage"], state["key_other"]
+    # A customer's key never opens the admin routes, whatever the header.
+    for headers in ({"x-api-key": k["value"]}, {"Authorization": "Bearer " + k["value"]}):
+        for route in ("/v1/keys/{id}/usage", "/v1/keys/{id}/quota", "/v1/keys/{id}"):
+            for target in (k["id"], other["id"]):
+                expect(s.call("GET", route, ids={"id": target}, headers=headers), 401)
+        expect(s.call("GET", "/v1/keys", headers=headers), 401)
+        expect(s.call("POST", "/v1/plans", headers=headers, body={"name": "x"}), 401)
+    # /v1/me sees only the caller's own key; ids in the query are refused.
+    me = expect(s.call("GET", "/v1/me/usage", key=k["value"],
+                       query="?from=2026-03-01&to=2026-03-01"), 200).json
+    check(me["keyId"] == k["id"] and me["items"][0]["requests"] == 6, repr(me))
+    expect(s.call("GET", "/v1/me/usage", key=k["value"], query="?keyId=" + other["id"]), 400,
+           "unknown_parameter")
+    for key in ("", " ", "x", ADMIN_TOKEN, k["value"] + "x", k["value"][:-1], k["value"].upper(),
+                "A" * 300, k["id"], hashlib.sha256(k["value"].encode()).hexdigest()):
+        for route in ("/v1/me/usage", "/v1/me/quota"):
+            r = s.call("GET", route, key=key)
+            expect(r, 401)
+    for route in ("/v1/me/usage", "/v1/me/quota"):
+        expect(s.call("GET", route), 401)
+        expect(s.call("GET", route, headers={"Authorization": "Bearer " + ADMIN_TOKEN}), 401)
+        expect(s.call("GET", route, headers={"Authorization": "Bearer " + k["value"]}), 401)
+    # The key's secret in the path is never accepted as an id.
+    expect(s.request("GET", "/v1/me/usage/" + k["id"], key=k["value"]), 404)
+    # A disabled key is refused everywhere.
+    expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True,
+                  body={"enabled": False}), 200)
+    expect(s.call("GET", "/v1/me/usage", key=k["value"]), 403, "key_disabled")
+    expect(s.call("GET", "/v1/me/quota", key=k["value"]), 403, "key_disabled")
+    r = expect(s.call("GET", "/v1/authorize", key=k["value"]), 403, "key_disabled")
+    check(r.header("X-Tally-Key-Id") == k["id"], repr(r.headers))
+    expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True,
+                  body={"enabled": True}), 200)
+    expect(s.call("GET", "/v1/me/usage", key=k["value"]), 200)
+
+
+def authorize(s, key, method="GET", uri="/items"):
+    headers = {}
+    if method is not None:
+        headers["X-Original-Method"] = method
+    if uri is not None:
+        headers["X-Original-URI"] = uri
+    return s.call("GET", "/v1/authorize", key=key, headers=headers)
+
+
+def rate_headers(r):
+    return tuple(r.header(h) for h in ("X-RateLimit-Limit", "X-RateLimit-Remaining",
+                                       "X-RateLimit-Reset", "X-Tally-Key-Id"))
+
+
+@test
+def authorize_keys(s):
+    r = expect(s.call("GET", "/v1/authorize"), 401)
+    check(r.header("X-Tally-Key-Id") is None, "headers for no key")
+    r = expect(authorize(s, "unknown-key-value-123456789"), 401)
+    check(r.header("X-Tally-Key-Id") is None, "headers for an unknown key")
+    expect(authorize(s, ""), 401)
+    expect(authorize(s, "k" * 5000), 401)
+    expect(s.call("GET", "/v1/authorize", headers={"Authorization": "Bearer " + ADMIN_TOKEN}), 401)
+    nop = make_key(s)
+    r = expect(authorize(s, nop["value"]), 403, "no_plan")
+    check(r.header("X-Tally-Key-Id") == nop["id"] and None not in rate_headers(r), repr(r.headers))
+    unlimited = make_plan(s, name="Unlimited")
+    ku = make_key(s, planId=unlimited["id"])
+    for _ in range(20):
+        r = expect(authorize(s, ku["value"]), 204)
+    check(rate_headers(r) == ("0", "0", "0", ku["id"]), repr(r.headers))
+    # A change made by another process (straight in the database) shows
+    # within the refresh interval.
+    s.psql("UPDATE api_keys SET enabled = false WHERE id = '%s'" % ku["id"])
+    deadline = time.monotonic() + 5
+    while authorize(s, ku["value"]).status != 403:
+        check(time.monotonic() < deadline, "a disabled key still passes after 5 s")
+        time.sleep(0.05)
+    waited = 5 - (deadline - time.monotonic())
+    check(waited < 3 * REFRESH_MS / 1000 + 1, "took %.2f s" % waited)
+
+
+@test
+def authorize_burst(s):
+    plan = make_plan(s, name="Burst", throttle={"rateLimit": 0.01, "burstLimit": 5})
+    k = make_key(s, planId=plan["id"])
+    statuses = []
+    for _ in range(7):
+        r = authorize(s, k["value"])
+        statuses.append(r.status)
+    check(statuses == [204] * 5 + [429] * 2, "statuses %r" % statuses)
+    check(r.error_code() == "throttled" and int(r.header("Retry-After")) >= 1, repr(r))
+    check(rate_headers(r)[0] == "5" and rate_headers(r)[1] == "0", repr(r.headers))
+    # A per-method throttle overrides the plan's for its path and method only.
+    mplan = make_plan(s, name="Methods", throttle={"rateLimit": 0.01, "burstLimit": 100},
+                      methodThrottles={"/items/POST": {"rateLimit": 0.01, "burstLimit": 2}})
+    km = make_key(s, planId=mplan["id"])
+    posts = [authorize(s, km["value"], "POST", "/items?page=2").status for _ in range(4)]
+    check(posts == [204, 204, 429, 429], "POST /items: %r" % posts)
+    gets = [authorize(s, km["value"], "GET", "/items").status for _ in range(4)]
+    check(gets == [204] * 4, "GET /items: %r" % gets)
+    other = [authorize(s, km["value"], "POST", "/orders").status for _ in range(3)]
+    check(other == [204] * 3, "POST /orders: %r" % other)
+    # Raising the burst through the API takes effect at once (fresh bucket).
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                  body={"throttle": {"burstLimit": 8}}), 200)
+    statuses = [authorize(s, k["value"]).status for _ in range(9)]
+    check(statuses == [204] * 8 + [429], "after the patch: %r" % statuses)
+
+
+@test
+def authorize_quota(s):
+    plan = make_plan(s, name="Quota10", quota={"limit": 10, "period": "DAY"})
+    k = make_key(s, planId=plan["id"])
+    put_counter(s, k["id"], "DAY", iso(day_start()), 7)
+    time.sleep(3 * REFRESH_MS / 1000)
+    statuses = []
+    for _ in range(5):
+        r = authorize(s, k["value"])
+        statuses.append((r.status, r.header("X-RateLimit-Remaining")))
+    check(statuses == [(204, "2"), (204, "1"), (204, "0"), (429, "0"), (429, "0")],
+          "statuses %r" % statuses)
+    check(r.error_code() == "quota_exceeded", repr(r))
+    retry = int(r.header("Retry-After"))
+    to_midnight = (day_start() + datetime.timedelta(days=1) -
+                   datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+    check(abs(retry - to_midnight) < 5, "Retry-After %d, midnight in %.0f" % (retry, to_midnight))
+    check(int(r.header("X-RateLimit-Reset")) == retry or abs(int(r.header("X-RateLimit-Reset")) -
+                                                              retry) <= 1, repr(r.headers))
+    # The collector counts the three allowed requests: still exactly at the
+    # quota after the next reload, not below nor above it.
+    put_counter(s, k["id"], "DAY", iso(day_start()), 10)
+    time.sleep(3 * REFRESH_MS / 1000)
+    expect(authorize(s, k["value"]), 429, "quota_exceeded")
+    # A higher limit opens it again.
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                  body={"quota": {"limit": 11}}), 200)
+    statuses = [authorize(s, k["value"]).status for _ in range(3)]
+    check(statuses == [204, 429, 429], "after raising the limit: %r" % statuses)
+
+
+@test
+def openapi_covers_every_answer(s):
+    with open(os.path.join(REPO, "docs", "openapi.json")) as f:
+        doc = json.load(f)
+    paths = doc["paths"]
+    missing = []
+    for method, route, status in sorted(s.seen):
+        # The router's own answers (unknown path, method not allowed) are
+        # described once in info.description, not per operation.
+        if status == 405 or (status == 404 and route not in paths):
+            continue
+        op = paths.get(route, {}).get(method.lower())
+        if op is None:
+            missing.append("%s %s (no operation)" % (method, route))
+        elif str(status) not in op.get("responses", {}):
+            missing.append("%s %s -> %d" % (method, route, status))
+    check(not missing, "answers the OpenAPI document does not describe: " + "; ".join(missing))
+    routes = set()
+    for line in open(os.path.join(REPO, "common", "apiroute.c")):
+        m = re.search(r'"(GET|POST|PUT|PATCH|DELETE) (/[^"]*)"', line)
+        if m:
+            routes.add((m.group(1).lower(), m.group(2)))
+    undocumented = [r for r in sorted(routes) if r[0] not in paths.get(r[1], {})]
+    check(routes and not undocumented, "routes missing from the document: %r" % undocumented)
+    ops = {(m, p) for p, item in paths.items() for m in item if m in
+           ("get", "post", "put", "patch", "delete")}
+    check(ops <= routes, "documented but not served: %r" % sorted(ops - routes))
+
+
+def run_tests(s, only):
+    passed = failed = 0
+    for fn in TESTS:
+        if only and fn.__name__ not in only:
+            continue
+        t0 = time.monotonic()
+        try:
+            fn(s)
+            passed += 1
+            print("PASS %-32s %6.2fs" % (fn.__name__, time.monotonic() - t0), flush=True)
+        except Exception as e:  # noqa: BLE001 - report and continue
+            failed += 1
+            reason = str(e) if isinstance(e, Failure) else traceback.format_exc()
+            print("FAIL %-32s %6.2fs %s" % (fn.__name__, time.monotonic() - t0, reason),
+                  flush=True)
+    return passed, failed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--asan-bin", default=os.path.join(REPO, "build", "asan", "bin"))
+    parser.add_argument("--only", default="")
+    parser.add_argument("--keep-logs", default=None)
+    args = parser.parse_args()
+    only = set(filter(None, args.only.split(",")))
+    tmp = tempfile.mkdtemp(prefix="tally-api-tests-")
+    s = Suite(args, tmp)
+    passed = failed = 0
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        t0 = time.monotonic()
+        s.up()
+        s.start_api()
+        print("stack and api up in %.1fs" % (time.monotonic() - t0), flush=True)
+        passed, failed = run_tests(s, only)
+        t1 = time.monotonic()
+        if s.conn:
+            s.conn.close()
+        rc, seconds = s.stop_api()
+        report = None
+        text = s.log_text()
+        for i, line in enumerate(text.splitlines()):
+            if any(p in line for p in SANITIZER_PATTERNS):
+                report = "\n".join(text.splitlines()[i:i + 15])
+                break
+        if rc == 0 and seconds < 10 and report is None and "stopped" in text:
+            passed += 1
+            print("PASS %-32s %6.2fs" % ("sigterm_clean_exit", time.monotonic() - t1))
+        else:
+            failed += 1
+            print("FAIL %-32s %6.2fs exit %r after %.1fs; %s" % (
+                "sigterm_clean_exit", time.monotonic() - t1, rc, seconds,
+                report or text[-1500:]))
+    except KeyboardInterrupt:
+        failed += 1
+        print("FAIL interrupted")
+    except Exception as e:  # noqa: BLE001
+        failed += 1
+        print("FAIL setup: %s" % (e if isinstance(e, Failure) else traceback.format_exc()))
+    finally:
+        if s.api is not None and s.api.poll() is None:
+            s.api.kill()
+            s.api.wait()
+        s.down()
+        if args.keep_logs:
+            os.makedirs(args.keep_logs, exist_ok=True)
+            if os.path.exists(s.api_log):
+                shutil.copy(s.api_log, args.keep_logs)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+/* Unit tests for common/apimodel: validation of tally-api's plan and key
+ * bodies, usage query parameters (bucket and period math) and list cursors. */
+#include <string.h>
+
+#include "apimodel.h"
+#include "suites.h"
+#include "timeutil.h"
+
+static json_t *parse(const char *text)
+{
+    json_error_t jerr;
+    json_t *value = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
+    ck_assert_msg(value != NULL, "test JSON %s: %s", text, jerr.text);
+    return value;
+}
+
+/* Applies `text` to a fresh plan (creating) and returns whether it was
+ * accepted; on refusal, the error code must be `code`. */
+static bool plan_accepts(const char *text, const char *code)
+{
+    apimodel_plan plan;
+    apimodel_error err = {0};
+    ck_assert(apimodel_plan_init(&plan));
+    json_t *body = parse(text);
+    bool ok = apimodel_plan_apply(&plan, body, true, &err);
+    json_decref(body);
+    apimodel_plan_free(&plan);
+    if (!ok && code)
+        ck_assert_msg(strcmp(err.code, code) == 0, "%s: code %s (%s), expected %s", text,
+                      err.code, err.message, code);
+    return ok;
+}
+
+START_TEST(plan_full_body)
+{
+    apimodel_plan plan;
+    apimodel_error err;
+    ck_assert(apimodel_plan_init(&plan));
+    json_t *body = parse("{\"name\":\"Pro\",\"description\":\"d\\n2\",\"quota\":{\"limit\":1000,"
+                         "\"period\":\"WEEK\",\"offset\":10},\"throttle\":{\"rateLimit\":2.5,"
+                         "\"burstLimit\":5},\"methodThrottles\":{\"/a/b/GET\":{\"rateLimit\":1,"
+                         "\"burstLimit\":1},\"/c/*\":{\"rateLimit\":0,\"burstLimit\":0}},"
+                         "\"stripeMeterEventName\":\"calls\"}");
+    ck_assert(apimodel_plan_apply(&plan, body, true, &err));
+    ck_assert_str_eq(plan.name, "Pro");
+    ck_assert(plan.has_quota && plan.quota_limit == 1000 && plan.quota_offset == 10 &&
+              plan.quota_period == PERIOD_WEEK);
+    ck_assert(plan.has_throttle && plan.throttle.rate_limit == 2.5 &&
+              plan.throttle.burst_limit == 5);
+    ck_assert_uint_eq(json_object_size(plan.method_throttles), 2);
+    ck_assert(plan.has_meter);
+    json_decref(body);
+    /* A merge patch: only the limit changes; null removes the throttle. */
+    body = parse("{\"quota\":{\"limit\":7},\"throttle\":null,\"description\":null}");
+    ck_assert(apimodel_plan_apply(&plan, body, false, &err));
+    ck_assert(plan.quota_limit == 7 && plan.quota_offset == 10 && plan.quota_period == PERIOD_WEEK);
+    ck_assert(!plan.has_throttle);
+    ck_assert_str_eq(plan.description, "");
+    ck_assert_str_eq(plan.name, "Pro");
+    json_decref(body);
+    apimodel_plan_free(&plan);
+}
+END_TEST
+
+START_TEST(plan_refusals)
+{
+    ck_assert(plan_accepts("{\"name\":\"x\"}", NULL));
+    ck_assert(!plan_accepts("{}", "missing_field"));
+    ck_assert(!plan_accepts("[]", "invalid_body"));
+    ck_assert(!plan_accepts("{\"name\":\"\"}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":null}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"a\\tb\"}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"extra\":1}", "unknown_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"createdAt\":\"2026-01-01\"}", "read_only_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"quota\":{\"limit\":-1,\"period\":\"DAY\"}}",
+                            "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"quota\":{\"limit\":1e3,\"period\":\"DAY\"}}",
+                            "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"quota\":{\"limit\":1,\"period\":\"Day\"}}",
+                            "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"quota\":{\"period\":\"DAY\"}}", "missing_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"quota\":{\"limit\":1000000000000001,"
+                            "\"period\":\"DAY\"}}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"throttle\":{\"rateLimit\":true,\"burstLimit\":1}}",
+                            "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"throttle\":{\"rateLimit\":1,"
+                            "\"burstLimit\":2147483648}}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"throttle\":{\"burstLimit\":1}}", "missing_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"methodThrottles\":{\"/GET\":{\"rateLimit\":1,"
+                            "\"burstLimit\":1}}}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"methodThrottles\":{\"/a b/GET\":{\"rateLimit\":1,"
+                            "\"burstLimit\":1}}}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"methodThrottles\":{\"/a/GET\":{\"rateLimit\":1,"
+                            "\"burstLimit\":1,\"x\":1}}}", "unknown_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"stripeMeterEventName\":\"\"}", "invalid_field"));
+    char big[400];
+    memset(big, 0, sizeof big);
+    strcpy(big, "{\"name\":\"");
+    memset(big + strlen(big), 'n', 257);
+    strcat(big, "\"}");
+    ck_assert(!plan_accepts(big, "invalid_field"));
+}
+END_TEST
+
+START_TEST(key_bodies)
+{
+    apimodel_key key;
+    apimodel_error err;
+    apimodel_key_init(&key);
+    json_t *body = parse("{\"name\":\"a\",\"customerId\":\"c\",\"enabled\":false,"
+                         "\"value\":\"0123456789abcdefghij\",\"planId\":\"pln_1\"}");
+    ck_assert(apimodel_key_apply(&key, body, true, &err));
+    ck_assert(key.has_value && key.has_plan_id && key.has_customer_id && !key.enabled);
+    json_decref(body);
+    body = parse("{\"customerId\":null}");
+    ck_assert(apimodel_key_apply(&key, body, false, &err));
+    ck_assert(!key.has_customer_id);
+    json_decref(body);
+    static const struct {
+        const char *text;
+        bool creating;
+        const char *code;
+    } bad[] = {
+        {"{\"value\":\"0123456789abcdefghi\"}", true, "invalid_field"},  /* 19 characters */
+        {"{\"value\":\"0123456789 abcdefghij\"}", true, "invalid_field"},
+        {"{\"value\":\"0123456789abcdefghij\"}", false, "read_only_field"},
+        {"{\"planId\":\"p\"}", false, "read_only_field"},
+        {"{\"planId\":\"a/b\"}", true, "invalid_field"},
+        {"{\"enabled\":0}", true, "invalid_field"},
+        {"{\"customerId\":\"\"}", true, "invalid_field"},
+        {"{\"owner\":\"x\"}", true, "unknown_field"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        apimodel_key_init(&key);
+        body = parse(bad[i].text);
+        ck_assert_msg(!apimodel_key_apply(&key, body, bad[i].creating, &err), "%s", bad[i].text);
+        ck_assert_msg(strcmp(err.code, bad[i].code) == 0, "%s: %s", bad[i].text, err.code);
+        json_decref(body);
+    }
+}
+END_TEST
+
+static int64_t at(const char *text)
+{
+    int64_t t;
+    ck_assert(time_parse_rfc3339(text, strlen(text), &t));
+    return t;
+}
+
+START_TEST(usage_query_ranges)
+{
+    apimodel_usage_query q;
+    apimodel_error err;
+    int64_t now = at("2026-11-23T12:34:56Z");
+    ck_assert(apimodel_usage_query_parse(NULL, NULL, NULL, NULL, now, &q, &err));
+    ck_assert_int_eq(q.granularity, GRANULARITY_DAY);
+    ck_assert_int_eq(q.from, at("2026-10-24T00:00:00Z"));
+    ck_assert_int_eq(q.to, at("2026-11-24T00:00:00Z"));
+    ck_assert_int_eq(q.points, 31);
+    ck_assert(apimodel_usage_query_parse(NULL, NULL, "hour", NULL, now, &q, &err));
+    ck_assert_int_eq(q.from, at("2026-11-22T12:00:00Z"));
+    ck_assert_int_eq(q.to, at("2026-11-23T13:00:00Z"));
+    ck_assert_int_eq(q.points, 25);
+    ck_assert(apimodel_usage_query_parse(NULL, NULL, "month", NULL, now, &q, &err));
+    ck_assert_int_eq(q.from, at("2025-12-01T00:00:00Z"));
+    ck_assert_int_eq(q.to, at("2026-12-01T00:00:00Z"));
+    ck_assert_int_eq(q.points, 12);
+    /* A date `to` includes its day; months are calendar months. */
+    ck_assert(apimodel_usage_query_parse("2024-01-31", "2024-03-01", "month", "endpoint", now, &q,
+                                         &err));
+    ck_assert(q.group_by_endpoint);
+    ck_assert_int_eq(q.from, at("2024-01-01T00:00:00Z"));
+    ck_assert_int_eq(q.to, at("2024-04-01T00:00:00Z"));
+    ck_assert_int_eq(q.points, 3);
+    ck_assert_int_eq(apimodel_bucket_next(GRANULARITY_MONTH, at("2024-02-01T00:00:00Z")),
+                     at("2024-03-01T00:00:00Z"));
+    /* Offsets are read as instants. */
+    ck_assert(apimodel_usage_query_parse("2026-11-23T01:30:00+02:00", "2026-11-23T00:00:00Z",
+                                         "hour", NULL, now, &q, &err));
+    ck_assert_int_eq(q.from, at("2026-11-22T23:00:00Z"));
+    ck_assert_int_eq(q.points, 1);
+    /* from == to still shows its bucket. */
+    ck_assert(apimodel_usage_query_parse("2026-11-23T05:00:00Z", "2026-11-23T05:00:00Z", "hour",
+                                         NULL, now, &q, &err));
+    ck_assert_int_eq(q.points, 1);
+    ck_assert_int_eq(q.to - q.from, USEC_PER_HOUR);
+    /* 1000 hours pass, 1001 do not. */
+    ck_assert(apimodel_usage_query_parse("2026-01-01T00:00:00Z", "2026-02-11T16:00:00Z", "hour",
+                                         NULL, now, &q, &err));
+    ck_assert_int_eq(q.points, 1000);
+    ck_assert(!apimodel_usage_query_parse("2026-01-01T00:00:00Z", "2026-02-11T16:00:01Z", "hour",
+                                          NULL, now, &q, &err));
+    ck_assert_str_eq(err.code, "too_many_points");
+}
+END_TEST
+
+START_TEST(usage_query_refusals)
+{
+    apimodel_usage_query q;
+    apimodel_error err;
+    int64_t now = at("2026-11-23T12:00:00Z");
+    static const struct {
+        const char *from, *to, *granularity, *group_by, *code;
+    } bad[] = {
+        {"2026-11-02", "2026-11-01", NULL, NULL, "invalid_range"},
+        {"2026-11-01T00:00:01Z", "2026-11-01T00:00:00Z", "hour", NULL, "invalid_range"},
+        {"2026-11-31", NULL, NULL, NULL, "invalid_parameter"},
+        {"yesterday", NULL, NULL, NULL, "invalid_parameter"},
+        {"", NULL, NULL, NULL, "invalid_parameter"},
+        {NULL, "2026-11-01T25:00:00Z", NULL, NULL, "invalid_parameter"},
+        {NULL, NULL, "minute", NULL, "invalid_parameter"},
+        {NULL, NULL, "", NULL, "invalid_parameter"},
+        {NULL, NULL, NULL, "method", "invalid_parameter"},
+        {"2000-01-01", NULL, "day", NULL, "too_many_points"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        ck_assert_msg(!apimodel_usage_query_parse(bad[i].from, bad[i].to, bad[i].granularity,
+                                                  bad[i].group_by, now, &q, &err),
+                      "case %zu accepted", i);
+        ck_assert_msg(strcmp(err.code, bad[i].code) == 0, "case %zu: %s", i, err.code);
+    }
+}
+END_TEST
+
+START_TEST(cursors_and_limits)
+{
+    char cursor[APIMODEL_CURSOR_MAX + 1], id[APIMODEL_ID_MAX + 1];
+    apimodel_error err;
+    const char *ids[] = {"a", "ab", "abc", "key_pro_acme", "pln_0123456789abcdefghij"};
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        apimodel_cursor_encode(ids[i], cursor, sizeof cursor);
+        ck_assert(apimodel_cursor_decode(cursor, id, sizeof id, &err));
+        ck_assert_str_eq(id, ids[i]);
+    }
+    char long_id[APIMODEL_ID_MAX + 1];
+    memset(long_id, 'z', APIMODEL_ID_MAX);
+    long_id[APIMODEL_ID_MAX] = '\0';
+    apimodel_cursor_encode(long_id, cursor, sizeof cursor);
+    ck_assert(apimodel_cursor_decode(cursor, id, sizeof id, &err));
+    ck_assert_str_eq(id, long_id);
+    ck_assert(!apimodel_cursor_decode("", id, sizeof id, &err));
+    ck_assert(!apimodel_cursor_decode("a", id, sizeof id, &err));
+    ck_assert(!apimodel_cursor_decode("a+b=", id, sizeof id, &err));
+    ck_assert(!apimodel_cursor_decode("ICA", id, sizeof id, &err)); /* "  ": not an id */
+    int limit;
+    ck_assert(apimodel_parse_limit(NULL, &limit, &err) && limit == APIMODEL_LIST_LIMIT_DEFAULT);
+    ck_assert(apimodel_parse_limit("500", &limit, &err) && limit == 500);
+    ck_assert(!apimodel_parse_limit("501", &limit, &err));
+    ck_assert(!apimodel_parse_limit("0", &limit, &err));
+    ck_assert(!apimodel_parse_limit("+5", &limit, &err));
+    ck_assert(!apimodel_parse_limit("5x", &limit, &err));
+    ck_assert(!apimodel_parse_limit("99999999999999999999", &limit, &err));
+}
+END_TEST
+
+Suite *api_model_suite(void)
+{
+    Suite *s = suite_create("api_model");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, plan_full_body);
+    tcase_add_test(tc, plan_refusals);
+    tcase_add_test(tc, key_bodies);
+    tcase_add_test(tc, usage_query_ranges);
+    tcase_add_test(tc, usage_query_refusals);
+    tcase_add_test(tc, cursors_and_limits);
+    suite_add_tcase(s, tc);
+    return s;
+}
