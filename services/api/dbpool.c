@@ -17,6 +17,14 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t available = PTHREAD_COND_INITIALIZER;
 static PGconn *idle[DBPOOL_MAX]; /* NULL slots: not connected yet (or dropped) */
 static bool lent[DBPOOL_MAX];
+/* Statements prepared on each slot's current connection (owned copies of
+ * their SQL; the statement name is "p<index>"). Parsing and planning a
+ * statement costs more than running the small ones here, so each is
+ * prepared once per connection. Only the thread the slot is lent to
+ * touches its entries. */
+#define PREPARED_MAX 48
+static char *prepared[DBPOOL_MAX][PREPARED_MAX];
+static int prepared_count[DBPOOL_MAX];
 static int pool_size;
 static const char *database_url;
 
@@ -41,6 +49,9 @@ void dbpool_destroy(void)
             PQfinish(idle[i]);
             idle[i] = NULL;
         }
+        for (int j = 0; j < prepared_count[i]; j++)
+            free(prepared[i][j]);
+        prepared_count[i] = 0;
     }
     pthread_mutex_unlock(&lock);
 }
@@ -97,6 +108,11 @@ static PGconn *connect_slot(int slot, char *err, size_t err_size)
         set_slot(slot, NULL);
         PQfinish(conn);
     }
+    for (int i = 0; i < prepared_count[slot]; i++) {
+        free(prepared[slot][i]);
+        prepared[slot][i] = NULL;
+    }
+    prepared_count[slot] = 0;
     conn = db_connect(database_url, "tally-api", err, err_size);
     set_slot(slot, conn);
     return conn;
@@ -167,6 +183,42 @@ bool dbpool_ping(char *err, size_t err_size)
 
 PGresult *api_exec(PGconn *conn, const char *sql, int count, const char *const *params)
 {
+    pthread_mutex_lock(&lock);
+    int slot = -1;
+    for (int i = 0; i < pool_size; i++) {
+        if (lent[i] && idle[i] == conn) {
+            slot = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    if (slot >= 0) {
+        int index = -1;
+        for (int i = 0; i < prepared_count[slot]; i++) {
+            if (strcmp(prepared[slot][i], sql) == 0) {
+                index = i;
+                break;
+            }
+        }
+        char name[16];
+        if (index < 0 && prepared_count[slot] < PREPARED_MAX) {
+            snprintf(name, sizeof name, "p%d", prepared_count[slot]);
+            PGresult *res = PQprepare(conn, name, sql, count, NULL);
+            bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+            PQclear(res);
+            char *copy = ok ? strdup(sql) : NULL;
+            if (copy) {
+                index = prepared_count[slot]++;
+                prepared[slot][index] = copy;
+            }
+        }
+        if (index >= 0) {
+            snprintf(name, sizeof name, "p%d", index);
+            return PQexecPrepared(conn, name, count, params, NULL, NULL, 0);
+        }
+    }
+    /* Not a pooled connection, a full registry, or a statement that did not
+     * prepare (its error is then reported by this plain execution). */
     return PQexecParams(conn, sql, count, NULL, params, NULL, NULL, 0);
 }
 
