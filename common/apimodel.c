@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "apiroute.h"
+#include "apitext.h"
 #include "timeutil.h"
 
 static bool fail(apimodel_error *err, const char *code, const char *fmt, ...)
@@ -99,7 +100,8 @@ static bool apply_throttle(apimodel_throttle *throttle, bool existed, const json
                 return false;
             seen_burst = true;
         } else {
-            return fail(err, "unknown_field", "%s has no member \"%.60s\"", field, name);
+            return fail(err, "unknown_field", "%s has no member \"%.*s\"", field,
+                        (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     if (!existed && (!seen_rate || !seen_burst))
@@ -145,7 +147,8 @@ bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err)
     json_object_foreach((json_t *)value, key, member) {
         if (!valid_method_path(key))
             return fail(err, "invalid_field",
-                        "methodThrottles key \"%.80s\" is not of the form \"/path/METHOD\"", key);
+                        "methodThrottles key \"%.*s\" is not of the form \"/path/METHOD\"",
+                        (int)apitext_utf8_prefix(key, 80), key);
         apimodel_throttle ignored = {0, 0};
         char field[APIMODEL_METHOD_PATH_MAX + 20];
         snprintf(field, sizeof field, "methodThrottles[\"%s\"]", key);
@@ -194,7 +197,8 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
                 return fail(err, "invalid_field", "quota.period must be DAY, WEEK or MONTH");
             seen_period = true;
         } else {
-            return fail(err, "unknown_field", "quota has no member \"%.60s\"", name);
+            return fail(err, "unknown_field", "quota has no member \"%.*s\"",
+                        (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     if (!existed) {
@@ -262,7 +266,8 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                    strcmp(name, "updatedAt") == 0) {
             return fail(err, "read_only_field", "%s is set by the server", name);
         } else {
-            return fail(err, "unknown_field", "plans have no member \"%.60s\"", name);
+            return fail(err, "unknown_field", "plans have no member \"%.*s\"",
+                        (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     if (creating && !seen_name)
@@ -346,7 +351,8 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                    strcmp(name, "updatedAt") == 0) {
             return fail(err, "read_only_field", "%s is set by the server", name);
         } else {
-            return fail(err, "unknown_field", "keys have no member \"%.60s\"", name);
+            return fail(err, "unknown_field", "keys have no member \"%.*s\"",
+                        (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     return true;
@@ -454,6 +460,10 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
         int months = ct.year * 12 + (ct.month - 1) - 11;
         from_at = time_days_from_civil(months / 12, months % 12 + 1, 1) * USEC_PER_DAY;
     }
+    /* A default from may fall before the earliest instant (a `to` early in
+     * year 1): the range starts there instead. */
+    if (from_at < EARLIEST_USEC)
+        from_at = EARLIEST_USEC;
     if (from_at > to_given)
         return fail(err, "invalid_range", "from is after to");
     q.from = apimodel_bucket_start(q.granularity, from_at);

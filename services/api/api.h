@@ -58,7 +58,8 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
 json_t *api_parse_body(api_request *req);
 /* The query argument `name` (borrowed), or NULL. */
 const char *api_query(api_request *req, const char *name);
-/* Refuses (400) any query argument not in the NULL-terminated `allowed`. */
+/* Refuses (400) any query argument not in the NULL-terminated `allowed`
+ * (at most 16 names), given twice, or not valid UTF-8 (name or value). */
 bool api_check_query(api_request *req, const char *const *allowed);
 /* RFC 3339 text of usec, as a new jansson string. */
 json_t *api_time_json(int64_t usec);

@@ -2,6 +2,7 @@
  * SHA-256 digests in constant time, so neither its content nor its length
  * leaks through timing; it is never logged. */
 #include <string.h>
+#include <strings.h>
 
 #include "api.h"
 #include "digest.h"
@@ -29,7 +30,8 @@ bool auth_admin(api_request *req)
     const char *header =
         MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     static const char scheme[] = "Bearer ";
-    if (header == NULL || strncmp(header, scheme, sizeof scheme - 1) != 0 ||
+    /* The scheme is case-insensitive (RFC 9110 11.1); the token is not. */
+    if (header == NULL || strncasecmp(header, scheme, sizeof scheme - 1) != 0 ||
         header[sizeof scheme - 1] == '\0') {
         api_add_header(req, "WWW-Authenticate", "Bearer realm=\"tally-admin\"");
         api_reply_error(req, 401, "unauthorized",

@@ -2,16 +2,24 @@
  * libpq connections are not thread-safe, so each is lent to one request at a
  * time under a mutex; a lost connection is dropped and reopened on next use,
  * so the api rides out a database restart. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "api.h"
 #include "db.h"
 #include "log.h"
 
 #define DBPOOL_MAX 32
+/* The waits a request may spend on the database, so that a slow or locked
+ * database cannot hold a worker thread (and the authorize requests queued
+ * on it) for long: a statement runs at most this long... */
+#define DBPOOL_STATEMENT_TIMEOUT "5s"
+/* ...and a request waits at most this long for a free connection. */
+#define DBPOOL_WAIT_MS 2000
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t available = PTHREAD_COND_INITIALIZER;
@@ -28,6 +36,19 @@ static int prepared_count[DBPOOL_MAX];
 static int pool_size;
 static const char *database_url;
 
+/* A new connection with the api's session settings (db_connect is shared
+ * with the collector, whose batches may rightly run longer). */
+static PGconn *open_connection(char *err, size_t err_size)
+{
+    PGconn *conn = db_connect(database_url, "tally-api", err, err_size);
+    if (conn != NULL && !db_exec(conn, "SET statement_timeout = '" DBPOOL_STATEMENT_TIMEOUT "'",
+                                 "setting statement_timeout", err, err_size)) {
+        PQfinish(conn);
+        conn = NULL;
+    }
+    return conn;
+}
+
 bool dbpool_init(const char *url, int size, char *err, size_t err_size)
 {
     if (size < 1 || size > DBPOOL_MAX) {
@@ -37,7 +58,7 @@ bool dbpool_init(const char *url, int size, char *err, size_t err_size)
     database_url = url;
     pool_size = size;
     /* One connection at start proves the settings; the rest open on demand. */
-    idle[0] = db_connect(url, "tally-api", err, err_size);
+    idle[0] = open_connection(err, err_size);
     return idle[0] != NULL;
 }
 
@@ -56,9 +77,15 @@ void dbpool_destroy(void)
     pthread_mutex_unlock(&lock);
 }
 
-/* Takes a slot; returns its index. Waits while all are lent. */
+/* Takes a slot; returns its index, or -1 when none came free within
+ * DBPOOL_WAIT_MS. */
 static int take_slot(void)
 {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    long long ns = deadline.tv_nsec + (DBPOOL_WAIT_MS % 1000) * 1000000LL;
+    deadline.tv_sec += DBPOOL_WAIT_MS / 1000 + (time_t)(ns / 1000000000LL);
+    deadline.tv_nsec = (long)(ns % 1000000000LL);
     pthread_mutex_lock(&lock);
     for (;;) {
         int free_slot = -1;
@@ -75,7 +102,10 @@ static int take_slot(void)
             pthread_mutex_unlock(&lock);
             return free_slot;
         }
-        pthread_cond_wait(&available, &lock);
+        if (pthread_cond_timedwait(&available, &lock, &deadline) == ETIMEDOUT) {
+            pthread_mutex_unlock(&lock);
+            return -1;
+        }
     }
 }
 
@@ -113,7 +143,7 @@ static PGconn *connect_slot(int slot, char *err, size_t err_size)
         prepared[slot][i] = NULL;
     }
     prepared_count[slot] = 0;
-    conn = db_connect(database_url, "tally-api", err, err_size);
+    conn = open_connection(err, err_size);
     set_slot(slot, conn);
     return conn;
 }
@@ -121,6 +151,14 @@ static PGconn *connect_slot(int slot, char *err, size_t err_size)
 PGconn *dbpool_acquire(api_request *req)
 {
     int slot = take_slot();
+    if (slot < 0) {
+        log_warn("%s: no database connection came free within %d ms", apiroute_label(req->op),
+                 DBPOOL_WAIT_MS);
+        api_add_header(req, "Retry-After", "1");
+        api_reply_error(req, 503, "database_busy",
+                        "every database connection is busy; try again shortly");
+        return NULL;
+    }
     char err[512];
     PGconn *conn = connect_slot(slot, err, sizeof err);
     if (conn == NULL) {
@@ -167,6 +205,10 @@ void dbpool_release(PGconn *conn)
 bool dbpool_ping(char *err, size_t err_size)
 {
     int slot = take_slot();
+    if (slot < 0) {
+        snprintf(err, err_size, "every database connection is busy");
+        return false;
+    }
     PGconn *conn = connect_slot(slot, err, err_size);
     if (conn == NULL) {
         give_slot(slot, NULL);
@@ -204,21 +246,27 @@ PGresult *api_exec(PGconn *conn, const char *sql, int count, const char *const *
         if (index < 0 && prepared_count[slot] < PREPARED_MAX) {
             snprintf(name, sizeof name, "p%d", prepared_count[slot]);
             PGresult *res = PQprepare(conn, name, sql, count, NULL);
-            bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+            if (PQresultStatus(res) != PGRES_COMMAND_OK)
+                return res; /* its error (e.g. statement_timeout) is the answer: not run twice */
             PQclear(res);
-            char *copy = ok ? strdup(sql) : NULL;
-            if (copy) {
-                index = prepared_count[slot]++;
-                prepared[slot][index] = copy;
+            char *copy = strdup(sql);
+            if (copy == NULL) {
+                /* Run it this once and forget it, so the name is free again. */
+                res = PQexecPrepared(conn, name, count, params, NULL, NULL, 0);
+                char drop[32];
+                snprintf(drop, sizeof drop, "DEALLOCATE %s", name);
+                PQclear(PQexec(conn, drop));
+                return res;
             }
+            index = prepared_count[slot]++;
+            prepared[slot][index] = copy;
         }
         if (index >= 0) {
             snprintf(name, sizeof name, "p%d", index);
             return PQexecPrepared(conn, name, count, params, NULL, NULL, 0);
         }
     }
-    /* Not a pooled connection, a full registry, or a statement that did not
-     * prepare (its error is then reported by this plain execution). */
+    /* Not a pooled connection, or a full registry. */
     return PQexecParams(conn, sql, count, NULL, params, NULL, NULL, 0);
 }
 

@@ -5,7 +5,9 @@
 #include <string.h>
 
 #include "api.h"
+#include "apitext.h"
 #include "db.h"
+#include "event.h"
 #include "log.h"
 #include "timeutil.h"
 
@@ -23,8 +25,13 @@ void api_reply_json(api_request *req, unsigned status, json_t *body)
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
     json_decref(body);
     if (text == NULL) {
-        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
-        char *copy = strdup(oom);
+        /* json_pack gives NULL for a value jansson refuses as well as when
+         * memory runs out; say which step failed, and log it. */
+        log_error("%s: %s", apiroute_label(req->op),
+                  body ? "cannot serialize the response" : "cannot build the response");
+        static const char failed[] = "{\"error\":{\"code\":\"internal\",\"message\":"
+                                     "\"the server could not build the response\"}}";
+        char *copy = strdup(failed);
         set_body(req, 500, copy, copy ? strlen(copy) : 0, "application/json");
         return;
     }
@@ -38,6 +45,9 @@ void api_reply_error(api_request *req, unsigned status, const char *code, const 
     va_start(ap, fmt);
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
+    /* The message may quote the client's bytes (a path, a name), cut short
+     * by a precision or by the buffer: jansson takes only valid UTF-8. */
+    apitext_utf8_sanitize(message);
     json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
     api_reply_json(req, status, body);
 }
@@ -68,6 +78,9 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
     if (db_connection_lost(conn))
         api_reply_error(req, 503, "database_unavailable",
                         "the database could not answer; try again shortly");
+    else if (strcmp(db_sqlstate(res), "57014") == 0) /* query_canceled: statement_timeout */
+        api_reply_error(req, 503, "database_busy",
+                        "the database did not answer in time; try again shortly");
     else
         api_reply_error(req, 500, "internal", "the request failed on the server's side");
 }
@@ -81,8 +94,10 @@ json_t *api_parse_body(api_request *req)
     }
     json_t *body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
-        api_reply_error(req, 400, "invalid_json", "the body is not valid JSON: %s (at byte %d)",
-                        jerr.text, jerr.position);
+        /* jerr.text may quote the body's bytes: only the place is told. */
+        api_reply_error(req, 400, "invalid_json",
+                        "the body is not valid JSON (line %d, column %d)", jerr.line,
+                        jerr.column);
         return NULL;
     }
     if (!json_is_object(body)) {
@@ -98,33 +113,65 @@ const char *api_query(api_request *req, const char *name)
     return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+#define QUERY_ALLOWED_MAX 16
+
 typedef struct {
     const char *const *allowed;
-    char unknown[64];
+    int seen[QUERY_ALLOWED_MAX];
+    const char *code; /* NULL while every argument is fine */
+    char message[160];
 } query_check;
 
 static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char *key,
                                  const char *value)
 {
     (void)kind;
-    (void)value;
     query_check *check = cls;
-    for (const char *const *a = check->allowed; *a; a++) {
-        if (strcmp(*a, key) == 0)
-            return MHD_YES;
+    size_t key_len = strlen(key);
+    if (!event_utf8_valid(key, key_len)) {
+        check->code = "invalid_parameter";
+        snprintf(check->message, sizeof check->message,
+                 "a query parameter name is not valid UTF-8");
+        return MHD_NO;
     }
-    snprintf(check->unknown, sizeof check->unknown, "%s", key);
-    return MHD_NO;
+    int index = -1;
+    for (int i = 0; check->allowed[i] != NULL && i < QUERY_ALLOWED_MAX; i++) {
+        if (strcmp(check->allowed[i], key) == 0) {
+            index = i;
+            break;
+        }
+    }
+    size_t shown = apitext_utf8_prefix(key, 60);
+    if (index < 0) {
+        check->code = "unknown_parameter";
+        snprintf(check->message, sizeof check->message, "unknown query parameter \"%.*s\"",
+                 (int)shown, key);
+        return MHD_NO;
+    }
+    if (++check->seen[index] > 1) {
+        check->code = "invalid_parameter";
+        snprintf(check->message, sizeof check->message,
+                 "query parameter \"%s\" is given more than once", check->allowed[index]);
+        return MHD_NO;
+    }
+    if (value != NULL && !event_utf8_valid(value, strlen(value))) {
+        check->code = "invalid_parameter";
+        snprintf(check->message, sizeof check->message,
+                 "query parameter \"%s\" is not valid UTF-8", check->allowed[index]);
+        return MHD_NO;
+    }
+    return MHD_YES;
 }
 
 bool api_check_query(api_request *req, const char *const *allowed)
 {
-    query_check check = {allowed, ""};
+    query_check check;
+    memset(&check, 0, sizeof check);
+    check.allowed = allowed;
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, check_one, &check);
-    if (check.unknown[0] == '\0')
+    if (check.code == NULL)
         return true;
-    api_reply_error(req, 400, "unknown_parameter", "unknown query parameter \"%s\"",
-                    check.unknown);
+    api_reply_error(req, 400, check.code, "%s", check.message);
     return false;
 }
 

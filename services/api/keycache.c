@@ -21,9 +21,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "api.h"
+#include "apitext.h"
 #include "db.h"
 #include "log.h"
 #include "metrics.h"
@@ -32,7 +34,10 @@
 #include "tokenbucket.h"
 
 typedef struct {
-    char pattern[APIMODEL_METHOD_PATH_MAX + 1]; /* "/path/METHOD" or "/path/ *" */
+    /* The key "/path/METHOD" (or "/path/ *") split: the path normalized
+     * (apitext_normalize_path), the method as written. */
+    char path[APIMODEL_METHOD_PATH_MAX + 2];
+    char method[APIMODEL_METHOD_PATH_MAX + 1];
     double rate;
     int64_t burst;
 } method_throttle;
@@ -250,8 +255,14 @@ static bool parse_method_throttles(const char *text, plan_entry *plan)
         if (!json_is_number(rate) || !json_is_integer(burst) ||
             strlen(pattern) > APIMODEL_METHOD_PATH_MAX)
             continue;
-        method_throttle *m = &plan->methods[plan->method_count++];
-        snprintf(m->pattern, sizeof m->pattern, "%s", pattern);
+        const char *slash = strrchr(pattern, '/');
+        if (slash == NULL)
+            continue;
+        method_throttle *m = &plan->methods[plan->method_count];
+        if (!apitext_normalize_path(pattern, (size_t)(slash - pattern), m->path, sizeof m->path))
+            continue;
+        snprintf(m->method, sizeof m->method, "%s", slash + 1);
+        plan->method_count++;
         m->rate = json_number_value(rate);
         m->burst = json_integer_value(burst);
     }
@@ -397,48 +408,92 @@ fail:
     return NULL;
 }
 
+/* The state a key's plan gives: "<plan id>@<updated_at>" ("" without one). */
+static void plan_signature(const plan_entry *plan, char *out, size_t size)
+{
+    snprintf(out, size, "%.128s@%lld", plan ? plan->id : "",
+             plan ? (long long)plan->updated_at : 0LL);
+}
+
 /* Gives each key of `next` its state: moved from `prev` when the key was
  * there (buckets kept; method buckets reset when the plan changed), new
- * otherwise. Runs under the write lock: no request is inside either. */
+ * otherwise. Runs under the write lock: no request is inside either.
+ * Everything that can fail (allocation) is done first; states move from
+ * `prev` only once nothing else can fail, so on false `prev` is untouched
+ * and stays usable. */
 static bool carry_states(snapshot *prev, snapshot *next, int64_t now)
 {
-    for (size_t i = 0; i < next->key_count; i++) {
+    size_t n = next->key_count;
+    key_state **fresh = n ? calloc(n, sizeof *fresh) : NULL;         /* new states */
+    tokenbucket **buckets = n ? calloc(n, sizeof *buckets) : NULL;   /* new method buckets */
+    key_entry **olds = n ? calloc(n, sizeof *olds) : NULL;
+    bool ok = n == 0 || (fresh && buckets && olds);
+    /* Phase 1: find the old states and allocate what is missing. */
+    for (size_t i = 0; ok && i < n; i++) {
         key_entry *k = &next->keys[i];
-        key_entry *old = find_by_id(prev, k->id);
-        key_state *state = old ? old->state : NULL;
-        if (old)
-            old->state = NULL;
+        olds[i] = find_by_id(prev, k->id);
+        key_state *state = olds[i] ? olds[i]->state : NULL;
         const plan_entry *plan = k->plan >= 0 ? &next->plans[k->plan] : NULL;
         if (state == NULL) {
-            state = calloc(1, sizeof *state);
-            if (state == NULL)
-                return false;
-            pthread_mutex_init(&state->lock, NULL);
+            fresh[i] = calloc(1, sizeof *fresh[i]);
+            if (fresh[i] == NULL) {
+                ok = false;
+                break;
+            }
+            pthread_mutex_init(&fresh[i]->lock, NULL);
+        }
+        char signature[sizeof fresh[0]->plan_signature];
+        plan_signature(plan, signature, sizeof signature);
+        bool changed = state == NULL || strcmp(signature, state->plan_signature) != 0;
+        if (changed && plan && plan->method_count) {
+            buckets[i] = calloc(plan->method_count, sizeof *buckets[i]);
+            if (buckets[i] == NULL)
+                ok = false;
+        }
+    }
+    if (!ok) {
+        for (size_t i = 0; fresh && buckets && i < n; i++) {
+            if (fresh[i]) {
+                pthread_mutex_destroy(&fresh[i]->lock);
+                free(fresh[i]);
+            }
+            free(buckets[i]);
+        }
+        free(fresh);
+        free(buckets);
+        free(olds);
+        return false;
+    }
+    /* Phase 2: nothing below fails. */
+    for (size_t i = 0; i < n; i++) {
+        key_entry *k = &next->keys[i];
+        const plan_entry *plan = k->plan >= 0 ? &next->plans[k->plan] : NULL;
+        key_state *state;
+        if (fresh[i]) {
+            state = fresh[i];
             tokenbucket_init(&state->bucket, plan && plan->has_throttle ? plan->burst : 0, now);
         } else {
+            state = olds[i]->state;
+            olds[i]->state = NULL;
             state->mark = state->next_mark;
         }
         k->state = state;
         char signature[sizeof state->plan_signature];
-        snprintf(signature, sizeof signature, "%.128s@%lld", plan ? plan->id : "",
-                 plan ? (long long)plan->updated_at : 0LL);
+        plan_signature(plan, signature, sizeof signature);
         if (strcmp(signature, state->plan_signature) != 0) {
             /* A new or changed plan: full buckets at the new limits. */
             memcpy(state->plan_signature, signature, sizeof signature);
             tokenbucket_init(&state->bucket, plan && plan->has_throttle ? plan->burst : 0, now);
             free(state->method_buckets);
-            state->method_buckets = NULL;
-            state->method_bucket_count = 0;
-            if (plan && plan->method_count) {
-                state->method_buckets = calloc(plan->method_count, sizeof *state->method_buckets);
-                if (state->method_buckets == NULL)
-                    return false;
-                state->method_bucket_count = plan->method_count;
-                for (size_t m = 0; m < plan->method_count; m++)
-                    tokenbucket_init(&state->method_buckets[m], plan->methods[m].burst, now);
-            }
+            state->method_buckets = buckets[i];
+            state->method_bucket_count = buckets[i] ? plan->method_count : 0;
+            for (size_t m = 0; m < state->method_bucket_count; m++)
+                tokenbucket_init(&state->method_buckets[m], plan->methods[m].burst, now);
         }
     }
+    free(fresh);
+    free(buckets);
+    free(olds);
     return true;
 }
 
@@ -462,7 +517,7 @@ static bool refresh(keycache *cache, char *err, size_t err_size)
         cache->current = next;
     pthread_rwlock_unlock(&cache->swap_lock);
     if (!ok) {
-        free_snapshot(next); /* states moved into it are lost: buckets restart full */
+        free_snapshot(next); /* no state moved into it: prev keeps them all */
         snprintf(err, err_size, "out of memory building the key cache");
         return false;
     }
@@ -585,28 +640,41 @@ static int64_t ceil_seconds(int64_t usec)
     return (usec + USEC_PER_SEC - 1) / USEC_PER_SEC;
 }
 
-/* The method throttle for "<path>/<METHOD>", or NULL. The path is the URI
- * up to '?' or '#'. */
+/* The method throttle for "<path>/<METHOD>", or -1. Both the URI and the
+ * pattern's path are compared in their normalized form (apitext.h: no
+ * query, unreserved escapes decoded, no "//", "." or "..", no trailing
+ * '/'), so one path written another way meets the same throttle; the
+ * method is compared without regard to case (patterns are upper-case). */
 static int match_method(const plan_entry *plan, const char *method, const char *uri)
 {
     if (plan->method_count == 0 || method == NULL || uri == NULL)
         return -1;
-    size_t path_len = strcspn(uri, "?#");
-    size_t method_len = strlen(method);
-    for (size_t m = 0; m < plan->method_count; m++) {
-        const char *pattern = plan->methods[m].pattern;
-        size_t len = strlen(pattern);
-        const char *slash = strrchr(pattern, '/');
-        if (slash == NULL || (size_t)(slash - pattern) != path_len ||
-            memcmp(pattern, uri, path_len) != 0)
-            continue;
-        const char *want = slash + 1;
-        size_t want_len = len - path_len - 1;
-        if ((want_len == 1 && want[0] == '*') ||
-            (want_len == method_len && memcmp(want, method, method_len) == 0))
-            return (int)m;
+    size_t uri_len = strcspn(uri, "?#");
+    char local[1024];
+    char *path = local;
+    if (uri_len + 2 > sizeof local) {
+        path = malloc(uri_len + 2);
+        if (path == NULL)
+            return -1;
     }
-    return -1;
+    int found = -1;
+    if (!apitext_normalize_path(uri, uri_len, path, uri_len + 2 > sizeof local ? uri_len + 2
+                                                                                : sizeof local))
+        goto done;
+    size_t method_len = strlen(method);
+    for (size_t m = 0; m < plan->method_count && found < 0; m++) {
+        const char *want = plan->methods[m].method;
+        size_t want_len = strlen(want);
+        if (strcmp(plan->methods[m].path, path) != 0)
+            continue;
+        if ((want_len == 1 && want[0] == '*') ||
+            (want_len == method_len && strncasecmp(want, method, method_len) == 0))
+            found = (int)m;
+    }
+done:
+    if (path != local)
+        free(path);
+    return found;
 }
 
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,

@@ -145,6 +145,10 @@ static void list_keys(api_request *req)
         api_reply_error(req, 400, "invalid_parameter", "customerId or planId is too long");
         return;
     }
+    if (plan && !apimodel_valid_id(plan)) {
+        api_reply_error(req, 400, "invalid_parameter", "planId is not a valid id");
+        return;
+    }
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;

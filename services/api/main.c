@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "apitext.h"
 #include "buf.h"
 #include "config.h"
 #include "keycache.h"
@@ -288,15 +289,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         api_reply_error(req, 413, "body_too_large", "request bodies are limited to %u bytes",
                         API_MAX_BODY_BYTES);
     } else if (state->routed == APIROUTE_NOT_FOUND) {
-        api_reply_error(req, 404, "not_found", "no route for %.200s", url);
+        api_reply_error(req, 404, "not_found", "no route for %.*s",
+                        (int)apitext_utf8_prefix(url, 200), url);
     } else if (state->routed == APIROUTE_METHOD_NOT_ALLOWED) {
         api_add_header(req, "Allow", "%s", state->match.allow);
-        api_reply_error(req, 405, "method_not_allowed", "%.20s is not allowed here; allowed: %s",
-                        method, state->match.allow);
+        api_reply_error(req, 405, "method_not_allowed", "%.*s is not allowed here; allowed: %s",
+                        (int)apitext_utf8_prefix(method, 20), method, state->match.allow);
     } else {
         dispatch(req);
     }
     return send_response(state);
+}
+
+/* libmicrohttpd's unescape step for the path and the query: %00 and %2F
+ * stay literal, so that a path is routed as it was written (no NUL cutting
+ * it short, no escaped '/' adding a segment) and no value holds a NUL. */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+    (void)cls;
+    (void)conn;
+    return apitext_unescape(s);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
@@ -415,7 +427,7 @@ int main(int argc, char **argv)
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
         MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_END);
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
     if (daemon == NULL) {
         log_error("cannot listen on %s (address in use?)", http_addr);
         goto done;

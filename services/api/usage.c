@@ -71,12 +71,16 @@ static void quota(api_request *req, PGconn *conn)
     PGresult *res = api_exec(
         conn,
         "SELECT k.plan_id, p.quota_limit, p.quota_period, p.quota_offset, "
-        "(extract(epoch from p.created_at) * 1000000)::bigint, coalesce(c.units, 0) "
+        "(extract(epoch from p.created_at) * 1000000)::bigint, coalesce(c.units, 0), "
+        "(extract(epoch from c.updated_at) * 1000000)::bigint "
         "FROM api_keys k LEFT JOIN plans p ON p.id = k.plan_id "
         "LEFT JOIN usage_counters c ON c.key_id = k.id AND c.period = p.quota_period "
         "AND c.period_start = CASE p.quota_period WHEN 'DAY' THEN $2::timestamptz "
         "WHEN 'WEEK' THEN $3::timestamptz ELSE $4::timestamptz END WHERE k.id = $1",
         4, params);
+    /* asOf says how fresh `used` is: when the collector last wrote the
+     * counter, or (no counter yet: nothing counted) the time of this read. */
+    int64_t read_at = time_now_usec();
     if (!api_ok(res)) {
         api_reply_db_error(req, conn, res, "reading a quota");
     } else if (PQntuples(res) == 0) {
@@ -104,7 +108,8 @@ static void quota(api_request *req, PGconn *conn)
             for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
                 json_object_set_new(answer, nulls[i], json_null());
         }
-        json_object_set_new(answer, "asOf", api_time_json(now));
+        int64_t as_of = api_field(res, 0, 6) != NULL ? api_field_int(res, 0, 6) : read_at;
+        json_object_set_new(answer, "asOf", api_time_json(as_of));
         api_reply_json(req, 200, answer);
     }
     PQclear(res);

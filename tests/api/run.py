@@ -331,7 +331,6 @@ def admin_authentication(s):
         {"Authorization": "Bearer wrong-token-of-some-length"},
         {"Authorization": "Bearer " + ADMIN_TOKEN + "x"},
         {"Authorization": "Bearer " + ADMIN_TOKEN[:-1]},
-        {"Authorization": "bearer " + ADMIN_TOKEN},
         {"Authorization": "Basic " + ADMIN_TOKEN},
         {"Authorization": ADMIN_TOKEN},
         {"x-api-key": ADMIN_TOKEN},
@@ -587,11 +586,13 @@ def attach_detach_and_plan_delete(s):
     expect(s.call("DELETE", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True), 404)
 
 
-def put_counter(s, key_id, period, start, units, requests=None):
-    s.psql("INSERT INTO usage_counters (key_id, period, period_start, requests, units, bytes) "
-           "VALUES ('%s', '%s', '%s', %d, %d, 0) ON CONFLICT (key_id, period, period_start) "
-           "DO UPDATE SET units = EXCLUDED.units, requests = EXCLUDED.requests"
-           % (key_id, period, start, requests if requests is not None else units, units))
+def put_counter(s, key_id, period, start, units, requests=None, updated_at=None):
+    s.psql("INSERT INTO usage_counters (key_id, period, period_start, requests, units, bytes, "
+           "updated_at) VALUES ('%s', '%s', '%s', %d, %d, 0, %s) "
+           "ON CONFLICT (key_id, period, period_start) DO UPDATE SET units = EXCLUDED.units, "
+           "requests = EXCLUDED.requests, updated_at = EXCLUDED.updated_at"
+           % (key_id, period, start, requests if requests is not None else units, units,
+              "'%s'" % updated_at if updated_at else "now()"))
 
 
 def day_start(now=None):
@@ -609,13 +610,18 @@ def quota(s):
           q["period"] == "DAY" and q["planId"] == plan["id"] and q["keyId"] == k["id"], repr(q))
     check(utc(q["periodStart"]) == today and
           utc(q["periodEnd"]) == today + datetime.timedelta(days=1), repr(q))
+    # No counter yet: nothing counted, as of the read.
     check(abs((utc(q["asOf"]) - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 5,
           repr(q))
-    put_counter(s, k["id"], "DAY", iso(today), 42)
+    # With a counter, asOf is when it was last written, not the request time.
+    written = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=123000) - \
+        datetime.timedelta(minutes=7)
+    put_counter(s, k["id"], "DAY", iso(today), 42, updated_at=iso(written))
     put_counter(s, k["id"], "DAY", iso(today - datetime.timedelta(days=1)), 999)
     put_counter(s, k["id"], "MONTH", iso(today.replace(day=1)), 5000)
     q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": k["id"]}, admin=True), 200).json
     check(q["used"] == 42 and q["remaining"] == 8 and q["overage"] == 0, repr(q))
+    check(utc(q["asOf"]) == written, "asOf %s, counter written %s" % (q["asOf"], iso(written)))
     put_counter(s, k["id"], "DAY", iso(today), 57)
     q = expect(s.call("GET", "/v1/keys/{id}/quota", key=None, ids={"id": k["id"]}, admin=True),
                200).json
@@ -854,6 +860,178 @@ def authorize_quota(s):
                   body={"quota": {"limit": 11}}), 200)
     statuses = [authorize(s, k["value"]).status for _ in range(3)]
     check(statuses == [204, 429, 429], "after raising the limit: %r" % statuses)
+
+
+@test
+def escaped_paths_do_not_reroute(s):
+    plan = make_plan(s, name="Escapes")
+    k = make_key(s, name="escapes", planId=plan["id"])
+    # %00 must not cut the path short (that deleted the key) nor %2F add a
+    # segment (that reached the /plan route).
+    expect(s.request("DELETE", "/v1/keys/%s%%00/plan" % k["id"], admin=True), 404, "not_found")
+    expect(s.request("DELETE", "/v1/keys/%s%%00" % k["id"], admin=True), 404, "not_found")
+    expect(s.request("DELETE", "/v1/keys/%s%%00/x" % k["id"], admin=True), 404, "not_found")
+    expect(s.request("GET", "/v1/keys/%s%%2Fplan" % k["id"], admin=True), 404, "not_found")
+    expect(s.request("DELETE", "/v1/keys/%s%%2fplan" % k["id"], admin=True), 404, "not_found")
+    expect(s.request("GET", "/v1/plans/%s%%00" % plan["id"], admin=True), 404, "not_found")
+    got = expect(s.call("GET", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True), 200).json
+    check(got["planId"] == plan["id"], "the key lost its plan: %r" % got)
+    # Other escapes still decode: %5F is '_'.
+    expect(s.request("GET", "/v1/keys/" + k["id"].replace("_", "%5F"), admin=True), 200)
+    # A NUL in a query value stays the literal text: no 5xx, no match.
+    r = expect(s.call("GET", "/v1/keys", admin=True, query="?customerId=a%00b"), 200)
+    check(r.json["items"] == [], repr(r))
+
+
+@test
+def method_throttles_match_any_spelling(s):
+    plan = make_plan(s, name="Spellings", throttle={"rateLimit": 0.01, "burstLimit": 100},
+                     methodThrottles={"/x/GET": {"rateLimit": 0.01, "burstLimit": 1},
+                                      "/a//b/./c/POST": {"rateLimit": 0.01, "burstLimit": 1}})
+    k = make_key(s, planId=plan["id"])
+    expect(authorize(s, k["value"], "GET", "/x"), 204)
+    for method, uri in (("GET", "/x"), ("GET", "/%78"), ("GET", "/x/"), ("GET", "//x"),
+                        ("GET", "/./x"), ("GET", "/y/../x"), ("GET", "/../x"), ("GET", "/%2e/x"),
+                        ("GET", "/x?a=1"), ("GET", "/x/?a=1"), ("GET", "/x#f"), ("get", "/x"),
+                        ("Get", "/%78/")):
+        expect(authorize(s, k["value"], method, uri), 429, "throttled")
+    # Other paths and methods keep the plan's throttle.
+    for method, uri in (("POST", "/x"), ("GET", "/xy"), ("GET", "/x/y"), ("GET", "/%2Fx")):
+        expect(authorize(s, k["value"], method, uri), 204)
+    # A pattern written unnormalized matches its normalized path.
+    expect(authorize(s, k["value"], "POST", "/a/b/c"), 204)
+    expect(authorize(s, k["value"], "post", "/a/b/c/"), 429, "throttled")
+
+
+@test
+def client_mistakes_are_never_5xx(s):
+    k = make_key(s, name="mistakes")
+    # Invalid UTF-8 quoted back in an error message.
+    expect(s.request("GET", "/%FF"), 404, "not_found")
+    expect(s.request("GET", "/" + "a" * 199 + "%C3%A9"), 404, "not_found")
+    expect(s.call("GET", "/v1/plans", admin=True, query="?%FF=1"), 400)
+    expect(s.call("GET", "/v1/plans", admin=True, query="?" + "a" * 59 + "%C3%A9=1"), 400,
+           "unknown_parameter")
+    name = "a" * 59 + "\u00e9\u00e9"
+    expect(s.call("POST", "/v1/plans", admin=True, body='{"name":"x","%s":1}' % name), 400,
+           "unknown_field")
+    expect(s.call("POST", "/v1/keys", admin=True, body='{"%s":1}' % name), 400, "unknown_field")
+    expect(s.call("POST", "/v1/plans", admin=True,
+                  body='{"name":"x","quota":{"limit":1,"period":"DAY","%s":1}}' % name), 400,
+           "unknown_field")
+    expect(s.call("POST", "/v1/plans", admin=True,
+                  body='{"name":"x","throttle":{"rateLimit":1,"burstLimit":1,"%s":1}}' % name), 400,
+           "unknown_field")
+    # Query values that are not valid UTF-8 or not valid ids.
+    expect(s.call("GET", "/v1/keys", admin=True, query="?customerId=%FF"), 400, "invalid_parameter")
+    expect(s.call("GET", "/v1/keys", admin=True, query="?planId=%FF"), 400, "invalid_parameter")
+    expect(s.call("GET", "/v1/keys", admin=True, query="?planId=a%20b"), 400, "invalid_parameter")
+    expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                  query="?from=%FF"), 400, "invalid_parameter")
+    # Repeated parameters are refused rather than one silently winning.
+    expect(s.call("GET", "/v1/keys", admin=True, query="?limit=1&limit=2"), 400,
+           "invalid_parameter")
+    # A default `from` before year 1.
+    for g in ("hour", "day", "month"):
+        r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                          query="?to=0001-01-01&granularity=" + g), 200).json
+        check(r["from"].startswith("0001-01-01"), repr(r))
+    check("out of memory" not in s.log_text(), "a client's mistake logged out of memory")
+    # The Bearer scheme is case-insensitive.
+    for scheme in ("bearer", "BEARER", "BeArEr"):
+        expect(s.call("GET", "/v1/plans", headers={"Authorization": scheme + " " + ADMIN_TOKEN},
+                      query="?limit=1"), 200)
+    expect(s.call("GET", "/v1/plans", headers={"Authorization": "bearer " + ADMIN_TOKEN.upper()}),
+           401)
+    # A JSON parse error tells where, without echoing the body's bytes.
+    r = expect(s.call("POST", "/v1/plans", admin=True, body=b'{"name": "x", "q": \xff\xfe}'), 400,
+               "invalid_json")
+    check("line 1" in r.json["error"]["message"], repr(r))
+    r = expect(s.call("POST", "/v1/plans", admin=True, body='{"name": secret-word}'), 400,
+               "invalid_json")
+    check("secret" not in r.raw and "line 1, column" in r.raw, repr(r))
+
+
+@test
+def database_waits_are_bounded(s):
+    """A locked table holds each statement at most statement_timeout (5 s)
+    and a request waits at most ~2 s for a pooled connection: both answer
+    503 and the api keeps serving."""
+    import threading
+    port = free_port()
+    binary = os.path.join(os.path.abspath(s.args.asan_bin), "tally-api")
+    log = open(os.path.join(s.tmp, "api-pool.log"), "ab")
+    env = s.api_env({"TALLY_HTTP_ADDR": "127.0.0.1:%d" % port})
+    api = subprocess.Popen([binary, "--db-pool-size", "1", "--threads", "4"], env=env,
+                           stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
+    locker = None
+    try:
+        def get(path, headers=None):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            try:
+                t0 = time.monotonic()
+                conn.request("GET", path, headers=headers or {})
+                res = conn.getresponse()
+                return Answer(res.status, res.getheaders(), res.read().decode()), \
+                    time.monotonic() - t0
+            finally:
+                conn.close()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if get("/healthz")[0].status == 200:
+                    break
+            except OSError:
+                pass
+            check(time.monotonic() < deadline, "the second api did not start")
+            time.sleep(0.1)
+        locker = subprocess.Popen(["psql", s.db_url, "-X", "-q", "-c",
+                                   "BEGIN; LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE; "
+                                   "SELECT pg_sleep(9); COMMIT;"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        admin = {"Authorization": "Bearer " + ADMIN_TOKEN}
+        results = []
+
+        def one(first=False):
+            results.append(get("/v1/keys", admin) + (first,))
+        first = threading.Thread(target=one, args=(True,))
+        first.start()
+        time.sleep(0.3)  # the first request holds the only connection
+        others = [threading.Thread(target=one) for _ in range(4)]
+        for t in others:
+            t.start()
+        for t in [first] + others:
+            t.join(timeout=30)
+        check(len(results) == 5, "answers: %r" % results)
+        # The first runs into statement_timeout; the others either give up
+        # waiting for the connection or (queued behind the first on its
+        # worker thread) get it once the lock is gone.
+        for answer, seconds, is_first in results:
+            check(seconds < 12, "an answer took %.1f s" % seconds)
+            if is_first:
+                check(answer.status == 503 and answer.error_code() == "database_busy",
+                      "first: %r after %.1f s; all: %r" % (answer, seconds, results))
+                check(4 < seconds < 8, "the statement ran %.1f s" % seconds)
+            elif answer.status != 200:
+                expect(answer, 503, "database_busy")
+        check(any(a.status == 503 and t < 3.5 and not f for a, t, f in results),
+              "no request gave up waiting for a connection: %r" % results)
+    finally:
+        if locker is not None:
+            locker.wait(timeout=30)
+        if api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+        try:
+            api.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            api.kill()
+            api.wait()
+        log.close()
+    text = open(os.path.join(s.tmp, "api-pool.log"), "rb").read().decode("utf-8", "replace")
+    for p in SANITIZER_PATTERNS:
+        check(p not in text, "sanitizer report in the second api's log: " + text[-1500:])
 
 
 @test

@@ -11,5 +11,6 @@ Suite *config_suite(void);
 Suite *api_route_suite(void);
 Suite *api_tokenbucket_suite(void);
 Suite *api_model_suite(void);
+Suite *api_text_suite(void);
 
 #endif

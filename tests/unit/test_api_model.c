@@ -1,5 +1,6 @@
 /* Unit tests for common/apimodel: validation of tally-api's plan and key
  * bodies, usage query parameters (bucket and period math) and list cursors. */
+#include <stdio.h>
 #include <string.h>
 
 #include "apimodel.h"
@@ -194,6 +195,49 @@ START_TEST(usage_query_ranges)
 }
 END_TEST
 
+START_TEST(usage_query_default_from_stays_in_year_one)
+{
+    apimodel_usage_query q;
+    apimodel_error err;
+    int64_t now = at("2026-11-23T12:34:56Z");
+    int64_t earliest = at("0001-01-01T00:00:00Z");
+    static const char *const granularities[] = {"hour", "day", "month"};
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_msg(apimodel_usage_query_parse(NULL, "0001-01-01", granularities[i], NULL, now,
+                                                 &q, &err),
+                      "%s: %s", granularities[i], err.message);
+        ck_assert_msg(q.from >= earliest, "%s: from %lld", granularities[i], (long long)q.from);
+        ck_assert_int_gt(q.to, q.from);
+    }
+    ck_assert(apimodel_usage_query_parse(NULL, "0001-01-01", "day", NULL, now, &q, &err));
+    ck_assert_int_eq(q.from, earliest);
+    ck_assert_int_eq(q.to, at("0001-01-02T00:00:00Z"));
+}
+END_TEST
+
+/* An unknown member's name is quoted cut short, but never inside a
+ * character: the message stays valid UTF-8. */
+START_TEST(quoted_names_are_cut_at_characters)
+{
+    char name[80];
+    memset(name, 'a', 59);
+    memcpy(name + 59, "\xc3\xa9\xc3\xa9", 5); /* e-acute across byte 60 */
+    char text[200];
+    snprintf(text, sizeof text, "{\"name\":\"x\",\"%s\":1}", name);
+    apimodel_plan plan;
+    apimodel_error err = {0};
+    ck_assert(apimodel_plan_init(&plan));
+    json_t *body = parse(text);
+    ck_assert(!apimodel_plan_apply(&plan, body, true, &err));
+    json_decref(body);
+    apimodel_plan_free(&plan);
+    ck_assert_str_eq(err.code, "unknown_field");
+    json_t *as_json = json_string(err.message);
+    ck_assert_msg(as_json != NULL, "not valid UTF-8: %s", err.message);
+    json_decref(as_json);
+}
+END_TEST
+
 START_TEST(usage_query_refusals)
 {
     apimodel_usage_query q;
@@ -262,6 +306,8 @@ Suite *api_model_suite(void)
     tcase_add_test(tc, key_bodies);
     tcase_add_test(tc, usage_query_ranges);
     tcase_add_test(tc, usage_query_refusals);
+    tcase_add_test(tc, usage_query_default_from_stays_in_year_one);
+    tcase_add_test(tc, quoted_names_are_cut_at_characters);
     tcase_add_test(tc, cursors_and_limits);
     suite_add_tcase(s, tc);
     return s;
