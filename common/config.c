@@ -210,3 +210,26 @@ void cfg_print_help(FILE *out, const char *usage, const char *summary, const cfg
         fprintf(out, "\n");
     }
 }
+
+int cfg_start(const char *program, const char *usage, const char *summary,
+              const cfg_setting *table, size_t count, int argc, char **argv,
+              const char *const *log_level_text, log_level *level)
+{
+    char err[600];
+    switch (cfg_load(table, count, argc, argv, NULL, 0, NULL, err, sizeof err)) {
+    case CFG_HELP:
+        cfg_print_help(stdout, usage, summary, table, count);
+        return 0;
+    case CFG_ERROR:
+        fprintf(stderr, "%s: %s\n", program, err);
+        return 2;
+    case CFG_OK:
+        break;
+    }
+    if (!log_parse_level(*log_level_text, level)) {
+        fprintf(stderr, "%s: TALLY_LOG_LEVEL (--log-level) must be debug, info, warn or error, "
+                        "got \"%.40s\"\n", program, *log_level_text);
+        return 2;
+    }
+    return -1;
+}

@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "log.h"
+
 typedef enum {
     CFG_STRING,   /* target: const char * (borrowed from environ/argv) */
     CFG_INT,      /* target: long long, within [min, max] */
@@ -42,5 +44,14 @@ cfg_result cfg_load(const cfg_setting *table, size_t count, int argc, char **arg
  * default and help. */
 void cfg_print_help(FILE *out, const char *usage, const char *summary, const cfg_setting *table,
                     size_t count);
+
+/* The start every Tally program's main shares: loads `table` (no positional
+ * arguments), prints the usage and settings for --help, or the error
+ * naming the setting, and parses `log_level_text` (the value the table
+ * filled in). Returns -1 to go on, with *level set; otherwise the exit status
+ * to return now: 0 after --help, 2 for a bad setting. */
+int cfg_start(const char *program, const char *usage, const char *summary,
+              const cfg_setting *table, size_t count, int argc, char **argv,
+              const char *const *log_level_text, log_level *level);
 
 #endif

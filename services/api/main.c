@@ -356,27 +356,16 @@ static bool load_openapi(char *err, size_t err_size)
 int main(int argc, char **argv)
 {
     char err[600];
-    cfg_result loaded = cfg_load(settings, sizeof settings / sizeof settings[0], argc, argv, NULL,
-                                 0, NULL, err, sizeof err);
-    if (loaded == CFG_HELP) {
-        cfg_print_help(stdout, "tally-api [--flag value ...]",
-                       "Serves Tally's HTTP API: plans and keys (admin bearer token), usage and "
-                       "remaining quota\n(by key id, or /v1/me with the key's own x-api-key), and "
-                       "GET /v1/authorize for gateways\n(nginx auth_request). Also /healthz, "
-                       "/readyz and /metrics. SIGTERM stops it cleanly.",
-                       settings, sizeof settings / sizeof settings[0]);
-        return 0;
-    }
-    if (loaded == CFG_ERROR) {
-        fprintf(stderr, "tally-api: %s\n", err);
-        return 2;
-    }
     log_level level;
-    if (!log_parse_level(log_level_text, &level)) {
-        fprintf(stderr, "tally-api: TALLY_LOG_LEVEL (--log-level) must be debug, info, warn or "
-                        "error, got \"%.40s\"\n", log_level_text);
-        return 2;
-    }
+    int started = cfg_start(
+        "tally-api", "tally-api [--flag value ...]",
+        "Serves Tally's HTTP API: plans and keys (admin bearer token), usage and remaining "
+        "quota\n(by key id, or /v1/me with the key's own x-api-key), and GET /v1/authorize for "
+        "gateways\n(nginx auth_request). Also /healthz, /readyz and /metrics. SIGTERM stops it "
+        "cleanly.",
+        settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
+    if (started >= 0)
+        return started;
     if (strlen(admin_token) < ADMIN_TOKEN_MIN) {
         fprintf(stderr, "tally-api: TALLY_ADMIN_TOKEN (--admin-token) must be at least %d "
                         "characters\n", ADMIN_TOKEN_MIN);

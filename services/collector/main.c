@@ -953,26 +953,16 @@ static void maintain_partitions(collector *c)
 int main(int argc, char **argv)
 {
     char err[512];
-    cfg_result loaded = cfg_load(settings, sizeof settings / sizeof settings[0], argc, argv, NULL,
-                                 0, NULL, err, sizeof err);
-    if (loaded == CFG_HELP) {
-        cfg_print_help(stdout, "tally-collector [--flag value ...]",
-                       "Consumes CloudEvents usage events from Kafka, deduplicates them by "
-                       "(source, id) in PostgreSQL and\nrolls them up per key / plan / hour and "
-                       "quota period; rejected events go to the DLQ topic.\nSIGTERM finishes the "
-                       "current batch and exits; a second signal exits at once.",
-                       settings, sizeof settings / sizeof settings[0]);
-        return 0;
-    }
-    if (loaded == CFG_ERROR) {
-        fprintf(stderr, "tally-collector: %s\n", err);
-        return 2;
-    }
     log_level level;
-    if (!log_parse_level(log_level_text, &level)) {
-        fprintf(stderr, "tally-collector: TALLY_LOG_LEVEL must be debug, info, warn or error\n");
-        return 2;
-    }
+    int status = cfg_start(
+        "tally-collector", "tally-collector [--flag value ...]",
+        "Consumes CloudEvents usage events from Kafka, deduplicates them by (source, id) in "
+        "PostgreSQL and\nrolls them up per key / plan / hour and quota period; rejected events "
+        "go to the DLQ topic.\nSIGTERM finishes the current batch and exits; a second signal "
+        "exits at once.",
+        settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
+    if (status >= 0)
+        return status;
     log_init("collector", level);
     register_metrics();
     /* librdkafka's fetch buffers are megabytes each and short-lived: keep

@@ -177,24 +177,11 @@ int main(int argc, char **argv)
     const size_t setting_count = sizeof settings / sizeof settings[0];
 
     char err[512];
-    switch (cfg_load(settings, setting_count, argc, argv, NULL, 0, NULL, err, sizeof err)) {
-    case CFG_HELP:
-        cfg_print_help(stdout, devbroker_usage, devbroker_summary, settings, setting_count);
-        return 0;
-    case CFG_ERROR:
-        fprintf(stderr, "tally-devbroker: %s\n", err);
-        return 2;
-    case CFG_OK:
-        break;
-    }
     log_level min_level;
-    if (!log_parse_level(log_level_text, &min_level)) {
-        fprintf(stderr,
-                "tally-devbroker: TALLY_LOG_LEVEL (--log-level) must be debug, info, warn or "
-                "error, got \"%.40s\"\n",
-                log_level_text);
-        return 2;
-    }
+    int status = cfg_start("tally-devbroker", devbroker_usage, devbroker_summary, settings,
+                           setting_count, argc, argv, &log_level_text, &min_level);
+    if (status >= 0)
+        return status;
     log_init("devbroker", min_level);
     if (strcmp(topic, dlq_topic) == 0) {
         log_error("TALLY_KAFKA_TOPIC and TALLY_KAFKA_DLQ_TOPIC must differ (both are \"%s\")",

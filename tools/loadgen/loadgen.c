@@ -473,23 +473,11 @@ int main(int argc, char **argv)
     const char *usage = "tally-loadgen --brokers HOST:PORT --keys ID[:WEIGHT],... "
                         "(--count N | --duration S) [options]";
     char err[512];
-
-    switch (cfg_load(settings, setting_count, argc, argv, NULL, 0, NULL, err, sizeof err)) {
-    case CFG_HELP:
-        cfg_print_help(stdout, usage, help_summary, settings, setting_count);
-        return 0;
-    case CFG_ERROR:
-        fprintf(stderr, "tally-loadgen: %s\n", err);
-        return EXIT_BAD_ARGUMENTS;
-    case CFG_OK:
-        break;
-    }
     log_level level;
-    if (!log_parse_level(opt.log_level, &level)) {
-        fprintf(stderr, "tally-loadgen: TALLY_LOG_LEVEL (--log-level) must be debug, info, warn "
-                        "or error, got \"%.40s\"\n", opt.log_level);
-        return EXIT_BAD_ARGUMENTS;
-    }
+    int status = cfg_start("tally-loadgen", usage, help_summary, settings, setting_count, argc,
+                           argv, &opt.log_level, &level);
+    if (status >= 0)
+        return status == 0 ? 0 : EXIT_BAD_ARGUMENTS;
     log_init("loadgen", level);
 
     int64_t base_ms = -1;
