@@ -429,15 +429,13 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
             return fail(err, "invalid_parameter", "groupBy must be endpoint");
         q.group_by_endpoint = true;
     }
-    bool is_date = false;
+    bool is_date = false, to_is_date = false;
     int64_t to_at = now;
-    int64_t to_given = now; /* as written: from may not pass it */
     if (to != NULL) {
-        if (!parse_instant(to, &to_at, &is_date))
+        if (!parse_instant(to, &to_at, &to_is_date))
             return fail(err, "invalid_parameter",
                         "to must be an RFC 3339 date-time or a YYYY-MM-DD date");
-        to_given = to_at;
-        if (is_date)
+        if (to_is_date)
             to_at += USEC_PER_DAY; /* a date includes its whole day */
     }
     if (to_at < EARLIEST_USEC || to_at > LATEST_USEC)
@@ -464,7 +462,9 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
      * year 1): the range starts there instead. */
     if (from_at < EARLIEST_USEC)
         from_at = EARLIEST_USEC;
-    if (from_at > to_given)
+    /* The effective end: a date-time `to` is an instant from may reach; a
+     * date `to` covers its day, up to (not including) the next midnight. */
+    if (to_is_date ? from_at >= to_at : from_at > to_at)
         return fail(err, "invalid_range", "from is after to");
     q.from = apimodel_bucket_start(q.granularity, from_at);
     q.to = apimodel_bucket_start(q.granularity, to_at);
@@ -567,4 +567,22 @@ bool apimodel_cursor_decode(const char *text, char *id_out, size_t id_size, apim
     return true;
 bad:
     return fail(err, "invalid_parameter", "position is not one this server handed out");
+}
+
+void apimodel_quota_local_reload(apimodel_quota_local *q, int64_t next_mark,
+                                 int64_t loaded_period, bool plan_changed)
+{
+    if (!plan_changed && q->period > loaded_period)
+        return; /* rolled over past what the reload read: keep the new period's count */
+    q->mark = next_mark;
+    q->period = loaded_period;
+}
+
+int64_t apimodel_quota_local_count(apimodel_quota_local *q, int64_t total, int64_t period_now)
+{
+    if (period_now > q->period) {
+        q->mark = total;
+        q->period = period_now;
+    }
+    return total - q->mark;
 }

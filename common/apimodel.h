@@ -125,4 +125,25 @@ bool apimodel_cursor_decode(const char *text, char *id_out, size_t id_size, apim
  * 1..APIMODEL_ID_MAX of [A-Za-z0-9._:~-]. */
 bool apimodel_valid_id(const char *text);
 
+/* The authorize cache's count of requests it allowed since it read a key's
+ * quota counter, measured on a running total of allowed requests: local =
+ * total - mark, for the quota period starting at `period`. */
+typedef struct {
+    int64_t mark;   /* the running total the count starts from */
+    int64_t period; /* start of the quota period the count belongs to */
+} apimodel_quota_local;
+/* A reload read the counters of the period starting at `loaded_period`
+ * after taking `next_mark`. The local count starts from next_mark, unless
+ * it has already rolled over into a later period than the reload read
+ * (then the reload's counter is not the current period's: the count since
+ * the rollover stays). `plan_changed` (another period kind, say) always
+ * takes the reload's mark. */
+void apimodel_quota_local_reload(apimodel_quota_local *q, int64_t next_mark,
+                                 int64_t loaded_period, bool plan_changed);
+/* The requests allowed here in the period starting at `period_now`, given
+ * the running total; when that period is later than the count's, the
+ * count starts afresh at `total` (requests allowed in an earlier period
+ * do not count against this one). */
+int64_t apimodel_quota_local_count(apimodel_quota_local *q, int64_t total, int64_t period_now);
+
 #endif

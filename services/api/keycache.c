@@ -53,6 +53,7 @@ typedef struct {
     method_throttle *methods;
     size_t method_count;
     int64_t created_at, updated_at;
+    int64_t quota_set_at; /* the offset's first period is the one containing it */
 } plan_entry;
 
 /* Per-key state that outlives snapshots. */
@@ -63,7 +64,9 @@ typedef struct {
     size_t method_bucket_count;
     char plan_signature[APIROUTE_ID_MAX + 24]; /* plan id + updated_at: buckets reset on change */
     _Atomic int64_t allowed_total;             /* requests allowed by this process */
-    int64_t mark;        /* allowed_total when the current snapshot's counters were read */
+    /* allowed_total when the current snapshot's counters were read (or when
+     * the quota period last rolled over), and that period's start. */
+    apimodel_quota_local local;
     int64_t next_mark;   /* taken by the refresh thread before its query */
 } key_state;
 
@@ -74,6 +77,7 @@ typedef struct {
     int plan; /* index into plans, or -1 */
     int64_t used;         /* counter units of the plan's period at load */
     int64_t used_period;  /* that period's start */
+    int64_t used_updated_at; /* the counter's updated_at, or 0 when there was none */
     key_state *state;     /* owned by the snapshot that holds it */
 } key_entry;
 
@@ -315,7 +319,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
                    "SELECT id, quota_limit, quota_period, quota_offset, throttle_rate_limit, "
                    "throttle_burst_limit, method_throttles::text, "
                    "(extract(epoch from created_at) * 1000000)::bigint, "
-                   "(extract(epoch from updated_at) * 1000000)::bigint FROM plans");
+                   "(extract(epoch from updated_at) * 1000000)::bigint, "
+                   "(extract(epoch from quota_set_at) * 1000000)::bigint FROM plans");
     if (!api_ok(plans)) {
         db_error(cache->conn, plans, "loading plans", err, err_size);
         goto fail;
@@ -329,7 +334,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
     const char *params[] = {starts[PERIOD_DAY], starts[PERIOD_WEEK], starts[PERIOD_MONTH]};
     keys = PQexecParams(cache->conn,
                         "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
-                        "coalesce(c.units, 0) FROM api_keys k "
+                        "coalesce(c.units, 0), "
+                        "(extract(epoch from c.updated_at) * 1000000)::bigint FROM api_keys k "
                         "LEFT JOIN plans p ON p.id = k.plan_id "
                         "LEFT JOIN usage_counters c ON c.key_id = k.id "
                         "AND c.period = p.quota_period AND c.period_start = "
@@ -361,6 +367,7 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         p->burst = api_field_int(plans, r, 5);
         p->created_at = api_field_int(plans, r, 7);
         p->updated_at = api_field_int(plans, r, 8);
+        p->quota_set_at = api_field_int(plans, r, 9);
         if (!parse_method_throttles(api_field(plans, r, 6), p))
             goto oom;
     }
@@ -386,6 +393,7 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
             }
         }
         k->used = api_field_int(keys, r, 4);
+        k->used_updated_at = api_field(keys, r, 5) != NULL ? api_field_int(keys, r, 5) : 0;
         k->used_period = k->plan >= 0 && snap->plans[k->plan].has_quota
                              ? start_at[snap->plans[k->plan].quota_period]
                              : 0;
@@ -469,17 +477,19 @@ static bool carry_states(snapshot *prev, snapshot *next, int64_t now)
         key_entry *k = &next->keys[i];
         const plan_entry *plan = k->plan >= 0 ? &next->plans[k->plan] : NULL;
         key_state *state;
+        char signature[sizeof fresh[0]->plan_signature];
+        plan_signature(plan, signature, sizeof signature);
         if (fresh[i]) {
             state = fresh[i];
             tokenbucket_init(&state->bucket, plan && plan->has_throttle ? plan->burst : 0, now);
+            apimodel_quota_local_reload(&state->local, 0, k->used_period, true);
         } else {
             state = olds[i]->state;
             olds[i]->state = NULL;
-            state->mark = state->next_mark;
+            apimodel_quota_local_reload(&state->local, state->next_mark, k->used_period,
+                                        strcmp(signature, state->plan_signature) != 0);
         }
         k->state = state;
-        char signature[sizeof state->plan_signature];
-        plan_signature(plan, signature, sizeof signature);
         if (strcmp(signature, state->plan_signature) != 0) {
             /* A new or changed plan: full buckets at the new limits. */
             memcpy(state->plan_signature, signature, sizeof signature);
@@ -708,12 +718,17 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
     pthread_mutex_lock(&state->lock);
     int64_t used = -1, limit = 0, period_end_at = 0;
     if (plan->has_quota) {
-        int64_t local = atomic_load_explicit(&state->allowed_total, memory_order_relaxed) -
-                        state->mark;
-        int64_t counted = key->used_period == period_start(plan->quota_period, now) ? key->used : 0;
+        /* Only what was allowed in the current period counts: at a
+         * rollover the local count starts afresh, and a counter loaded for
+         * an earlier period counts nothing. */
+        int64_t current = period_start(plan->quota_period, now);
+        int64_t local = apimodel_quota_local_count(
+            &state->local, atomic_load_explicit(&state->allowed_total, memory_order_relaxed),
+            current);
+        int64_t counted = key->used_period == current ? key->used : 0;
         used = counted + local;
         limit = period_limit(plan->quota_limit, plan->quota_offset, plan->quota_period,
-                             plan->created_at, now);
+                             plan->quota_set_at, now);
         period_end_at = period_end(plan->quota_period, now);
     }
     int m = match_method(plan, method, uri);
@@ -751,4 +766,44 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
 done:
     pthread_rwlock_unlock(&cache->swap_lock);
     metrics_add(m_outcomes[out->outcome], 1);
+}
+
+bool keycache_quota(const char *key_id, int64_t now, keycache_quota_facts *out)
+{
+    memset(out, 0, sizeof *out);
+    keycache *cache = the_cache;
+    if (cache == NULL || key_id == NULL)
+        return false;
+    bool answered = false;
+    pthread_rwlock_rdlock(&cache->swap_lock);
+    snapshot *snap = cache->current;
+    /* A snapshot older than a reload interval and a second means reloads
+     * are failing: the database answers instead (or says it cannot). */
+    if (snap == NULL || now - snap->loaded_at > (int64_t)cache->refresh_ms * 1000 + USEC_PER_SEC)
+        goto done;
+    const key_entry *key = find_by_id(snap, key_id);
+    if (key == NULL)
+        goto done; /* perhaps created since the load (or by another process) */
+    const plan_entry *plan = key->plan >= 0 ? &snap->plans[key->plan] : NULL;
+    if (plan != NULL && plan->has_quota) {
+        if (key->used_period != period_start(plan->quota_period, now))
+            goto done; /* loaded in an earlier period: this one's counter is unknown here */
+        out->has_quota = true;
+        out->quota_limit = plan->quota_limit;
+        out->quota_offset = plan->quota_offset;
+        out->quota_period = plan->quota_period;
+        out->quota_set_at = plan->quota_set_at;
+        out->used = key->used;
+    }
+    out->has_plan = plan != NULL;
+    if (plan != NULL)
+        snprintf(out->plan_id, sizeof out->plan_id, "%s", plan->id);
+    /* As of the counter's last write; with no counter, nothing was counted
+     * as of the load. */
+    out->as_of = out->has_quota && key->used_updated_at != 0 ? key->used_updated_at
+                                                             : snap->loaded_at;
+    answered = true;
+done:
+    pthread_rwlock_unlock(&cache->swap_lock);
+    return answered;
 }

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "apiroute.h"
+#include "period.h"
 
 typedef struct keycache keycache;
 
@@ -47,5 +48,20 @@ void keycache_stop(keycache *cache);
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,
                         int64_t now, authz_decision *out);
 const char *keycache_outcome_name(authz_outcome outcome);
+
+/* A key's quota as the cache loaded it (GET /v1/keys/{id}/quota). */
+typedef struct {
+    bool has_plan;
+    char plan_id[APIROUTE_ID_MAX + 1];
+    bool has_quota; /* the plan has one; the fields below are set */
+    int64_t quota_limit, quota_offset, quota_set_at;
+    period_kind quota_period;
+    int64_t used;   /* the counter's units for the current period */
+    int64_t as_of;  /* the counter's updated_at, or the load's time without one */
+} keycache_quota_facts;
+/* Fills `out` from the cache and returns true, or returns false when the
+ * cache cannot answer exactly: not loaded, the key unknown to it, its last
+ * load too old (reloads failing) or from an earlier quota period. */
+bool keycache_quota(const char *key_id, int64_t now, keycache_quota_facts *out);
 
 #endif

@@ -288,7 +288,11 @@ static void update_plan(api_request *req)
                    "UPDATE plans SET name = $2, description = $3, quota_limit = $4, "
                    "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
                    "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
-                   "stripe_meter_event_name = $10, updated_at = now() WHERE id = $1 "
+                   "stripe_meter_event_name = $10, updated_at = now(), "
+                   /* the offset's first period starts over when the quota changes */
+                   "quota_set_at = CASE WHEN (quota_limit, quota_period, quota_offset) "
+                   "IS DISTINCT FROM ($4::bigint, $5::text, $6::bigint) THEN now() "
+                   "ELSE quota_set_at END WHERE id = $1 "
                    "RETURNING " PLAN_COLUMNS,
                    10, params);
     if (!api_ok(res) || PQntuples(res) != 1) {

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "keycache.h"
 #include "period.h"
 #include "timeutil.h"
 
@@ -60,6 +61,37 @@ static bool resolve_key(api_request *req, PGconn *conn)
     return ok;
 }
 
+/* The quota answer from its facts (a keycache_quota_facts, from the cache
+ * or from the database). */
+static void quota_reply(api_request *req, const keycache_quota_facts *f, int64_t now)
+{
+    if (!f->has_plan) {
+        api_reply_error(req, 409, "no_plan", "key \"%s\" is attached to no plan", req->key_id);
+        return;
+    }
+    json_t *answer = json_pack("{s:s,s:s}", "keyId", req->key_id, "planId", f->plan_id);
+    if (f->has_quota) {
+        int64_t limit = period_limit(f->quota_limit, f->quota_offset, f->quota_period,
+                                     f->quota_set_at, now);
+        int64_t used = f->used;
+        json_object_set_new(answer, "period", json_string(period_name(f->quota_period)));
+        json_object_set_new(answer, "limit", json_integer(limit));
+        json_object_set_new(answer, "used", json_integer(used));
+        json_object_set_new(answer, "remaining", json_integer(used < limit ? limit - used : 0));
+        json_object_set_new(answer, "overage", json_integer(used > limit ? used - limit : 0));
+        json_object_set_new(answer, "periodStart", api_time_json(period_start(f->quota_period, now)));
+        json_object_set_new(answer, "periodEnd", api_time_json(period_end(f->quota_period, now)));
+    } else { /* a plan without a quota: nothing to count against */
+        const char *nulls[] = {"period", "limit", "used", "remaining", "overage",
+                               "periodStart", "periodEnd"};
+        for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
+            json_object_set_new(answer, nulls[i], json_null());
+    }
+    json_object_set_new(answer, "asOf", api_time_json(f->as_of));
+    api_reply_json(req, 200, answer);
+}
+
+/* The quota from the database: one query by primary keys. */
 static void quota(api_request *req, PGconn *conn)
 {
     int64_t now = time_now_usec();
@@ -71,7 +103,7 @@ static void quota(api_request *req, PGconn *conn)
     PGresult *res = api_exec(
         conn,
         "SELECT k.plan_id, p.quota_limit, p.quota_period, p.quota_offset, "
-        "(extract(epoch from p.created_at) * 1000000)::bigint, coalesce(c.units, 0), "
+        "(extract(epoch from p.quota_set_at) * 1000000)::bigint, coalesce(c.units, 0), "
         "(extract(epoch from c.updated_at) * 1000000)::bigint "
         "FROM api_keys k LEFT JOIN plans p ON p.id = k.plan_id "
         "LEFT JOIN usage_counters c ON c.key_id = k.id AND c.period = p.quota_period "
@@ -85,32 +117,21 @@ static void quota(api_request *req, PGconn *conn)
         api_reply_db_error(req, conn, res, "reading a quota");
     } else if (PQntuples(res) == 0) {
         api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->key_id);
-    } else if (api_field(res, 0, 0) == NULL) {
-        api_reply_error(req, 409, "no_plan", "key \"%s\" is attached to no plan", req->key_id);
     } else {
-        json_t *answer = json_pack("{s:s,s:s}", "keyId", req->key_id, "planId",
-                                   api_field(res, 0, 0));
-        period_kind kind;
-        if (api_field(res, 0, 1) != NULL && period_parse(api_field(res, 0, 2), &kind)) {
-            int64_t limit = period_limit(api_field_int(res, 0, 1), api_field_int(res, 0, 3), kind,
-                                         api_field_int(res, 0, 4), now);
-            int64_t used = api_field_int(res, 0, 5);
-            json_object_set_new(answer, "period", json_string(period_name(kind)));
-            json_object_set_new(answer, "limit", json_integer(limit));
-            json_object_set_new(answer, "used", json_integer(used));
-            json_object_set_new(answer, "remaining", json_integer(used < limit ? limit - used : 0));
-            json_object_set_new(answer, "overage", json_integer(used > limit ? used - limit : 0));
-            json_object_set_new(answer, "periodStart", api_time_json(period_start(kind, now)));
-            json_object_set_new(answer, "periodEnd", api_time_json(period_end(kind, now)));
-        } else { /* a plan without a quota: nothing to count against */
-            const char *nulls[] = {"period", "limit", "used", "remaining", "overage",
-                                   "periodStart", "periodEnd"};
-            for (size_t i = 0; i < sizeof nulls / sizeof nulls[0]; i++)
-                json_object_set_new(answer, nulls[i], json_null());
+        keycache_quota_facts f = {0};
+        f.has_plan = api_field(res, 0, 0) != NULL;
+        if (f.has_plan)
+            snprintf(f.plan_id, sizeof f.plan_id, "%s", api_field(res, 0, 0));
+        f.has_quota = f.has_plan && api_field(res, 0, 1) != NULL &&
+                      period_parse(api_field(res, 0, 2), &f.quota_period);
+        if (f.has_quota) {
+            f.quota_limit = api_field_int(res, 0, 1);
+            f.quota_offset = api_field_int(res, 0, 3);
+            f.quota_set_at = api_field_int(res, 0, 4);
+            f.used = api_field_int(res, 0, 5);
         }
-        int64_t as_of = api_field(res, 0, 6) != NULL ? api_field_int(res, 0, 6) : read_at;
-        json_object_set_new(answer, "asOf", api_time_json(as_of));
-        api_reply_json(req, 200, answer);
+        f.as_of = api_field(res, 0, 6) != NULL ? api_field_int(res, 0, 6) : read_at;
+        quota_reply(req, &f, now);
     }
     PQclear(res);
 }
@@ -226,6 +247,22 @@ static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
 void usage_handle(api_request *req)
 {
     bool is_usage = req->op == OP_KEY_USAGE || req->op == OP_ME_USAGE;
+    static const char *const no_args[] = {NULL};
+    if (req->op == OP_KEY_QUOTA) {
+        /* The admin quota answers from the authorize cache, which holds
+         * every key, its plan and its current counter as of the last reload
+         * (a second at most): no database round trip. A key the cache does
+         * not know (yet) is looked up in the database below. */
+        snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
+        if (!api_check_query(req, no_args))
+            return; /* replied 400 */
+        keycache_quota_facts facts;
+        int64_t now = time_now_usec();
+        if (keycache_quota(req->key_id, now, &facts)) {
+            quota_reply(req, &facts, now);
+            return;
+        }
+    }
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
@@ -236,7 +273,6 @@ void usage_handle(api_request *req)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
     if (admin_quota || resolve_key(req, conn)) {
         static const char *const usage_args[] = {"from", "to", "granularity", "groupBy", NULL};
-        static const char *const no_args[] = {NULL};
         if (!api_check_query(req, is_usage ? usage_args : no_args)) {
             /* replied 400 */
         } else if (is_usage) {

@@ -595,6 +595,17 @@ def put_counter(s, key_id, period, start, units, requests=None, updated_at=None)
               "'%s'" % updated_at if updated_at else "now()"))
 
 
+def eventually(fetch, ok, timeout=1.5):
+    """fetch() until ok(answer) or `timeout` seconds: a change written
+    straight into the database shows in the api's cache within ~1.5 s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = fetch()
+        if ok(answer) or time.monotonic() > deadline:
+            return answer
+        time.sleep(0.05)
+
+
 def day_start(now=None):
     now = now or datetime.datetime.now(datetime.timezone.utc)
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -619,23 +630,55 @@ def quota(s):
     put_counter(s, k["id"], "DAY", iso(today), 42, updated_at=iso(written))
     put_counter(s, k["id"], "DAY", iso(today - datetime.timedelta(days=1)), 999)
     put_counter(s, k["id"], "MONTH", iso(today.replace(day=1)), 5000)
-    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": k["id"]}, admin=True), 200).json
+
+    def admin_quota(key_id):
+        return expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": key_id}, admin=True),
+                      200).json
+    q = eventually(lambda: admin_quota(k["id"]), lambda q: q["used"] != 0)
     check(q["used"] == 42 and q["remaining"] == 8 and q["overage"] == 0, repr(q))
     check(utc(q["asOf"]) == written, "asOf %s, counter written %s" % (q["asOf"], iso(written)))
     put_counter(s, k["id"], "DAY", iso(today), 57)
-    q = expect(s.call("GET", "/v1/keys/{id}/quota", key=None, ids={"id": k["id"]}, admin=True),
-               200).json
+    q = eventually(lambda: admin_quota(k["id"]), lambda q: q["used"] != 42)
     check(q["used"] == 57 and q["remaining"] == 0 and q["overage"] == 7, repr(q))
     me = expect(s.call("GET", "/v1/me/quota", key=k["value"]), 200).json
     check(me["keyId"] == k["id"] and me["used"] == 57, repr(me))
-    # The offset applies in the plan's first period (the one it was created in).
+    # The offset applies in the quota's first period (the one it was set in).
     off = make_plan(s, name="Offset", quota={"limit": 100, "period": "WEEK", "offset": 30})
     ko = make_key(s, planId=off["id"])
-    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": ko["id"]}, admin=True), 200).json
+    q = admin_quota(ko["id"])
     check(q["limit"] == 70 and q["period"] == "WEEK", repr(q))
-    s.psql("UPDATE plans SET created_at = now() - interval '15 days' WHERE id = '%s'" % off["id"])
-    q = expect(s.call("GET", "/v1/keys/{id}/quota", ids={"id": ko["id"]}, admin=True), 200).json
+    s.psql("UPDATE plans SET created_at = now() - interval '15 days', "
+           "quota_set_at = now() - interval '15 days' WHERE id = '%s'" % off["id"])
+    q = eventually(lambda: admin_quota(ko["id"]), lambda q: q["limit"] != 70)
     check(q["limit"] == 100, repr(q))
+    # A PATCH that changes the quota starts its first period over; one that
+    # changes something else does not.
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": off["id"]}, admin=True,
+                  body={"description": "renamed"}), 200)
+    check(admin_quota(ko["id"])["limit"] == 100, "a description change restarted the offset")
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": off["id"]}, admin=True,
+                  body={"quota": {"offset": 40}}), 200)
+    q = admin_quota(ko["id"])
+    check(q["limit"] == 60, "offset changed today: %r" % q)
+    # A quota added later by PATCH to a plan created long ago gets its offset,
+    # in the quota answer and in authorize's X-RateLimit-Limit.
+    late = make_plan(s, name="LateQuota")
+    s.psql("UPDATE plans SET created_at = now() - interval '40 days', "
+           "quota_set_at = now() - interval '40 days' WHERE id = '%s'" % late["id"])
+    kl = make_key(s, planId=late["id"])
+    expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": late["id"]}, admin=True,
+                  body={"quota": {"limit": 100, "period": "MONTH", "offset": 25}}), 200)
+    q = admin_quota(kl["id"])
+    check(q["limit"] == 75 and q["period"] == "MONTH", "quota added by PATCH: %r" % q)
+    r = s.request("GET", "/v1/authorize", key=kl["value"])
+    check(r.status == 204 and r.header("X-RateLimit-Limit") == "75", repr(r.headers))
+    # The database answers for a key the cache has not loaded yet (created
+    # straight in the database): same shape, same numbers.
+    s.psql("INSERT INTO api_keys (id, value_hash, plan_id) VALUES "
+           "('key_direct_quota', sha256('direct-quota-secret-0123456789'), '%s')" % plan["id"])
+    put_counter(s, "key_direct_quota", "DAY", iso(today), 3, updated_at=iso(written))
+    q = admin_quota("key_direct_quota")
+    check(q["used"] == 3 and q["limit"] == 50 and utc(q["asOf"]) == written, repr(q))
     # A plan without a quota, and no plan.
     free = make_plan(s, name="NoQuota")
     kf = make_key(s, planId=free["id"])
@@ -692,6 +735,29 @@ def usage_series(s):
                   ("2026-03-01", "POST", "/items", 1), ("2026-03-02", "GET", "/items", 5),
                   ("2026-03-02", "GET", "/users/{id}", 0), ("2026-03-02", "POST", "/items", 0)],
           repr(got))
+    # Grouped by endpoint with no usage in the range: no (method, endpoint)
+    # pair, so no items, as docs/openapi.json says (ungrouped: zero buckets).
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=day&from=2026-05-01&to=2026-05-03&groupBy=endpoint"),
+               200).json
+    check(r["items"] == [] and r["groupBy"] == "endpoint", repr(r))
+    with open(os.path.join(REPO, "docs", "openapi.json")) as f:
+        doc = json.load(f)
+    check("items is []" in json.dumps(doc["components"]["schemas"]["Usage"]) and
+          all("items is []" in p.get("description", "")
+              for route in ("/v1/keys/{id}/usage", "/v1/me/usage")
+              for p in doc["paths"][route]["get"]["parameters"] if p["name"] == "groupBy"),
+          "docs/openapi.json does not say a grouped series without usage is []")
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=day&from=2026-05-01&to=2026-05-03"), 200).json
+    check([i["requests"] for i in r["items"]] == [0, 0, 0], repr(r))
+    # A date-time from inside a date to's day is not after it.
+    r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                      query="?granularity=hour&from=2026-03-01T10:00:00Z&to=2026-03-01"), 200).json
+    check(len(r["items"]) == 14 and r["items"][0]["requests"] == 4 and
+          r["to"] == "2026-03-02T00:00:00.000Z", repr(r)[:300])
+    expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True,
+                  query="?from=2026-03-02T00:00:00Z&to=2026-03-01"), 400, "invalid_range")
     # Defaults: the last 30 days by day, the last 24 hours by hour.
     r = expect(s.call("GET", "/v1/keys/{id}/usage", ids={"id": k["id"]}, admin=True), 200).json
     check(r["granularity"] == "day" and len(r["items"]) in (30, 31), "default: %d items"

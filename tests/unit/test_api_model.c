@@ -195,6 +195,52 @@ START_TEST(usage_query_ranges)
 }
 END_TEST
 
+/* A date `to` covers its whole day: a date-time `from` inside it is not
+ * "after" it; the instant after that day is. */
+START_TEST(usage_query_date_to_covers_its_day)
+{
+    apimodel_usage_query q;
+    apimodel_error err;
+    int64_t now = at("2026-11-23T12:00:00Z");
+    ck_assert(apimodel_usage_query_parse("2026-11-01T12:00:00Z", "2026-11-01", "hour", NULL, now,
+                                         &q, &err));
+    ck_assert_int_eq(q.from, at("2026-11-01T12:00:00Z"));
+    ck_assert_int_eq(q.to, at("2026-11-02T00:00:00Z"));
+    ck_assert_int_eq(q.points, 12);
+    ck_assert(apimodel_usage_query_parse("2026-11-01T23:59:59Z", "2026-11-01", "day", NULL, now,
+                                         &q, &err));
+    ck_assert_int_eq(q.points, 1);
+    ck_assert(!apimodel_usage_query_parse("2026-11-02T00:00:00Z", "2026-11-01", "hour", NULL, now,
+                                          &q, &err));
+    ck_assert_str_eq(err.code, "invalid_range");
+}
+END_TEST
+
+/* The count of requests allowed here since the counters were read starts
+ * afresh when the quota period rolls over, and a reload that read the
+ * counters of an earlier period does not bring the old count back. */
+START_TEST(quota_local_count_resets_at_rollover)
+{
+    int64_t day1 = at("2026-11-23T00:00:00Z"), day2 = at("2026-11-24T00:00:00Z");
+    apimodel_quota_local q = {0};
+    apimodel_quota_local_reload(&q, 0, day1, false);
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 7, day1), 7);
+    /* Midnight: the 7 belong to day 1. */
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 7, day2), 0);
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 9, day2), 2);
+    /* A reload whose query started before midnight (mark 5, day 1's
+     * counters) keeps the day-2 count. */
+    apimodel_quota_local_reload(&q, 5, day1, false);
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 10, day2), 3);
+    /* A reload in day 2 counts from its mark. */
+    apimodel_quota_local_reload(&q, 9, day2, false);
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 10, day2), 1);
+    /* A changed plan (another period kind) takes the reload's mark. */
+    apimodel_quota_local_reload(&q, 10, at("2026-11-01T00:00:00Z"), true);
+    ck_assert_int_eq(apimodel_quota_local_count(&q, 12, at("2026-11-01T00:00:00Z")), 2);
+}
+END_TEST
+
 START_TEST(usage_query_default_from_stays_in_year_one)
 {
     apimodel_usage_query q;
@@ -306,6 +352,8 @@ Suite *api_model_suite(void)
     tcase_add_test(tc, key_bodies);
     tcase_add_test(tc, usage_query_ranges);
     tcase_add_test(tc, usage_query_refusals);
+    tcase_add_test(tc, usage_query_date_to_covers_its_day);
+    tcase_add_test(tc, quota_local_count_resets_at_rollover);
     tcase_add_test(tc, usage_query_default_from_stays_in_year_one);
     tcase_add_test(tc, quoted_names_are_cut_at_characters);
     tcase_add_test(tc, cursors_and_limits);
