@@ -135,6 +135,16 @@ void digest_event(const char *source, const char *id, uint8_t out[16])
     memcpy(out, full, 16);
 }
 
+void digest_to_hex(const uint8_t *bytes, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[bytes[i] >> 4];
+        out[2 * i + 1] = digits[bytes[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
 void digest_uuid_text(const uint8_t bytes[16], char out[37])
 {
     static const char hex[] = "0123456789abcdef";

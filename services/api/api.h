@@ -56,6 +56,12 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
 /* Parses the body as one JSON object (duplicates refused); NULL after
  * replying 400. New reference. */
 json_t *api_parse_body(api_request *req);
+/* Replies 200 with one page of a list: {"items": [row_json of the first
+ * `limit` rows], "position": <cursor after the last shown id>} where the
+ * query fetched limit + 1 rows to know whether another page follows; the
+ * position is left out on the last page. `id_column` holds each row's id. */
+void api_reply_page(api_request *req, const PGresult *res, int limit, int id_column,
+                    json_t *(*row_json)(const PGresult *res, int row));
 /* The query argument `name` (borrowed), or NULL. */
 const char *api_query(api_request *req, const char *name);
 /* Refuses (400) any query argument not in the NULL-terminated `allowed`

@@ -180,3 +180,20 @@ json_t *api_time_json(int64_t usec)
     char text[TIME_RFC3339_LEN];
     return json_string(time_format_rfc3339(usec, text, sizeof text));
 }
+
+void api_reply_page(api_request *req, const PGresult *res, int limit, int id_column,
+                    json_t *(*row_json)(const PGresult *res, int row))
+{
+    int rows = PQntuples(res);
+    int shown = rows > limit ? limit : rows;
+    json_t *items = json_array();
+    for (int i = 0; i < shown; i++)
+        json_array_append_new(items, row_json(res, i));
+    json_t *page = json_pack("{s:o}", "items", items);
+    if (rows > limit) {
+        char cursor[APIMODEL_CURSOR_MAX + 1];
+        apimodel_cursor_encode(api_field(res, shown - 1, id_column), cursor, sizeof cursor);
+        json_object_set_new(page, "position", json_string(cursor));
+    }
+    api_reply_json(req, 200, page);
+}

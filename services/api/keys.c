@@ -45,16 +45,6 @@ json_t *keys_row_json(const PGresult *res, int row)
     return key;
 }
 
-static void hex(const uint8_t *bytes, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
-
 static void key_not_found(api_request *req)
 {
     api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->id);
@@ -84,7 +74,7 @@ static void create_key(api_request *req)
     uint8_t digest[DIGEST_SHA256_LEN];
     char digest_hex[2 * DIGEST_SHA256_LEN + 1];
     digest_sha256(key.value, strlen(key.value), digest);
-    hex(digest, sizeof digest, digest_hex);
+    digest_to_hex(digest, sizeof digest, digest_hex);
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
@@ -165,18 +155,7 @@ static void list_keys(api_request *req)
     if (!api_ok(res)) {
         api_reply_db_error(req, conn, res, "listing keys");
     } else {
-        int rows = PQntuples(res);
-        int shown = rows > limit ? limit : rows;
-        json_t *items = json_array();
-        for (int i = 0; i < shown; i++)
-            json_array_append_new(items, keys_row_json(res, i));
-        json_t *page = json_pack("{s:o}", "items", items);
-        if (rows > limit) {
-            char cursor[APIMODEL_CURSOR_MAX + 1];
-            apimodel_cursor_encode(api_field(res, shown - 1, COL_ID), cursor, sizeof cursor);
-            json_object_set_new(page, "position", json_string(cursor));
-        }
-        api_reply_json(req, 200, page);
+        api_reply_page(req, res, limit, COL_ID, keys_row_json);
     }
     PQclear(res);
     dbpool_release(conn);

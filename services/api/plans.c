@@ -200,18 +200,7 @@ static void list_plans(api_request *req)
     if (!api_ok(res)) {
         api_reply_db_error(req, conn, res, "listing plans");
     } else {
-        int rows = PQntuples(res);
-        int shown = rows > limit ? limit : rows;
-        json_t *items = json_array();
-        for (int i = 0; i < shown; i++)
-            json_array_append_new(items, row_json(res, i));
-        json_t *page = json_pack("{s:o}", "items", items);
-        if (rows > limit) {
-            char cursor[APIMODEL_CURSOR_MAX + 1];
-            apimodel_cursor_encode(api_field(res, shown - 1, COL_ID), cursor, sizeof cursor);
-            json_object_set_new(page, "position", json_string(cursor));
-        }
-        api_reply_json(req, 200, page);
+        api_reply_page(req, res, limit, COL_ID, row_json);
     }
     PQclear(res);
     dbpool_release(conn);

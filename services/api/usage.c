@@ -5,22 +5,13 @@
 #include <string.h>
 
 #include "api.h"
+#include "digest.h"
 #include "keycache.h"
 #include "period.h"
 #include "timeutil.h"
 
 /* The most items a grouped series may hold (buckets x endpoints). */
 #define USAGE_ITEMS_MAX 20000
-
-static void hex(const uint8_t *bytes, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[bytes[i] >> 4];
-        out[2 * i + 1] = digits[bytes[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
 
 /* Resolves the key the request is about into key_id: the path's id (admin
  * routes) or the x-api-key's key (/v1/me). False after replying 401/403/404. */
@@ -34,7 +25,7 @@ static bool resolve_key(api_request *req, PGconn *conn)
         uint8_t hash[32];
         if (!auth_api_key_hash(req, hash))
             return false;
-        hex(hash, sizeof hash, digest_hex);
+        digest_to_hex(hash, sizeof hash, digest_hex);
         params[0] = digest_hex;
         res = api_exec(conn, "SELECT id, enabled FROM api_keys WHERE value_hash = decode($1, 'hex')",
                        1, params);
