@@ -667,6 +667,224 @@ def test_expired_partitions_dropped(s):
           "this week's partition was dropped")
 
 
+# ---- 9. tally-api's authorize endpoint against the collector's counters -------------
+
+
+def utc_day_bounds(t=None):
+    """(start, end) of the UTC day holding `t` (epoch seconds)."""
+    t = now() if t is None else t
+    start = int(t) // 86400 * 86400
+    return start, start + 86400
+
+
+def away_from_utc_midnight(margin=120):
+    """Waits out the last `margin` seconds of a UTC day, so that a test of
+    DAY quotas runs inside one day (at most `margin` s, and rarely)."""
+    left = utc_day_bounds()[1] - now()
+    if left < margin:
+        time.sleep(left + 2)
+
+
+def check_int_header(answer, name, expected, what):
+    value = answer.header(name)
+    check(value is not None and value.isdigit() and int(value) == expected,
+          "%s: %s is %r, expected %d (%r)" % (what, name, value, expected, answer))
+
+
+def check_seconds_to_day_end(answer, name, what):
+    """`name` holds the seconds to the end of the UTC day (ceil), give or take
+    the time the request took."""
+    value = answer.header(name)
+    expected = utc_day_bounds()[1] - now()
+    check(value is not None and value.isdigit()
+          and expected - 2 <= int(value) <= expected + 2,
+          "%s: %s is %r, expected about %.0f (seconds to the end of the UTC day): %r"
+          % (what, name, value, expected, answer))
+
+
+def authorize_outcomes(api):
+    m = api.metrics()
+    out = {}
+    for name, v in m.values.items():
+        if name.startswith('tally_api_authorize_total{outcome="') and v:
+            out[name.split('"')[1]] = int(v)
+    return out
+
+
+def test_authorize_quota_boundary(s):
+    """Issue #3: GET /v1/authorize switches from 204 to 429 at exactly the
+    quota once the collector has counted the events: a DAY quota of 50, 49
+    events counted, one 204 (the last unit: the api counts what it allowed)
+    and 429 right after; another key on the plan is unaffected; once the
+    collector counts a 50th event the api keeps answering 429."""
+    away_from_utc_midnight()
+    broker = s.broker(4)
+    api = s.api()
+    plan = api.call("POST", "/v1/plans", 201, admin=True, body={
+        "name": "it-quota-50", "quota": {"limit": 50, "period": "DAY"},
+        "throttle": {"rateLimit": 1000, "burstLimit": 1000}}).json
+    check(plan["quota"]["limit"] == 50 and plan["quota"]["period"] == "DAY"
+          and plan["quota"].get("offset", 0) == 0
+          and plan["throttle"] == {"rateLimit": 1000, "burstLimit": 1000},
+          "POST /v1/plans answered %s" % plan)
+    keys = [api.call("POST", "/v1/keys", 201, admin=True,
+                     body={"name": "it-quota-%s" % n, "planId": plan["id"]}).json
+            for n in ("a", "b")]
+    for k in keys:
+        check(k.get("planId") == plan["id"] and isinstance(k.get("value"), str) and k["value"],
+              "POST /v1/keys answered %s" % k)
+    first, second = keys
+    kid = first["id"]
+    day_start, day_end = utc_day_bounds()
+
+    def quota(key_id):
+        return api.call("GET", "/v1/keys/%s/quota" % key_id, 200, admin=True).json
+
+    q = quota(kid)
+    check((q["keyId"], q["planId"], q["period"], q["limit"], q["used"], q["remaining"])
+          == (kid, plan["id"], "DAY", 50, 0, 50), "quota before any event: %s" % q)
+
+    collector = s.collector(broker, "it-quota")
+    source = "it-quota"
+    t = now()
+    # Units 1 each: half say so, half rely on the default (data.units = 1).
+    events = [event("q-%d" % i, kid, source, t,
+                    {"method": "GET", "endpoint": "/items", "status": 200}
+                    if i % 2 else {"method": "GET", "endpoint": "/items", "status": 200,
+                                   "units": 1})
+              for i in range(49)]
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(kid, enc(e)) for e in events])
+    wait_until("the collector to count 49 events",
+               lambda: (lambda m: m.consumed == 49 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    m = collector.metrics()
+    check(m.counted == 49 and m.rejected == 0 and m.duplicates == 0,
+          "expected counted=49 rejected=0 duplicates=0, got %s %s"
+          % (m.brief(), m.rejected_by_code()))
+    wait_until("GET /v1/keys/{id}/quota to show used 49", lambda: quota(kid)["used"] == 49, 15,
+               on_timeout=lambda: "last: %s" % quota(kid))
+    q = quota(kid)
+    check((q["limit"], q["used"], q["remaining"]) == (50, 49, 1)
+          and lib.parse_rfc3339(q["periodStart"]) == day_start
+          and lib.parse_rfc3339(q["periodEnd"]) == day_end,
+          "quota after 49 events: %s" % q)
+
+    # The authorize cache reloads every second; act just after a reload that
+    # saw the counter at 49, well before the next one.
+    before = authorize_outcomes(api)
+    api.wait_fresh_cache()
+    refreshes = api.refreshes()
+    allowed = api.authorize(first["value"])
+    refused = api.authorize(first["value"])
+    other = api.authorize(second["value"])
+    reloaded = api.refreshes() - refreshes
+    note = "" if reloaded == 0 else " (the authorize cache reloaded %d time(s) meanwhile)" % reloaded
+    what = "the 50th request of the day" + note
+    check(allowed.status == 204, "%s: expected 204, got %r" % (what, allowed))
+    check_int_header(allowed, "X-RateLimit-Limit", 50, what)
+    check_int_header(allowed, "X-RateLimit-Remaining", 0, what)
+    check_seconds_to_day_end(allowed, "X-RateLimit-Reset", what)
+    check(allowed.header("X-Tally-Key-Id") == kid, "%s: X-Tally-Key-Id %r"
+          % (what, allowed.header("X-Tally-Key-Id")))
+    check(allowed.header("Retry-After") is None, "%s: a 204 with Retry-After" % what)
+    what = "the 51st request of the day" + note
+    check(refused.status == 429 and refused.error_code() == "quota_exceeded",
+          "%s: expected 429 quota_exceeded, got %r" % (what, refused))
+    check_seconds_to_day_end(refused, "Retry-After", what)
+    check_int_header(refused, "X-RateLimit-Limit", 50, what)
+    check_int_header(refused, "X-RateLimit-Remaining", 0, what)
+    check_seconds_to_day_end(refused, "X-RateLimit-Reset", what)
+    check(refused.header("X-Tally-Key-Id") == kid, "%s: X-Tally-Key-Id %r"
+          % (what, refused.header("X-Tally-Key-Id")))
+    what = "another key on the same plan, with no usage" + note
+    check(other.status == 204, "%s: expected 204, got %r" % (what, other))
+    check_int_header(other, "X-RateLimit-Limit", 50, what)
+    check_int_header(other, "X-RateLimit-Remaining", 49, what)
+    check(other.header("X-Tally-Key-Id") == second["id"], "%s: X-Tally-Key-Id %r"
+          % (what, other.header("X-Tally-Key-Id")))
+    after = authorize_outcomes(api)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
+    delta = {k: v for k, v in delta.items() if v}
+    check(delta == {"allowed": 2, "over_quota": 1},
+          "tally_api_authorize_total moved by %s, expected allowed 2, over_quota 1" % delta)
+
+    # The gateway's event for the allowed request reaches the collector:
+    # used 50 >= 50, and the api keeps refusing, across reloads.
+    last = event("q-49", kid, source, now(), {"method": "GET", "endpoint": "/items",
+                                              "status": 200})
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(kid, enc(last))])
+    wait_until("the collector to count the 50th event",
+               lambda: (lambda m: m.counted == 50 and m.balanced())(collector.metrics()), 60,
+               on_timeout=lambda: collector.metrics().brief())
+    wait_until("GET /v1/keys/{id}/quota to show used 50", lambda: quota(kid)["used"] == 50, 15,
+               on_timeout=lambda: "last: %s" % quota(kid))
+    q = quota(kid)
+    check((q["limit"], q["used"], q["remaining"]) == (50, 50, 0), "quota after 50 events: %s" % q)
+    api.wait_fresh_cache()
+    start = api.refreshes()
+    answers = []
+    while api.refreshes() < start + 2:  # across at least one more reload
+        answers.append(api.authorize(first["value"]))
+        time.sleep(0.05)
+    wrong = [a for a in answers if a.status != 429 or a.error_code() != "quota_exceeded"
+             or a.header("X-RateLimit-Remaining") != "0" or a.header("Retry-After") is None]
+    check(not wrong, "with used 50 of 50 counted, %d of %d answers were not 429 "
+          "quota_exceeded with Remaining 0 and Retry-After, e.g. %r"
+          % (len(wrong), len(answers), wrong[:1]))
+    counters = {k: v for k, v in s.db.counters().items() if k[1] == "DAY"}
+    check(counters == {(kid, "DAY", day_start): (50, 50, 0)},
+          "usage_counters DAY rows: %s" % counters)
+    s.note("%d answers 429 after the 50th event" % len(answers))
+
+
+def test_authorize_burst(s):
+    """A plan with burstLimit 5 and rateLimit 1 and a quota far away: five
+    204s and a 429 (throttled, Retry-After 1) right after; another key on
+    the plan has its own bucket; a second later one token is back."""
+    api = s.api()
+    limit = 1000000
+    plan = api.call("POST", "/v1/plans", 201, admin=True, body={
+        "name": "it-burst", "quota": {"limit": limit, "period": "MONTH"},
+        "throttle": {"rateLimit": 1, "burstLimit": 5}}).json
+    keys = [api.call("POST", "/v1/keys", 201, admin=True,
+                     body={"name": "it-burst-%s" % n, "planId": plan["id"]}).json
+            for n in ("a", "b")]
+
+    def burst(k):
+        t0 = time.monotonic()
+        answers = [api.authorize(k["value"]) for _ in range(6)]
+        elapsed = time.monotonic() - t0
+        check(elapsed < 0.5, "6 authorize requests took %.2fs: too slow to judge a 1/s "
+              "refill" % elapsed)
+        statuses = [a.status for a in answers]
+        check(statuses == [204] * 5 + [429],
+              "key %s: expected 5 x 204 then 429, got %s" % (k["id"], statuses))
+        for i, a in enumerate(answers):
+            what = "key %s, request %d" % (k["id"], i + 1)
+            check_int_header(a, "X-RateLimit-Limit", limit, what)
+            check_int_header(a, "X-RateLimit-Remaining", limit - min(i + 1, 5), what)
+            check(a.header("X-Tally-Key-Id") == k["id"], "%s: X-Tally-Key-Id %r"
+                  % (what, a.header("X-Tally-Key-Id")))
+        last = answers[-1]
+        check(last.error_code() == "throttled", "the 6th request: %r" % last)
+        check_int_header(last, "Retry-After", 1, "the 6th request")
+        return time.monotonic()
+
+    # Remaining counts what this api allowed since its last cache reload:
+    # both bursts run just after a reload, well before the next one.
+    api.wait_fresh_cache()
+    refused_at = burst(keys[0])
+    burst(keys[1])  # its own bucket
+    # One token per second: a second after the 429, exactly one more 204.
+    time.sleep(max(0.0, refused_at + 1.05 - time.monotonic()))
+    statuses = [api.authorize(keys[0]["value"]).status for _ in range(2)]
+    check(statuses == [204, 429], "a second after the burst: expected [204, 429], got %s"
+          % statuses)
+    outcomes = authorize_outcomes(api)
+    check(outcomes == {"allowed": 11, "throttled": 3},
+          "tally_api_authorize_total: %s, expected allowed 11, throttled 3" % outcomes)
+
+
 TESTS = [
     ("dedup_100k_with_replay", test_dedup_100k_with_replay),
     ("broker_outage", test_broker_outage),
@@ -680,4 +898,6 @@ TESTS = [
     ("sigterm_exits_cleanly", test_sigterm_exits_cleanly),
     ("same_id_different_data", test_same_id_different_data),
     ("lag_zero_when_caught_up", test_lag_zero_when_caught_up),
+    ("authorize_quota_boundary", test_authorize_quota_boundary),
+    ("authorize_burst", test_authorize_burst),
 ]

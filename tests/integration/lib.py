@@ -5,6 +5,7 @@ Python 3 standard library only. Every process is started through a Registry
 so that the runner can always stop it (by its own pid), whatever happens."""
 
 import datetime
+import http.client
 import json
 import os
 import random
@@ -588,6 +589,166 @@ class Collector:
 
     def stop(self, timeout=15):
         """SIGTERM; the collector must exit 0 within `timeout` s. Returns seconds taken."""
+        rc, elapsed, killed = self.proc.terminate(timeout)
+        check(not killed, "%s did not exit within %ss of SIGTERM" % (self.name, timeout))
+        self.check_sanitizers()
+        check(rc == 0, "%s exited %s after SIGTERM; log tail:\n%s"
+              % (self.name, rc, self.proc.log_tail()))
+        return elapsed
+
+    def check_sanitizers(self):
+        report = sanitizer_report(self.proc.log_text())
+        check(report is None, "%s: sanitizer report:\n%s" % (self.name, report))
+
+
+# ---- the api -----------------------------------------------------------------------
+
+
+ADMIN_TOKEN = "it-admin-token-3f9c51d2a7b8"
+
+
+class Answer:
+    """One HTTP answer: status, headers (names lower-cased), body text."""
+
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = {k.lower(): v for k, v in headers}
+        self.body = body
+
+    def header(self, name):
+        return self.headers.get(name.lower())
+
+    @property
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    def error_code(self):
+        try:
+            return self.json["error"]["code"]
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    def __repr__(self):
+        return "%d %s %s" % (self.status, self.headers, self.body[:300])
+
+
+class Api:
+    """One tally-api (from the sanitized build) under test, on a free
+    loopback port, against the suite's database."""
+
+    def __init__(self, scope, name="api", refresh_ms=None, args=()):
+        self.scope = scope
+        self.name = "%s-%d" % (name, scope.next_id())
+        self.conn = None
+        for attempt in range(3):
+            self.port = free_port()
+            argv = [scope.asan_bin("tally-api"), "--http-addr", "127.0.0.1:%d" % self.port,
+                    "--log-level", "debug"]
+            if refresh_ms is not None:
+                argv += ["--key-refresh-ms", str(refresh_ms)]
+            argv += list(args)
+            env = clean_env({"TALLY_DATABASE_URL": scope.ctx.db_url,
+                             "TALLY_ADMIN_TOKEN": ADMIN_TOKEN})
+            self.proc = Proc(scope.registry, self.name, argv, scope.path(self.name + ".log"),
+                             env=env)
+            scope.apis.append(self)
+            if self._wait_up():
+                return
+            if "cannot listen" not in self.proc.log_text() or attempt == 2:
+                raise Failure("%s exited at start (status %s): %s"
+                              % (self.name, self.proc.returncode, self.proc.log_tail()))
+            self.name += "r"  # lost the port to someone else: try another one
+
+    def _wait_up(self, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                return False
+            try:
+                if self.request("GET", "/readyz").status == 200:
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            time.sleep(0.1)
+        raise Failure("%s: /readyz did not answer 200 within %ds" % (self.name, timeout))
+
+    def request(self, method, path, headers=None, body=None, admin=False, key=None):
+        """One request on a kept-alive connection (reopened once if the
+        server closed it). body: a dict/list (sent as JSON), str or bytes."""
+        hdrs = dict(headers or {})
+        if admin:
+            hdrs["Authorization"] = "Bearer " + ADMIN_TOKEN
+        if key is not None:
+            hdrs["x-api-key"] = key
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body)
+            hdrs.setdefault("Content-Type", "application/json")
+        if isinstance(body, str):
+            body = body.encode()
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+            try:
+                self.conn.request(method, path, body=body, headers=hdrs)
+                res = self.conn.getresponse()
+                data = res.read()
+                answer = Answer(res.status, res.getheaders(), data.decode("utf-8", "replace"))
+                if res.will_close:
+                    self.conn.close()
+                    self.conn = None
+                return answer
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = None
+                if attempt == 1:
+                    raise
+
+    def call(self, method, path, status, **kw):
+        """request() that must answer `status`; returns the Answer."""
+        try:
+            answer = self.request(method, path, **kw)
+        except (OSError, http.client.HTTPException) as e:
+            self.assert_alive()
+            raise Failure("%s: %s %s failed: %s" % (self.name, method, path, e))
+        check(answer.status == status, "%s %s: expected %d, got %r"
+              % (method, path, status, answer))
+        return answer
+
+    def authorize(self, key_value, method="GET", uri="/items"):
+        return self.request("GET", "/v1/authorize", key=key_value,
+                            headers={"X-Original-Method": method, "X-Original-URI": uri})
+
+    def metrics(self):
+        return Metrics(parse_metrics(self.call("GET", "/metrics", 200).body))
+
+    def refreshes(self):
+        """tally_api_key_cache_refreshes_total: completed reloads of the
+        authorize cache."""
+        return int(self.metrics().get("tally_api_key_cache_refreshes_total"))
+
+    def wait_fresh_cache(self, timeout=15):
+        """Returns just after the authorize cache completed a reload that
+        started after this call (so it saw every commit made before the
+        call). Two completions are needed: the first may be a reload that
+        was already running. Polls often, so that the caller acts early in
+        the quiet time before the next periodic reload."""
+        start = self.refreshes()
+        wait_until("%s's authorize cache to reload twice" % self.name,
+                   lambda: self.refreshes() >= start + 2, timeout, interval=0.01)
+
+    def alive(self):
+        return self.proc.alive()
+
+    def assert_alive(self):
+        if not self.proc.alive():
+            raise Failure("%s exited unexpectedly (status %s); log tail:\n%s"
+                          % (self.name, self.proc.returncode, self.proc.log_tail()))
+
+    def stop(self, timeout=15):
+        """SIGTERM; the api must exit 0 within `timeout` s, with no sanitizer report."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
         rc, elapsed, killed = self.proc.terminate(timeout)
         check(not killed, "%s did not exit within %ss of SIGTERM" % (self.name, timeout))
         self.check_sanitizers()

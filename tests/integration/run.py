@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tally's integration tests: a real PostgreSQL 15 and the dev broker
-(tools/stack.sh, in a temporary directory), the collector from the sanitized
-build, loadgen and kcat as producers.
+(tools/stack.sh, in a temporary directory), the collector and the api from
+the sanitized build, loadgen and kcat as producers.
 
     python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
         [--only NAME[,NAME...]] [--seed N] [--keep-logs DIR] [--list]
@@ -96,6 +96,7 @@ class Scope:
         os.makedirs(self.dir)
         self.registry = lib.Registry()
         self.collectors = []
+        self.apis = []
         self.brokers = []
         self._ids = 0
         self.seed = (ctx.seed * 1000003 + sum(map(ord, name)) * 7919) % (2 ** 31)
@@ -124,6 +125,9 @@ class Scope:
     def collector(self, broker, group, **kw):
         return lib.Collector(self, broker, group, **kw)
 
+    def api(self, **kw):
+        return lib.Api(self, **kw)
+
     def loadgen(self, broker, keys, **kw):
         return lib.Loadgen(self, broker, keys, **kw)
 
@@ -134,9 +138,9 @@ class Scope:
         self.ctx.stack(command)
 
     def finish(self):
-        """At the end of a passing test: every collector still running must
-        stop cleanly on SIGTERM (exit 0, no sanitizer report)."""
-        for c in self.collectors:
+        """At the end of a passing test: every collector and api still
+        running must stop cleanly on SIGTERM (exit 0, no sanitizer report)."""
+        for c in self.collectors + self.apis:
             if c.alive():
                 c.stop()
             else:
@@ -163,9 +167,9 @@ def run_test(ctx, name, func):
         reason = "%s: %s\n%s" % (type(e).__name__, e, traceback.format_exc(limit=4))
     finally:
         scope.cleanup()
-        # A sanitizer report in any collector fails the test even if killed.
+        # A sanitizer report in any collector or api fails the test even if killed.
         if reason is None:
-            for c in scope.collectors:
+            for c in scope.collectors + scope.apis:
                 r = lib.sanitizer_report(c.proc.log_text())
                 if r:
                     reason = "%s: sanitizer report:\n%s" % (c.name, r)
@@ -185,7 +189,8 @@ def run_test(ctx, name, func):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bin", default="build/bin", help="tally-loadgen and tally-devbroker")
-    p.add_argument("--asan-bin", default="build/asan/bin", help="the collector under test")
+    p.add_argument("--asan-bin", default="build/asan/bin",
+                   help="the collector and api under test")
     p.add_argument("--only", help="comma-separated test names (or substrings) to run")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--keep-logs", help="copy every log here before removing the temp dir")
@@ -207,7 +212,7 @@ def main():
         args.seed = random.SystemRandom().randrange(1, 2 ** 31)
     missing = []
     for d, names in ((args.bin, ("tally-loadgen", "tally-devbroker")),
-                     (args.asan_bin, ("tally-collector",))):
+                     (args.asan_bin, ("tally-collector", "tally-api"))):
         for n in names:
             if not os.access(os.path.join(d, n), os.X_OK):
                 missing.append("%s (run 'make' and 'make asan')" % os.path.join(d, n))
