@@ -3,6 +3,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "event.h"
+
 static int hex_value(char c)
 {
     if (c >= '0' && c <= '9')
@@ -112,47 +114,15 @@ bool apitext_normalize_path(const char *uri, size_t len, char *out, size_t out_s
     return true;
 }
 
-/* The length of the well-formed UTF-8 sequence at s (1 to 4), or 0. */
-static size_t sequence_length(const unsigned char *s)
-{
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t need;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    for (size_t k = 1; k <= need; k++) {
-        if ((s[k] & 0xC0) != 0x80) /* also stops at the terminating NUL */
-            return 0;
-        cp = (cp << 6) | (s[k] & 0x3F);
-    }
-    if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return need + 1;
-}
-
 void apitext_utf8_sanitize(char *s)
 {
-    unsigned char *p = (unsigned char *)s;
-    while (*p) {
-        size_t n = sequence_length(p);
-        if (n == 0) {
-            *p++ = '?';
-            continue;
-        }
-        p += n;
+    size_t len = strlen(s);
+    for (size_t i = 0; i < len;) {
+        size_t n = event_utf8_sequence(s + i, len - i);
+        if (n == 0)
+            s[i++] = '?';
+        else
+            i += n;
     }
 }
 

@@ -66,5 +66,8 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
 /* True when the `len` bytes are well-formed UTF-8 (no overlongs, no
  * surrogates, nothing above U+10FFFF). */
 bool event_utf8_valid(const char *text, size_t len);
+/* The length (1 to 4) of the well-formed UTF-8 sequence that starts `text`,
+ * which has `len` bytes left; 0 when it is malformed or cut short. */
+size_t event_utf8_sequence(const char *text, size_t len);
 
 #endif

@@ -148,6 +148,21 @@ static PGconn *connect_slot(int slot, char *err, size_t err_size)
     return conn;
 }
 
+/* The slot `conn` is lent from, or -1 when it is not a pooled connection. */
+static int lent_slot_of(const PGconn *conn)
+{
+    pthread_mutex_lock(&lock);
+    int slot = -1;
+    for (int i = 0; i < pool_size; i++) {
+        if (lent[i] && idle[i] == conn) {
+            slot = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return slot;
+}
+
 PGconn *dbpool_acquire(api_request *req)
 {
     int slot = take_slot();
@@ -173,15 +188,7 @@ PGconn *dbpool_acquire(api_request *req)
 
 void dbpool_release(PGconn *conn)
 {
-    pthread_mutex_lock(&lock);
-    int slot = -1;
-    for (int i = 0; i < pool_size; i++) {
-        if (lent[i] && idle[i] == conn) {
-            slot = i;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&lock);
+    int slot = lent_slot_of(conn);
     if (slot < 0) {
         PQfinish(conn);
         return;
@@ -225,15 +232,7 @@ bool dbpool_ping(char *err, size_t err_size)
 
 PGresult *api_exec(PGconn *conn, const char *sql, int count, const char *const *params)
 {
-    pthread_mutex_lock(&lock);
-    int slot = -1;
-    for (int i = 0; i < pool_size; i++) {
-        if (lent[i] && idle[i] == conn) {
-            slot = i;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&lock);
+    int slot = lent_slot_of(conn);
     if (slot >= 0) {
         int index = -1;
         for (int i = 0; i < prepared_count[slot]; i++) {
