@@ -572,8 +572,12 @@ bad:
 void apimodel_quota_local_reload(apimodel_quota_local *q, int64_t next_mark,
                                  int64_t loaded_period, bool plan_changed)
 {
-    if (!plan_changed && q->period > loaded_period)
+    if (plan_changed) {
+        q->in_period_mark = next_mark;
+        q->in_period_start = loaded_period;
+    } else if (q->period > loaded_period) {
         return; /* rolled over past what the reload read: keep the new period's count */
+    }
     q->mark = next_mark;
     q->period = loaded_period;
 }
@@ -585,4 +589,18 @@ int64_t apimodel_quota_local_count(apimodel_quota_local *q, int64_t total, int64
         q->period = period_now;
     }
     return total - q->mark;
+}
+
+int64_t apimodel_quota_used(apimodel_quota_local *q, int64_t counter, int64_t counter_period,
+                            int64_t total, int64_t period_now)
+{
+    int64_t since_reload = apimodel_quota_local_count(q, total, period_now);
+    if (period_now > q->in_period_start) {
+        q->in_period_mark = total;
+        q->in_period_start = period_now;
+    }
+    int64_t in_period = total - q->in_period_mark;
+    int64_t counted = counter_period == period_now ? counter : 0;
+    int64_t used = counted + since_reload;
+    return used > in_period ? used : in_period;
 }

@@ -125,25 +125,42 @@ bool apimodel_cursor_decode(const char *text, char *id_out, size_t id_size, apim
  * 1..APIMODEL_ID_MAX of [A-Za-z0-9._:~-]. */
 bool apimodel_valid_id(const char *text);
 
-/* The authorize cache's count of requests it allowed since it read a key's
- * quota counter, measured on a running total of allowed requests: local =
- * total - mark, for the quota period starting at `period`. */
+/* The authorize cache's counts of requests it allowed for one key,
+ * measured on a running total of allowed requests (count = total - mark):
+ * since it last read the key's quota counter (for the quota period
+ * starting at `period`), and in the current quota period as a whole (since
+ * `in_period_start`, kept across reloads). */
 typedef struct {
-    int64_t mark;   /* the running total the count starts from */
-    int64_t period; /* start of the quota period the count belongs to */
+    int64_t mark;   /* the running total the since-reload count starts from */
+    int64_t period; /* start of the quota period that count belongs to */
+    int64_t in_period_mark;  /* the running total the in-period count starts from */
+    int64_t in_period_start; /* start of the quota period that count belongs to */
 } apimodel_quota_local;
 /* A reload read the counters of the period starting at `loaded_period`
- * after taking `next_mark`. The local count starts from next_mark, unless
- * it has already rolled over into a later period than the reload read
- * (then the reload's counter is not the current period's: the count since
- * the rollover stays). `plan_changed` (another period kind, say) always
- * takes the reload's mark. */
+ * after taking `next_mark`. The since-reload count starts from next_mark,
+ * unless it has already rolled over into a later period than the reload
+ * read (then the reload's counter is not the current period's: the count
+ * since the rollover stays). The in-period count is not touched (a reload
+ * does not change what this process allowed), except that `plan_changed`
+ * (another period kind, say) restarts both counts at next_mark, for the
+ * period starting at `loaded_period`. */
 void apimodel_quota_local_reload(apimodel_quota_local *q, int64_t next_mark,
                                  int64_t loaded_period, bool plan_changed);
-/* The requests allowed here in the period starting at `period_now`, given
- * the running total; when that period is later than the count's, the
- * count starts afresh at `total` (requests allowed in an earlier period
- * do not count against this one). */
+/* The requests allowed here since the reload, in the period starting at
+ * `period_now`, given the running total; when that period is later than
+ * the count's, the count starts afresh at `total` (requests allowed in an
+ * earlier period do not count against this one). */
 int64_t apimodel_quota_local_count(apimodel_quota_local *q, int64_t total, int64_t period_now);
+/* The quota units used in the period starting at `period_now`, as the
+ * authorize decision sees them: the larger of
+ *   the counter read at the last reload (`counter`, read for the period
+ *   starting at `counter_period`; 0 when that is not `period_now`) + the
+ *   requests allowed here since that reload, and
+ *   the requests allowed here in this period (across reloads),
+ * so never below what this process knows it allowed, however far behind
+ * the collector (which writes the counter) is. Rolls both counts over when
+ * `period_now` is later than theirs. */
+int64_t apimodel_quota_used(apimodel_quota_local *q, int64_t counter, int64_t counter_period,
+                            int64_t total, int64_t period_now);
 
 #endif

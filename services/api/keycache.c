@@ -4,13 +4,17 @@
  * is a separate object with its own mutex, moved from the old snapshot to
  * the new one at the swap, so a reload never resets a bucket.
  *
- * Quota accounting: used = the counter read from the database + what this
- * process allowed since that read. The count of allowed requests is marked
- * just before the query, so a request allowed while the query runs is still
+ * Quota accounting: used = max(the counter read from the database + what
+ * this process allowed since that read, what this process allowed in the
+ * current quota period). The count of allowed requests is marked just
+ * before the query, so a request allowed while the query runs is still
  * counted afterwards. Requests allowed here but not yet counted by the
- * collector when the next load reads the counter are not counted twice nor
- * at all for that moment: the overshoot is bounded by what is in flight in
- * the pipeline (gateway -> Kafka -> collector, ~100 ms batches). */
+ * collector when the next load reads the counter are not counted twice;
+ * the in-period count (kept across reloads, restarted at a rollover or a
+ * plan change) keeps them counted even when the collector lags or is down,
+ * so one process never lets a key past its quota, and several replicas
+ * overshoot by at most what the others allowed and the collector has not
+ * yet counted (apimodel_quota_used). */
 #include "keycache.h"
 
 #include <jansson.h>
@@ -65,7 +69,8 @@ typedef struct {
     char plan_signature[APIROUTE_ID_MAX + 24]; /* plan id + updated_at: buckets reset on change */
     _Atomic int64_t allowed_total;             /* requests allowed by this process */
     /* allowed_total when the current snapshot's counters were read (or when
-     * the quota period last rolled over), and that period's start. */
+     * the quota period last rolled over), and at the start of the current
+     * quota period here (or the last plan change); those periods' starts. */
     apimodel_quota_local local;
     int64_t next_mark;   /* taken by the refresh thread before its query */
 } key_state;
@@ -719,14 +724,13 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
     int64_t used = -1, limit = 0, period_end_at = 0;
     if (plan->has_quota) {
         /* Only what was allowed in the current period counts: at a
-         * rollover the local count starts afresh, and a counter loaded for
-         * an earlier period counts nothing. */
+         * rollover the local counts start afresh, and a counter loaded for
+         * an earlier period counts nothing. Never below what this process
+         * allowed in the period, however far behind the collector is. */
         int64_t current = period_start(plan->quota_period, now);
-        int64_t local = apimodel_quota_local_count(
-            &state->local, atomic_load_explicit(&state->allowed_total, memory_order_relaxed),
-            current);
-        int64_t counted = key->used_period == current ? key->used : 0;
-        used = counted + local;
+        used = apimodel_quota_used(
+            &state->local, key->used, key->used_period,
+            atomic_load_explicit(&state->allowed_total, memory_order_relaxed), current);
         limit = period_limit(plan->quota_limit, plan->quota_offset, plan->quota_period,
                              plan->quota_set_at, now);
         period_end_at = period_end(plan->quota_period, now);

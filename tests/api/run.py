@@ -928,6 +928,46 @@ def authorize_quota(s):
     check(statuses == [204, 429, 429], "after raising the limit: %r" % statuses)
 
 
+def cache_refreshes(s):
+    r = expect(s.call("GET", "/metrics"), 200)
+    m = re.search(r"^tally_api_key_cache_refreshes_total(?:\{\})? (\S+)$", r.raw, re.M)
+    check(m is not None, "no tally_api_key_cache_refreshes_total in /metrics")
+    return float(m.group(1))
+
+
+def wait_cache_reloads(s, count):
+    start = cache_refreshes(s)
+    deadline = time.monotonic() + count * REFRESH_MS / 1000 + 5
+    while cache_refreshes(s) < start + count:
+        check(time.monotonic() < deadline, "fewer than %d cache reloads in time" % count)
+        time.sleep(REFRESH_MS / 4000)
+
+
+@test
+def authorize_quota_survives_reloads(s):
+    # No collector counts anything (no events, no counter row): the
+    # requests this process allowed still count after the cache reloads,
+    # rather than the quota opening again at every reload.
+    plan = make_plan(s, name="Quota3", quota={"limit": 3, "period": "DAY"})
+    k = make_key(s, planId=plan["id"])
+    statuses = []
+    for _ in range(4):
+        r = authorize(s, k["value"])
+        statuses.append((r.status, r.header("X-RateLimit-Remaining")))
+    check(statuses == [(204, "2"), (204, "1"), (204, "0"), (429, "0")], "statuses %r" % statuses)
+    wait_cache_reloads(s, 2)
+    r = expect(authorize(s, k["value"]), 429, "quota_exceeded")
+    check(rate_headers(r)[:2] == ("3", "0"), repr(r.headers))
+    wait_cache_reloads(s, 2)
+    statuses = [authorize(s, k["value"]).status for _ in range(3)]
+    check(statuses == [429] * 3, "after more reloads: %r" % statuses)
+    # The collector catching up with fewer than were allowed changes nothing.
+    put_counter(s, k["id"], "DAY", iso(day_start()), 2)
+    wait_cache_reloads(s, 2)
+    r = expect(authorize(s, k["value"]), 429, "quota_exceeded")
+    check(rate_headers(r)[:2] == ("3", "0"), repr(r.headers))
+
+
 @test
 def escaped_paths_do_not_reroute(s):
     plan = make_plan(s, name="Escapes")

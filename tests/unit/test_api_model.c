@@ -241,6 +241,51 @@ START_TEST(quota_local_count_resets_at_rollover)
 }
 END_TEST
 
+/* The quota decision's `used`: the database counter plus what was allowed
+ * here since the reload, but never below what was allowed here in the
+ * period, so a lagging (or stopped) collector cannot let one process past
+ * the quota by reloading. */
+START_TEST(quota_used_never_below_allowed_in_period)
+{
+    int64_t day1 = at("2026-11-23T00:00:00Z"), day2 = at("2026-11-24T00:00:00Z");
+    apimodel_quota_local q = {0};
+    apimodel_quota_local_reload(&q, 0, day1, true); /* a new key */
+    /* Quota 3, no events counted: 3 allowed (total 0..2 before each). */
+    for (int64_t total = 0; total < 3; total++)
+        ck_assert_int_eq(apimodel_quota_used(&q, 0, day1, total, day1), total);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, day1, 3, day1), 3); /* 429 */
+    /* Reloads while the collector has counted nothing: still 3, not 0. */
+    apimodel_quota_local_reload(&q, 3, day1, false);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, day1, 3, day1), 3);
+    apimodel_quota_local_reload(&q, 3, day1, false);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, day1, 3, day1), 3);
+    /* The collector caught up with 2 of them: 2 + 0 < 3, still 3. */
+    ck_assert_int_eq(apimodel_quota_used(&q, 2, day1, 3, day1), 3);
+    /* Other replicas' requests in the counter: the counter wins. */
+    ck_assert_int_eq(apimodel_quota_used(&q, 10, day1, 3, day1), 10);
+    ck_assert_int_eq(apimodel_quota_used(&q, 10, day1, 4, day1), 11);
+    /* A counter read for an earlier period counts nothing. */
+    ck_assert_int_eq(apimodel_quota_used(&q, 10, day1 - 86400 * INT64_C(1000000), 4, day1), 4);
+    /* Midnight: both counts start afresh. */
+    ck_assert_int_eq(apimodel_quota_used(&q, 10, day1, 4, day2), 0);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, day2, 6, day2), 2);
+    /* A reload whose query started before midnight (day 1's counter 50)
+     * keeps day 2's counts and does not count day 1's counter. */
+    apimodel_quota_local_reload(&q, 5, day1, false);
+    ck_assert_int_eq(apimodel_quota_used(&q, 50, day1, 7, day2), 3);
+    /* A day-2 reload: counter 1 + 0 since, but 3 allowed here in day 2. */
+    apimodel_quota_local_reload(&q, 7, day2, false);
+    ck_assert_int_eq(apimodel_quota_used(&q, 1, day2, 7, day2), 3);
+    ck_assert_int_eq(apimodel_quota_used(&q, 1, day2, 8, day2), 4);
+    /* A changed plan restarts both counts at the reload's mark. */
+    int64_t nov = at("2026-11-01T00:00:00Z");
+    apimodel_quota_local_reload(&q, 8, nov, true);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, nov, 8, nov), 0);
+    ck_assert_int_eq(apimodel_quota_used(&q, 0, nov, 10, nov), 2);
+    ck_assert_int_eq(apimodel_quota_used(&q, 5, nov, 10, nov), 7);
+}
+END_TEST
+
 START_TEST(usage_query_default_from_stays_in_year_one)
 {
     apimodel_usage_query q;
@@ -354,6 +399,7 @@ Suite *api_model_suite(void)
     tcase_add_test(tc, usage_query_refusals);
     tcase_add_test(tc, usage_query_date_to_covers_its_day);
     tcase_add_test(tc, quota_local_count_resets_at_rollover);
+    tcase_add_test(tc, quota_used_never_below_allowed_in_period);
     tcase_add_test(tc, usage_query_default_from_stays_in_year_one);
     tcase_add_test(tc, quoted_names_are_cut_at_characters);
     tcase_add_test(tc, cursors_and_limits);
