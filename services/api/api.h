@@ -56,6 +56,17 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
 /* Parses the body as one JSON object (duplicates refused); NULL after
  * replying 400. New reference. */
 json_t *api_parse_body(api_request *req);
+/* Runs `sql` with $1 = req->id and returns its first row's result (owned by
+ * the caller), or NULL after replying: the database error (`what` says what
+ * was being done), or 404 "no <kind> with id ..." when there is no row. */
+PGresult *api_fetch_one(api_request *req, PGconn *conn, const char *sql, const char *what,
+                        const char *kind);
+/* BEGIN on conn; false after replying the database error. */
+bool api_begin(api_request *req, PGconn *conn);
+/* COMMIT on conn, then replies 200 with row_json(res, 0) (res borrowed), or
+ * the database error (`what`) when the commit fails. */
+void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const char *what,
+                      json_t *(*row_json)(const PGresult *res, int row));
 /* Replies 200 with one page of a list: {"items": [row_json of the first
  * `limit` rows], "position": <cursor after the last shown id>} where the
  * query fetched limit + 1 rows to know whether another page follows; the

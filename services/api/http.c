@@ -197,3 +197,39 @@ void api_reply_page(api_request *req, const PGresult *res, int limit, int id_col
     }
     api_reply_json(req, 200, page);
 }
+
+PGresult *api_fetch_one(api_request *req, PGconn *conn, const char *sql, const char *what,
+                        const char *kind)
+{
+    const char *params[] = {req->id};
+    PGresult *res = api_exec(conn, sql, 1, params);
+    if (!api_ok(res))
+        api_reply_db_error(req, conn, res, what);
+    else if (PQntuples(res) == 0)
+        api_reply_error(req, 404, "not_found", "no %s with id \"%s\"", kind, req->id);
+    else
+        return res;
+    PQclear(res);
+    return NULL;
+}
+
+bool api_begin(api_request *req, PGconn *conn)
+{
+    PGresult *res = PQexec(conn, "BEGIN");
+    bool ok = api_ok(res);
+    if (!ok)
+        api_reply_db_error(req, conn, res, "starting a transaction");
+    PQclear(res);
+    return ok;
+}
+
+void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const char *what,
+                      json_t *(*row_json)(const PGresult *res, int row))
+{
+    PGresult *commit = PQexec(conn, "COMMIT");
+    if (!api_ok(commit))
+        api_reply_db_error(req, conn, commit, what);
+    else
+        api_reply_json(req, 200, row_json(res, 0));
+    PQclear(commit);
+}

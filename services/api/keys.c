@@ -166,14 +166,9 @@ static void get_key(api_request *req)
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
-    const char *params[] = {req->id};
-    PGresult *res =
-        api_exec(conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1", 1, params);
-    if (!api_ok(res))
-        api_reply_db_error(req, conn, res, "reading a key");
-    else if (PQntuples(res) == 0)
-        key_not_found(req);
-    else
+    PGresult *res = api_fetch_one(req, conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1",
+                                  "reading a key", "key");
+    if (res != NULL)
         api_reply_json(req, 200, keys_row_json(res, 0));
     PQclear(res);
     dbpool_release(conn);
@@ -189,23 +184,14 @@ static void update_key(api_request *req)
         json_decref(body);
         return;
     }
-    PGresult *res = PQexec(conn, "BEGIN");
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "starting a transaction");
+    PGresult *res = NULL;
+    if (!api_begin(req, conn))
         goto done;
-    }
-    PQclear(res);
-    const char *id_param[] = {req->id};
-    res = api_exec(conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1 FOR UPDATE", 1,
-                   id_param);
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "reading a key");
+    res = api_fetch_one(req, conn,
+                        "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1 FOR UPDATE",
+                        "reading a key", "key");
+    if (res == NULL)
         goto done;
-    }
-    if (PQntuples(res) == 0) {
-        key_not_found(req);
-        goto done;
-    }
     apimodel_key key;
     apimodel_key_init(&key);
     snprintf(key.name, sizeof key.name, "%s", api_field(res, 0, COL_NAME));
@@ -241,12 +227,7 @@ static void update_key(api_request *req)
         api_reply_db_error(req, conn, res, "updating a key");
         goto done;
     }
-    PGresult *commit = PQexec(conn, "COMMIT");
-    if (!api_ok(commit))
-        api_reply_db_error(req, conn, commit, "committing a key update");
-    else
-        api_reply_json(req, 200, keys_row_json(res, 0));
-    PQclear(commit);
+    api_commit_reply(req, conn, res, "committing a key update", keys_row_json);
 done:
     PQclear(res);
     dbpool_release(conn);

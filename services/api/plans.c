@@ -216,13 +216,9 @@ static void get_plan(api_request *req)
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
-    const char *params[] = {req->id};
-    PGresult *res = api_exec(conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1", 1, params);
-    if (!api_ok(res))
-        api_reply_db_error(req, conn, res, "reading a plan");
-    else if (PQntuples(res) == 0)
-        not_found(req);
-    else
+    PGresult *res = api_fetch_one(req, conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1",
+                                  "reading a plan", "plan");
+    if (res != NULL)
         api_reply_json(req, 200, row_json(res, 0));
     PQclear(res);
     dbpool_release(conn);
@@ -240,23 +236,13 @@ static void update_plan(api_request *req)
     }
     apimodel_plan plan = {0};
     plan_params p = {0};
-    PGresult *res = PQexec(conn, "BEGIN");
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "starting a transaction");
+    PGresult *res = NULL;
+    if (!api_begin(req, conn))
         goto done;
-    }
-    PQclear(res);
-    const char *id_param[] = {req->id};
-    res = api_exec(conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1 FOR UPDATE", 1,
-                   id_param);
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "reading a plan");
+    res = api_fetch_one(req, conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1 FOR UPDATE",
+                        "reading a plan", "plan");
+    if (res == NULL)
         goto done;
-    }
-    if (PQntuples(res) == 0) {
-        not_found(req);
-        goto done;
-    }
     apimodel_error err;
     if (!row_model(res, 0, &plan)) {
         api_reply_error(req, 500, "internal", "out of memory");
@@ -288,12 +274,7 @@ static void update_plan(api_request *req)
         api_reply_db_error(req, conn, res, "updating a plan");
         goto done;
     }
-    PGresult *commit = PQexec(conn, "COMMIT");
-    if (!api_ok(commit))
-        api_reply_db_error(req, conn, commit, "committing a plan update");
-    else
-        api_reply_json(req, 200, row_json(res, 0));
-    PQclear(commit);
+    api_commit_reply(req, conn, res, "committing a plan update", row_json);
 done:
     PQclear(res);
     dbpool_release(conn); /* rolls back what was not committed */
