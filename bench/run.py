@@ -1064,13 +1064,13 @@ def bench_api(ctx, opts):
         fig.note(f"{label:<15} {res['rps']:>9,.0f} req/s, p50 {res['p50_ms']:.2f} ms, "
                  f"p99 {res['p99_ms']:.2f} ms, {res['requests']} requests, "
                  f"{who} CPU {res['cpu_cores']:.2f} cores")
-    fig.note(f"  outcomes      tally_api_authorize_total during the run: "
+    fig.note("  outcomes      tally_api_authorize_total during the run: "
              + ", ".join(f"{k.strip('{}')} +{v:.0f}" for k, v in sorted(outcomes.items())))
     fig.note(f"ratios          api/nginx rate {ratio:.2f}, p99 api/nginx {p99_ratio:.2f}")
     fig.note(f"memory          tally-api peak RSS (VmHWM) {run_rss_mb:.1f} MB in the measured "
              f"run, {setup_rss_mb:.1f} MB in the setup instance; BENCH reports the larger")
-    fig.note(f"yardstick       nginx-light 1 worker, limit_req zone on $http_x_api_key (1M r/s), "
-             f"204 from try_files (see bench/nginx-yardstick.conf)")
+    fig.note("yardstick       nginx-light 1 worker, limit_req zone on $http_x_api_key (1M r/s), "
+             "204 from try_files (see bench/nginx-yardstick.conf)")
     fig.note(f"other load      {load:.0%} of the machine's CPU busy before the runs")
     if load > 0.2:
         fig.note("WARNING         other programs kept the machine busy: figures are noisy")

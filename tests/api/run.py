@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,32 +31,9 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ADMIN_TOKEN = "test-admin-token-5d1c9a0e7f"
 REFRESH_MS = 300
-SANITIZER_PATTERNS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                      "SUMMARY: UndefinedBehaviorSanitizer", "SUMMARY: AddressSanitizer")
-
-
-class Failure(Exception):
-    pass
-
-
-def check(condition, message):
-    if not condition:
-        raise Failure(message)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def clean_env(extra=None):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLY_")}
-    env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1:abort_on_error=0"
-    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-    if extra:
-        env.update(extra)
-    return env
+# The process, port and sanitizer helpers are the integration suite's.
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+from lib import SANITIZER_PATTERNS, Failure, check, clean_env, free_port  # noqa: E402
 
 
 def utc(text):
