@@ -144,16 +144,3 @@ void digest_to_hex(const uint8_t *bytes, size_t len, char *out)
     }
     out[2 * len] = '\0';
 }
-
-void digest_uuid_text(const uint8_t bytes[16], char out[37])
-{
-    static const char hex[] = "0123456789abcdef";
-    size_t n = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[n++] = '-';
-        out[n++] = hex[bytes[i] >> 4];
-        out[n++] = hex[bytes[i] & 0xF];
-    }
-    out[n] = '\0';
-}

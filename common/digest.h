@@ -28,7 +28,5 @@ void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN])
 void digest_event(const char *source, const char *id, uint8_t out[16]);
 /* Writes `len` bytes as lowercase hex plus NUL into out (2 * len + 1 bytes). */
 void digest_to_hex(const uint8_t *bytes, size_t len, char *out);
-/* Writes 16 bytes as a canonical UUID string (36 chars + NUL) into out. */
-void digest_uuid_text(const uint8_t bytes[16], char out[37]);
 
 #endif

@@ -93,11 +93,6 @@ void metrics_observe(metric *m, double value)
     atomic_fetch_add_explicit(&m->count, 1, memory_order_relaxed);
 }
 
-uint64_t metrics_counter_value(const metric *m)
-{
-    return m ? atomic_load_explicit(&m->count, memory_order_relaxed) : 0;
-}
-
 double metrics_gauge_value(const metric *m)
 {
     return m ? atomic_load_explicit(&m->value, memory_order_relaxed) : 0;

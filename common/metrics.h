@@ -26,7 +26,6 @@ metric *metrics_histogram(const char *name, const char *help, const char *labels
 void metrics_add(metric *m, uint64_t n);           /* counters */
 void metrics_set(metric *m, double value);         /* gauges */
 void metrics_observe(metric *m, double value);     /* histograms */
-uint64_t metrics_counter_value(const metric *m);
 double metrics_gauge_value(const metric *m);
 
 /* Renders every metric into out; false when out's limit is hit. */

@@ -40,7 +40,6 @@ struct rollup {
     size_t max_groups;
     group *groups;
     size_t group_count, group_cap;
-    bool any_counted;
     buf strings; /* NUL-terminated group fields */
     index_map group_index;
     counter *counters;
@@ -185,7 +184,6 @@ void rollup_clear(rollup *r)
 {
     r->group_count = 0;
     r->counter_count = 0;
-    r->any_counted = false;
     buf_reset(&r->strings);
     if (r->group_index.slots)
         map_clear(&r->group_index);
@@ -249,19 +247,12 @@ void rollup_add(rollup *r, long index, int64_t units, int64_t bytes)
     g->requests++;
     g->units += units;
     g->bytes += bytes;
-    r->any_counted = true;
 }
 
 void rollup_reset_counts(rollup *r)
 {
     for (size_t i = 0; i < r->group_count; i++)
         r->groups[i].requests = r->groups[i].units = r->groups[i].bytes = 0;
-    r->any_counted = false;
-}
-
-bool rollup_is_empty(const rollup *r)
-{
-    return !r->any_counted;
 }
 
 static bool add_counter(rollup *r, const group *g, int period, int64_t start_s)

@@ -27,8 +27,6 @@ void rollup_add(rollup *r, long group, int64_t units, int64_t bytes);
 /* Sets every group's totals back to zero (before a retried batch is
  * counted again); the groups themselves stay. */
 void rollup_reset_counts(rollup *r);
-/* True when no event has been counted. */
-bool rollup_is_empty(const rollup *r);
 
 #define ROLLUP_HOURLY_COLUMNS  8  /* key_id, hour_s, plan_id, method, endpoint, requests, units, bytes */
 #define ROLLUP_COUNTER_COLUMNS 6  /* key_id, period, start_s, requests, units, bytes */
