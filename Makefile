@@ -23,7 +23,8 @@ BIN_collector := $(wildcard services/collector/*.c)
 BIN_devbroker := $(wildcard tools/devbroker/*.c)
 BIN_loadgen   := $(wildcard tools/loadgen/*.c)
 BIN_api       := $(wildcard services/api/*.c)
-BINARIES      := collector devbroker loadgen api
+BIN_reporter  := $(wildcard services/reporter/*.c)
+BINARIES      := collector devbroker loadgen api reporter
 BIN_FILES     := $(BINARIES:%=$(BUILD)/bin/tally-%)
 
 UNIT_SRC  := $(wildcard tests/unit/*.c)

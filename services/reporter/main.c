@@ -1,0 +1,726 @@
+/* tally-reporter: turns the collector's hourly rollups into Stripe usage.
+ *
+ * Why it cannot lose or double-count usage:
+ *  - Outbox first. Each cycle plans, in ONE statement, a report for every
+ *    (key, plan, hour) whose counted units exceed what its earlier reports
+ *    cover, and commits it (quantity, customer, target, a deterministic
+ *    identifier) before any call is made. A crash before the commit plans
+ *    the same again; after it, the report is in the outbox.
+ *  - Same identifier on every retry. The identifier is a digest of
+ *    (key, plan, hour, seq); a retry after a timeout, a dropped connection or
+ *    a kill -9 between sending and recording carries the same identifier and
+ *    idempotency key, so Stripe either replays its saved answer or refuses
+ *    the repeated identifier, which we count as delivered.
+ *  - Late events raise a bucket's count; the next plan covers only the
+ *    difference, as a new report with the next seq (a new identifier).
+ *  - Nothing is dropped: refusals for good (unknown customer, too old) are
+ *    parked with Stripe's message for an operator (`tally-reporter parked`,
+ *    `requeue`), and their units stay out of the next plans.
+ *
+ * One reporter is active per database (a session advisory lock); another
+ * instance stands by and takes over when the first one's session ends. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "db.h"
+#include "log.h"
+#include "metrics.h"
+#include "ops.h"
+#include "outbox.h"
+#include "sender.h"
+#include "stripe.h"
+#include "timeutil.h"
+
+/* Reports held in memory at most; the outbox holds the rest. */
+#define MAX_IN_MEMORY 100000
+#define LOAD_BATCH 20000
+/* Changes older than this before the previous plan are looked at again:
+ * a collector transaction stamps updated_at when it starts, not when it
+ * commits. A full look happens every hour anyway. */
+#define PLAN_OVERLAP_S 900.0
+#define FULL_PLAN_EVERY_USEC (3600 * USEC_PER_SEC)
+#define FLUSH_EVERY_USEC (200 * 1000)
+#define FLUSH_BATCH 5000
+/* --once: a report that failed this many times in the run is left pending. */
+#define ONCE_GIVE_UP_AFTER 8
+#define API_KEY_MAX 1024
+
+static const char *database_url, *api_base, *api_key_env, *api_key_file, *mode_text,
+    *api_version, *metrics_addr, *log_level_text;
+static long long timeout_ms, interval_s, concurrency, lookback_days;
+static double rate_limit, settle_s;
+static bool once;
+
+static const cfg_setting settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_STRIPE_API_BASE", "stripe-api-base", CFG_STRING, &api_base, "https://api.stripe.com",
+     false, false, 0, 0, "Stripe's base URL (a stand-in's in tests)"},
+    {"TALLY_STRIPE_API_KEY", "stripe-api-key", CFG_STRING, &api_key_env, NULL, false, true, 0, 0,
+     "Stripe secret key (prefer the variable or the file: flags show in ps); never logged"},
+    {"TALLY_STRIPE_API_KEY_FILE", "stripe-api-key-file", CFG_STRING, &api_key_file, NULL, false,
+     false, 0, 0, "file holding the Stripe secret key (e.g. a Docker secret), instead of the "
+     "variable"},
+    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
+     0, "meter_events (Billing Meter Events) or usage_records (legacy subscription-item usage "
+     "records, action=increment)"},
+    {"TALLY_STRIPE_VERSION", "stripe-version", CFG_STRING, &api_version, "", false, false, 0, 0,
+     "Stripe-Version header; empty: the account's default for meter_events, 2025-02-24.acacia "
+     "for usage_records"},
+    {"TALLY_STRIPE_TIMEOUT_MS", "stripe-timeout-ms", CFG_INT, &timeout_ms, "30000", false, false,
+     100, 600000, "a call without an answer after this long is retried (same identifier and "
+     "idempotency key)"},
+    {"TALLY_REPORT_INTERVAL_S", "report-interval-s", CFG_INT, &interval_s, "60", false, false, 1,
+     86400, "how often new usage is planned into reports"},
+    {"TALLY_REPORT_RATE_LIMIT", "report-rate-limit", CFG_DOUBLE, &rate_limit, "100", false, false,
+     0.1, 100000, "ceiling on calls per second to Stripe (Stripe allows 1,000/s for meter "
+     "events in live mode, less in test mode); 429s lower it for a while"},
+    {"TALLY_REPORT_CONCURRENCY", "report-concurrency", CFG_INT, &concurrency, "8", false, false,
+     1, 256, "calls in flight at most (and never two for one customer and meter)"},
+    {"TALLY_REPORT_SETTLE_S", "report-settle-s", CFG_DOUBLE, &settle_s, "300", false, false, 0,
+     86400, "an hour is reported once it ended, or its usage last changed, this long ago (0: "
+     "report the running hour's usage at every cycle)"},
+    {"TALLY_REPORT_LOOKBACK_DAYS", "report-lookback-days", CFG_INT, &lookback_days, "35", false,
+     false, 1, 35, "usage older than this is not reported (Stripe refuses meter events older "
+     "than 35 days)"},
+    {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9102", false,
+     false, 0, 0, "where GET /metrics and GET /healthz listen"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {NULL, "once", CFG_BOOL, &once, "false", false, false, 0, 0,
+     "run one cycle (plan, send everything pending, retrying each report up to 8 times) and "
+     "exit: 0 when nothing is left pending or parked, 1 otherwise, 2 when it could not run"},
+};
+
+static volatile sig_atomic_t stop_requested;
+static volatile sig_atomic_t last_loop_at;
+static volatile sig_atomic_t db_up;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (stop_requested) {
+        /* Reports in flight are in the outbox: they are sent again with the
+         * same identifiers after the restart. */
+        static const char msg[] = "second signal: exiting at once\n";
+        ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)ignored;
+        _exit(130);
+    }
+    stop_requested = 1;
+}
+
+static bool health(char *detail, size_t detail_size)
+{
+    long long idle = (long long)(time(NULL) - last_loop_at);
+    snprintf(detail, detail_size, "main loop ran %llds ago; database %s", idle,
+             db_up ? "connected" : "unavailable");
+    return idle < 120;
+}
+
+/* ---- settings ------------------------------------------------------------ */
+
+/* Reads the Stripe key from the variable or the file; errors never show it. */
+static bool load_api_key(char *out, size_t size, char *err, size_t err_size)
+{
+    if (api_key_env && api_key_file) {
+        snprintf(err, err_size, "set TALLY_STRIPE_API_KEY or TALLY_STRIPE_API_KEY_FILE, not both");
+        return false;
+    }
+    size_t len = 0;
+    if (api_key_env) {
+        len = strlen(api_key_env);
+        if (len >= size) {
+            snprintf(err, err_size, "TALLY_STRIPE_API_KEY: longer than %zu bytes", size - 1);
+            return false;
+        }
+        memcpy(out, api_key_env, len + 1);
+    } else if (api_key_file) {
+        FILE *f = fopen(api_key_file, "r");
+        if (f == NULL) {
+            snprintf(err, err_size, "TALLY_STRIPE_API_KEY_FILE: cannot open %s: %s", api_key_file,
+                     strerror(errno));
+            return false;
+        }
+        len = fread(out, 1, size - 1, f);
+        bool more = fgetc(f) != EOF;
+        fclose(f);
+        if (more) {
+            snprintf(err, err_size, "TALLY_STRIPE_API_KEY_FILE: longer than %zu bytes", size - 1);
+            return false;
+        }
+        while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r' || out[len - 1] == ' '))
+            len--;
+        out[len] = '\0';
+    } else {
+        snprintf(err, err_size, "TALLY_STRIPE_API_KEY or TALLY_STRIPE_API_KEY_FILE is required");
+        return false;
+    }
+    if (len == 0) {
+        snprintf(err, err_size, "the Stripe API key is empty");
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)out[i];
+        if (c <= 0x20 || c >= 0x7f) {
+            /* it goes into a header: no spaces, controls or line breaks */
+            snprintf(err, err_size, "the Stripe API key holds a space or control character");
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool check_api_base(char *out, size_t size, char *err, size_t err_size)
+{
+    size_t len = strlen(api_base);
+    bool https = strncmp(api_base, "https://", 8) == 0;
+    if (!https && strncmp(api_base, "http://", 7) != 0) {
+        snprintf(err, err_size, "TALLY_STRIPE_API_BASE: must start with https:// or http://");
+        return false;
+    }
+    while (len > 0 && api_base[len - 1] == '/')
+        len--;
+    if (len >= size || len <= (size_t)(https ? 8 : 7)) {
+        snprintf(err, err_size, "TALLY_STRIPE_API_BASE: missing host or too long");
+        return false;
+    }
+    memcpy(out, api_base, len);
+    out[len] = '\0';
+    const char *host = out + (https ? 8 : 7);
+    if (!https && strncmp(host, "127.", 4) != 0 && strncmp(host, "localhost", 9) != 0 &&
+        strncmp(host, "[::1]", 5) != 0)
+        log_warn("TALLY_STRIPE_API_BASE is plain http to a remote host: the Stripe key travels "
+                 "unencrypted (fine for a stand-in on a private network, never for Stripe)");
+    return true;
+}
+
+/* ---- the daemon ---------------------------------------------------------- */
+
+typedef struct {
+    stripe_mode mode;
+    PGconn *db;
+    bool locked, standby_logged;
+    int64_t next_connect_usec, connect_backoff_usec;
+    int64_t next_lock_try_usec;
+    sender *snd;
+    int64_t cursor;              /* last report id loaded */
+    bool exhausted;              /* the last load found nothing more */
+    char since[64];              /* where the next incremental plan starts; "" for a full one */
+    int64_t next_full_usec;
+    int64_t next_cycle_usec;
+    int64_t last_flush_usec;
+    bool planned_once;
+    long long planned_reports, planned_units;
+    double plan_seconds;
+    metric *m_pending, *m_parked, *m_oldest, *m_standby, *m_plan_seconds, *m_planned;
+} reporter;
+
+static void db_failed(reporter *rp, const char *err)
+{
+    log_warn("%s", err);
+    if (rp->db && db_connection_lost(rp->db)) {
+        PQfinish(rp->db);
+        rp->db = NULL;
+        rp->locked = false;
+        db_up = 0;
+        /* The lock went with the session: stop starting calls until it is
+         * ours again (another reporter may take over meanwhile). */
+        sender_hold(rp->snd, true);
+    }
+}
+
+static bool ensure_db(reporter *rp, int64_t now)
+{
+    if (rp->db)
+        return true;
+    if (now < rp->next_connect_usec)
+        return false;
+    char err[512];
+    rp->db = db_connect(database_url, "tally-reporter", err, sizeof err);
+    if (rp->db == NULL) {
+        rp->connect_backoff_usec = rp->connect_backoff_usec ? rp->connect_backoff_usec * 2
+                                                            : 250 * 1000;
+        if (rp->connect_backoff_usec > 10 * USEC_PER_SEC)
+            rp->connect_backoff_usec = 10 * USEC_PER_SEC;
+        rp->next_connect_usec = now + rp->connect_backoff_usec;
+        log_warn("%s; retrying in %lld ms", err, (long long)(rp->connect_backoff_usec / 1000));
+        return false;
+    }
+    rp->connect_backoff_usec = 0;
+    db_up = 1;
+    return true;
+}
+
+static bool flush(reporter *rp, bool force)
+{
+    size_t count;
+    report *const *dirty = sender_dirty(rp->snd, &count);
+    int64_t now = time_now_usec();
+    if (count == 0)
+        return true;
+    if (!force && count < FLUSH_BATCH && now - rp->last_flush_usec < FLUSH_EVERY_USEC)
+        return true;
+    if (rp->db == NULL)
+        return false;
+    char err[512];
+    if (!outbox_flush(rp->db, dirty, count, err, sizeof err)) {
+        db_failed(rp, err);
+        return false;
+    }
+    sender_flushed(rp->snd);
+    rp->last_flush_usec = now;
+    return true;
+}
+
+static bool ensure_lock(reporter *rp, int64_t now)
+{
+    if (rp->locked)
+        return true;
+    if (now < rp->next_lock_try_usec)
+        return false;
+    rp->next_lock_try_usec = now + (once ? 0 : interval_s * USEC_PER_SEC / 4 + USEC_PER_SEC);
+    /* Outcomes of calls made before the lock was lost are written first
+     * (only still-pending rows change, so another reporter's work wins). */
+    if (!flush(rp, true))
+        return false;
+    bool held = false;
+    char err[512];
+    if (!outbox_try_lock(rp->db, &held, err, sizeof err)) {
+        db_failed(rp, err);
+        return false;
+    }
+    metrics_set(rp->m_standby, held ? 0 : 1);
+    if (!held) {
+        /* Another reporter owns the outbox now: forget our queue. */
+        sender_drop_queued(rp->snd);
+        if (sender_in_memory(rp->snd) == 0)
+            rp->cursor = 0;
+        if (!rp->standby_logged)
+            log_info("another tally-reporter holds the outbox lock; standing by");
+        rp->standby_logged = true;
+        return false;
+    }
+    log_info("active: this reporter holds the outbox lock");
+    rp->standby_logged = false;
+    rp->locked = true;
+    rp->since[0] = '\0';
+    rp->exhausted = false;
+    if (sender_in_memory(rp->snd) == 0)
+        rp->cursor = 0;
+    sender_hold(rp->snd, stop_requested);
+    return true;
+}
+
+static void read_stats(reporter *rp)
+{
+    outbox_stats st;
+    char err[512];
+    if (!outbox_stats_read(rp->db, &st, err, sizeof err)) {
+        db_failed(rp, err);
+        return;
+    }
+    metrics_set(rp->m_pending, (double)st.pending);
+    metrics_set(rp->m_parked, (double)st.parked);
+    metrics_set(rp->m_oldest, st.oldest_pending_s);
+}
+
+static void plan(reporter *rp, int64_t now)
+{
+    char err[512], next_since[64];
+    bool full = rp->since[0] == '\0' || now >= rp->next_full_usec;
+    int64_t t0 = time_now_usec();
+    if (!outbox_clock(rp->db, PLAN_OVERLAP_S, next_since, sizeof next_since, err, sizeof err)) {
+        db_failed(rp, err);
+        return;
+    }
+    long long reports = 0, units = 0;
+    if (!outbox_plan(rp->db, rp->mode, full ? NULL : rp->since, settle_s, (int)lookback_days,
+                     &reports, &units, err, sizeof err)) {
+        db_failed(rp, err);
+        return;
+    }
+    snprintf(rp->since, sizeof rp->since, "%s", next_since);
+    if (full)
+        rp->next_full_usec = now + FULL_PLAN_EVERY_USEC;
+    rp->plan_seconds = (double)(time_now_usec() - t0) / 1e6;
+    rp->planned_reports += reports;
+    rp->planned_units += units;
+    rp->planned_once = true;
+    rp->exhausted = false;
+    metrics_set(rp->m_plan_seconds, rp->plan_seconds);
+    metrics_add(rp->m_planned, (uint64_t)reports);
+    if (reports > 0)
+        log_info("planned %lld reports (%lld units) in %.2f s (%s look)", reports, units,
+                 rp->plan_seconds, full ? "full" : "incremental");
+    read_stats(rp);
+}
+
+static void take_report(void *ctx, report *r)
+{
+    reporter *rp = ctx;
+    if (once && r->ready_usec > time_now_usec())
+        r->ready_usec = time_now_usec(); /* one run: no waiting for an earlier backoff */
+    if (r->id > rp->cursor)
+        rp->cursor = r->id;
+    sender_add(rp->snd, r);
+}
+
+static void load(reporter *rp)
+{
+    if (rp->exhausted || sender_in_memory(rp->snd) + LOAD_BATCH > MAX_IN_MEMORY)
+        return;
+    char err[512];
+    int loaded = 0;
+    if (!outbox_load(rp->db, rp->cursor, LOAD_BATCH, take_report, rp, &loaded, err, sizeof err)) {
+        db_failed(rp, err);
+        return;
+    }
+    if (loaded < LOAD_BATCH)
+        rp->exhausted = true;
+}
+
+static void register_metrics(reporter *rp)
+{
+    rp->m_pending = metrics_gauge("tally_reporter_pending_reports",
+                                  "reports in the outbox not yet accepted (at the last cycle)",
+                                  NULL);
+    rp->m_parked = metrics_gauge("tally_reporter_parked_reports",
+                                 "reports Stripe refused for good, waiting for an operator", NULL);
+    rp->m_oldest = metrics_gauge("tally_reporter_oldest_unreported_seconds",
+                                 "age of the oldest report not yet accepted by Stripe", NULL);
+    rp->m_standby = metrics_gauge("tally_reporter_standby",
+                                  "1 while another reporter holds the outbox lock", NULL);
+    rp->m_plan_seconds = metrics_gauge("tally_reporter_plan_seconds",
+                                       "how long the last planning statement took", NULL);
+    rp->m_planned = metrics_counter("tally_reporter_reports_planned_total",
+                                    "reports written to the outbox", NULL);
+}
+
+/* One line of JSON on stdout after --once, for scripts and the benchmark. */
+static void print_summary(reporter *rp, double seconds, double send_seconds,
+                          const outbox_stats *st)
+{
+    const sender_totals *t = sender_get_totals(rp->snd);
+    printf("{\"planned\":%lld,\"plannedUnits\":%lld,\"calls\":%lld,\"accepted\":%lld,"
+           "\"duplicates\":%lld,\"unitsAccepted\":%lld,\"retried\":%lld,\"rateLimited\":%lld,"
+           "\"newKeys\":%lld,\"parked\":%lld,\"givenUp\":%lld,\"pendingLeft\":%lld,"
+           "\"parkedTotal\":%lld,\"planSeconds\":%.3f,\"sendSeconds\":%.3f,\"seconds\":%.3f,"
+           "\"callsPerSecond\":%.1f}\n",
+           rp->planned_reports, rp->planned_units, t->sent, t->accepted, t->duplicates,
+           t->units_accepted, t->retried, t->rate_limited, t->new_keys, t->parked, t->given_up,
+           st->pending, st->parked, rp->plan_seconds, send_seconds, seconds,
+           send_seconds > 0 ? (double)t->sent / send_seconds : 0.0);
+    fflush(stdout);
+}
+
+static int run_daemon(void)
+{
+    char err[512], key[API_KEY_MAX + 1], base[600];
+    stripe_mode mode;
+    if (!stripe_parse_mode(mode_text, &mode)) {
+        log_error("TALLY_STRIPE_MODE: \"%s\" is neither meter_events nor usage_records",
+                  mode_text);
+        return 2;
+    }
+    if (!load_api_key(key, sizeof key, err, sizeof err) ||
+        !check_api_base(base, sizeof base, err, sizeof err)) {
+        log_error("%s", err);
+        return 2;
+    }
+    sender_config sc = {
+        .api_base = base,
+        .api_key = key,
+        .api_version = api_version[0]                       ? api_version
+                       : mode == STRIPE_MODE_USAGE_RECORDS ? "2025-02-24.acacia"
+                                                           : "",
+        .timeout_ms = (long)timeout_ms,
+        .concurrency = (int)concurrency,
+        .rate_limit = rate_limit,
+        .give_up_after = once ? ONCE_GIVE_UP_AFTER : 0,
+    };
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        log_error("curl_global_init failed");
+        return 2;
+    }
+    reporter rp;
+    memset(&rp, 0, sizeof rp);
+    rp.mode = mode;
+    register_metrics(&rp);
+    rp.snd = sender_new(&sc, err, sizeof err);
+    explicit_bzero(key, sizeof key); /* the sender keeps the only copy */
+    if (rp.snd == NULL) {
+        log_error("%s", err);
+        return 2;
+    }
+    ops_server *ops = ops_start(metrics_addr, health, err, sizeof err);
+    if (ops == NULL) {
+        log_error("TALLY_METRICS_ADDR: %s", err);
+        sender_free(rp.snd);
+        return 2;
+    }
+    log_info("reporting %s to %s (at most %lld in flight, %.1f calls/s%s)",
+             stripe_mode_name(mode), base, concurrency, rate_limit,
+             once ? "; one cycle" : "");
+
+    int status = 0;
+    int64_t started = time_now_usec(), send_started = 0;
+    while (true) {
+        int64_t now = time_now_usec();
+        last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
+        if (stop_requested)
+            sender_hold(rp.snd, true);
+        if (ensure_db(&rp, now)) {
+            if (!rp.locked && ensure_lock(&rp, now) == false && once && rp.db &&
+                !rp.locked) {
+                log_error("another tally-reporter is active on this database; --once needs the "
+                          "outbox to itself");
+                status = 2;
+                break;
+            }
+            if (rp.locked && !stop_requested && now >= rp.next_cycle_usec &&
+                !(once && rp.planned_once)) {
+                plan(&rp, now);
+                rp.next_cycle_usec = now + interval_s * USEC_PER_SEC;
+                if (send_started == 0)
+                    send_started = time_now_usec();
+            }
+            if (rp.locked && rp.db && !stop_requested)
+                load(&rp);
+            if (rp.db)
+                flush(&rp, false);
+        } else if (once && !rp.planned_once && now - started > 30 * USEC_PER_SEC) {
+            log_error("the database stayed unreachable for 30 s");
+            status = 2;
+            break;
+        }
+        bool drained = sender_idle(rp.snd) && sender_in_flight(rp.snd) == 0;
+        if (stop_requested && sender_in_flight(rp.snd) == 0)
+            break;
+        if (once && rp.planned_once && rp.exhausted && drained)
+            break;
+        if (once && sender_auth_failed(rp.snd) && drained)
+            break;
+        sender_run(rp.snd, 100);
+    }
+    int64_t send_ended = time_now_usec();
+    /* Write every outcome we have; a few tries if the database blinks. */
+    for (int i = 0; i < 20 && !flush(&rp, true); i++) {
+        usleep(250 * 1000);
+        ensure_db(&rp, time_now_usec());
+    }
+    if (once && status == 0) {
+        outbox_stats st = {0};
+        char e2[512];
+        if (rp.db == NULL || !outbox_stats_read(rp.db, &st, e2, sizeof e2)) {
+            log_error("could not read what is left in the outbox");
+            status = 2;
+        } else {
+            double seconds = (double)(send_ended - started) / 1e6;
+            double send_seconds = send_started ? (double)(send_ended - send_started) / 1e6 -
+                                                     rp.plan_seconds
+                                               : 0;
+            print_summary(&rp, seconds, send_seconds, &st);
+            status = st.pending == 0 && st.parked == 0 ? 0 : 1;
+            if (status)
+                log_warn("left in the outbox: %lld pending, %lld parked (see `tally-reporter "
+                         "parked`)",
+                         st.pending, st.parked);
+        }
+    }
+    size_t unwritten;
+    sender_dirty(rp.snd, &unwritten);
+    if (unwritten)
+        log_warn("%zu outcomes could not be written; those reports are sent again (same "
+                 "identifiers) on the next start",
+                 unwritten);
+    ops_stop(ops);
+    sender_free(rp.snd);
+    if (rp.db)
+        PQfinish(rp.db);
+    curl_global_cleanup();
+    log_info("stopped");
+    return status;
+}
+
+/* ---- operator commands ---------------------------------------------------- */
+
+static const char *from_text, *to_text;
+static bool json_out, requeue_all;
+static long long limit_rows, requeue_id;
+static const char *customer_filter;
+
+static const cfg_setting reconcile_settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
+     0, "which target names the rows: the meter event name or the subscription item"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {NULL, "from", CFG_STRING, &from_text, NULL, false, false, 0, 0,
+     "first hour to include (RFC 3339 or YYYY-MM-DD); default: all"},
+    {NULL, "to", CFG_STRING, &to_text, NULL, false, false, 0, 0,
+     "end of the range, exclusive (RFC 3339 or YYYY-MM-DD); default: all"},
+    {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"},
+};
+
+static const cfg_setting parked_settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {NULL, "limit", CFG_INT, &limit_rows, "100", false, false, 1, 100000, "rows at most"},
+    {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"},
+};
+
+static const cfg_setting requeue_settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
+     0, "the mode the requeued reports are sent in"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {NULL, "id", CFG_INT, &requeue_id, "0", false, false, 0, 9e18, "the parked report to requeue"},
+    {NULL, "all", CFG_BOOL, &requeue_all, "false", false, false, 0, 0,
+     "requeue every parked report (of --customer, when given)"},
+    {NULL, "customer", CFG_STRING, &customer_filter, NULL, false, false, 0, 0,
+     "only this Stripe customer's parked reports"},
+};
+
+/* RFC 3339 or a date, normalised for SQL; NULL stays NULL. */
+static bool parse_bound(const char *name, const char *text, char *out, size_t size,
+                        const char **result)
+{
+    int64_t t;
+    *result = NULL;
+    if (text == NULL)
+        return true;
+    if (!time_parse_rfc3339(text, strlen(text), &t) && !time_parse_date(text, strlen(text), &t)) {
+        fprintf(stderr, "tally-reporter: --%s: \"%.60s\" is neither RFC 3339 nor YYYY-MM-DD\n",
+                name, text);
+        return false;
+    }
+    time_format_rfc3339(t, out, size);
+    *result = out;
+    return true;
+}
+
+static PGconn *connect_or_say(void)
+{
+    char err[512];
+    PGconn *db = db_connect(database_url, "tally-reporter", err, sizeof err);
+    if (db == NULL)
+        fprintf(stderr, "tally-reporter: %s\n", err);
+    return db;
+}
+
+static int run_command(const char *command, int argc, char **argv)
+{
+    log_level level;
+    char program[64];
+    snprintf(program, sizeof program, "tally-reporter %s", command);
+    char err[512];
+    stripe_mode mode = STRIPE_MODE_METER_EVENTS;
+    int status;
+    if (strcmp(command, "reconcile") == 0) {
+        status = cfg_start(
+            program, "tally-reporter reconcile [--from T] [--to T] [--json]",
+            "Per Stripe customer and meter (or subscription item): units counted, accepted by "
+            "Stripe, still\npending, parked. Exit status 0 when counted = accepted + pending "
+            "for every row, 1 when\nany row differs (parked or unreported units, or more "
+            "accepted than counted), 2 on errors.",
+            reconcile_settings, sizeof reconcile_settings / sizeof reconcile_settings[0], argc,
+            argv, &log_level_text, &level);
+    } else if (strcmp(command, "parked") == 0) {
+        status = cfg_start(program, "tally-reporter parked [--limit N] [--json]",
+                           "Lists the reports Stripe refused for good, with Stripe's message.",
+                           parked_settings, sizeof parked_settings / sizeof parked_settings[0],
+                           argc, argv, &log_level_text, &level);
+    } else {
+        status = cfg_start(
+            program, "tally-reporter requeue (--id N | --all) [--customer cus_...]",
+            "Sends parked reports again (after fixing what Stripe refused): the customer and "
+            "target are\nread again from the key and plan, the identifier stays, the "
+            "idempotency key is new.",
+            requeue_settings, sizeof requeue_settings / sizeof requeue_settings[0], argc, argv,
+            &log_level_text, &level);
+    }
+    if (status >= 0)
+        return status;
+    log_init("reporter", level);
+    if (mode_text && !stripe_parse_mode(mode_text, &mode)) {
+        fprintf(stderr, "tally-reporter: TALLY_STRIPE_MODE: \"%s\" is neither meter_events nor "
+                        "usage_records\n",
+                mode_text);
+        return 2;
+    }
+    char from_buf[TIME_RFC3339_LEN], to_buf[TIME_RFC3339_LEN];
+    const char *from = NULL, *to = NULL;
+    if (strcmp(command, "requeue") == 0 && (requeue_id > 0) == requeue_all) {
+        fprintf(stderr, "tally-reporter requeue: give --id N or --all (see --help)\n");
+        return 2;
+    }
+    if (!parse_bound("from", from_text, from_buf, sizeof from_buf, &from) ||
+        !parse_bound("to", to_text, to_buf, sizeof to_buf, &to))
+        return 2;
+    PGconn *db = connect_or_say();
+    if (db == NULL)
+        return 2;
+    long long n = 0;
+    bool ok;
+    if (strcmp(command, "reconcile") == 0) {
+        ok = outbox_reconcile(db, mode, from, to, json_out, stdout, &n, err, sizeof err);
+        status = !ok ? 2 : n > 0 ? 1 : 0;
+        if (ok && !json_out)
+            printf("%lld row(s) differ\n", n);
+    } else if (strcmp(command, "parked") == 0) {
+        ok = outbox_list_parked(db, (int)limit_rows, json_out, stdout, &n, err, sizeof err);
+        status = ok ? 0 : 2;
+        if (ok && !json_out)
+            printf("%lld parked report(s) shown\n", n);
+    } else {
+        ok = outbox_requeue(db, mode, requeue_id, customer_filter, &n, err, sizeof err);
+        status = ok ? 0 : 2;
+        if (ok)
+            printf("%lld report(s) requeued\n", n);
+    }
+    if (!ok)
+        fprintf(stderr, "tally-reporter: %s\n", err);
+    PQfinish(db);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && (strcmp(argv[1], "reconcile") == 0 || strcmp(argv[1], "parked") == 0 ||
+                     strcmp(argv[1], "requeue") == 0))
+        return run_command(argv[1], argc - 1, argv + 1);
+    log_level level;
+    int status = cfg_start(
+        "tally-reporter", "tally-reporter [--once] [--flag value ...] | reconcile | parked | requeue",
+        "Reports the units the collector counted to Stripe as idempotent increments per key / "
+        "plan / hour,\nthrough an outbox in PostgreSQL: nothing lost, nothing billed twice. "
+        "Subcommands (each has --help):\n  reconcile  counted vs reported per customer and "
+        "meter\n  parked     reports Stripe refused for good\n  requeue    send parked "
+        "reports again\nSIGTERM lets calls in flight finish, records them and exits; a second "
+        "signal exits at once.",
+        settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
+    if (status >= 0)
+        return status;
+    log_init("reporter", level);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    last_loop_at = (sig_atomic_t)time(NULL);
+    return run_daemon();
+}

@@ -1,0 +1,863 @@
+#include "sender.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+
+#include "buf.h"
+#include "digest.h"
+#include "log.h"
+#include "metrics.h"
+#include "timeutil.h"
+#include "tokenbucket.h"
+
+/* An answer body past this is cut (Stripe's errors are a few hundred bytes). */
+#define REPLY_MAX (64 * 1024)
+/* A usage record has only its idempotency key as a guard, and Stripe may
+ * prune keys after 24 hours: one still unconfirmed after this long is parked
+ * for an operator rather than retried into a possible double count. */
+#define USAGE_RECORD_WINDOW_USEC (23 * USEC_PER_HOUR)
+/* After this many retryable failures in a row (any report), everything
+ * pauses: Stripe or the network is down, hammering it helps nobody. */
+#define OUTAGE_FAILURES 20
+#define OUTAGE_PAUSE_MAX_USEC (60 * USEC_PER_SEC)
+#define AUTH_PAUSE_USEC (30 * USEC_PER_SEC)
+
+typedef struct lane {
+    char *name;                 /* "<mode>\x1f<customer>\x1f<target>" */
+    uint64_t hash;
+    report *head, *tail;
+    bool busy;                  /* a call in flight */
+    bool scheduled;             /* on the ready FIFO or the delayed list */
+    struct lane *next;          /* link in that list */
+} lane;
+
+typedef struct {
+    CURL *easy;
+    struct curl_slist *headers;
+    buf reply;
+    report *r;
+    lane *l;
+    long should_retry;          /* -1 absent, 0, 1 */
+    bool replayed;
+    char curl_error[CURL_ERROR_SIZE];
+    int64_t started_usec;
+} slot;
+
+struct sender {
+    sender_config cfg;
+    char *auth_header;
+    CURLM *multi;
+    slot *slots;
+    int free_count;
+    int *free_slots;
+    /* lanes: open addressing, grows at 50% */
+    lane **lanes;
+    size_t lane_cap, lane_count;
+    lane *ready_head, *ready_tail;  /* may start now */
+    lane *delayed;                  /* waiting for a backoff */
+    /* dirty reports, written by the caller */
+    report **dirty;
+    size_t dirty_count, dirty_cap;
+    size_t in_memory, in_flight;
+    tokenbucket bucket;
+    double rate;                    /* the effective rate: the ceiling, lower after 429s */
+    int64_t rate_recovered_usec;
+    int64_t pause_until_usec;
+    int consecutive_failures;
+    int outage_pauses;
+    bool hold, auth_failed;
+    int64_t auth_logged_usec;
+    sender_totals totals;
+    metric *m_sent, *m_accepted, *m_duplicates, *m_retried, *m_rate_limited, *m_parked,
+        *m_new_keys, *m_units, *m_latency, *m_in_flight, *m_rate;
+};
+
+/* ---- lanes ------------------------------------------------------------- */
+
+static uint64_t hash_text(const char *text)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        h = (h ^ *p) * 1099511628211ULL;
+    return h;
+}
+
+static bool lanes_grow(sender *s)
+{
+    size_t cap = s->lane_cap ? s->lane_cap * 2 : 1024;
+    lane **fresh = calloc(cap, sizeof *fresh);
+    if (fresh == NULL)
+        return false;
+    for (size_t i = 0; i < s->lane_cap; i++) {
+        lane *l = s->lanes[i];
+        if (l == NULL)
+            continue;
+        size_t j = l->hash & (cap - 1);
+        while (fresh[j])
+            j = (j + 1) & (cap - 1);
+        fresh[j] = l;
+    }
+    free(s->lanes);
+    s->lanes = fresh;
+    s->lane_cap = cap;
+    return true;
+}
+
+static lane *lane_for(sender *s, const report *r)
+{
+    char name[512];
+    snprintf(name, sizeof name, "%s\x1f%s\x1f%s", stripe_mode_column(r->mode), r->customer,
+             r->target);
+    uint64_t h = hash_text(name);
+    if ((s->lane_count + 1) * 2 > s->lane_cap && !lanes_grow(s))
+        return NULL;
+    size_t j = h & (s->lane_cap - 1);
+    for (; s->lanes[j]; j = (j + 1) & (s->lane_cap - 1)) {
+        if (s->lanes[j]->hash == h && strcmp(s->lanes[j]->name, name) == 0)
+            return s->lanes[j];
+    }
+    lane *l = calloc(1, sizeof *l);
+    if (l == NULL || (l->name = strdup(name)) == NULL) {
+        free(l);
+        return NULL;
+    }
+    l->hash = h;
+    s->lanes[j] = l;
+    s->lane_count++;
+    return l;
+}
+
+/* Puts an idle lane with work where the dispatcher finds it. */
+static void lane_schedule(sender *s, lane *l, int64_t now)
+{
+    if (l->busy || l->scheduled || l->head == NULL)
+        return;
+    l->scheduled = true;
+    l->next = NULL;
+    if (l->head->ready_usec <= now) {
+        if (s->ready_tail)
+            s->ready_tail->next = l;
+        else
+            s->ready_head = l;
+        s->ready_tail = l;
+    } else {
+        l->next = s->delayed;
+        s->delayed = l;
+    }
+}
+
+static lane *ready_pop(sender *s)
+{
+    lane *l = s->ready_head;
+    if (l) {
+        s->ready_head = l->next;
+        if (s->ready_head == NULL)
+            s->ready_tail = NULL;
+        l->next = NULL;
+        l->scheduled = false;
+    }
+    return l;
+}
+
+/* Moves delayed lanes whose head is due to the ready FIFO. */
+static void promote_delayed(sender *s, int64_t now)
+{
+    lane **link = &s->delayed;
+    while (*link) {
+        lane *l = *link;
+        if (l->head->ready_usec <= now) {
+            *link = l->next;
+            l->scheduled = false;
+            lane_schedule(s, l, now);
+        } else {
+            link = &l->next;
+        }
+    }
+}
+
+static int64_t next_delayed_usec(const sender *s)
+{
+    int64_t next = INT64_MAX;
+    for (const lane *l = s->delayed; l; l = l->next)
+        if (l->head->ready_usec < next)
+            next = l->head->ready_usec;
+    return next;
+}
+
+/* ---- set-up ------------------------------------------------------------ */
+
+static size_t on_body(char *data, size_t size, size_t n, void *ctx)
+{
+    slot *sl = ctx;
+    size_t len = size * n;
+    size_t room = sl->reply.max - sl->reply.len;
+    /* past the limit the rest is dropped, not an error: the status decides */
+    if (!buf_append(&sl->reply, data, len < room ? len : room)) {
+        /* out of memory: the answer is read as having no body */
+    }
+    return len;
+}
+
+static bool header_is(const char *line, size_t len, const char *name, const char **value,
+                      size_t *value_len)
+{
+    size_t n = strlen(name);
+    if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':')
+        return false;
+    const char *v = line + n + 1, *end = line + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
+        end--;
+    *value = v;
+    *value_len = (size_t)(end - v);
+    return true;
+}
+
+static size_t on_header(char *line, size_t size, size_t n, void *ctx)
+{
+    slot *sl = ctx;
+    size_t len = size * n;
+    const char *v;
+    size_t vlen;
+    if (header_is(line, len, "Stripe-Should-Retry", &v, &vlen))
+        sl->should_retry = vlen == 4 && strncasecmp(v, "true", 4) == 0 ? 1 : 0;
+    else if (header_is(line, len, "Idempotent-Replayed", &v, &vlen))
+        sl->replayed = vlen == 4 && strncasecmp(v, "true", 4) == 0;
+    return len;
+}
+
+static void register_metrics(sender *s)
+{
+    static const double bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+    s->m_sent = metrics_counter("tally_reporter_calls_total", "calls made to Stripe", NULL);
+    s->m_accepted = metrics_counter("tally_reporter_reports_accepted_total",
+                                    "reports Stripe counted (duplicates included)", NULL);
+    s->m_duplicates = metrics_counter(
+        "tally_reporter_reports_duplicate_total",
+        "reports Stripe refused as a repeated identifier: counted earlier, so delivered", NULL);
+    s->m_retried = metrics_counter("tally_reporter_calls_retried_total",
+                                   "calls that failed in a retryable way (429s included)", NULL);
+    s->m_rate_limited = metrics_counter("tally_reporter_rate_limited_total",
+                                        "429 answers; each one halves the request rate", NULL);
+    s->m_parked = metrics_counter("tally_reporter_reports_parked_total",
+                                  "reports Stripe refused for good, left for an operator", NULL);
+    s->m_new_keys = metrics_counter(
+        "tally_reporter_idempotency_keys_renewed_total",
+        "meter events retried under a new idempotency key after replayed failures", NULL);
+    s->m_units = metrics_counter("tally_reporter_units_accepted_total",
+                                 "units in the reports Stripe counted", NULL);
+    s->m_latency = metrics_histogram("tally_reporter_call_seconds", "Stripe call duration", NULL,
+                                     bounds, sizeof bounds / sizeof bounds[0]);
+    s->m_in_flight = metrics_gauge("tally_reporter_calls_in_flight", "calls in flight", NULL);
+    s->m_rate = metrics_gauge("tally_reporter_request_rate",
+                              "the current request rate ceiling (calls/s; lowered by 429s)", NULL);
+}
+
+sender *sender_new(const sender_config *config, char *err, size_t err_size)
+{
+    sender *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    s->cfg = *config;
+    size_t len = strlen("Authorization: Bearer ") + strlen(config->api_key) + 1;
+    s->auth_header = malloc(len);
+    s->multi = curl_multi_init();
+    s->slots = calloc((size_t)config->concurrency, sizeof *s->slots);
+    s->free_slots = calloc((size_t)config->concurrency, sizeof *s->free_slots);
+    if (s->auth_header == NULL || s->multi == NULL || s->slots == NULL || s->free_slots == NULL ||
+        !lanes_grow(s)) {
+        snprintf(err, err_size, "out of memory");
+        sender_free(s);
+        return NULL;
+    }
+    snprintf(s->auth_header, len, "Authorization: Bearer %s", config->api_key);
+    curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)config->concurrency);
+    for (int i = 0; i < config->concurrency; i++) {
+        slot *sl = &s->slots[i];
+        buf_init(&sl->reply, REPLY_MAX);
+        sl->easy = curl_easy_init();
+        if (sl->easy == NULL) {
+            snprintf(err, err_size, "curl_easy_init failed");
+            sender_free(s);
+            return NULL;
+        }
+        CURL *e = sl->easy;
+        curl_easy_setopt(e, CURLOPT_PRIVATE, sl);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, sl);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, sl);
+        curl_easy_setopt(e, CURLOPT_ERRORBUFFER, sl->curl_error);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, config->timeout_ms);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         config->timeout_ms < 10000 ? config->timeout_ms : 10000L);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+        /* TLS: verify the peer and the host name (libcurl's defaults, made
+         * explicit so no build or environment can weaken them). */
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "tally-reporter/1.0");
+        curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+        s->free_slots[s->free_count++] = i;
+    }
+    s->rate = config->rate_limit;
+    tokenbucket_init(&s->bucket, 1, time_now_usec());
+    register_metrics(s);
+    metrics_set(s->m_rate, s->rate);
+    return s;
+}
+
+static void free_lane_reports(lane *l)
+{
+    for (report *r = l->head, *next; r; r = next) {
+        next = r->lane_next;
+        if (!r->dirty)
+            free(r); /* dirty ones are on the dirty list and freed there */
+    }
+}
+
+void sender_free(sender *s)
+{
+    if (s == NULL)
+        return;
+    for (int i = 0; s->slots && i < s->cfg.concurrency; i++) {
+        slot *sl = &s->slots[i];
+        if (sl->easy) {
+            if (sl->r)
+                curl_multi_remove_handle(s->multi, sl->easy);
+            curl_easy_cleanup(sl->easy);
+        }
+        curl_slist_free_all(sl->headers);
+        buf_free(&sl->reply);
+    }
+    for (size_t i = 0; i < s->lane_cap; i++) {
+        if (s->lanes[i]) {
+            free_lane_reports(s->lanes[i]);
+            free(s->lanes[i]->name);
+            free(s->lanes[i]);
+        }
+    }
+    for (size_t i = 0; i < s->dirty_count; i++)
+        free(s->dirty[i]);
+    free(s->dirty);
+    free(s->lanes);
+    if (s->multi)
+        curl_multi_cleanup(s->multi);
+    if (s->auth_header) {
+        explicit_bzero(s->auth_header, strlen(s->auth_header));
+        free(s->auth_header);
+    }
+    free(s->slots);
+    free(s->free_slots);
+    free(s);
+}
+
+/* ---- queueing and outcomes -------------------------------------------- */
+
+static void mark_dirty(sender *s, report *r)
+{
+    if (r->dirty)
+        return;
+    if (s->dirty_count == s->dirty_cap) {
+        size_t cap = s->dirty_cap ? s->dirty_cap * 2 : 1024;
+        report **fresh = realloc(s->dirty, cap * sizeof *fresh);
+        if (fresh == NULL) {
+            /* The state is still in memory: it is written once there is
+             * room, or the report is simply sent again after a restart. */
+            log_warn("out of memory recording an outcome");
+            return;
+        }
+        s->dirty = fresh;
+        s->dirty_cap = cap;
+    }
+    r->dirty = true;
+    s->dirty[s->dirty_count++] = r;
+}
+
+void sender_add(sender *s, report *r)
+{
+    lane *l = lane_for(s, r);
+    if (l == NULL) {
+        log_error("out of memory queueing report %lld; it stays pending in the database",
+                  (long long)r->id);
+        free(r);
+        return;
+    }
+    r->lane_next = NULL;
+    if (l->tail)
+        l->tail->lane_next = r;
+    else
+        l->head = r;
+    l->tail = r;
+    s->in_memory++;
+    lane_schedule(s, l, time_now_usec());
+}
+
+/* Keeps valid UTF-8 when cutting `text` to fit `size` (the database refuses
+ * anything else, and Stripe's messages are not ASCII-only). */
+static void set_error(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_error(report *r, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
+    va_end(ap);
+    if (n >= (int)sizeof r->last_error) {
+        size_t end = sizeof r->last_error - 1;
+        while (end > 0 && ((unsigned char)r->last_error[end] & 0xC0) == 0x80)
+            end--;
+        r->last_error[end] = '\0';
+    }
+}
+
+static double jitter(void)
+{
+    uint32_t v = 0;
+    if (getrandom(&v, sizeof v, 0) != sizeof v)
+        v = (uint32_t)time_now_usec();
+    return (double)v / 4294967295.0;
+}
+
+/* A done report leaves its lane; the lane goes back to the dispatcher. */
+static void lane_release(sender *s, lane *l, report *r, int64_t now)
+{
+    l->busy = false;
+    r->in_flight = false;
+    if (r->status != REPORT_PENDING || r->given_up) {
+        l->head = r->lane_next;
+        if (l->head == NULL)
+            l->tail = NULL;
+        r->lane_next = NULL;
+    }
+    lane_schedule(s, l, now);
+}
+
+/* --once: the report stays pending in the database for a later run;
+ * lane_release takes it out of its lane, the flush frees it. */
+static void give_up(sender *s, report *r)
+{
+    r->given_up = true;
+    s->totals.given_up++;
+}
+
+static void schedule_retry(sender *s, report *r, int64_t now, int failures)
+{
+    r->ready_usec = now + (int64_t)(stripe_backoff_s(failures, jitter()) * 1e6);
+    if (s->cfg.give_up_after > 0 && failures >= s->cfg.give_up_after)
+        give_up(s, r);
+}
+
+static void note_failure(sender *s, int64_t now)
+{
+    if (++s->consecutive_failures < OUTAGE_FAILURES)
+        return;
+    int64_t pause = USEC_PER_SEC << (s->outage_pauses < 6 ? s->outage_pauses : 6);
+    if (pause > OUTAGE_PAUSE_MAX_USEC)
+        pause = OUTAGE_PAUSE_MAX_USEC;
+    s->outage_pauses++;
+    s->consecutive_failures = 0;
+    if (now + pause > s->pause_until_usec)
+        s->pause_until_usec = now + pause;
+    log_warn("%d calls in a row failed; pausing all calls for %lld s", OUTAGE_FAILURES,
+             (long long)(pause / USEC_PER_SEC));
+}
+
+typedef struct {
+    char type[64], code[64], message[400];
+} stripe_error;
+
+static void parse_error(const buf *reply, stripe_error *out)
+{
+    memset(out, 0, sizeof *out);
+    if (reply->len == 0)
+        return;
+    json_t *doc = json_loadb(reply->data, reply->len, 0, NULL);
+    json_t *e = json_object_get(doc, "error");
+    const char *type = json_string_value(json_object_get(e, "type"));
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *message = json_string_value(json_object_get(e, "message"));
+    if (type)
+        snprintf(out->type, sizeof out->type, "%s", type);
+    if (code)
+        snprintf(out->code, sizeof out->code, "%s", code);
+    if (message)
+        snprintf(out->message, sizeof out->message, "%s", message);
+    json_decref(doc);
+}
+
+static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
+{
+    report *r = sl->r;
+    lane *l = sl->l;
+    long status = 0;
+    if (result == CURLE_OK)
+        curl_easy_getinfo(sl->easy, CURLINFO_RESPONSE_CODE, &status);
+    metrics_observe(s->m_latency, (double)(now - sl->started_usec) / 1e6);
+    stripe_error e;
+    parse_error(&sl->reply, &e);
+    if (status >= 500 && sl->replayed)
+        r->replayed_failures++;
+    else if (status < 500)
+        r->replayed_failures = 0;
+    stripe_reply reply = {
+        .http_status = status,
+        .should_retry = (int)sl->should_retry,
+        .replayed = sl->replayed,
+        .error_type = e.type[0] ? e.type : NULL,
+        .error_message = e.message[0] ? e.message : NULL,
+        .replayed_failures = r->replayed_failures,
+    };
+    stripe_outcome outcome = stripe_classify(r->mode, &reply);
+    r->last_http_status = (int)status;
+    if (status == 0)
+        set_error(r, "no answer: %s", sl->curl_error[0] ? sl->curl_error
+                                                        : curl_easy_strerror(result));
+    else if (e.message[0])
+        set_error(r, "HTTP %ld %s%s%s: %s", status, e.type, e.code[0] ? "/" : "", e.code,
+                  e.message);
+    else
+        set_error(r, "HTTP %ld without a Stripe error body", status);
+    if (outcome != STRIPE_RETRY && outcome != STRIPE_RATE_LIMITED)
+        s->consecutive_failures = 0;
+    if (outcome == STRIPE_ACCEPTED || outcome == STRIPE_DUPLICATE)
+        s->outage_pauses = 0;
+
+    switch (outcome) {
+    case STRIPE_ACCEPTED:
+    case STRIPE_DUPLICATE:
+        r->status = REPORT_ACCEPTED;
+        if (outcome == STRIPE_ACCEPTED) {
+            r->last_error[0] = '\0';
+        } else {
+            set_error(r, "duplicate identifier: Stripe had counted it already");
+            s->totals.duplicates++;
+            metrics_add(s->m_duplicates, 1);
+        }
+        s->totals.accepted++;
+        s->totals.units_accepted += r->quantity;
+        metrics_add(s->m_accepted, 1);
+        metrics_add(s->m_units, (uint64_t)r->quantity);
+        break;
+    case STRIPE_RATE_LIMITED: {
+        /* 429 slows everybody: halve the rate, pause for a backoff. */
+        s->totals.rate_limited++;
+        metrics_add(s->m_rate_limited, 1);
+        double floor = s->cfg.rate_limit / 64 < 0.1 ? 0.1 : s->cfg.rate_limit / 64;
+        s->rate = s->rate / 2 < floor ? floor : s->rate / 2;
+        s->rate_recovered_usec = now;
+        metrics_set(s->m_rate, s->rate);
+        int64_t pause = now + (int64_t)(stripe_backoff_s(r->attempts, jitter()) * 1e6);
+        if (pause > s->pause_until_usec)
+            s->pause_until_usec = pause;
+    }
+        /* fall through */
+    case STRIPE_RETRY:
+        s->totals.retried++;
+        metrics_add(s->m_retried, 1);
+        note_failure(s, now);
+        schedule_retry(s, r, now, r->attempts);
+        break;
+    case STRIPE_NEW_KEY:
+        r->generation++;
+        r->replayed_failures = 0;
+        s->totals.new_keys++;
+        s->totals.retried++;
+        metrics_add(s->m_new_keys, 1);
+        metrics_add(s->m_retried, 1);
+        schedule_retry(s, r, now, 1);
+        log_info("report %lld: Stripe keeps replaying a saved failure; retrying under "
+                 "idempotency key generation %d, same identifier",
+                 (long long)r->id, r->generation);
+        break;
+    case STRIPE_AUTH_FAILED:
+        s->auth_failed = true;
+        if (now - s->auth_logged_usec > 60 * USEC_PER_SEC || s->auth_logged_usec == 0) {
+            log_error("Stripe refused the API key (%s); pausing all calls for %d s — check "
+                      "TALLY_STRIPE_API_KEY",
+                      r->last_error, (int)(AUTH_PAUSE_USEC / USEC_PER_SEC));
+            s->auth_logged_usec = now;
+        }
+        s->pause_until_usec = now + AUTH_PAUSE_USEC;
+        r->ready_usec = s->pause_until_usec;
+        if (s->cfg.give_up_after > 0)
+            give_up(s, r);
+        break;
+    case STRIPE_PARK:
+        r->status = REPORT_PARKED;
+        s->totals.parked++;
+        metrics_add(s->m_parked, 1);
+        log_warn("report %lld (%s, %s, hour %lld, %lld units) parked: %s", (long long)r->id,
+                 r->customer, r->target, (long long)r->hour, (long long)r->quantity,
+                 r->last_error);
+        break;
+    }
+    log_debug("report %lld: HTTP %ld -> %s", (long long)r->id, status,
+              stripe_outcome_name(outcome));
+    mark_dirty(s, r);
+    lane_release(s, l, r, now);
+}
+
+/* A usage record sent long ago and never confirmed cannot be retried safely
+ * (its idempotency key may be gone): park it for an operator to check. */
+static bool park_stale_usage_record(sender *s, report *r, int64_t now)
+{
+    if (r->mode != STRIPE_MODE_USAGE_RECORDS || r->first_sent_usec == 0 ||
+        now - r->first_sent_usec < USAGE_RECORD_WINDOW_USEC)
+        return false;
+    r->status = REPORT_PARKED;
+    set_error(r, "usage record unconfirmed for 23 hours: Stripe may have counted it and its "
+                 "idempotency key may expire; check the subscription item's usage in Stripe, "
+                 "then requeue it or leave it parked (last: %d)",
+              r->last_http_status);
+    s->totals.parked++;
+    metrics_add(s->m_parked, 1);
+    mark_dirty(s, r);
+    return true;
+}
+
+static bool build_request(sender *s, slot *sl, report *r)
+{
+    char url[1024], key_header[STRIPE_IDEMPOTENCY_KEY_MAX + 32], idem[STRIPE_IDEMPOTENCY_KEY_MAX + 1];
+    char number[32], stamp[32];
+    buf body;
+    buf_init(&body, 8192);
+    snprintf(number, sizeof number, "%lld", (long long)r->quantity);
+    snprintf(stamp, sizeof stamp, "%lld", (long long)r->hour);
+    bool ok;
+    if (r->mode == STRIPE_MODE_METER_EVENTS) {
+        snprintf(url, sizeof url, "%s/v1/billing/meter_events", s->cfg.api_base);
+        ok = stripe_form_add(&body, "event_name", r->target) &&
+             stripe_form_add(&body, "payload[stripe_customer_id]", r->customer) &&
+             stripe_form_add(&body, "payload[value]", number) &&
+             stripe_form_add(&body, "identifier", r->identifier) &&
+             stripe_form_add(&body, "timestamp", stamp);
+    } else {
+        char *item = curl_easy_escape(sl->easy, r->target, 0);
+        ok = item != NULL;
+        if (ok)
+            snprintf(url, sizeof url, "%s/v1/subscription_items/%s/usage_records",
+                     s->cfg.api_base, item);
+        curl_free(item);
+        ok = ok && stripe_form_add(&body, "quantity", number) &&
+             stripe_form_add(&body, "timestamp", stamp) &&
+             stripe_form_add(&body, "action", "increment");
+    }
+    ok = ok && stripe_idempotency_key(r->identifier, r->generation, idem, sizeof idem);
+    snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", idem);
+    curl_slist_free_all(sl->headers);
+    sl->headers = NULL;
+    struct curl_slist *h = NULL;
+    const char *fixed[] = {s->auth_header, "Content-Type: application/x-www-form-urlencoded",
+                           key_header, "Expect:"};
+    for (size_t i = 0; ok && i < sizeof fixed / sizeof fixed[0]; i++) {
+        struct curl_slist *next = curl_slist_append(h, fixed[i]);
+        ok = next != NULL;
+        h = next ? next : h;
+    }
+    if (ok && s->cfg.api_version[0]) {
+        char version[128];
+        snprintf(version, sizeof version, "Stripe-Version: %s", s->cfg.api_version);
+        struct curl_slist *next = curl_slist_append(h, version);
+        ok = next != NULL;
+        h = next ? next : h;
+    }
+    sl->headers = h;
+    if (ok) {
+        curl_easy_setopt(sl->easy, CURLOPT_URL, url);
+        curl_easy_setopt(sl->easy, CURLOPT_HTTPHEADER, sl->headers);
+        curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDSIZE, (long)body.len);
+        curl_easy_setopt(sl->easy, CURLOPT_COPYPOSTFIELDS, body.data);
+    }
+    buf_free(&body);
+    return ok;
+}
+
+/* Starts the head of `l` in a free slot. */
+static void start_call(sender *s, lane *l, int64_t now)
+{
+    report *r = l->head;
+    if (park_stale_usage_record(s, r, now)) {
+        lane_release(s, l, r, now);
+        return;
+    }
+    slot *sl = &s->slots[s->free_slots[--s->free_count]];
+    buf_reset(&sl->reply);
+    sl->should_retry = -1;
+    sl->replayed = false;
+    sl->curl_error[0] = '\0';
+    if (!build_request(s, sl, r)) {
+        s->free_count++;
+        r->ready_usec = now + USEC_PER_SEC;
+        log_warn("report %lld: could not build the request (out of memory?)", (long long)r->id);
+        lane_schedule(s, l, now);
+        return;
+    }
+    sl->r = r;
+    sl->l = l;
+    sl->started_usec = now;
+    l->busy = true;
+    r->in_flight = true;
+    r->attempts++;
+    r->last_sent_usec = now;
+    if (r->first_sent_usec == 0)
+        r->first_sent_usec = now;
+    s->in_flight++;
+    s->totals.sent++;
+    metrics_add(s->m_sent, 1);
+    CURLMcode mc = curl_multi_add_handle(s->multi, sl->easy);
+    if (mc != CURLM_OK) {
+        log_error("curl_multi_add_handle: %s", curl_multi_strerror(mc));
+        handle_answer(s, sl, CURLE_FAILED_INIT, now);
+        sl->r = NULL;
+        s->free_slots[s->free_count++] = (int)(sl - s->slots);
+        s->in_flight--;
+    }
+}
+
+static void dispatch(sender *s, int64_t now)
+{
+    /* 429s halved the rate; it creeps back (10% a second) while calls pass */
+    if (s->rate < s->cfg.rate_limit && now - s->rate_recovered_usec >= USEC_PER_SEC) {
+        s->rate = s->rate * 1.1 > s->cfg.rate_limit ? s->cfg.rate_limit : s->rate * 1.1;
+        s->rate_recovered_usec = now;
+        metrics_set(s->m_rate, s->rate);
+    }
+    promote_delayed(s, now);
+    if (s->hold || now < s->pause_until_usec)
+        return;
+    /* A small burst (50 ms worth) keeps every one-second window under the
+     * ceiling. */
+    int64_t burst = 1 + (int64_t)(s->rate / 20);
+    while (s->free_count > 0 && s->ready_head) {
+        if (!tokenbucket_take(&s->bucket, s->rate, burst, now))
+            break;
+        start_call(s, ready_pop(s), now);
+    }
+}
+
+void sender_run(sender *s, int max_wait_ms)
+{
+    int64_t now = time_now_usec();
+    dispatch(s, now);
+    /* Wait no longer than until the next token, backoff or pause ends. */
+    int64_t wake = now + (int64_t)max_wait_ms * 1000;
+    if (!s->hold) {
+        int64_t next = next_delayed_usec(s);
+        if (s->ready_head && s->free_count > 0) {
+            int64_t burst = 1 + (int64_t)(s->rate / 20);
+            int64_t token = now + tokenbucket_wait_usec(&s->bucket, s->rate, burst, now);
+            next = token < next ? token : next;
+        }
+        if (s->pause_until_usec > now && next < s->pause_until_usec)
+            next = s->pause_until_usec;
+        if (next < wake)
+            wake = next;
+    }
+    int timeout_ms = (int)((wake - now + 999) / 1000);
+    int running = 0;
+    curl_multi_perform(s->multi, &running);
+    if (s->in_flight > 0 || timeout_ms > 0)
+        curl_multi_poll(s->multi, NULL, 0, timeout_ms < 0 ? 0 : timeout_ms, NULL);
+    curl_multi_perform(s->multi, &running);
+    CURLMsg *msg;
+    int left;
+    now = time_now_usec();
+    while ((msg = curl_multi_info_read(s->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        slot *sl = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&sl);
+        CURLcode result = msg->data.result;
+        curl_multi_remove_handle(s->multi, msg->easy_handle);
+        handle_answer(s, sl, result, now);
+        sl->r = NULL;
+        sl->l = NULL;
+        s->free_slots[s->free_count++] = (int)(sl - s->slots);
+        s->in_flight--;
+    }
+    metrics_set(s->m_in_flight, (double)s->in_flight);
+    dispatch(s, time_now_usec());
+}
+
+report *const *sender_dirty(sender *s, size_t *count)
+{
+    *count = s->dirty_count;
+    return s->dirty;
+}
+
+void sender_flushed(sender *s)
+{
+    for (size_t i = 0; i < s->dirty_count; i++) {
+        report *r = s->dirty[i];
+        r->dirty = false;
+        /* Done, or given up for this run: it has left its lane. */
+        if (r->status != REPORT_PENDING || r->given_up) {
+            free(r);
+            s->in_memory--;
+        }
+    }
+    s->dirty_count = 0;
+}
+
+size_t sender_in_memory(const sender *s)
+{
+    return s->in_memory;
+}
+
+size_t sender_in_flight(const sender *s)
+{
+    return s->in_flight;
+}
+
+bool sender_idle(const sender *s)
+{
+    return s->in_flight == 0 && s->ready_head == NULL && s->delayed == NULL;
+}
+
+void sender_hold(sender *s, bool hold)
+{
+    s->hold = hold;
+}
+
+void sender_drop_queued(sender *s)
+{
+    if (s->in_flight > 0 || s->dirty_count > 0)
+        return; /* only once everything in flight is answered and written */
+    for (size_t i = 0; i < s->lane_cap; i++) {
+        lane *l = s->lanes[i];
+        if (l == NULL)
+            continue;
+        free_lane_reports(l);
+        l->head = l->tail = NULL;
+        l->scheduled = false;
+        l->next = NULL;
+    }
+    s->ready_head = s->ready_tail = s->delayed = NULL;
+    s->in_memory = 0;
+}
+
+bool sender_auth_failed(const sender *s)
+{
+    return s->auth_failed;
+}
+
+const sender_totals *sender_get_totals(const sender *s)
+{
+    return &s->totals;
+}
+
+double sender_effective_rate(const sender *s)
+{
+    return s->rate;
+}
