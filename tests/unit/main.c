@@ -15,6 +15,7 @@ int main(void)
     srunner_add_suite(runner, api_tokenbucket_suite());
     srunner_add_suite(runner, api_model_suite());
     srunner_add_suite(runner, api_text_suite());
+    srunner_add_suite(runner, stripe_suite());
     srunner_run_all(runner, CK_NORMAL);
     int failed = srunner_ntests_failed(runner);
     srunner_free(runner);

@@ -12,5 +12,6 @@ Suite *api_route_suite(void);
 Suite *api_tokenbucket_suite(void);
 Suite *api_model_suite(void);
 Suite *api_text_suite(void);
+Suite *stripe_suite(void);
 
 #endif

@@ -41,7 +41,8 @@ START_TEST(plan_full_body)
                          "\"period\":\"WEEK\",\"offset\":10},\"throttle\":{\"rateLimit\":2.5,"
                          "\"burstLimit\":5},\"methodThrottles\":{\"/a/b/GET\":{\"rateLimit\":1,"
                          "\"burstLimit\":1},\"/c/*\":{\"rateLimit\":0,\"burstLimit\":0}},"
-                         "\"stripeMeterEventName\":\"calls\"}");
+                         "\"stripeMeterEventName\":\"calls\","
+                         "\"stripeSubscriptionItemId\":\"si_plan\"}");
     ck_assert(apimodel_plan_apply(&plan, body, true, &err));
     ck_assert_str_eq(plan.name, "Pro");
     ck_assert(plan.has_quota && plan.quota_limit == 1000 && plan.quota_offset == 10 &&
@@ -50,6 +51,8 @@ START_TEST(plan_full_body)
               plan.throttle.burst_limit == 5);
     ck_assert_uint_eq(json_object_size(plan.method_throttles), 2);
     ck_assert(plan.has_meter);
+    ck_assert(plan.has_subscription_item);
+    ck_assert_str_eq(plan.subscription_item, "si_plan");
     json_decref(body);
     /* A merge patch: only the limit changes; null removes the throttle. */
     body = parse("{\"quota\":{\"limit\":7},\"throttle\":null,\"description\":null}");
@@ -58,6 +61,12 @@ START_TEST(plan_full_body)
     ck_assert(!plan.has_throttle);
     ck_assert_str_eq(plan.description, "");
     ck_assert_str_eq(plan.name, "Pro");
+    ck_assert(plan.has_subscription_item && plan.has_meter); /* untouched by the patch */
+    json_decref(body);
+    /* null clears the subscription item, and only it. */
+    body = parse("{\"stripeSubscriptionItemId\":null}");
+    ck_assert(apimodel_plan_apply(&plan, body, false, &err));
+    ck_assert(!plan.has_subscription_item && plan.has_meter);
     json_decref(body);
     apimodel_plan_free(&plan);
 }
@@ -94,6 +103,20 @@ START_TEST(plan_refusals)
     ck_assert(!plan_accepts("{\"name\":\"x\",\"methodThrottles\":{\"/a/GET\":{\"rateLimit\":1,"
                             "\"burstLimit\":1,\"x\":1}}}", "unknown_field"));
     ck_assert(!plan_accepts("{\"name\":\"x\",\"stripeMeterEventName\":\"\"}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"stripeSubscriptionItemId\":\"\"}",
+                            "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"stripeSubscriptionItemId\":5}", "invalid_field"));
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"stripeSubscriptionItemId\":\"si\\n1\"}",
+                            "invalid_field"));
+    ck_assert(plan_accepts("{\"name\":\"x\",\"stripeSubscriptionItemId\":null}", NULL));
+    {
+        /* 100 bytes are accepted, 101 refused (the column's CHECK). */
+        char item[200];
+        snprintf(item, sizeof item, "{\"name\":\"x\",\"stripeSubscriptionItemId\":\"%0100d\"}", 0);
+        ck_assert(plan_accepts(item, NULL));
+        snprintf(item, sizeof item, "{\"name\":\"x\",\"stripeSubscriptionItemId\":\"%0101d\"}", 0);
+        ck_assert(!plan_accepts(item, "invalid_field"));
+    }
     char big[400];
     memset(big, 0, sizeof big);
     strcpy(big, "{\"name\":\"");
@@ -117,6 +140,15 @@ START_TEST(key_bodies)
     ck_assert(apimodel_key_apply(&key, body, false, &err));
     ck_assert(!key.has_customer_id);
     json_decref(body);
+    body = parse("{\"stripeSubscriptionItemId\":\"si_key\"}");
+    ck_assert(apimodel_key_apply(&key, body, false, &err));
+    ck_assert(key.has_subscription_item);
+    ck_assert_str_eq(key.subscription_item, "si_key");
+    json_decref(body);
+    body = parse("{\"stripeSubscriptionItemId\":null}");
+    ck_assert(apimodel_key_apply(&key, body, false, &err));
+    ck_assert(!key.has_subscription_item);
+    json_decref(body);
     static const struct {
         const char *text;
         bool creating;
@@ -129,6 +161,10 @@ START_TEST(key_bodies)
         {"{\"planId\":\"a/b\"}", true, "invalid_field"},
         {"{\"enabled\":0}", true, "invalid_field"},
         {"{\"customerId\":\"\"}", true, "invalid_field"},
+        {"{\"stripeSubscriptionItemId\":\"\"}", true, "invalid_field"},
+        {"{\"stripeSubscriptionItemId\":[]}", false, "invalid_field"},
+        {"{\"stripeSubscriptionItemId\":\"si_0123456789012345678901234567890123456789012345678901"
+         "2345678901234567890123456789012345678901234567\"}", true, "invalid_field"}, /* 101 */
         {"{\"owner\":\"x\"}", true, "unknown_field"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
