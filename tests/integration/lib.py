@@ -14,10 +14,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 import zlib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class Failure(Exception):
@@ -210,6 +213,8 @@ class DB:
         tables = ["usage_hourly", "usage_counters"]
         if self.scalar("SELECT to_regclass('event_ids') IS NOT NULL") == "t":
             tables.append("event_ids")
+        if self.scalar("SELECT to_regclass('stripe_reports') IS NOT NULL") == "t":
+            tables.append("stripe_reports")
         self.execute("TRUNCATE " + ", ".join(tables))
 
     def add_plan(self, plan_id):
@@ -860,3 +865,151 @@ def wait_for_totals(db, expected_requests, collectors, timeout, settle=2.0):
 def copy_tree(src, dst):
     shutil.copytree(src, dst, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("data", "run", "*.pid", ".stack.lock"))
+
+
+# ---- Stripe: the stand-in and the reporter -----------------------------------------
+
+STRIPE_KEY = "sk_test_it_4c8e1f0a9b7d2e6f5a3c"
+
+
+class Standin:
+    """The Stripe stand-in (tests/stripe/standin.py) on a free loopback port,
+    configured and read through its /_standin/ control routes."""
+
+    def __init__(self, scope, customers, meters=("api_calls",), items=None, seed=None,
+                 account_version=None):
+        self.scope = scope
+        self.name = "stripe-%d" % scope.next_id()
+        for attempt in range(3):
+            self.port = free_port()
+            argv = [sys.executable, os.path.join(REPO, "tests", "stripe", "standin.py"),
+                    "--port", str(self.port), "--api-key", STRIPE_KEY,
+                    "--customers", ",".join(customers) or "none",
+                    "--meters", ",".join(meters)]
+            if items:
+                argv += ["--subscription-items", ",".join("%s=%s" % kv for kv in items.items())]
+            if seed is not None:
+                argv += ["--seed", str(seed)]
+            if account_version:
+                argv += ["--account-version", account_version]
+            self.proc = Proc(scope.registry, self.name, argv, scope.path(self.name + ".log"))
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and self.proc.alive():
+                if "listening on" in self.proc.log_text():
+                    self.base = "http://127.0.0.1:%d" % self.port
+                    return
+                time.sleep(0.05)
+            if attempt == 2:
+                raise Failure("%s did not start: %s" % (self.name, self.proc.log_tail()))
+            self.proc.kill()
+
+    def control(self, method, route, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + "/_standin/" + route, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read().decode())
+
+    def configure(self, **config):
+        return self.control("POST", "config", config)
+
+    def ledger(self):
+        return self.control("GET", "ledger")
+
+    def events(self):
+        return self.control("GET", "events")
+
+    def stats(self):
+        return self.control("GET", "stats")
+
+
+class Reporter:
+    """tally-reporter (sanitized build) against a stand-in: one --once run,
+    or a daemon (start)."""
+
+    def __init__(self, scope, standin, mode="meter_events", args=(), env=None):
+        self.scope = scope
+        self.standin = standin
+        self.mode = mode
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.proc = None
+        self.runs = 0
+
+    def _argv(self, port):
+        return [self.scope.asan_bin("tally-reporter"), "--stripe-api-base", self.standin.base,
+                "--stripe-mode", self.mode, "--metrics-addr", "127.0.0.1:%d" % port,
+                "--log-level", "debug"] + self.args
+
+    def _env(self):
+        e = {"TALLY_DATABASE_URL": self.scope.ctx.db_url, "TALLY_STRIPE_API_KEY": STRIPE_KEY}
+        e.update(self.env)
+        return clean_env(e)
+
+    def once(self, timeout=240, extra=()):
+        """One --once run; returns (exit status, summary dict or None, log text)."""
+        self.runs += 1
+        log_path = self.scope.path("reporter-once-%d.log" % self.scope.next_id())
+        with open(log_path, "wb") as log:
+            cp = subprocess.run(self._argv(free_port()) + ["--once"] + list(extra),
+                                env=self._env(), stdout=subprocess.PIPE, stderr=log,
+                                stdin=subprocess.DEVNULL, timeout=timeout)
+        text = open(log_path, encoding="utf-8", errors="replace").read()
+        self.check_log(text, log_path)
+        out = cp.stdout.decode("utf-8", "replace").strip()
+        summary = json.loads(out.splitlines()[-1]) if out else None
+        return cp.returncode, summary, text
+
+    def start(self, name="reporter"):
+        self.port = free_port()
+        self.name = "%s-%d" % (name, self.scope.next_id())
+        self.proc = Proc(self.scope.registry, self.name, self._argv(self.port),
+                         self.scope.path(self.name + ".log"), env=self._env())
+        wait_until("%s /healthz" % self.name, lambda: self.healthz() or not self.proc.alive(),
+                   30)
+        check(self.proc.alive(), "%s exited at start: %s" % (self.name, self.proc.log_tail()))
+        return self
+
+    def healthz(self):
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.port,
+                                        timeout=5) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError, ConnectionError):
+            return False
+
+    def metrics(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.port, timeout=5) as r:
+            return Metrics(parse_metrics(r.read().decode("utf-8", "replace")))
+
+    def sigkill(self):
+        self.proc.kill()
+        self.check_log(self.proc.log_text(), self.name)
+
+    def stop(self, timeout=30):
+        rc, _, killed = self.proc.terminate(timeout)
+        text = self.proc.log_text()
+        self.check_log(text, self.name)
+        check(not killed, "%s did not exit within %ss of SIGTERM" % (self.name, timeout))
+        check(rc == 0, "%s exited %s after SIGTERM: %s" % (self.name, rc, self.proc.log_tail()))
+
+    @staticmethod
+    def check_log(text, what):
+        check(STRIPE_KEY not in text, "%s: the Stripe key appears in the log" % what)
+        report = sanitizer_report(text)
+        check(report is None, "%s: sanitizer report:\n%s" % (what, report))
+
+    def reconcile(self, *extra):
+        cp = subprocess.run([self.scope.asan_bin("tally-reporter"), "reconcile", "--stripe-mode",
+                             self.mode] + list(extra), env=self._env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.check_log(cp.stderr.decode("utf-8", "replace"), "reconcile")
+        return cp.returncode, cp.stdout.decode("utf-8", "replace")
+
+    def command(self, *argv):
+        cp = subprocess.run([self.scope.asan_bin("tally-reporter")] + list(argv),
+                            env=self._env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            timeout=60)
+        self.check_log(cp.stderr.decode("utf-8", "replace"), argv[0])
+        return cp.returncode, cp.stdout.decode("utf-8", "replace"), cp.stderr.decode(
+            "utf-8", "replace")
