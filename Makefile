@@ -39,7 +39,7 @@ check-deps:
 	@pkg-config --exists $(PKGS) 2>/dev/null || { \
 	  echo "missing build dependencies: run 'make deps' (or 'make test' / 'make run', which install them)"; exit 1; }
 
-$(BUILD)/obj/%.o: %.c $(wildcard common/*.h)
+$(BUILD)/obj/%.o: %.c $(wildcard common/*.h services/*/*.h tools/*/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 

@@ -29,6 +29,7 @@ typedef struct report {
     int64_t last_sent_usec;
     int64_t ready_usec;      /* not before this time */
     int replayed_failures;   /* saved failures replayed to the current key */
+    int failures;            /* retryable failures in a row, this process */
     report_status status;
     int last_http_status;    /* 0: no answer */
     char last_error[512];

@@ -557,7 +557,7 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         s->rate = s->rate / 2 < floor ? floor : s->rate / 2;
         s->rate_recovered_usec = now;
         metrics_set(s->m_rate, s->rate);
-        int64_t pause = now + (int64_t)(stripe_backoff_s(r->attempts, jitter()) * 1e6);
+        int64_t pause = now + (int64_t)(stripe_backoff_s(r->failures + 1, jitter()) * 1e6);
         if (pause > s->pause_until_usec)
             s->pause_until_usec = pause;
     }
@@ -566,16 +566,17 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         s->totals.retried++;
         metrics_add(s->m_retried, 1);
         note_failure(s, now);
-        schedule_retry(s, r, now, r->attempts);
+        schedule_retry(s, r, now, ++r->failures);
         break;
     case STRIPE_NEW_KEY:
         r->generation++;
         r->replayed_failures = 0;
+        r->failures++;
         s->totals.new_keys++;
         s->totals.retried++;
         metrics_add(s->m_new_keys, 1);
         metrics_add(s->m_retried, 1);
-        schedule_retry(s, r, now, 1);
+        schedule_retry(s, r, now, r->failures);
         log_info("report %lld: Stripe keeps replaying a saved failure; retrying under "
                  "idempotency key generation %d, same identifier",
                  (long long)r->id, r->generation);
