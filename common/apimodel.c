@@ -172,6 +172,21 @@ void apimodel_plan_free(apimodel_plan *plan)
     plan->method_throttles = NULL;
 }
 
+/* A nullable single-line string of 1..max bytes: null unsets it. */
+static bool apply_nullable(const json_t *value, const char *field, size_t max, bool *has,
+                           char *out, apimodel_error *err)
+{
+    if (json_is_null(value)) {
+        *has = false;
+        out[0] = '\0';
+        return true;
+    }
+    if (!take_string(value, field, 1, max, false, out, err))
+        return false;
+    *has = true;
+    return true;
+}
+
 static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error *err)
 {
     if (!json_is_object(value))
@@ -262,6 +277,10 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                 return false;
             else
                 plan->has_meter = true;
+        } else if (strcmp(name, "stripeSubscriptionItemId") == 0) {
+            if (!apply_nullable(value, "stripeSubscriptionItemId", APIMODEL_SUBSCRIPTION_ITEM_MAX,
+                                &plan->has_subscription_item, plan->subscription_item, err))
+                return false;
         } else if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
                    strcmp(name, "updatedAt") == 0) {
             return fail(err, "read_only_field", "%s is set by the server", name);
@@ -281,20 +300,6 @@ void apimodel_key_init(apimodel_key *key)
     key->enabled = true;
 }
 
-static bool apply_nullable(const json_t *value, const char *field, bool *has, char *out,
-                           apimodel_error *err)
-{
-    if (json_is_null(value)) {
-        *has = false;
-        out[0] = '\0';
-        return true;
-    }
-    if (!take_string(value, field, 1, APIMODEL_CUSTOMER_ID_MAX, false, out, err))
-        return false;
-    *has = true;
-    return true;
-}
-
 bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, apimodel_error *err)
 {
     if (!json_is_object(body))
@@ -312,11 +317,16 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                                   key->description, err))
                 return false;
         } else if (strcmp(name, "customerId") == 0) {
-            if (!apply_nullable(value, "customerId", &key->has_customer_id, key->customer_id, err))
+            if (!apply_nullable(value, "customerId", APIMODEL_CUSTOMER_ID_MAX,
+                                &key->has_customer_id, key->customer_id, err))
                 return false;
         } else if (strcmp(name, "stripeCustomerId") == 0) {
-            if (!apply_nullable(value, "stripeCustomerId", &key->has_stripe_customer_id,
-                                key->stripe_customer_id, err))
+            if (!apply_nullable(value, "stripeCustomerId", APIMODEL_CUSTOMER_ID_MAX,
+                                &key->has_stripe_customer_id, key->stripe_customer_id, err))
+                return false;
+        } else if (strcmp(name, "stripeSubscriptionItemId") == 0) {
+            if (!apply_nullable(value, "stripeSubscriptionItemId", APIMODEL_SUBSCRIPTION_ITEM_MAX,
+                                &key->has_subscription_item, key->subscription_item, err))
                 return false;
         } else if (strcmp(name, "enabled") == 0) {
             if (!json_is_boolean(value))

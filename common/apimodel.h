@@ -17,6 +17,7 @@
 #define APIMODEL_DESCRIPTION_MAX 1024
 #define APIMODEL_CUSTOMER_ID_MAX 256  /* customerId, stripeCustomerId */
 #define APIMODEL_METER_MAX 100        /* plans.stripe_meter_event_name CHECK */
+#define APIMODEL_SUBSCRIPTION_ITEM_MAX 100 /* stripe_subscription_item_id CHECK (plans, keys) */
 #define APIMODEL_VALUE_MIN 20         /* a supplied key secret */
 #define APIMODEL_VALUE_MAX 256
 #define APIMODEL_ID_MAX 128
@@ -51,6 +52,9 @@ typedef struct {
     json_t *method_throttles; /* owned: {"/path/METHOD": {"rateLimit","burstLimit"}} */
     bool has_meter;
     char meter[APIMODEL_METER_MAX + 1];
+    /* Stripe's legacy usage-records target; a key's own one wins over it. */
+    bool has_subscription_item;
+    char subscription_item[APIMODEL_SUBSCRIPTION_ITEM_MAX + 1];
 } apimodel_plan;
 
 typedef struct {
@@ -60,6 +64,8 @@ typedef struct {
     char customer_id[APIMODEL_CUSTOMER_ID_MAX + 1];
     bool has_stripe_customer_id;
     char stripe_customer_id[APIMODEL_CUSTOMER_ID_MAX + 1];
+    bool has_subscription_item;     /* wins over the plan's */
+    char subscription_item[APIMODEL_SUBSCRIPTION_ITEM_MAX + 1];
     bool enabled;
     bool has_value;                 /* creation only */
     char value[APIMODEL_VALUE_MAX + 1];
@@ -76,13 +82,15 @@ typedef struct {
     int64_t points;          /* buckets between from and to */
 } apimodel_usage_query;
 
-/* A plan with no name, quota, throttle or meter and no method throttles.
+/* A plan with no name, quota, throttle, meter or subscription item and no
+ * method throttles.
  * Free with apimodel_plan_free. False when out of memory. */
 bool apimodel_plan_init(apimodel_plan *plan);
 void apimodel_plan_free(apimodel_plan *plan);
 /* Applies a JSON body (borrowed) to `plan`. Creating: `name` is required.
  * Otherwise (PATCH) it is a merge patch: members present replace, `null`
- * removes quota, throttle, stripeMeterEventName (and empties description);
+ * removes quota, throttle, stripeMeterEventName, stripeSubscriptionItemId
+ * (and empties description);
  * quota and throttle objects merge into what is there. Unknown members,
  * wrong types and out-of-range values are refused; on refusal `plan` may be
  * partly changed (the caller discards it). */
@@ -94,7 +102,8 @@ bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err);
 /* Defaults: enabled, everything else unset. */
 void apimodel_key_init(apimodel_key *key);
 /* As apimodel_plan_apply, for keys. `value` and `planId` are accepted only
- * when creating; customerId and stripeCustomerId may be null (unset). */
+ * when creating; customerId, stripeCustomerId and stripeSubscriptionItemId
+ * may be null (unset). */
 bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, apimodel_error *err)
     __attribute__((warn_unused_result));
 

@@ -1,6 +1,9 @@
 /* What tally-api's handlers share: the request as routed, the response
- * being built, the database pool and the authentication helpers. One
- * request is handled on one libmicrohttpd worker thread from start to end. */
+ * being built, the database pool, the database workers and the
+ * authentication helpers. A request is handled on one thread from start to
+ * end: a libmicrohttpd thread when it needs only memory (authorize, a
+ * cached quota, health and metrics), else a database worker while its
+ * connection is suspended (main.c). */
 #ifndef TALLY_API_H
 #define TALLY_API_H
 
@@ -36,6 +39,7 @@ typedef struct {
     char id[APIROUTE_ID_MAX + 1]; /* the path's {id}, or "" */
     const char *body;             /* NUL-terminated; "" when there was none */
     size_t body_len;
+    int64_t received_at;          /* usec (time_now_usec) when its headers arrived */
     char key_id[APIROUTE_ID_MAX + 1]; /* the key the request acted as or for, for the log */
     api_response response;
 } api_request;
@@ -95,11 +99,27 @@ long long api_field_int(const PGresult *res, int row, int col);
 bool dbpool_init(const char *url, int size, char *err, size_t err_size);
 void dbpool_destroy(void);
 /* A connection for this request, or NULL when none can be had (after
- * replying 503). Give it back with dbpool_release. */
+ * replying 503): none came free within DBPOOL_WAIT_MS of the request's
+ * arrival (time queued for a worker counts), or the database is
+ * unreachable. Give it back with dbpool_release. */
 PGconn *dbpool_acquire(api_request *req);
 void dbpool_release(PGconn *conn);
 /* SELECT 1 on a pooled connection; for /readyz. */
 bool dbpool_ping(char *err, size_t err_size);
+
+/* ---- database workers (workers.c) ---- */
+
+#define WORKERS_MAX 64
+typedef void (*workers_fn)(void *arg);
+/* Starts `threads` workers sharing a queue of at most `queue_max` jobs;
+ * false with err when that fails. */
+bool workers_start(int threads, size_t queue_max, char *err, size_t err_size);
+/* Queues fn(arg) to run on a worker; false when the queue is full or the
+ * workers are stopping (fn will not run: the caller answers itself). `arg`
+ * is borrowed and must live until fn has run. */
+bool workers_submit(workers_fn fn, void *arg);
+/* Stops taking jobs, runs every job already queued, then joins the threads. */
+void workers_stop(void);
 
 /* ---- authentication (auth.c) ---- */
 
@@ -116,13 +136,18 @@ bool auth_api_key_hash(api_request *req, uint8_t hash[32]);
 void plans_handle(api_request *req);   /* plans.c: the plan routes */
 void keys_handle(api_request *req);    /* keys.c: the key routes, attach / detach */
 void usage_handle(api_request *req);   /* usage.c: usage and quota, by id and /me */
+/* usage.c: GET /v1/keys/{id}/quota and GET /v1/me/quota (one path for
+ * both) from the key cache, in memory; true when it replied, false when
+ * the cache cannot answer for this key and usage_handle (the database)
+ * must. */
+bool usage_quota_from_cache(api_request *req);
 void authorize_handle(api_request *req); /* authorize.c */
 
 /* A key's JSON from a row of KEY_COLUMNS (keys.c), for reuse. */
 #define KEY_COLUMNS                                                                   \
     "k.id, k.name, k.description, k.customer_id, k.stripe_customer_id, k.enabled, "   \
     "k.plan_id, (extract(epoch from k.created_at) * 1000000)::bigint, "               \
-    "(extract(epoch from k.updated_at) * 1000000)::bigint"
+    "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id"
 json_t *keys_row_json(const PGresult *res, int row);
 
 /* Random ids and secrets from getrandom (random.c). `prefix` + `length`

@@ -12,13 +12,16 @@
 #include "api.h"
 #include "db.h"
 #include "log.h"
+#include "timeutil.h"
 
 #define DBPOOL_MAX 32
 /* The waits a request may spend on the database, so that a slow or locked
- * database cannot hold a worker thread (and the authorize requests queued
- * on it) for long: a statement runs at most this long... */
+ * database answers 503 soon rather than letting requests pile up on the
+ * database workers (authorize never waits on them: it runs on
+ * libmicrohttpd's threads): a statement runs at most this long... */
 #define DBPOOL_STATEMENT_TIMEOUT "5s"
-/* ...and a request waits at most this long for a free connection. */
+/* ...and a request waits at most this long from its arrival for a free
+ * connection, time spent queued for a worker included. */
 #define DBPOOL_WAIT_MS 2000
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -77,15 +80,14 @@ void dbpool_destroy(void)
     pthread_mutex_unlock(&lock);
 }
 
-/* Takes a slot; returns its index, or -1 when none came free within
- * DBPOOL_WAIT_MS. */
-static int take_slot(void)
+/* Takes a slot; returns its index, or -1 when none came free by `until`
+ * (usec, CLOCK_REALTIME like time_now_usec). A free slot is taken even when
+ * `until` has passed already. */
+static int take_slot(int64_t until)
 {
     struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    long long ns = deadline.tv_nsec + (DBPOOL_WAIT_MS % 1000) * 1000000LL;
-    deadline.tv_sec += DBPOOL_WAIT_MS / 1000 + (time_t)(ns / 1000000000LL);
-    deadline.tv_nsec = (long)(ns % 1000000000LL);
+    deadline.tv_sec = (time_t)(until / USEC_PER_SEC);
+    deadline.tv_nsec = (long)(until % USEC_PER_SEC) * 1000L;
     pthread_mutex_lock(&lock);
     for (;;) {
         int free_slot = -1;
@@ -165,10 +167,11 @@ static int lent_slot_of(const PGconn *conn)
 
 PGconn *dbpool_acquire(api_request *req)
 {
-    int slot = take_slot();
+    int64_t arrived = req->received_at != 0 ? req->received_at : time_now_usec();
+    int slot = take_slot(arrived + DBPOOL_WAIT_MS * (int64_t)1000);
     if (slot < 0) {
-        log_warn("%s: no database connection came free within %d ms", apiroute_label(req->op),
-                 DBPOOL_WAIT_MS);
+        log_warn("%s: no database connection came free within %d ms of the request's arrival",
+                 apiroute_label(req->op), DBPOOL_WAIT_MS);
         api_add_header(req, "Retry-After", "1");
         api_reply_error(req, 503, "database_busy",
                         "every database connection is busy; try again shortly");
@@ -211,7 +214,7 @@ void dbpool_release(PGconn *conn)
 
 bool dbpool_ping(char *err, size_t err_size)
 {
-    int slot = take_slot();
+    int slot = take_slot(time_now_usec() + DBPOOL_WAIT_MS * (int64_t)1000);
     if (slot < 0) {
         snprintf(err, err_size, "every database connection is busy");
         return false;

@@ -772,11 +772,12 @@ done:
     metrics_add(m_outcomes[out->outcome], 1);
 }
 
-bool keycache_quota(const char *key_id, int64_t now, keycache_quota_facts *out)
+bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
+                    keycache_quota_facts *out)
 {
     memset(out, 0, sizeof *out);
     keycache *cache = the_cache;
-    if (cache == NULL || key_id == NULL)
+    if (cache == NULL || (key_id == NULL && hash == NULL))
         return false;
     bool answered = false;
     pthread_rwlock_rdlock(&cache->swap_lock);
@@ -785,9 +786,11 @@ bool keycache_quota(const char *key_id, int64_t now, keycache_quota_facts *out)
      * are failing: the database answers instead (or says it cannot). */
     if (snap == NULL || now - snap->loaded_at > (int64_t)cache->refresh_ms * 1000 + USEC_PER_SEC)
         goto done;
-    const key_entry *key = find_by_id(snap, key_id);
+    const key_entry *key = key_id != NULL ? find_by_id(snap, key_id) : find_by_hash(snap, hash);
     if (key == NULL)
         goto done; /* perhaps created since the load (or by another process) */
+    snprintf(out->key_id, sizeof out->key_id, "%s", key->id);
+    out->enabled = key->enabled;
     const plan_entry *plan = key->plan >= 0 ? &snap->plans[key->plan] : NULL;
     if (plan != NULL && plan->has_quota) {
         if (key->used_period != period_start(plan->quota_period, now))

@@ -49,8 +49,11 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
                         int64_t now, authz_decision *out);
 const char *keycache_outcome_name(authz_outcome outcome);
 
-/* A key's quota as the cache loaded it (GET /v1/keys/{id}/quota). */
+/* A key's quota as the cache loaded it (GET /v1/keys/{id}/quota and
+ * GET /v1/me/quota), or as the database gave it. */
 typedef struct {
+    char key_id[APIROUTE_ID_MAX + 1];
+    bool enabled;
     bool has_plan;
     char plan_id[APIROUTE_ID_MAX + 1];
     bool has_quota; /* the plan has one; the fields below are set */
@@ -59,9 +62,12 @@ typedef struct {
     int64_t used;   /* the counter's units for the current period */
     int64_t as_of;  /* the counter's updated_at, or the load's time without one */
 } keycache_quota_facts;
-/* Fills `out` from the cache and returns true, or returns false when the
- * cache cannot answer exactly: not loaded, the key unknown to it, its last
- * load too old (reloads failing) or from an earlier quota period. */
-bool keycache_quota(const char *key_id, int64_t now, keycache_quota_facts *out);
+/* The key is named by `key_id` or, when that is NULL, by `hash` (the
+ * SHA-256 of its secret, as authorize finds it). Fills `out` from the cache
+ * and returns true, or returns false when the cache cannot answer exactly:
+ * not loaded, the key unknown to it, its last load too old (reloads
+ * failing) or from an earlier quota period. */
+bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
+                    keycache_quota_facts *out);
 
 #endif

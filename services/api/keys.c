@@ -19,6 +19,7 @@ enum {
     COL_PLAN,
     COL_CREATED,
     COL_UPDATED,
+    COL_SUBSCRIPTION_ITEM,
 };
 
 #define GENERATED_VALUE_CHARS 40 /* base62: about 238 bits */
@@ -37,6 +38,8 @@ json_t *keys_row_json(const PGresult *res, int row)
     json_object_set_new(key, "customerId", nullable(api_field(res, row, COL_CUSTOMER)));
     json_object_set_new(key, "stripeCustomerId",
                         nullable(api_field(res, row, COL_STRIPE_CUSTOMER)));
+    json_object_set_new(key, "stripeSubscriptionItemId",
+                        nullable(api_field(res, row, COL_SUBSCRIPTION_ITEM)));
     json_object_set_new(key, "enabled",
                         json_boolean(strcmp(api_field(res, row, COL_ENABLED), "t") == 0));
     json_object_set_new(key, "planId", nullable(api_field(res, row, COL_PLAN)));
@@ -85,13 +88,15 @@ static void create_key(api_request *req)
                             key.has_customer_id ? key.customer_id : NULL,
                             key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
                             key.enabled ? "true" : "false",
-                            key.has_plan_id ? key.plan_id : NULL};
+                            key.has_plan_id ? key.plan_id : NULL,
+                            key.has_subscription_item ? key.subscription_item : NULL};
     PGresult *res = api_exec(conn,
                              "INSERT INTO api_keys AS k (id, value_hash, name, description, "
-                             "customer_id, stripe_customer_id, enabled, plan_id) "
-                             "VALUES ($1, decode($2, 'hex'), $3, $4, $5, $6, $7::boolean, $8) "
+                             "customer_id, stripe_customer_id, enabled, plan_id, "
+                             "stripe_subscription_item_id) "
+                             "VALUES ($1, decode($2, 'hex'), $3, $4, $5, $6, $7::boolean, $8, $9) "
                              "RETURNING " KEY_COLUMNS,
-                             8, params);
+                             9, params);
     if (api_ok(res) && PQntuples(res) == 1) {
         json_t *answer = keys_row_json(res, 0);
         json_object_set_new(answer, "value", json_string(key.value));
@@ -205,6 +210,11 @@ static void update_key(api_request *req)
         snprintf(key.stripe_customer_id, sizeof key.stripe_customer_id, "%s",
                  api_field(res, 0, COL_STRIPE_CUSTOMER));
     }
+    if (api_field(res, 0, COL_SUBSCRIPTION_ITEM)) {
+        key.has_subscription_item = true;
+        snprintf(key.subscription_item, sizeof key.subscription_item, "%s",
+                 api_field(res, 0, COL_SUBSCRIPTION_ITEM));
+    }
     key.enabled = strcmp(api_field(res, 0, COL_ENABLED), "t") == 0;
     apimodel_error err;
     if (!apimodel_key_apply(&key, body, false, &err)) {
@@ -217,12 +227,14 @@ static void update_key(api_request *req)
                             key.description,
                             key.has_customer_id ? key.customer_id : NULL,
                             key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
-                            key.enabled ? "true" : "false"};
+                            key.enabled ? "true" : "false",
+                            key.has_subscription_item ? key.subscription_item : NULL};
     res = api_exec(conn,
                    "UPDATE api_keys AS k SET name = $2, description = $3, customer_id = $4, "
-                   "stripe_customer_id = $5, enabled = $6::boolean, updated_at = now() "
+                   "stripe_customer_id = $5, enabled = $6::boolean, "
+                   "stripe_subscription_item_id = $7, updated_at = now() "
                    "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
-                   6, params);
+                   7, params);
     if (!api_ok(res) || PQntuples(res) != 1) {
         api_reply_db_error(req, conn, res, "updating a key");
         goto done;

@@ -1,10 +1,13 @@
 /* tally-api: plans, keys, usage and quota over HTTP, and the gateway's
  * authorize endpoint (CONTRACT.md section 4). libmicrohttpd serves requests
- * on a pool of epoll threads; each request is handled start to end on one of
- * them. Admin and usage routes borrow a PostgreSQL connection from a small
- * pool; GET /v1/authorize is answered from an in-memory key cache that a
- * background thread reloads every second, so it needs no database round
- * trip in the steady state. */
+ * on a pool of epoll threads, which only ever do in-memory work:
+ * GET /v1/authorize and the quota routes are answered from an in-memory key
+ * cache that a background thread reloads every second, and health, metrics
+ * and the OpenAPI document need nothing else. Every route that may wait on
+ * PostgreSQL (admin, usage, a quota the cache cannot answer, /readyz) is
+ * handed to a few database workers (workers.c) while its connection is
+ * suspended, so that a slow query never delays an authorize request queued
+ * on the same libmicrohttpd thread. */
 #include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -35,6 +38,7 @@ static const char *openapi_file;
 static long long key_refresh_ms;
 static long long thread_count;
 static long long db_pool_size;
+static long long db_worker_count;
 
 #define ADMIN_TOKEN_MIN 16
 
@@ -53,6 +57,10 @@ static const cfg_setting settings[] = {
      "HTTP worker threads"},
     {NULL, "db-pool-size", CFG_INT, &db_pool_size, "4", false, false, 1, 32,
      "PostgreSQL connections shared by the admin and usage routes"},
+    /* More workers than connections: the extra ones wait (at most ~2 s) for
+     * a busy pool and answer 503, rather than requests queueing unanswered. */
+    {NULL, "db-workers", CFG_INT, &db_worker_count, "8", false, false, 1, WORKERS_MAX,
+     "threads that run the routes which may wait on PostgreSQL (admin, usage, readyz)"},
     {NULL, "openapi-file", CFG_STRING, &openapi_file, "", false, false, 0, 0,
      "an OpenAPI document to serve at GET /openapi.json (e.g. docs/openapi.json)"},
 };
@@ -60,6 +68,9 @@ static const cfg_setting settings[] = {
 /* ---- metrics ----------------------------------------------------------- */
 
 #define STATUS_MAX 600
+/* libmicrohttpd's connection limit; the workers' queue holds one job per
+ * connection at most, so it is as long. */
+#define CONNECTION_LIMIT 8192u
 /* Requests by operation (OP__COUNT: unmatched) and status: rendered here,
  * not in the shared registry, because the pairs are many and sparse. */
 static _Atomic uint64_t request_counts[OP__COUNT + 1][STATUS_MAX];
@@ -103,8 +114,15 @@ static bool render_metrics(buf *out)
 
 /* ---- the request ------------------------------------------------------- */
 
+typedef enum {
+    PHASE_READING,  /* headers and body arriving */
+    PHASE_QUEUED,   /* suspended, handed to a database worker */
+    PHASE_ANSWERED, /* the worker replied and resumed the connection */
+} request_phase;
+
 typedef struct {
     int64_t started_at;
+    request_phase phase;
     bool too_large;
     buf body;
     apiroute_result routed;
@@ -118,17 +136,6 @@ static void handle_ops(api_request *req)
     case OP_HEALTHZ:
         api_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
         return;
-    case OP_READYZ: {
-        char err[512];
-        if (dbpool_ping(err, sizeof err)) {
-            api_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
-        } else {
-            log_warn("readyz: %s", err);
-            api_reply_json(req, 503, json_pack("{s:s,s:s}", "status", "unavailable", "detail",
-                                               "the database is unreachable"));
-        }
-        return;
-    }
     case OP_METRICS: {
         buf out;
         buf_init(&out, 4u << 20);
@@ -163,16 +170,49 @@ static void handle_ops(api_request *req)
     }
 }
 
-static void dispatch(api_request *req)
+static void readyz(api_request *req)
+{
+    char err[512];
+    if (dbpool_ping(err, sizeof err)) {
+        api_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
+    } else {
+        log_warn("readyz: %s", err);
+        api_reply_json(req, 503, json_pack("{s:s,s:s}", "status", "unavailable", "detail",
+                                           "the database is unreachable"));
+    }
+}
+
+/* Answers what needs only memory, on libmicrohttpd's thread; true when it
+ * replied, false when the request is for the database workers. The admin
+ * token is checked here (a digest and a comparison), so an unauthenticated
+ * request never takes a worker. */
+static bool answer_in_memory(api_request *req)
 {
     if (apiroute_auth_of(req->op) == AUTH_ADMIN && !auth_admin(req))
-        return;
+        return true;
     switch (req->op) {
     case OP_HEALTHZ:
-    case OP_READYZ:
     case OP_METRICS:
     case OP_OPENAPI:
         handle_ops(req);
+        return true;
+    case OP_AUTHORIZE:
+        authorize_handle(req);
+        return true;
+    case OP_KEY_QUOTA:
+    case OP_ME_QUOTA:
+        return usage_quota_from_cache(req);
+    default:
+        return false;
+    }
+}
+
+/* The routes that may wait on PostgreSQL; runs on a database worker. */
+static void answer_from_database(api_request *req)
+{
+    switch (req->op) {
+    case OP_READYZ:
+        readyz(req);
         return;
     case OP_CREATE_PLAN:
     case OP_LIST_PLANS:
@@ -196,13 +236,42 @@ static void dispatch(api_request *req)
     case OP_ME_QUOTA:
         usage_handle(req);
         return;
+    case OP_HEALTHZ:
+    case OP_METRICS:
+    case OP_OPENAPI:
     case OP_AUTHORIZE:
-        authorize_handle(req);
-        return;
     case OP__COUNT:
         break;
     }
     api_reply_error(req, 404, "not_found", "no such route");
+}
+
+/* A database worker's job: the handler, then the connection is resumed and
+ * libmicrohttpd calls on_request again, which sends the answer. The state
+ * lives until on_completed, which cannot come while the connection is
+ * suspended. Handlers read the request's headers and query from the
+ * suspended connection: libmicrohttpd leaves it alone meanwhile. */
+static void run_on_worker(void *arg)
+{
+    request_state *state = arg;
+    answer_from_database(&state->req);
+    state->phase = PHASE_ANSWERED;
+    MHD_resume_connection(state->req.conn); /* its lock publishes the answer */
+}
+
+/* Suspends the connection and queues its request for a worker. Suspended
+ * first: a worker may resume it before this returns. */
+static void hand_to_worker(request_state *state)
+{
+    state->phase = PHASE_QUEUED;
+    MHD_suspend_connection(state->req.conn);
+    if (workers_submit(run_on_worker, state))
+        return;
+    /* Stopping (or, in theory, a full queue): answered now, sent once resumed. */
+    api_add_header(&state->req, "Retry-After", "1");
+    api_reply_error(&state->req, 503, "unavailable", "the server is shutting down or overloaded");
+    state->phase = PHASE_ANSWERED;
+    MHD_resume_connection(state->req.conn);
 }
 
 static enum MHD_Result send_response(request_state *state)
@@ -260,6 +329,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         *req_cls = state;
         state->started_at = time_now_usec();
+        state->req.received_at = state->started_at;
         buf_init(&state->body, API_MAX_BODY_BYTES);
         state->req.conn = conn;
         state->req.method = method;
@@ -282,6 +352,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         *upload_data_size = 0;
         return MHD_YES;
     }
+    if (state->phase == PHASE_ANSWERED)
+        return send_response(state); /* resumed by the worker that answered it */
     api_request *req = &state->req;
     req->body = state->body.data ? state->body.data : "";
     req->body_len = state->body.len;
@@ -295,8 +367,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         api_add_header(req, "Allow", "%s", state->match.allow);
         api_reply_error(req, 405, "method_not_allowed", "%.*s is not allowed here; allowed: %s",
                         (int)apitext_utf8_prefix(method, 20), method, state->match.allow);
-    } else {
-        dispatch(req);
+    } else if (!answer_in_memory(req)) {
+        hand_to_worker(state);
+        return MHD_YES;
     }
     return send_response(state);
 }
@@ -397,6 +470,7 @@ int main(int argc, char **argv)
     int status = 1;
     struct MHD_Daemon *daemon = NULL;
     keycache *cache = NULL;
+    bool workers_started = false;
     if (!dbpool_init(database_url, (int)db_pool_size, err, sizeof err)) {
         log_error("%s", err);
         goto done;
@@ -406,7 +480,13 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto done;
     }
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL;
+    if (!workers_start((int)db_worker_count, CONNECTION_LIMIT, err, sizeof err)) {
+        log_error("%s", err);
+        goto done;
+    }
+    workers_started = true;
+    /* Suspend/resume: the database routes run on the workers (see the top). */
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     daemon = MHD_start_daemon(
@@ -414,15 +494,15 @@ int main(int argc, char **argv)
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)thread_count,
         /* Header bytes per connection; larger headers get 431. */
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
-        MHD_OPTION_CONNECTION_LIMIT, 8192u, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
+        MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
     if (daemon == NULL) {
         log_error("cannot listen on %s (address in use?)", http_addr);
         goto done;
     }
-    log_info("listening on %s (%lld threads, %lld database connections)", http_addr,
-             thread_count, db_pool_size);
+    log_info("listening on %s (%lld threads, %lld database workers, %lld database connections)",
+             http_addr, thread_count, db_worker_count, db_pool_size);
 
     int sig = 0;
     while (sigwait(&stop_signals, &sig) != 0) {
@@ -430,6 +510,11 @@ int main(int argc, char **argv)
     log_info("signal %d: stopping", sig);
     status = 0;
 done:
+    /* The workers finish their jobs and resume every suspended connection
+     * first: libmicrohttpd must not be stopped with one still suspended.
+     * A request arriving meanwhile is answered 503 (hand_to_worker). */
+    if (workers_started)
+        workers_stop();
     if (daemon)
         MHD_stop_daemon(daemon);
     keycache_stop(cache);

@@ -10,7 +10,7 @@
     "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
     "throttle_burst_limit, method_throttles::text, stripe_meter_event_name, "               \
     "(extract(epoch from created_at) * 1000000)::bigint, "                                  \
-    "(extract(epoch from updated_at) * 1000000)::bigint"
+    "(extract(epoch from updated_at) * 1000000)::bigint, stripe_subscription_item_id"
 
 enum {
     COL_ID,
@@ -25,6 +25,7 @@ enum {
     COL_METER,
     COL_CREATED,
     COL_UPDATED,
+    COL_SUBSCRIPTION_ITEM,
 };
 
 static json_t *row_json(const PGresult *res, int row)
@@ -54,6 +55,8 @@ static json_t *row_json(const PGresult *res, int row)
     json_object_set_new(plan, "methodThrottles", methods ? methods : json_object());
     const char *meter = api_field(res, row, COL_METER);
     json_object_set_new(plan, "stripeMeterEventName", meter ? json_string(meter) : json_null());
+    const char *item = api_field(res, row, COL_SUBSCRIPTION_ITEM);
+    json_object_set_new(plan, "stripeSubscriptionItemId", item ? json_string(item) : json_null());
     json_object_set_new(plan, "createdAt", api_time_json(api_field_int(res, row, COL_CREATED)));
     json_object_set_new(plan, "updatedAt", api_time_json(api_field_int(res, row, COL_UPDATED)));
     return plan;
@@ -89,14 +92,20 @@ static bool row_model(const PGresult *res, int row, apimodel_plan *plan)
         plan->has_meter = true;
         snprintf(plan->meter, sizeof plan->meter, "%s", meter);
     }
+    const char *item = api_field(res, row, COL_SUBSCRIPTION_ITEM);
+    if (item != NULL) {
+        plan->has_subscription_item = true;
+        snprintf(plan->subscription_item, sizeof plan->subscription_item, "%s", item);
+    }
     return true;
 }
 
-/* The text parameters $2..$10 of a plan's columns (see INSERT/UPDATE). */
+/* The text parameters $2..$11 of a plan's columns (see INSERT/UPDATE). */
+#define PLAN_PARAMS 10
 typedef struct {
     char limit[24], offset[24], rate[40], burst[24];
     char *methods; /* owned */
-    const char *values[9];
+    const char *values[PLAN_PARAMS];
 } plan_params;
 
 static bool plan_params_fill(const apimodel_plan *plan, plan_params *p)
@@ -117,6 +126,7 @@ static bool plan_params_fill(const apimodel_plan *plan, plan_params *p)
     p->values[6] = plan->has_throttle ? p->burst : NULL;
     p->values[7] = p->methods;
     p->values[8] = plan->has_meter ? plan->meter : NULL;
+    p->values[9] = plan->has_subscription_item ? plan->subscription_item : NULL;
     return true;
 }
 
@@ -149,15 +159,16 @@ static void create_plan(api_request *req)
     }
     PGconn *conn = dbpool_acquire(req);
     if (conn != NULL) {
-        const char *params[10] = {id};
+        const char *params[PLAN_PARAMS + 1] = {id};
         memcpy(params + 1, p.values, sizeof p.values);
         PGresult *res = api_exec(conn,
                                  "INSERT INTO plans (id, name, description, quota_limit, "
                                  "quota_period, quota_offset, throttle_rate_limit, "
-                                 "throttle_burst_limit, method_throttles, stripe_meter_event_name) "
-                                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) "
+                                 "throttle_burst_limit, method_throttles, stripe_meter_event_name, "
+                                 "stripe_subscription_item_id) "
+                                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) "
                                  "RETURNING " PLAN_COLUMNS,
-                                 10, params);
+                                 PLAN_PARAMS + 1, params);
         if (api_ok(res) && PQntuples(res) == 1) {
             api_add_header(req, "Location", "/v1/plans/%s", id);
             api_reply_json(req, 201, row_json(res, 0));
@@ -257,19 +268,20 @@ static void update_plan(api_request *req)
         goto done;
     }
     PQclear(res);
-    const char *params[10] = {req->id};
+    const char *params[PLAN_PARAMS + 1] = {req->id};
     memcpy(params + 1, p.values, sizeof p.values);
     res = api_exec(conn,
                    "UPDATE plans SET name = $2, description = $3, quota_limit = $4, "
                    "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
                    "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
-                   "stripe_meter_event_name = $10, updated_at = now(), "
+                   "stripe_meter_event_name = $10, stripe_subscription_item_id = $11, "
+                   "updated_at = now(), "
                    /* the offset's first period starts over when the quota changes */
                    "quota_set_at = CASE WHEN (quota_limit, quota_period, quota_offset) "
                    "IS DISTINCT FROM ($4::bigint, $5::text, $6::bigint) THEN now() "
                    "ELSE quota_set_at END WHERE id = $1 "
                    "RETURNING " PLAN_COLUMNS,
-                   10, params);
+                   PLAN_PARAMS + 1, params);
     if (!api_ok(res) || PQntuples(res) != 1) {
         api_reply_db_error(req, conn, res, "updating a plan");
         goto done;

@@ -53,7 +53,7 @@ static bool resolve_key(api_request *req, PGconn *conn)
 }
 
 /* The quota answer from its facts (a keycache_quota_facts, from the cache
- * or from the database). */
+ * or from the database): the same shape whichever answered. */
 static void quota_reply(api_request *req, const keycache_quota_facts *f, int64_t now)
 {
     if (!f->has_plan) {
@@ -235,25 +235,36 @@ static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
     PQclear(res);
 }
 
+static const char *const no_args[] = {NULL};
+
+bool usage_quota_from_cache(api_request *req)
+{
+    /* The cache holds every key (by id and by the hash of its secret), its
+     * plan and its current counter as of the last reload (a second at
+     * most): no database round trip. The admin route checks its query
+     * first (the caller is trusted); /v1/me authenticates first, so that a
+     * stranger learns nothing from a query's validation. */
+    bool me = req->op == OP_ME_QUOTA;
+    uint8_t hash[32];
+    if (!me)
+        snprintf(req->key_id, sizeof req->key_id, "%s", req->id); /* for the log line */
+    if (me ? !auth_api_key_hash(req, hash) : !api_check_query(req, no_args))
+        return true; /* replied 401 / 400 */
+    keycache_quota_facts facts;
+    int64_t now = time_now_usec();
+    if (!keycache_quota(me ? NULL : req->id, me ? hash : NULL, now, &facts))
+        return false; /* a key the cache does not know (yet): the database answers */
+    snprintf(req->key_id, sizeof req->key_id, "%s", facts.key_id);
+    if (me && !facts.enabled)
+        api_reply_error(req, 403, "key_disabled", "the API key is disabled");
+    else if (!me || api_check_query(req, no_args))
+        quota_reply(req, &facts, now);
+    return true;
+}
+
 void usage_handle(api_request *req)
 {
     bool is_usage = req->op == OP_KEY_USAGE || req->op == OP_ME_USAGE;
-    static const char *const no_args[] = {NULL};
-    if (req->op == OP_KEY_QUOTA) {
-        /* The admin quota answers from the authorize cache, which holds
-         * every key, its plan and its current counter as of the last reload
-         * (a second at most): no database round trip. A key the cache does
-         * not know (yet) is looked up in the database below. */
-        snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
-        if (!api_check_query(req, no_args))
-            return; /* replied 400 */
-        keycache_quota_facts facts;
-        int64_t now = time_now_usec();
-        if (keycache_quota(req->key_id, now, &facts)) {
-            quota_reply(req, &facts, now);
-            return;
-        }
-    }
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;

@@ -539,6 +539,90 @@ def key_update_list_delete(s):
     expect(s.call("GET", "/v1/authorize", key=victim["value"]), 401, "unauthorized")
 
 
+def schema_fields(name):
+    with open(os.path.join(REPO, "docs", "openapi.json")) as f:
+        return set(json.load(f)["components"]["schemas"][name]["required"])
+
+
+@test
+def stripe_subscription_item(s):
+    """stripeSubscriptionItemId on plans and keys: created, read, listed,
+    patched and cleared with null, validated like stripeMeterEventName, and
+    every answer has exactly the fields docs/openapi.json requires."""
+    plan = make_plan(s, name="Legacy", stripeSubscriptionItemId="si_plan_1")
+    check(plan["stripeSubscriptionItemId"] == "si_plan_1", repr(plan))
+    check(set(plan) == schema_fields("Plan"), "plan fields %r" % sorted(plan))
+    got = expect(s.call("GET", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True), 200).json
+    check(got == plan, "GET differs: %r" % got)
+    check(s.psql("SELECT stripe_subscription_item_id FROM plans WHERE id = '%s'" % plan["id"])
+          == "si_plan_1", "not stored in plans.stripe_subscription_item_id")
+    listed = expect(s.call("GET", "/v1/plans", admin=True, query="?limit=500"), 200).json
+    mine = [p for p in listed["items"] if p["id"] == plan["id"]]
+    check(mine and mine[0]["stripeSubscriptionItemId"] == "si_plan_1", repr(mine))
+    check(all(p["stripeSubscriptionItemId"] is None for p in listed["items"]
+              if p["id"] != plan["id"]), "other plans got a subscription item")
+    item100 = "si_" + "x" * 97
+    r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": item100}), 200).json
+    check(r["stripeSubscriptionItemId"] == item100 and r["name"] == "Legacy", repr(r))
+    r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                      body={"description": "kept"}), 200).json
+    check(r["stripeSubscriptionItemId"] == item100, "a patch of another field cleared it")
+    r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": None}), 200).json
+    check(r["stripeSubscriptionItemId"] is None, repr(r))
+    check(s.psql("SELECT stripe_subscription_item_id IS NULL FROM plans WHERE id = '%s'"
+                 % plan["id"]) == "t", "null did not clear the column")
+
+    key = make_key(s, name="legacy", planId=plan["id"], stripeCustomerId="cus_legacy",
+                   stripeSubscriptionItemId="si_key_1")
+    check(key["stripeSubscriptionItemId"] == "si_key_1", repr(key))
+    check(set(key) == schema_fields("Key") | {"value"}, "key fields %r" % sorted(key))
+    got = expect(s.call("GET", "/v1/keys/{id}", ids={"id": key["id"]}, admin=True), 200).json
+    check(got["stripeSubscriptionItemId"] == "si_key_1" and set(got) == schema_fields("Key"),
+          repr(got))
+    listed = expect(s.call("GET", "/v1/keys", admin=True, query="?planId=" + plan["id"]),
+                    200).json
+    check([i["stripeSubscriptionItemId"] for i in listed["items"]] == ["si_key_1"], repr(listed))
+    r = expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": key["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": "si_key_2"}), 200).json
+    check(r["stripeSubscriptionItemId"] == "si_key_2" and r["stripeCustomerId"] == "cus_legacy",
+          repr(r))
+    r = expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": key["id"]}, admin=True,
+                      body={"name": "renamed"}), 200).json
+    check(r["stripeSubscriptionItemId"] == "si_key_2", "a patch of another field cleared it")
+    # Attach / detach answers carry it too.
+    r = expect(s.call("DELETE", "/v1/keys/{id}/plan", ids={"id": key["id"]}, admin=True), 200).json
+    check(r["stripeSubscriptionItemId"] == "si_key_2", repr(r))
+    r = expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": key["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": None}), 200).json
+    check(r["stripeSubscriptionItemId"] is None and r["stripeCustomerId"] == "cus_legacy", repr(r))
+    check(s.psql("SELECT stripe_subscription_item_id IS NULL FROM api_keys WHERE id = '%s'"
+                 % key["id"]) == "t", "null did not clear the column")
+    plain = make_key(s, name="no-item")
+    check(plain["stripeSubscriptionItemId"] is None, repr(plain))
+
+    bad = ("", "x" * 101, 5, True, ["si_1"], {"id": "si_1"}, "si\n1", "si\u00011")
+    for value in bad:
+        expect(s.call("POST", "/v1/plans", admin=True,
+                      body={"name": "bad-item", "stripeSubscriptionItemId": value}),
+               400, "invalid_field")
+        expect(s.call("POST", "/v1/keys", admin=True,
+                      body={"name": "bad-item", "stripeSubscriptionItemId": value}),
+               400, "invalid_field")
+        expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": plan["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": value}), 400, "invalid_field")
+        expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": key["id"]}, admin=True,
+                      body={"stripeSubscriptionItemId": value}), 400, "invalid_field")
+    check(s.psql("SELECT count(*) FROM plans WHERE name = 'bad-item'") == "0" and
+          s.psql("SELECT count(*) FROM api_keys WHERE name = 'bad-item'") == "0",
+          "a refused body was stored")
+    # 100 multi-byte characters are more than 100 bytes: refused by the
+    # api (bytes) rather than passed on to fail the column's CHECK as a 500.
+    expect(s.call("POST", "/v1/keys", admin=True,
+                  body={"stripeSubscriptionItemId": "\u00e9" * 51}), 400, "invalid_field")
+
+
 @test
 def attach_detach_and_plan_delete(s):
     plan = make_plan(s, name="Attach")
@@ -797,7 +881,9 @@ def isolation(s):
     expect(s.call("GET", "/v1/me/usage", key=k["value"]), 403, "key_disabled")
     expect(s.call("GET", "/v1/me/quota", key=k["value"]), 403, "key_disabled")
     r = expect(s.call("GET", "/v1/authorize", key=k["value"]), 403, "key_disabled")
-    check(r.header("X-Tally-Key-Id") == k["id"], repr(r.headers))
+    check(r.header("X-Tally-Key-Id") == k["id"] and
+          not any(name.lower().startswith("x-ratelimit-") for name, _ in r.headers),
+          repr(r.headers))
     expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True,
                   body={"enabled": True}), 200)
     expect(s.call("GET", "/v1/me/usage", key=k["value"]), 200)
@@ -828,7 +914,8 @@ def authorize_keys(s):
     expect(s.call("GET", "/v1/authorize", headers={"Authorization": "Bearer " + ADMIN_TOKEN}), 401)
     nop = make_key(s)
     r = expect(authorize(s, nop["value"]), 403, "no_plan")
-    check(r.header("X-Tally-Key-Id") == nop["id"] and None not in rate_headers(r), repr(r.headers))
+    # 403: the key is named, but no limit is in force, so no X-RateLimit-*.
+    check(rate_headers(r) == (None, None, None, nop["id"]), repr(r.headers))
     unlimited = make_plan(s, name="Unlimited")
     ku = make_key(s, planId=unlimited["id"])
     for _ in range(20):
@@ -843,6 +930,17 @@ def authorize_keys(s):
         time.sleep(0.05)
     waited = 5 - (deadline - time.monotonic())
     check(waited < 3 * REFRESH_MS / 1000 + 1, "took %.2f s" % waited)
+    # A disabled key whose plan has a quota and a throttle: 403 still
+    # carries no X-RateLimit-* (it was 0, 0, 0 before), only the key id.
+    limited = make_plan(s, name="Limited", quota={"limit": 100, "period": "DAY"},
+                        throttle={"rateLimit": 10, "burstLimit": 10})
+    kd = make_key(s, planId=limited["id"])
+    r = expect(authorize(s, kd["value"]), 204)
+    check(rate_headers(r)[:2] == ("100", "99"), repr(r.headers))
+    expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": kd["id"]}, admin=True,
+                  body={"enabled": False}), 200)
+    r = expect(authorize(s, kd["value"]), 403, "key_disabled")
+    check(rate_headers(r) == (None, None, None, kd["id"]), repr(r.headers))
 
 
 @test
@@ -1087,9 +1185,9 @@ def database_waits_are_bounded(s):
         for t in [first] + others:
             t.join(timeout=30)
         check(len(results) == 5, "answers: %r" % results)
-        # The first runs into statement_timeout; the others either give up
-        # waiting for the connection or (queued behind the first on its
-        # worker thread) get it once the lock is gone.
+        # The first runs into statement_timeout; the others (each on a
+        # database worker of its own) give up waiting for the connection
+        # ~2 s after they arrived, or get it once the lock is gone.
         for answer, seconds, is_first in results:
             check(seconds < 12, "an answer took %.1f s" % seconds)
             if is_first:
@@ -1114,6 +1212,209 @@ def database_waits_are_bounded(s):
     text = open(os.path.join(s.tmp, "api-pool.log"), "rb").read().decode("utf-8", "replace")
     for p in SANITIZER_PATTERNS:
         check(p not in text, "sanitizer report in the second api's log: " + text[-1500:])
+
+
+class ExtraApi:
+    """A second sanitized tally-api on the same database, with its own
+    flags, for the tests that need settings the suite's api does not have.
+    Stopped with SIGTERM on exit; its log must hold no sanitizer report."""
+
+    def __init__(self, s, name, flags):
+        self.s = s
+        self.port = free_port()
+        self.log_path = os.path.join(s.tmp, name + ".log")
+        self.flags = flags
+        self.api = None
+
+    def __enter__(self):
+        binary = os.path.join(os.path.abspath(self.s.args.asan_bin), "tally-api")
+        self.log = open(self.log_path, "ab")
+        self.api = subprocess.Popen(
+            [binary, "--openapi-file", os.path.join(REPO, "docs", "openapi.json")] + self.flags,
+            env=self.s.api_env({"TALLY_HTTP_ADDR": "127.0.0.1:%d" % self.port}),
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if self.get("/healthz")[0].status == 200:
+                    return self
+            except OSError:
+                pass
+            check(self.api.poll() is None, "the second api exited: " + self.log_text()[-1500:])
+            check(time.monotonic() < deadline, "the second api did not start")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        if self.api.poll() is None:
+            self.api.send_signal(signal.SIGTERM)
+        try:
+            rc = self.api.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.api.kill()
+            rc = self.api.wait()
+        self.log.close()
+        text = self.log_text()
+        if exc[0] is None:
+            for p in SANITIZER_PATTERNS:
+                check(p not in text, "sanitizer report in the second api's log: " + text[-1500:])
+            check(rc == 0, "the second api exited %r on SIGTERM: %s" % (rc, text[-1500:]))
+        return False
+
+    def log_text(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def get(self, path, headers=None, conn=None, route=None):
+        """(Answer, seconds). On `conn` (kept open) or a new connection.
+        With `route`, the answer counts for the OpenAPI coverage check."""
+        own = conn is None
+        if own:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            t0 = time.monotonic()
+            conn.request("GET", path, headers=headers or {})
+            res = conn.getresponse()
+            answer = Answer(res.status, res.getheaders(), res.read().decode("utf-8", "replace"))
+            seconds = time.monotonic() - t0
+        finally:
+            if own:
+                conn.close()
+        if route is not None:
+            self.s.seen.add(("GET", route, answer.status))
+        return answer, seconds
+
+
+@test
+def me_quota_answers_from_the_cache(s):
+    """GET /v1/me/quota takes the admin quota route's path: the key cache,
+    found by the hash of x-api-key, with the database only for a key the
+    cache does not know yet. An api whose cache reloads once a minute shows
+    that: a counter written straight into the database after its load is
+    not seen by either quota route (the database would see it at once), and
+    both answer the same document."""
+    plan = make_plan(s, name="MeCache", quota={"limit": 40, "period": "DAY"})
+    k = make_key(s, name="me-cache", planId=plan["id"])
+    off = make_key(s, name="me-cache-off", planId=plan["id"], enabled=False)
+    nop = make_key(s, name="me-cache-noplan")
+    today = iso(day_start())
+    put_counter(s, k["id"], "DAY", today, 5)
+    with ExtraApi(s, "api-me-cache", ["--key-refresh-ms", "60000"]) as api:
+        admin = {"Authorization": "Bearer " + ADMIN_TOKEN}
+        put_counter(s, k["id"], "DAY", today, 9)  # after the load: not in the cache
+        me, _ = api.get("/v1/me/quota", {"x-api-key": k["value"]}, route="/v1/me/quota")
+        by_id, _ = api.get("/v1/keys/%s/quota" % k["id"], admin, route="/v1/keys/{id}/quota")
+        expect(me, 200)
+        expect(by_id, 200)
+        check(me.json["used"] == 5 and me.json["remaining"] == 35 and me.json["keyId"] == k["id"],
+              "not answered from the cache: %r" % me)
+        check(me.json == by_id.json, "/v1/me/quota %r differs from the admin route %r"
+              % (me.json, by_id.json))
+        # Refusals from the cache, as the database path gave them.
+        expect(api.get("/v1/me/quota", {"x-api-key": off["value"]}, route="/v1/me/quota")[0],
+               403, "key_disabled")
+        expect(api.get("/v1/me/quota", {"x-api-key": nop["value"]}, route="/v1/me/quota")[0],
+               409, "no_plan")
+        expect(api.get("/v1/me/quota?x=1", {"x-api-key": k["value"]}, route="/v1/me/quota")[0],
+               400, "unknown_parameter")
+        for headers in ({}, {"x-api-key": ""}, {"x-api-key": "A" * 300},
+                        {"x-api-key": "not-a-key-value-0123456789"},
+                        {"x-api-key": k["id"]}, {"Authorization": "Bearer " + ADMIN_TOKEN}):
+            expect(api.get("/v1/me/quota", headers, route="/v1/me/quota")[0], 401)
+        # A key created after the load (straight in the database, as another
+        # process would): the database answers, with the same shape.
+        s.psql("INSERT INTO api_keys (id, value_hash, plan_id) VALUES ('key_me_late', "
+               "sha256('me-late-secret-value-0123456789'), '%s')" % plan["id"])
+        put_counter(s, "key_me_late", "DAY", today, 4)
+        late, _ = api.get("/v1/me/quota", {"x-api-key": "me-late-secret-value-0123456789"},
+                          route="/v1/me/quota")
+        expect(late, 200)
+        check(late.json["keyId"] == "key_me_late" and late.json["used"] == 4 and
+              set(late.json) == set(me.json), repr(late))
+        late_by_id, _ = api.get("/v1/keys/key_me_late/quota", admin, route="/v1/keys/{id}/quota")
+        check(late_by_id.json == late.json or
+              {k2: v for k2, v in late_by_id.json.items() if k2 != "asOf"} ==
+              {k2: v for k2, v in late.json.items() if k2 != "asOf"},
+              "database answers differ: %r vs %r" % (late_by_id.json, late.json))
+        s.psql("UPDATE api_keys SET enabled = false WHERE id = 'key_me_late'")
+        expect(api.get("/v1/me/quota", {"x-api-key": "me-late-secret-value-0123456789"},
+                       route="/v1/me/quota")[0], 403, "key_disabled")
+    # The suite's api (reloading every REFRESH_MS) sees the new counter soon.
+    q = eventually(lambda: expect(s.call("GET", "/v1/me/quota", key=k["value"]), 200).json,
+                   lambda q: q["used"] == 9)
+    check(q["used"] == 9, repr(q))
+
+
+@test
+def authorize_never_waits_behind_the_database(s):
+    """Review item I2: with usage_hourly locked, more usage requests than
+    libmicrohttpd threads hang on the database (until statement_timeout),
+    and authorize requests answered meanwhile, on new and on kept-alive
+    connections, still take milliseconds: the database routes run on the
+    workers, never on the threads that serve authorize."""
+    import threading
+    plan = make_plan(s, name="NoWait", throttle={"rateLimit": 1000, "burstLimit": 1000})
+    k = make_key(s, name="no-wait", planId=plan["id"])
+    victim = make_key(s, name="no-wait-usage")
+    threads = 2  # libmicrohttpd's; 8 statements hang at once on 8 connections
+    flags = ["--threads", str(threads), "--db-pool-size", "8", "--db-workers", "12",
+             "--key-refresh-ms", "300"]
+    with ExtraApi(s, "api-no-wait", flags) as api:
+        gate = {"x-api-key": k["value"], "X-Original-Method": "GET", "X-Original-URI": "/x"}
+        expect(api.get("/v1/authorize", gate)[0], 204)
+        locker = subprocess.Popen(
+            ["psql", s.db_url, "-X", "-q", "-c", "BEGIN; LOCK TABLE usage_hourly IN ACCESS "
+             "EXCLUSIVE MODE; SELECT pg_sleep(7); COMMIT;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while s.psql("SELECT count(*) FROM pg_locks WHERE granted AND mode = "
+                         "'AccessExclusiveLock' AND relation = 'usage_hourly'::regclass") != "1":
+                check(time.monotonic() < deadline, "the lock was not taken")
+                time.sleep(0.05)
+            admin = {"Authorization": "Bearer " + ADMIN_TOKEN}
+            slow = []
+
+            def usage():
+                slow.append(api.get("/v1/keys/%s/usage" % victim["id"], admin,
+                                    route="/v1/keys/{id}/usage"))
+            hangers = [threading.Thread(target=usage) for _ in range(4 * threads + 4)]
+            for t in hangers:
+                t.start()
+            time.sleep(0.5)  # they are in: each holds a connection to the api
+            fast, kept = [], http.client.HTTPConnection("127.0.0.1", api.port, timeout=30)
+            try:
+                check(not slow, "usage answered despite the lock: %r" % slow)
+                t_end = time.monotonic() + 3
+                while time.monotonic() < t_end:
+                    fast.append(("new", api.get("/v1/authorize", gate, route="/v1/authorize")))
+                    fast.append(("kept", api.get("/v1/authorize", gate, conn=kept)))
+                    fast.append(("quota", api.get("/v1/keys/%s/quota" % k["id"], admin)))
+                    time.sleep(0.05)
+                in_flight = len(hangers) - len(slow)
+            finally:
+                kept.close()
+            for t in hangers:
+                t.join(timeout=30)
+        finally:
+            locker.wait(timeout=30)
+        for kind, (answer, seconds) in fast:
+            check(answer.status in (204, 200), "%s: %r" % (kind, answer))
+        times = sorted(sec for _, (_, sec) in fast)
+        check(times[-1] < 0.5, "a request answered from memory took %.3f s while the database "
+              "hung (median %.4f s)" % (times[-1], times[len(times) // 2]))
+        check(len(times) >= 15, "only %d requests in the window" % len(times))
+        # The usage requests really did hang on the lock meanwhile.
+        check(in_flight > threads, "only %d usage requests were still waiting" % in_flight)
+        check(len(slow) == len(hangers), "usage answers: %d" % len(slow))
+        for answer, seconds in slow:
+            check(answer.status == 503 and answer.error_code() == "database_busy" or
+                  answer.status == 200, "usage: %r" % answer)
+        check(max(sec for _, sec in slow) > 4, "no usage request waited on the lock: %r"
+              % [round(sec, 2) for _, sec in slow])
+        print("    %d authorize/quota answers while %d usage requests hung: median %.1f ms, "
+              "max %.1f ms" % (len(times), in_flight, 1000 * times[len(times) // 2],
+                               1000 * times[-1]), flush=True)
 
 
 @test
