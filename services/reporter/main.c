@@ -583,8 +583,6 @@ static const cfg_setting parked_settings[] = {
 static const cfg_setting requeue_settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
      "libpq connection string of the Tally database"},
-    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
-     0, "the mode the requeued reports are sent in"},
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
      "debug, info, warn or error"},
     {NULL, "id", CFG_INT, &requeue_id, "0", false, false, 0, 9e18, "the parked report to requeue"},
@@ -646,16 +644,17 @@ static int run_command(const char *command, int argc, char **argv)
     } else {
         status = cfg_start(
             program, "tally-reporter requeue (--id N | --all) [--customer cus_...]",
-            "Sends parked reports again (after fixing what Stripe refused): the customer and "
-            "target are\nread again from the key and plan, the identifier stays, the "
-            "idempotency key is new.",
+            "Sends parked reports again (after fixing what Stripe refused): each in its own "
+            "mode, the\ncustomer and target read again from its key and plan, the same "
+            "identifier, a new idempotency\nkey. The running reporter sends them at its next "
+            "cycle.",
             requeue_settings, sizeof requeue_settings / sizeof requeue_settings[0], argc, argv,
             &log_level_text, &level);
     }
     if (status >= 0)
         return status;
     log_init("reporter", level);
-    if (mode_text && !stripe_parse_mode(mode_text, &mode)) {
+    if (strcmp(command, "reconcile") == 0 && !stripe_parse_mode(mode_text, &mode)) {
         fprintf(stderr, "tally-reporter: TALLY_STRIPE_MODE: \"%s\" is neither meter_events nor "
                         "usage_records\n",
                 mode_text);
@@ -686,7 +685,7 @@ static int run_command(const char *command, int argc, char **argv)
         if (ok && !json_out)
             printf("%lld parked report(s) shown\n", n);
     } else {
-        ok = outbox_requeue(db, mode, requeue_id, customer_filter, &n, err, sizeof err);
+        ok = outbox_requeue(db, requeue_id, customer_filter, &n, err, sizeof err);
         status = ok ? 0 : 2;
         if (ok)
             printf("%lld report(s) requeued\n", n);

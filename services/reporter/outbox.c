@@ -371,34 +371,38 @@ bool outbox_list_parked(PGconn *db, int limit, bool json, FILE *out, long long *
                                 "httpStatus", v[7][0] ? json_integer(atoi(v[7])) : json_null(),
                                 "error", v[8], "parkedAt", v[9]));
         else
-            fprintf(out, "#%s %s %s (%s) hour %s quantity %s, %s attempts, HTTP %s: %s\n", v[0],
-                    v[1], v[2], v[3], v[4], v[5], v[6], v[7][0] ? v[7] : "-", v[8]);
+            fprintf(out, "#%s %s %s (%s) hour %s, quantity %s, %s attempt(s), parked %s: %s\n",
+                    v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[9], v[8]);
     }
     PQclear(res);
     return json ? print_json(list, out, err, err_size) : true;
 }
 
-bool outbox_requeue(PGconn *db, stripe_mode mode, long long id, const char *customer,
-                    long long *count, char *err, size_t err_size)
+bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *count, char *err,
+                    size_t err_size)
 {
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", id);
-    const char *params[] = {stripe_mode_column(mode), id > 0 ? idtext : NULL, customer};
+    const char *params[] = {id > 0 ? idtext : NULL, customer};
+    /* Each report keeps its mode; its customer and target are read again. */
     PGresult *res = run(
         db,
         "WITH fresh AS ("
-        "  SELECT s.id, k.stripe_customer_id AS customer, " TARGET_SQL " AS target"
+        "  SELECT s.id, k.stripe_customer_id AS customer,"
+        "         CASE WHEN s.mode = 'meter_event' THEN p.stripe_meter_event_name"
+        "              ELSE coalesce(k.stripe_subscription_item_id,"
+        "                            p.stripe_subscription_item_id) END AS target"
         "    FROM stripe_reports s JOIN api_keys k ON k.id = s.key_id"
         "    JOIN plans p ON p.id = s.plan_id"
-        "   WHERE s.status = 'parked' AND ($2::bigint IS NULL OR s.id = $2::bigint)"
-        "     AND ($3::text IS NULL OR s.stripe_customer_id = $3::text)"
-        ") UPDATE stripe_reports s SET status = 'pending', mode = $1, attempts = 0,"
+        "   WHERE s.status = 'parked' AND ($1::bigint IS NULL OR s.id = $1::bigint)"
+        "     AND ($2::text IS NULL OR s.stripe_customer_id = $2::text)"
+        ") UPDATE stripe_reports s SET status = 'pending', attempts = 0,"
         "         stripe_customer_id = f.customer, target = f.target,"
         "         idempotency_generation = s.idempotency_generation + 1,"
         "         next_attempt_at = now(), done_at = NULL, first_sent_at = NULL,"
         "         last_error = 'requeued by an operator after: ' || coalesce(s.last_error, '')"
         "    FROM fresh f WHERE s.id = f.id AND f.customer IS NOT NULL AND f.target IS NOT NULL",
-        3, params, PGRES_COMMAND_OK, "requeueing parked reports", err, err_size);
+        2, params, PGRES_COMMAND_OK, "requeueing parked reports", err, err_size);
     if (res == NULL)
         return false;
     *count = strtoll(PQcmdTuples(res), NULL, 10);

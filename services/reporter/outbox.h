@@ -86,8 +86,9 @@ bool outbox_list_parked(PGconn *db, int limit, bool json, FILE *out, long long *
 
 /* `tally-reporter requeue`: parked reports (one id, or all, optionally of
  * one customer) go back to pending under a new idempotency key generation,
- * with the customer and target their key and plan have now. */
-bool outbox_requeue(PGconn *db, stripe_mode mode, long long id, const char *customer,
-                    long long *count, char *err, size_t err_size);
+ * each in its own mode, with the customer and target its key and plan have
+ * now. Reports whose key lost its customer or target stay parked. */
+bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *count, char *err,
+                    size_t err_size);
 
 #endif

@@ -67,7 +67,7 @@ struct sender {
     size_t in_memory, in_flight;
     tokenbucket bucket;
     double rate;                    /* the effective rate: the ceiling, lower after 429s */
-    int64_t rate_recovered_usec;
+    int64_t rate_recovered_usec, rate_lowered_usec;
     int64_t pause_until_usec;
     int consecutive_failures;
     int outage_pauses;
@@ -549,18 +549,21 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         metrics_add(s->m_accepted, 1);
         metrics_add(s->m_units, (uint64_t)r->quantity);
         break;
-    case STRIPE_RATE_LIMITED: {
-        /* 429 slows everybody: halve the rate, pause for a backoff. */
+    case STRIPE_RATE_LIMITED:
+        /* 429 slows everybody down: halve the rate and pause all calls
+         * briefly, at most once a second (the answers of calls already in
+         * flight say nothing new), never below a tenth of the ceiling. */
         s->totals.rate_limited++;
         metrics_add(s->m_rate_limited, 1);
-        double floor = s->cfg.rate_limit / 64 < 0.1 ? 0.1 : s->cfg.rate_limit / 64;
-        s->rate = s->rate / 2 < floor ? floor : s->rate / 2;
-        s->rate_recovered_usec = now;
-        metrics_set(s->m_rate, s->rate);
-        int64_t pause = now + (int64_t)(stripe_backoff_s(r->failures + 1, jitter()) * 1e6);
-        if (pause > s->pause_until_usec)
-            s->pause_until_usec = pause;
-    }
+        if (now - s->rate_lowered_usec >= USEC_PER_SEC) {
+            double floor = s->cfg.rate_limit / 10 < 0.1 ? 0.1 : s->cfg.rate_limit / 10;
+            s->rate = s->rate / 2 < floor ? floor : s->rate / 2;
+            s->rate_lowered_usec = s->rate_recovered_usec = now;
+            metrics_set(s->m_rate, s->rate);
+            int64_t pause = now + (int64_t)(stripe_backoff_s(1, jitter()) * 1e6);
+            if (pause > s->pause_until_usec)
+                s->pause_until_usec = pause;
+        }
         /* fall through */
     case STRIPE_RETRY:
         s->totals.retried++;
@@ -571,12 +574,12 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
     case STRIPE_NEW_KEY:
         r->generation++;
         r->replayed_failures = 0;
-        r->failures++;
+        r->failures = 0; /* a new key is a new request: short backoff again */
         s->totals.new_keys++;
         s->totals.retried++;
         metrics_add(s->m_new_keys, 1);
         metrics_add(s->m_retried, 1);
-        schedule_retry(s, r, now, r->failures);
+        schedule_retry(s, r, now, 1);
         log_info("report %lld: Stripe keeps replaying a saved failure; retrying under "
                  "idempotency key generation %d, same identifier",
                  (long long)r->id, r->generation);
