@@ -74,6 +74,7 @@ test: deps
 	$(MAKE) asan
 	$(UNIT_BIN)
 	build/asan/bin/unit-tests
+	python3 tests/stripe/test_standin.py
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/api/run.py --asan-bin build/asan/bin
 
