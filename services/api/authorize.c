@@ -1,6 +1,7 @@
 /* GET /v1/authorize, for nginx auth_request and other gateways: 204 allowed,
- * 401 missing or unknown key, 403 disabled or planless key (X-Tally-Key-Id
- * only, no X-RateLimit-*), 429 throttled or over quota (with Retry-After).
+ * 401 missing or unknown key, 403 disabled or planless key, 429 throttled or
+ * over quota (with Retry-After). Every answer for a known key carries the
+ * X-RateLimit-* headers and X-Tally-Key-Id (spec/CONTRACT.md section 4).
  * Answered from the key cache alone. */
 #include <string.h>
 
@@ -20,14 +21,9 @@ void authorize_handle(api_request *req)
     keycache_authorize(hash, method, uri, time_now_usec(), &decision);
     if (decision.key_id[0] != '\0') {
         memcpy(req->key_id, decision.key_id, sizeof req->key_id);
-        /* A disabled or planless key has no limit in force: zeros would
-         * read as "nothing remaining, resets now", so 403 carries none. */
-        bool limited = decision.outcome != AUTHZ_DISABLED && decision.outcome != AUTHZ_NO_PLAN;
-        if (limited) {
-            api_add_header(req, "X-RateLimit-Limit", "%lld", (long long)decision.limit);
-            api_add_header(req, "X-RateLimit-Remaining", "%lld", (long long)decision.remaining);
-            api_add_header(req, "X-RateLimit-Reset", "%lld", (long long)decision.reset_seconds);
-        }
+        api_add_header(req, "X-RateLimit-Limit", "%lld", (long long)decision.limit);
+        api_add_header(req, "X-RateLimit-Remaining", "%lld", (long long)decision.remaining);
+        api_add_header(req, "X-RateLimit-Reset", "%lld", (long long)decision.reset_seconds);
         api_add_header(req, "X-Tally-Key-Id", "%s", decision.key_id);
     }
     switch (decision.outcome) {
