@@ -355,6 +355,10 @@ static void plan(reporter *rp, int64_t now)
     rp->planned_units += units;
     rp->planned_once = true;
     rp->exhausted = false;
+    /* Requeued reports have old ids: look from the start whenever nothing is
+     * held in memory (nothing can be loaded twice then). */
+    if (sender_in_memory(rp->snd) == 0)
+        rp->cursor = 0;
     metrics_set(rp->m_plan_seconds, rp->plan_seconds);
     metrics_add(rp->m_planned, (uint64_t)reports);
     if (reports > 0)
@@ -580,6 +584,15 @@ static const cfg_setting parked_settings[] = {
     {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"},
 };
 
+static const cfg_setting resolve_settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
+     "libpq connection string of the Tally database"},
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
+     "debug, info, warn or error"},
+    {NULL, "id", CFG_INT, &requeue_id, NULL, true, false, 1, 9e18,
+     "the parked report Stripe did count"},
+};
+
 static const cfg_setting requeue_settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
      "libpq connection string of the Tally database"},
@@ -641,6 +654,15 @@ static int run_command(const char *command, int argc, char **argv)
                            "Lists the reports Stripe refused for good, with Stripe's message.",
                            parked_settings, sizeof parked_settings / sizeof parked_settings[0],
                            argc, argv, &log_level_text, &level);
+    } else if (strcmp(command, "resolve") == 0) {
+        status = cfg_start(
+            program, "tally-reporter resolve --id N",
+            "Marks a parked report as accepted without sending it, once an operator has "
+            "checked in Stripe\nthat it was counted (a usage record whose saved failure kept "
+            "being replayed, or one left\nunconfirmed for 23 hours). Its units then count as "
+            "delivered; nothing is sent.",
+            resolve_settings, sizeof resolve_settings / sizeof resolve_settings[0], argc, argv,
+            &log_level_text, &level);
     } else {
         status = cfg_start(
             program, "tally-reporter requeue (--id N | --all) [--customer cus_...]",
@@ -684,6 +706,13 @@ static int run_command(const char *command, int argc, char **argv)
         status = ok ? 0 : 2;
         if (ok && !json_out)
             printf("%lld parked report(s) shown\n", n);
+    } else if (strcmp(command, "resolve") == 0) {
+        ok = outbox_resolve(db, requeue_id, &n, err, sizeof err);
+        status = !ok ? 2 : n == 1 ? 0 : 1;
+        if (ok)
+            printf(n == 1 ? "report %lld resolved as accepted\n"
+                          : "report %lld is not parked: nothing changed\n",
+                   requeue_id);
     } else {
         ok = outbox_requeue(db, requeue_id, customer_filter, &n, err, sizeof err);
         status = ok ? 0 : 2;
@@ -699,16 +728,16 @@ static int run_command(const char *command, int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && (strcmp(argv[1], "reconcile") == 0 || strcmp(argv[1], "parked") == 0 ||
-                     strcmp(argv[1], "requeue") == 0))
+                     strcmp(argv[1], "requeue") == 0 || strcmp(argv[1], "resolve") == 0))
         return run_command(argv[1], argc - 1, argv + 1);
     log_level level;
     int status = cfg_start(
-        "tally-reporter", "tally-reporter [--once] [--flag value ...] | reconcile | parked | requeue",
+        "tally-reporter", "tally-reporter [--once] [--flag value ...] | reconcile | parked | requeue | resolve",
         "Reports the units the collector counted to Stripe as idempotent increments per key / "
         "plan / hour,\nthrough an outbox in PostgreSQL: nothing lost, nothing billed twice. "
         "Subcommands (each has --help):\n  reconcile  counted vs reported per customer and "
         "meter\n  parked     reports Stripe refused for good\n  requeue    send parked "
-        "reports again\nSIGTERM lets calls in flight finish, records them and exits; a second "
+        "reports again\n  resolve    mark a parked report Stripe did count as accepted\nSIGTERM lets calls in flight finish, records them and exits; a second "
         "signal exits at once.",
         settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
     if (status >= 0)

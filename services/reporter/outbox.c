@@ -409,3 +409,21 @@ bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *c
     PQclear(res);
     return true;
 }
+
+bool outbox_resolve(PGconn *db, long long id, long long *count, char *err, size_t err_size)
+{
+    char idtext[32];
+    snprintf(idtext, sizeof idtext, "%lld", id);
+    const char *params[] = {idtext};
+    PGresult *res = run(db,
+                        "UPDATE stripe_reports SET status = 'accepted', done_at = now(),"
+                        "       last_error = 'resolved by an operator (counted in Stripe) after: '"
+                        "                    || coalesce(last_error, '')"
+                        " WHERE id = $1::bigint AND status = 'parked'",
+                        1, params, PGRES_COMMAND_OK, "resolving a parked report", err, err_size);
+    if (res == NULL)
+        return false;
+    *count = strtoll(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    return true;
+}

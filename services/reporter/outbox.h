@@ -91,4 +91,9 @@ bool outbox_list_parked(PGconn *db, int limit, bool json, FILE *out, long long *
 bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *count, char *err,
                     size_t err_size);
 
+/* `tally-reporter resolve`: a parked report an operator found counted in
+ * Stripe becomes accepted without a call. *count is 1, or 0 when the
+ * report is not parked. */
+bool outbox_resolve(PGconn *db, long long id, long long *count, char *err, size_t err_size);
+
 #endif

@@ -293,6 +293,25 @@ def test_reporter_usage_records_mode(s):
     check(rc == 0, "after requeue: %d %s" % (rc, log[-500:]))
     check(standin.ledger()["usage_records"]["si_u3"] == per_item["si_u3"] + 9,
           "the requeued record was not counted exactly once: %s" % standin.ledger())
+    # Processed, then a saved 500 replayed: parked as well; the operator sees
+    # the record in Stripe and resolves it: counted once, nothing resent.
+    standin.configure(fault_sequence=["500_after"])
+    add_usage(s, plan, keys[2], 21, 4)
+    rc, summary, log = reporter.once()
+    check(rc == 1 and summary["parked"] == 1, "500 after processing: rc %d %s" % (rc, summary))
+    check(standin.ledger()["usage_records"]["si_u2"] == per_item["si_u2"] + 4,
+          "Stripe should hold the processed record: %s" % standin.ledger())
+    parked_id = s.db.scalar("SELECT id FROM stripe_reports WHERE status = 'parked'")
+    rc, out, err = reporter.command("resolve", "--id", parked_id)
+    check(rc == 0 and "resolved" in out, "resolve: %d %s %s" % (rc, out, err))
+    rc, out, _ = reporter.command("resolve", "--id", parked_id)
+    check(rc == 1, "resolving twice should say nothing changed: %d %s" % (rc, out))
+    rc, summary, _ = reporter.once()
+    check(rc == 0 and summary["calls"] == 0, "after resolve: %d %s" % (rc, summary))
+    check(standin.ledger()["usage_records"]["si_u2"] == per_item["si_u2"] + 4,
+          "counted twice after resolve: %s" % standin.ledger())
+    rc, text = reporter.reconcile()
+    check(rc == 0, "reconcile after resolve exited %d:\n%s" % (rc, text))
     s.note("faults %s" % st["faults"])
 
 
