@@ -384,7 +384,44 @@ def test_reporter_daemon_basics(s):
     b.stop()
 
 
+# ---- PostgreSQL stopped and started while reports are in flight ------------------
+
+
+def test_reporter_postgres_restart(s):
+    customers = ["cus_p%d" % i for i in range(5)]
+    plan, keys = billing_setup(s, customers)
+    for i, key in enumerate(keys):
+        for h in range(1, 61):
+            add_usage(s, plan, key, h, 1 + (h * 3 + i) % 40)
+    standin = lib.Standin(s, customers)
+    standin.configure(latency_s=0.02)  # a slower Stripe: the restart lands mid-run
+    reporter = lib.Reporter(s, standin, args=[
+        "--report-interval-s", "1", "--report-settle-s", "0", "--report-rate-limit", "40",
+        "--report-concurrency", "4"]).start()
+    wait_until("some reports accepted", lambda: standin.ledger()["accepted"] >= 40, 60)
+    before = standin.ledger()["accepted"]
+    s.pg("pg-stop")
+    try:
+        time.sleep(3)
+        check(reporter.proc.alive(), "the reporter died without its database: %s"
+              % reporter.proc.log_tail())
+        during = standin.ledger()["accepted"]
+    finally:
+        s.pg("pg-start")
+    add_usage(s, plan, keys[0], 2, 11)  # late usage after the restart
+    wait_until("every unit accepted after the restart", lambda: all_delivered(s, plan), 120,
+               interval=1.0, on_timeout=lambda: "outbox %s; %s" % (outbox(s),
+                                                                     reporter.proc.log_tail()))
+    reporter.stop()
+    check(ledger_by_customer(standin) == counted_by_customer(s, plan),
+          "ledger %s != counted %s" % (ledger_by_customer(standin), counted_by_customer(s, plan)))
+    check_standin_rules(standin)
+    s.note("PostgreSQL stopped after %d of 300 reports, %d after 3 s without it"
+           % (before, during))
+
+
 TESTS = [
+    ("reporter_postgres_restart", test_reporter_postgres_restart),
     ("reporter_late_events_difference", test_reporter_late_events_difference),
     ("reporter_unknown_customer_parks", test_reporter_unknown_customer_parks),
     ("reporter_new_idempotency_key", test_reporter_new_idempotency_key),
