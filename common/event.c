@@ -67,6 +67,18 @@ const char *event_error_code(event_error err)
     return (unsigned)err < EVENT_ERR__COUNT ? error_codes[err] : "unknown";
 }
 
+size_t event_utf8_valid_prefix(const char *text, size_t len)
+{
+    size_t at = 0;
+    while (at < len) {
+        size_t n = event_utf8_sequence(text + at, len - at);
+        if (n == 0)
+            break;
+        at += n;
+    }
+    return at;
+}
+
 size_t event_utf8_sequence(const char *text, size_t len)
 {
     const unsigned char *s = (const unsigned char *)text;

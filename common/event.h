@@ -69,5 +69,8 @@ bool event_utf8_valid(const char *text, size_t len);
 /* The length (1 to 4) of the well-formed UTF-8 sequence that starts `text`,
  * which has `len` bytes left; 0 when it is malformed or cut short. */
 size_t event_utf8_sequence(const char *text, size_t len);
+/* The length of the longest well-formed UTF-8 prefix of the `len` bytes:
+ * where to cut a text that snprintf may have split mid-character. */
+size_t event_utf8_valid_prefix(const char *text, size_t len);
 
 #endif

@@ -38,9 +38,14 @@
 #include "stripe.h"
 #include "timeutil.h"
 
-/* Reports held in memory at most; the outbox holds the rest. */
-#define MAX_IN_MEMORY 100000
-#define LOAD_BATCH 20000
+/* Reports held in memory: about ten minutes of work at the rate ceiling
+ * (loading stamps first_sent_at, which the 23-hour rule reads), within these
+ * bounds; loaded in batches small enough that a load (which stops the
+ * dispatch loop) stays short. The outbox holds the rest. */
+#define MAX_IN_MEMORY 20000
+#define MIN_IN_MEMORY 100
+#define LOAD_BATCH 5000
+#define AHEAD_S 600
 /* Changes older than this before the previous plan are looked at again:
  * a collector transaction stamps updated_at when it starts, not when it
  * commits. A full look happens every hour anyway. */
@@ -53,7 +58,7 @@
 #define API_KEY_MAX 1024
 
 static const char *database_url, *api_base, *api_key_env, *api_key_file, *mode_text,
-    *api_version, *metrics_addr, *log_level_text;
+    *api_version, *metrics_addr, *log_level_text, *id_namespace;
 static long long timeout_ms, interval_s, concurrency, lookback_days;
 static double rate_limit, settle_s;
 static bool once;
@@ -88,8 +93,13 @@ static const cfg_setting settings[] = {
      86400, "an hour is reported once it ended, or its usage last changed, this long ago (0: "
      "report the running hour's usage at every cycle)"},
     {"TALLY_REPORT_LOOKBACK_DAYS", "report-lookback-days", CFG_INT, &lookback_days, "35", false,
-     false, 1, 35, "usage older than this is not reported (Stripe refuses meter events older "
-     "than 35 days)"},
+     false, 1, 35, "usage older than this is not reported; usage older than 34 days is sent "
+     "with a timestamp 34 days before its planning (Stripe refuses meter events older than 35 "
+     "days)"},
+    {"TALLY_REPORT_NAMESPACE", "report-namespace", CFG_STRING, &id_namespace, "", false, false,
+     0, 0, "goes into every report identifier: give each deployment that reports to the same "
+     "Stripe account its own (e.g. prod, staging), or Stripe takes one's reports for the "
+     "other's duplicates"},
     {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9102", false,
      false, 0, 0, "where GET /metrics and GET /healthz listen"},
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
@@ -178,6 +188,36 @@ static bool load_api_key(char *out, size_t size, char *err, size_t err_size)
     return true;
 }
 
+/* True when the host part of "host[:port][/path]" is exactly a loopback
+ * name or address (localhost, 127.x.y.z, [::1]). */
+static bool is_loopback_url_host(const char *rest)
+{
+    size_t n = rest[0] == '[' ? strcspn(rest, "]") + 1 : strcspn(rest, ":/");
+    char host[64];
+    if (n == 0 || n >= sizeof host)
+        return false;
+    memcpy(host, rest, n);
+    host[n] = '\0';
+    if (strcmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0)
+        return true;
+    unsigned a, b, c, d;
+    char extra;
+    return sscanf(host, "%u.%u.%u.%u%c", &a, &b, &c, &d, &extra) == 4 && a == 127 && b < 256 &&
+           c < 256 && d < 256;
+}
+
+static bool check_namespace(char *err, size_t err_size)
+{
+    size_t len = strlen(id_namespace);
+    if (len > 64 || strspn(id_namespace, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                         "0123456789_.-") != len) {
+        snprintf(err, err_size, "TALLY_REPORT_NAMESPACE: at most 64 letters, digits, '_', '.' "
+                                "or '-'");
+        return false;
+    }
+    return true;
+}
+
 static bool check_api_base(char *out, size_t size, char *err, size_t err_size)
 {
     size_t len = strlen(api_base);
@@ -194,9 +234,7 @@ static bool check_api_base(char *out, size_t size, char *err, size_t err_size)
     }
     memcpy(out, api_base, len);
     out[len] = '\0';
-    const char *host = out + (https ? 8 : 7);
-    if (!https && strncmp(host, "127.", 4) != 0 && strncmp(host, "localhost", 9) != 0 &&
-        strncmp(host, "[::1]", 5) != 0)
+    if (!https && !is_loopback_url_host(out + 7))
         log_warn("TALLY_STRIPE_API_BASE is plain http to a remote host: the Stripe key travels "
                  "unencrypted (fine for a stand-in on a private network, never for Stripe)");
     return true;
@@ -337,13 +375,16 @@ static void plan(reporter *rp, int64_t now)
     char err[512], next_since[64];
     bool full = rp->since[0] == '\0' || now >= rp->next_full_usec;
     int64_t t0 = time_now_usec();
-    if (!outbox_clock(rp->db, PLAN_OVERLAP_S, next_since, sizeof next_since, err, sizeof err)) {
+    /* A bucket becomes due `settle_s` after its last change: the next look
+     * must reach back that far too. */
+    double overlap = (settle_s > PLAN_OVERLAP_S ? settle_s : PLAN_OVERLAP_S) + (double)interval_s;
+    if (!outbox_clock(rp->db, overlap, next_since, sizeof next_since, err, sizeof err)) {
         db_failed(rp, err);
         return;
     }
     long long reports = 0, units = 0;
     if (!outbox_plan(rp->db, rp->mode, full ? NULL : rp->since, settle_s, (int)lookback_days,
-                     &reports, &units, err, sizeof err)) {
+                     id_namespace, &reports, &units, err, sizeof err)) {
         db_failed(rp, err);
         return;
     }
@@ -379,15 +420,20 @@ static void take_report(void *ctx, report *r)
 
 static void load(reporter *rp)
 {
-    if (rp->exhausted || sender_in_memory(rp->snd) + LOAD_BATCH > MAX_IN_MEMORY)
+    double ahead = rate_limit * AHEAD_S;
+    size_t cap = ahead > MAX_IN_MEMORY ? MAX_IN_MEMORY : ahead < MIN_IN_MEMORY ? MIN_IN_MEMORY
+                                                                             : (size_t)ahead;
+    size_t batch = cap < LOAD_BATCH ? cap : LOAD_BATCH;
+    if (rp->exhausted || sender_in_memory(rp->snd) + batch > cap)
         return;
     char err[512];
     int loaded = 0;
-    if (!outbox_load(rp->db, rp->cursor, LOAD_BATCH, take_report, rp, &loaded, err, sizeof err)) {
+    if (!outbox_load(rp->db, rp->cursor, (int)batch, take_report, rp, &loaded, err,
+                     sizeof err)) {
         db_failed(rp, err);
         return;
     }
-    if (loaded < LOAD_BATCH)
+    if ((size_t)loaded < batch)
         rp->exhausted = true;
 }
 
@@ -435,16 +481,14 @@ static int run_daemon(void)
         return 2;
     }
     if (!load_api_key(key, sizeof key, err, sizeof err) ||
-        !check_api_base(base, sizeof base, err, sizeof err)) {
+        !check_api_base(base, sizeof base, err, sizeof err) || !check_namespace(err, sizeof err)) {
         log_error("%s", err);
         return 2;
     }
     sender_config sc = {
         .api_base = base,
         .api_key = key,
-        .api_version = api_version[0]                       ? api_version
-                       : mode == STRIPE_MODE_USAGE_RECORDS ? "2025-02-24.acacia"
-                                                           : "",
+        .api_version = api_version,
         .timeout_ms = (long)timeout_ms,
         .concurrency = (int)concurrency,
         .rate_limit = rate_limit,
@@ -482,8 +526,7 @@ static int run_daemon(void)
         if (stop_requested)
             sender_hold(rp.snd, true);
         if (ensure_db(&rp, now)) {
-            if (!rp.locked && ensure_lock(&rp, now) == false && once && rp.db &&
-                !rp.locked) {
+            if (!rp.locked && !ensure_lock(&rp, now) && once && rp.standby_logged) {
                 log_error("another tally-reporter is active on this database; --once needs the "
                           "outbox to itself");
                 status = 2;
@@ -510,8 +553,8 @@ static int run_daemon(void)
             break;
         if (once && rp.planned_once && rp.exhausted && drained)
             break;
-        if (once && sender_auth_failed(rp.snd) && drained)
-            break;
+        if (once && sender_auth_failed(rp.snd) && sender_in_flight(rp.snd) == 0)
+            break; /* nothing passes with this key: stop, exit 1 */
         sender_run(rp.snd, 100);
     }
     int64_t send_ended = time_now_usec();
@@ -528,9 +571,9 @@ static int run_daemon(void)
             status = 2;
         } else {
             double seconds = (double)(send_ended - started) / 1e6;
-            double send_seconds = send_started ? (double)(send_ended - send_started) / 1e6 -
-                                                     rp.plan_seconds
-                                               : 0;
+            /* send_started is taken after the plan returned */
+            double send_seconds =
+                send_started ? (double)(send_ended - send_started) / 1e6 : 0;
             print_summary(&rp, seconds, send_seconds, &st);
             status = st.pending == 0 && st.parked == 0 ? 0 : 1;
             if (status)

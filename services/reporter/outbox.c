@@ -55,8 +55,8 @@ bool outbox_clock(PGconn *db, double margin_s, char *out, size_t size, char *err
  * within the lookback, summed over all their rows; settled ones only; minus
  * what their reports already cover, whatever those reports' status (a parked
  * report is not re-planned: an operator decides). The identifier is a digest
- * of (key, plan, hour, seq) with length prefixes, so it is the same after
- * any crash and different for every increment. */
+ * of (key, plan, hour, seq[, namespace]) with length prefixes, so it is the
+ * same after any crash and different for every increment. */
 static const char plan_sql[] =
     "WITH changed AS ("
     "  SELECT DISTINCT key_id, plan_id, hour FROM usage_hourly"
@@ -89,20 +89,24 @@ static const char plan_sql[] =
     "         'tally_' || substr(encode(sha256(convert_to("
     "             octet_length(key_id)::text || ':' || key_id || octet_length(plan_id)::text"
     "             || ':' || plan_id || ':' || extract(epoch FROM hour)::bigint::text"
-    "             || ':' || seq::text, 'UTF8')), 'hex'), 1, 40)"
+    "             || ':' || seq::text || $5::text, 'UTF8')), 'hex'), 1, 40)"
     "    FROM todo WHERE quantity > 0"
     "  RETURNING quantity"
     ") SELECT count(*), coalesce(sum(quantity), 0) FROM ins";
 
 bool outbox_plan(PGconn *db, stripe_mode mode, const char *since, double settle_s,
-                 int lookback_days, long long *reports, long long *units, char *err,
-                 size_t err_size)
+                 int lookback_days, const char *namespace, long long *reports,
+                 long long *units, char *err, size_t err_size)
 {
     char lookback[16], settle[32];
     snprintf(lookback, sizeof lookback, "%d", lookback_days);
     snprintf(settle, sizeof settle, "%.3f", settle_s);
-    const char *params[] = {stripe_mode_column(mode), lookback, settle, since};
-    PGresult *res = run(db, plan_sql, 4, params, PGRES_TUPLES_OK, "planning reports", err,
+    /* an empty namespace leaves the digest as it always was */
+    char ns[160] = "";
+    if (namespace[0])
+        snprintf(ns, sizeof ns, ":%s", namespace);
+    const char *params[] = {stripe_mode_column(mode), lookback, settle, since, ns};
+    PGresult *res = run(db, plan_sql, 5, params, PGRES_TUPLES_OK, "planning reports", err,
                         err_size);
     if (res == NULL)
         return false;
@@ -137,14 +141,23 @@ bool outbox_load(PGconn *db, int64_t after_id, int limit, void (*take)(void *ctx
     snprintf(after, sizeof after, "%" PRId64, after_id);
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {after, lim};
+    /* Taking a report for sending stamps first_sent_at (if not yet), before
+     * any call: the 23-hour rule (sender.c) survives any crash. Usage older
+     * than 34 days when planned is sent as of 34 days before planning, inside
+     * Stripe's 35-day window however long the sending takes. */
     PGresult *res = run(
         db,
-        "SELECT id, mode, stripe_customer_id, target, identifier,"
-        "       extract(epoch FROM hour)::bigint, quantity, idempotency_generation, attempts,"
-        "       coalesce(extract(epoch FROM first_sent_at)::text, ''),"
+        "WITH taken AS ("
+        "  UPDATE stripe_reports SET first_sent_at = coalesce(first_sent_at, now())"
+        "   WHERE id IN (SELECT id FROM stripe_reports WHERE status = 'pending'"
+        "                   AND id > $1::bigint ORDER BY id LIMIT $2::int)"
+        "  RETURNING *"
+        ") SELECT id, mode, stripe_customer_id, target, identifier,"
+        "       extract(epoch FROM greatest(hour, created_at - interval '34 days'))::bigint,"
+        "       quantity, idempotency_generation, attempts,"
+        "       extract(epoch FROM first_sent_at)::text,"
         "       extract(epoch FROM next_attempt_at)::text"
-        "  FROM stripe_reports WHERE status = 'pending' AND id > $1::bigint"
-        " ORDER BY id LIMIT $2::int",
+        "  FROM taken ORDER BY id",
         2, params, PGRES_TUPLES_OK, "loading pending reports", err, err_size);
     if (res == NULL)
         return false;
@@ -226,10 +239,12 @@ bool outbox_flush(PGconn *db, report *const *reports, size_t count, char *err, s
             params[c] = cols[c].data;
         PGresult *res = run(
             db,
-            "UPDATE stripe_reports s SET status = v.status, attempts = v.attempts,"
-            "       idempotency_generation = v.gen,"
+            "UPDATE stripe_reports s SET status = v.status,"
+            "       attempts = greatest(s.attempts, v.attempts),"
+            "       idempotency_generation = greatest(s.idempotency_generation, v.gen),"
             "       next_attempt_at = to_timestamp(v.next / 1e6),"
-            "       first_sent_at = CASE WHEN v.first > 0 THEN to_timestamp(v.first / 1e6) END,"
+            "       first_sent_at = least(s.first_sent_at, CASE WHEN v.first > 0"
+            "                             THEN to_timestamp(v.first / 1e6) END),"
             "       last_sent_at = CASE WHEN v.last > 0 THEN to_timestamp(v.last / 1e6) END,"
             "       last_http_status = nullif(v.http, 0), last_error = nullif(v.error, ''),"
             "       done_at = CASE WHEN v.status <> 'pending' THEN now() END"
@@ -384,7 +399,9 @@ bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *c
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", id);
     const char *params[] = {id > 0 ? idtext : NULL, customer};
-    /* Each report keeps its mode; its customer and target are read again. */
+    /* Each report keeps its mode; its customer and target are read again. It
+     * gets a new id: a running reporter loads pending reports in id order
+     * from where it stopped, so it sees the report at its next cycle. */
     PGresult *res = run(
         db,
         "WITH fresh AS ("
@@ -397,6 +414,7 @@ bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *c
         "   WHERE s.status = 'parked' AND ($1::bigint IS NULL OR s.id = $1::bigint)"
         "     AND ($2::text IS NULL OR s.stripe_customer_id = $2::text)"
         ") UPDATE stripe_reports s SET status = 'pending', attempts = 0,"
+        "         id = nextval(pg_get_serial_sequence('stripe_reports', 'id')),"
         "         stripe_customer_id = f.customer, target = f.target,"
         "         idempotency_generation = s.idempotency_generation + 1,"
         "         next_attempt_at = now(), done_at = NULL, first_sent_at = NULL,"

@@ -21,15 +21,17 @@ typedef struct report {
     const char *customer;
     const char *target;      /* meter event name, or subscription item id */
     const char *identifier;
-    int64_t hour;            /* unix seconds: the bucket's start, sent as the timestamp */
+    int64_t hour;            /* unix seconds: the timestamp sent (the bucket's start, or 34
+                              * days before planning for older usage) */
     int64_t quantity;
     int generation;          /* idempotency key generation */
     int attempts;            /* calls made so far, every run included */
-    int64_t first_sent_usec; /* 0: never sent */
+    int64_t first_sent_usec; /* first taken for sending (written at load, before any call) */
     int64_t last_sent_usec;
     int64_t ready_usec;      /* not before this time */
     int replayed_failures;   /* saved failures replayed to the current key */
-    int failures;            /* retryable failures in a row, this process */
+    int failures;            /* retryable failures in a row (backoff), this process */
+    int run_failures;        /* failed calls in this process (--once gives up), never reset */
     report_status status;
     int last_http_status;    /* 0: no answer */
     char last_error[512];
@@ -51,13 +53,16 @@ bool outbox_clock(PGconn *db, double margin_s, char *out, size_t size, char *err
  * what its reports already cover: the key has a Stripe customer, the target
  * exists for `mode`, the hour is within `lookback_days` and settled (its
  * hour ended, or its last change is, `settle_s` ago). `since` (NULL: all)
- * limits the look to buckets changed since then. */
+ * limits the look to buckets changed since then. `namespace` ("" for none)
+ * goes into the identifiers: deployments sharing a Stripe account need
+ * different ones. */
 bool outbox_plan(PGconn *db, stripe_mode mode, const char *since, double settle_s,
-                 int lookback_days, long long *reports, long long *units, char *err,
-                 size_t err_size);
+                 int lookback_days, const char *namespace, long long *reports,
+                 long long *units, char *err, size_t err_size);
 
 /* Loads up to `limit` pending reports with id > after_id, in id order,
- * through `take` (which owns each report it is given: free() it). */
+ * through `take` (which owns each report it is given: free() it), stamping
+ * first_sent_at on those never taken before. */
 bool outbox_load(PGconn *db, int64_t after_id, int limit,
                  void (*take)(void *ctx, report *r), void *ctx, int *loaded, char *err,
                  size_t err_size);

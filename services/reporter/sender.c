@@ -11,6 +11,7 @@
 
 #include "buf.h"
 #include "digest.h"
+#include "event.h"
 #include "log.h"
 #include "metrics.h"
 #include "timeutil.h"
@@ -18,10 +19,10 @@
 
 /* An answer body past this is cut (Stripe's errors are a few hundred bytes). */
 #define REPLY_MAX (64 * 1024)
-/* A usage record has only its idempotency key as a guard, and Stripe may
- * prune keys after 24 hours: one still unconfirmed after this long is parked
- * for an operator rather than retried into a possible double count. */
-#define USAGE_RECORD_WINDOW_USEC (23 * USEC_PER_HOUR)
+/* Stripe may forget idempotency keys after 24 hours, and promises meter
+ * event identifiers for "at least 24 hours": a report still unconfirmed
+ * after this long is parked rather than retried into a double count. */
+#define STALE_REPORT_USEC (23 * USEC_PER_HOUR)
 /* After this many retryable failures in a row (any report), everything
  * pauses: Stripe or the network is down, hammering it helps nobody. */
 #define OUTAGE_FAILURES 20
@@ -404,21 +405,21 @@ void sender_add(sender *s, report *r)
     lane_schedule(s, l, time_now_usec());
 }
 
-/* Keeps valid UTF-8 when cutting `text` to fit `size` (the database refuses
- * anything else, and Stripe's messages are not ASCII-only). */
+/* Cuts `text` where snprintf may have split a character: the database
+ * refuses invalid UTF-8, and Stripe's messages are not ASCII-only. */
+static void cut_utf8_tail(char *text)
+{
+    text[event_utf8_valid_prefix(text, strlen(text))] = '\0';
+}
+
 static void set_error(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(report *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
+    vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
     va_end(ap);
-    if (n >= (int)sizeof r->last_error) {
-        size_t end = sizeof r->last_error - 1;
-        while (end > 0 && ((unsigned char)r->last_error[end] & 0xC0) == 0x80)
-            end--;
-        r->last_error[end] = '\0';
-    }
+    cut_utf8_tail(r->last_error);
 }
 
 static double jitter(void)
@@ -454,7 +455,7 @@ static void give_up(sender *s, report *r)
 static void schedule_retry(sender *s, report *r, int64_t now, int failures)
 {
     r->ready_usec = now + (int64_t)(stripe_backoff_s(failures, jitter()) * 1e6);
-    if (s->cfg.give_up_after > 0 && failures >= s->cfg.give_up_after)
+    if (s->cfg.give_up_after > 0 && ++r->run_failures >= s->cfg.give_up_after)
         give_up(s, r);
 }
 
@@ -493,6 +494,9 @@ static void parse_error(const buf *reply, stripe_error *out)
         snprintf(out->code, sizeof out->code, "%s", code);
     if (message)
         snprintf(out->message, sizeof out->message, "%s", message);
+    cut_utf8_tail(out->type);
+    cut_utf8_tail(out->code);
+    cut_utf8_tail(out->message);
     json_decref(doc);
 }
 
@@ -520,7 +524,11 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
     };
     stripe_outcome outcome = stripe_classify(r->mode, &reply);
     r->last_http_status = (int)status;
-    if (status == 0)
+    if (outcome == STRIPE_AUTH_FAILED)
+        /* Stripe's message shows part of the key: keep only the code */
+        set_error(r, "HTTP %ld %s%s%s: Stripe refused the API key", status, e.type,
+                  e.code[0] ? "/" : "", e.code);
+    else if (status == 0)
         set_error(r, "no answer: %s", sl->curl_error[0] ? sl->curl_error
                                                         : curl_easy_strerror(result));
     else if (e.message[0])
@@ -528,10 +536,12 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
                   e.message);
     else
         set_error(r, "HTTP %ld without a Stripe error body", status);
-    if (outcome != STRIPE_RETRY && outcome != STRIPE_RATE_LIMITED)
+    if (outcome != STRIPE_RETRY && outcome != STRIPE_RATE_LIMITED && outcome != STRIPE_NEW_KEY)
         s->consecutive_failures = 0;
-    if (outcome == STRIPE_ACCEPTED || outcome == STRIPE_DUPLICATE)
+    if (outcome == STRIPE_ACCEPTED || outcome == STRIPE_DUPLICATE) {
         s->outage_pauses = 0;
+        s->auth_failed = false;
+    }
 
     switch (outcome) {
     case STRIPE_ACCEPTED:
@@ -579,6 +589,7 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         s->totals.retried++;
         metrics_add(s->m_new_keys, 1);
         metrics_add(s->m_retried, 1);
+        note_failure(s, now);
         schedule_retry(s, r, now, 1);
         log_info("report %lld: Stripe keeps replaying a saved failure; retrying under "
                  "idempotency key generation %d, same identifier",
@@ -594,8 +605,11 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         }
         s->pause_until_usec = now + AUTH_PAUSE_USEC;
         r->ready_usec = s->pause_until_usec;
-        if (s->cfg.give_up_after > 0)
+        if (s->cfg.give_up_after > 0) {
+            /* --once: nothing will pass with this key; stop the run */
             give_up(s, r);
+            s->hold = true;
+        }
         break;
     case STRIPE_PARK:
         r->status = REPORT_PARKED;
@@ -612,18 +626,23 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
     lane_release(s, l, r, now);
 }
 
-/* A usage record sent long ago and never confirmed cannot be retried safely
- * (its idempotency key may be gone): park it for an operator to check. */
-static bool park_stale_usage_record(sender *s, report *r, int64_t now)
+/* A report first taken for sending 23 hours ago and still unconfirmed
+ * cannot be retried safely: Stripe may have counted an earlier attempt and
+ * forgotten its idempotency key (usage records) or identifier (meter events:
+ * "at least 24 hours"). Park it for an operator to check. first_sent_at is
+ * written when the report is loaded, before any call, so a crash cannot
+ * reset this clock. */
+static bool park_stale_report(sender *s, report *r, int64_t now)
 {
-    if (r->mode != STRIPE_MODE_USAGE_RECORDS || r->first_sent_usec == 0 ||
-        now - r->first_sent_usec < USAGE_RECORD_WINDOW_USEC)
+    if (r->first_sent_usec == 0 || now - r->first_sent_usec < STALE_REPORT_USEC)
         return false;
     r->status = REPORT_PARKED;
-    set_error(r, "usage record unconfirmed for 23 hours: Stripe may have counted it and its "
-                 "idempotency key may expire; check the subscription item's usage in Stripe, "
-                 "then requeue it or leave it parked (last: %d)",
-              r->last_http_status);
+    set_error(r, "unconfirmed 23 hours after it was first sent: Stripe may have counted it and "
+                 "may no longer recognise a retry; check the %s in Stripe, then `requeue` or "
+                 "`resolve` it (last: %.300s)",
+              r->mode == STRIPE_MODE_USAGE_RECORDS ? "subscription item's usage records"
+                                                   : "customer's meter events",
+              r->last_error);
     s->totals.parked++;
     metrics_add(s->m_parked, 1);
     mark_dirty(s, r);
@@ -669,9 +688,13 @@ static bool build_request(sender *s, slot *sl, report *r)
         ok = next != NULL;
         h = next ? next : h;
     }
-    if (ok && s->cfg.api_version[0]) {
+    /* Usage records exist only up to 2025-02-24.acacia: pin it unless told */
+    const char *api_version = s->cfg.api_version[0]                  ? s->cfg.api_version
+                              : r->mode == STRIPE_MODE_USAGE_RECORDS ? "2025-02-24.acacia"
+                                                                     : "";
+    if (ok && api_version[0]) {
         char version[128];
-        snprintf(version, sizeof version, "Stripe-Version: %s", s->cfg.api_version);
+        snprintf(version, sizeof version, "Stripe-Version: %s", api_version);
         struct curl_slist *next = curl_slist_append(h, version);
         ok = next != NULL;
         h = next ? next : h;
@@ -691,7 +714,7 @@ static bool build_request(sender *s, slot *sl, report *r)
 static void start_call(sender *s, lane *l, int64_t now)
 {
     report *r = l->head;
-    if (park_stale_usage_record(s, r, now)) {
+    if (park_stale_report(s, r, now)) {
         lane_release(s, l, r, now);
         return;
     }
@@ -729,6 +752,21 @@ static void start_call(sender *s, lane *l, int64_t now)
     }
 }
 
+/* The token bucket for a ceiling of `rate` calls a second: a burst of 2 %
+ * of it (20 ms worth, so a short stall in the loop costs little) and a
+ * refill rate lowered by as much, so that no one-second window holds more
+ * than `rate` calls. Below 50 calls/s the burst is one call. */
+static int64_t bucket_shape(double rate, double *refill)
+{
+    if (rate < 50) {
+        *refill = rate;
+        return 1;
+    }
+    int64_t burst = (int64_t)(rate / 50);
+    *refill = rate - (double)burst;
+    return burst;
+}
+
 static void dispatch(sender *s, int64_t now)
 {
     /* 429s halved the rate; it creeps back (10% a second) while calls pass */
@@ -740,11 +778,10 @@ static void dispatch(sender *s, int64_t now)
     promote_delayed(s, now);
     if (s->hold || now < s->pause_until_usec)
         return;
-    /* A small burst (50 ms worth) keeps every one-second window under the
-     * ceiling. */
-    int64_t burst = 1 + (int64_t)(s->rate / 20);
+    double refill;
+    int64_t burst = bucket_shape(s->rate, &refill);
     while (s->free_count > 0 && s->ready_head) {
-        if (!tokenbucket_take(&s->bucket, s->rate, burst, now))
+        if (!tokenbucket_take(&s->bucket, refill, burst, now))
             break;
         start_call(s, ready_pop(s), now);
     }
@@ -759,8 +796,9 @@ void sender_run(sender *s, int max_wait_ms)
     if (!s->hold) {
         int64_t next = next_delayed_usec(s);
         if (s->ready_head && s->free_count > 0) {
-            int64_t burst = 1 + (int64_t)(s->rate / 20);
-            int64_t token = now + tokenbucket_wait_usec(&s->bucket, s->rate, burst, now);
+            double refill;
+            int64_t burst = bucket_shape(s->rate, &refill);
+            int64_t token = now + tokenbucket_wait_usec(&s->bucket, refill, burst, now);
             next = token < next ? token : next;
         }
         if (s->pause_until_usec > now && next < s->pause_until_usec)

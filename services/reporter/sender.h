@@ -15,7 +15,8 @@
 typedef struct {
     const char *api_base;    /* "https://api.stripe.com", no trailing slash */
     const char *api_key;     /* sent only in the Authorization header */
-    const char *api_version; /* Stripe-Version header, or "" for the account's default */
+    const char *api_version; /* Stripe-Version header; "": the account's default for meter
+                              * events, 2025-02-24.acacia for usage records */
     long timeout_ms;
     int concurrency;
     double rate_limit;       /* calls per second, the ceiling */

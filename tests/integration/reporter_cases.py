@@ -101,7 +101,7 @@ def run_with_kills(s, reporter, kills, between=(0.3, 1.5), during=None):
 def test_reporter_faults_and_kills(s):
     partitions = 16
     broker = s.broker(partitions)
-    customers = ["cus_f%d" % i for i in range(8)]
+    customers = ["cus_f%d" % i for i in range(12)]
     plan, keys = billing_setup(s, customers)
     # the keys must hash to distinct partitions (the dev broker's retention)
     s.db.execute("DELETE FROM api_keys WHERE plan_id = %s" % lib.sql_literal(plan))

@@ -750,10 +750,25 @@ START_TEST(error_codes)
 }
 END_TEST
 
+START_TEST(utf8_valid_prefix)
+{
+    /* a text cut in the middle of a character keeps only whole ones */
+    ck_assert_uint_eq(event_utf8_valid_prefix("abc", 3), 3);
+    ck_assert_uint_eq(event_utf8_valid_prefix("ab\xc3\xa9", 4), 4);
+    ck_assert_uint_eq(event_utf8_valid_prefix("ab\xc3", 3), 2);
+    ck_assert_uint_eq(event_utf8_valid_prefix("ab\xe2\x82", 4), 2);
+    ck_assert_uint_eq(event_utf8_valid_prefix("\xf0\x9f\x98\x80x", 5), 5);
+    ck_assert_uint_eq(event_utf8_valid_prefix("\xf0\x9f\x98", 3), 0);
+    ck_assert_uint_eq(event_utf8_valid_prefix("a\xff" "b", 3), 1);
+    ck_assert_uint_eq(event_utf8_valid_prefix("", 0), 0);
+}
+END_TEST
+
 Suite *event_suite(void)
 {
     Suite *s = suite_create("event");
     TCase *valid = tcase_create("valid");
+    tcase_add_test(valid, utf8_valid_prefix);
     tcase_add_test(valid, valid_event_fills_every_field);
     tcase_add_test(valid, valid_event_defaults_without_data);
     tcase_add_test(valid, valid_event_method_uppercased);
