@@ -1458,11 +1458,9 @@ def bench_reporter(ctx, opts):
         problems.append(f"a second --once was not a no-op: exit {again['status']}, planned "
                         f"{a.get('planned')}, calls {a.get('calls')}")
 
-    # The send phase: from the end of planning to the last answer. The
-    # summary's own sendSeconds is not used: it subtracts planSeconds from a
-    # span that already starts after the plan (it is short by planSeconds,
-    # and callsPerSecond correspondingly high).
-    send_s = (s.get("seconds") or 0.0) - (s.get("planSeconds") or 0.0)
+    # The send phase: from the end of planning to the last answer (the
+    # reporter's own sendSeconds).
+    send_s = s.get("sendSeconds") or 0.0
     rps = s.get("calls", 0) / send_s if send_s > 0 else 0.0
     ratio = rps / REPORTER_RATE_LIMIT
     cycle_s = res["wall"]
@@ -1476,14 +1474,12 @@ def bench_reporter(ctx, opts):
              f"--stripe-api-base {url}")
     fig.note(f"cycle           {cycle_s:.2f} s wall for the process (reporter's own: "
              f"{s.get('seconds', 0):.2f} s = plan {s.get('planSeconds', 0):.2f} s + send "
-             f"{send_s:.2f} s; its summary says sendSeconds {s.get('sendSeconds')}, which "
-             f"subtracts the plan time twice)")
+             f"{send_s:.2f} s)")
     fig.note(f"calls           {s.get('calls')} calls, {s.get('accepted')} accepted, "
              f"{s.get('duplicates')} duplicates, {s.get('retried')} retried, "
              f"{s.get('rateLimited')} rate-limited (429)")
     fig.note(f"rate            {rps:,.0f} calls/s over the send phase = {ratio:.2f} x the "
-             f"{REPORTER_RATE_LIMIT:,}/s ceiling (reporter's callsPerSecond "
-             f"{s.get('callsPerSecond')}, from its short sendSeconds); stand-in's busiest "
+             f"{REPORTER_RATE_LIMIT:,}/s ceiling; stand-in's busiest "
              f"sliding 1-s window {stats.get('max_rps')} requests")
     if per_s:
         pct = lambda q: per_s[min(len(per_s) - 1, int(q * len(per_s)))]
