@@ -277,15 +277,14 @@ def background_cpu(seconds=1.0):
     return 1.0 - (i1 - i0) / max(1, t1 - t0)
 
 
-def postgres_cpu_seconds(ctx):
-    """CPU seconds used so far by the stack's PostgreSQL: the postmaster and
-    its live children (exited backends are not counted)."""
+def postgres_cpu_by_pid(ctx):
+    """{pid: CPU seconds} of the stack's postmaster and its live children."""
     try:
         with open(ctx.path("pg", "data", "postmaster.pid")) as f:
             postmaster = int(f.readline())
     except (OSError, ValueError):
-        return 0.0
-    total = proc_cpu_seconds(postmaster)
+        return {}
+    cpu = {postmaster: proc_cpu_seconds(postmaster)}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -294,8 +293,14 @@ def postgres_cpu_seconds(ctx):
             except (OSError, IndexError, ValueError):
                 continue
             if ppid == postmaster:
-                total += proc_cpu_seconds(int(entry))
-    return total
+                cpu[int(entry)] = proc_cpu_seconds(int(entry))
+    return cpu
+
+
+def postgres_cpu_seconds(ctx):
+    """CPU seconds used so far by the stack's PostgreSQL: the postmaster and
+    its live children (exited backends are not counted)."""
+    return sum(postgres_cpu_by_pid(ctx).values())
 
 
 def broker_pid(ctx):
@@ -1183,26 +1188,6 @@ def start_standin(ctx, api_key):
 def standin_get(url, route):
     with urllib.request.urlopen(f"{url}/_standin/{route}", timeout=30) as r:
         return json.loads(r.read())
-
-
-def postgres_cpu_by_pid(ctx):
-    """{pid: CPU seconds} of the stack's postmaster and its live children."""
-    try:
-        with open(ctx.path("pg", "data", "postmaster.pid")) as f:
-            postmaster = int(f.readline())
-    except (OSError, ValueError):
-        return {}
-    cpu = {postmaster: proc_cpu_seconds(postmaster)}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == postmaster:
-                cpu[int(entry)] = proc_cpu_seconds(int(entry))
-    return cpu
 
 
 def run_reporter_once(ctx, url, api_key, label):

@@ -45,6 +45,17 @@ def iso(dt):
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (dt.microsecond // 1000)
 
 
+def terminate(proc, timeout=15):
+    """SIGTERM, then SIGKILL after `timeout` s; returns the exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 class Answer:
     def __init__(self, status, headers, body):
         self.status = status
@@ -154,13 +165,7 @@ class Suite:
         if self.api is None:
             return None, 0
         t0 = time.monotonic()
-        if self.api.poll() is None:
-            self.api.send_signal(signal.SIGTERM)
-        try:
-            rc = self.api.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.api.kill()
-            rc = self.api.wait()
+        rc = terminate(self.api)
         self._log.close()
         return rc, time.monotonic() - t0
 
@@ -1247,13 +1252,7 @@ class ExtraApi:
             time.sleep(0.1)
 
     def __exit__(self, *exc):
-        if self.api.poll() is None:
-            self.api.send_signal(signal.SIGTERM)
-        try:
-            rc = self.api.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.api.kill()
-            rc = self.api.wait()
+        rc = terminate(self.api)
         self.log.close()
         text = self.log_text()
         if exc[0] is None:
