@@ -20,6 +20,9 @@ GET /v1/keys/{id}/quota, under wrk; bench/api.lua, bench/nginx-yardstick.conf)
 and reporter (one `tally-reporter --once` cycle: 10,000 customers x 24 hours
 of usage to the Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s).
 
+BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
+BENCH_API_ARGS="--threads 4" to compare thread counts.
+
 Python 3 standard library only.
 """
 
@@ -991,7 +994,8 @@ def bench_api(ctx, opts):
     stop_process("tally-api (setup)", setup_api)
     ctx.forget(setup_api)
 
-    api, port, api_log = start_api(ctx, token, "api.log")
+    api, port, api_log = start_api(ctx, token, "api.log",
+                                   os.environ.get("BENCH_API_ARGS", "").split())
     t0 = time.monotonic()
     wait_for_key_cache(port, keys)
     cache_s = time.monotonic() - t0
