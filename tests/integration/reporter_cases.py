@@ -114,7 +114,7 @@ def test_reporter_faults_and_kills(s):
                                                             lib.sql_literal(cus)))
     collector = s.collector(broker, "it-reporter-faults")
     base = lib.rfc3339(int(time.time()) - 600)
-    first = s.loadgen(broker, keys, count=4000, seed=s.rng.randrange(1, 2 ** 31), base_time=base,
+    first = s.loadgen(broker, keys, count=2500, seed=s.rng.randrange(1, 2 ** 31), base_time=base,
                       source="it-rep-1", late_ratio=0.7).finish()
     lib.wait_for_totals(s.db, first["unique"], [collector], 120)
 
@@ -122,19 +122,21 @@ def test_reporter_faults_and_kills(s):
     standin.configure(faults={"rate": 0.3, "kinds": ALL_FAULTS, "slow_s": 1.0})
     reporter = lib.Reporter(s, standin, args=[
         "--report-interval-s", "1", "--report-settle-s", "0", "--stripe-timeout-ms", "500",
-        "--report-rate-limit", "300", "--report-concurrency", "6"])
+        "--report-rate-limit", "1000", "--report-concurrency", "6"])
     waves = []
 
     def late_wave(i):
         # Late events raise hours that were (partly) reported already.
         if i % 2 == 0:
-            summary = s.loadgen(broker, keys, count=800, seed=s.rng.randrange(1, 2 ** 31),
+            summary = s.loadgen(broker, keys, count=500, seed=s.rng.randrange(1, 2 ** 31),
                                 base_time=base, source="it-rep-w%d" % i, late_ratio=0.7).finish()
             waves.append(summary["unique"])
 
     run_with_kills(s, reporter, 5, during=late_wave)
     lib.wait_for_totals(s.db, first["unique"] + sum(waves), [collector], 120)
-    wait_until("every counted unit accepted by the stand-in", lambda: all_delivered(s, plan), 180,
+    # 429s (a tenth of the calls here) keep halving the rate towards its
+    # floor, a tenth of the ceiling, as they should: this takes a while.
+    wait_until("every counted unit accepted by the stand-in", lambda: all_delivered(s, plan), 300,
                interval=1.0, on_timeout=lambda: "outbox %s, ledger %s" % (
                    outbox(s), ledger_by_customer(standin)))
     reporter.stop()
