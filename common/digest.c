@@ -144,3 +144,12 @@ void digest_to_hex(const uint8_t *bytes, size_t len, char *out)
     }
     out[2 * len] = '\0';
 }
+
+uint64_t digest_fnv1a(const void *data, size_t len)
+{
+    const unsigned char *p = data;
+    uint64_t h = 14695981039346656037ULL; /* the FNV offset basis */
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 1099511628211ULL;
+    return h;
+}

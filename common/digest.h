@@ -26,6 +26,11 @@ void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN])
  * SHA-256(<decimal byte length of source> ":" source id). The length prefix
  * keeps two different pairs from ever hashing the same text. */
 void digest_event(const char *source, const char *id, uint8_t out[16]);
+/* FNV-1a, 64 bits: the hash of the services' in-memory tables (keys,
+ * rollup groups, lanes). Not a digest: fast, and no use against an
+ * adversary. */
+uint64_t digest_fnv1a(const void *data, size_t len);
+
 /* Writes `len` bytes as lowercase hex plus NUL into out (2 * len + 1 bytes). */
 void digest_to_hex(const uint8_t *bytes, size_t len, char *out);
 

@@ -31,6 +31,7 @@
 #include "api.h"
 #include "apitext.h"
 #include "db.h"
+#include "digest.h"
 #include "log.h"
 #include "metrics.h"
 #include "period.h"
@@ -147,14 +148,6 @@ static void register_metrics(void)
 
 /* ---- snapshots ---------------------------------------------------------- */
 
-static uint64_t id_hash(const char *id)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h;
-}
-
 static uint64_t value_hash_slot(const uint8_t hash[32])
 {
     uint64_t h;
@@ -210,7 +203,7 @@ static key_entry *find_by_id(snapshot *snap, const char *id)
     if (snap == NULL || snap->slots == 0)
         return NULL;
     size_t mask = snap->slots - 1;
-    for (size_t i = id_hash(id) & mask;; i = (i + 1) & mask) {
+    for (size_t i = digest_fnv1a(id, strlen(id)) & mask;; i = (i + 1) & mask) {
         uint32_t slot = snap->by_id[i];
         if (slot == 0)
             return NULL;
@@ -235,7 +228,7 @@ static bool index_snapshot(snapshot *snap)
         while (snap->by_hash[i] != 0)
             i = (i + 1) & (slots - 1);
         snap->by_hash[i] = (uint32_t)(k + 1);
-        i = id_hash(snap->keys[k].id) & (slots - 1);
+        i = digest_fnv1a(snap->keys[k].id, strlen(snap->keys[k].id)) & (slots - 1);
         while (snap->by_id[i] != 0)
             i = (i + 1) & (slots - 1);
         snap->by_id[i] = (uint32_t)(k + 1);

@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "digest.h"
+
 /* Open addressing with linear probing; the table is kept at most half full. */
 typedef struct {
     char *key_id;  /* owned; NULL marks an empty slot */
@@ -16,16 +18,6 @@ struct keycache {
     size_t capacity; /* a power of two */
     size_t count;
 };
-
-static uint64_t hash_text(const char *text)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
-        h ^= *p;
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
 
 keycache *keycache_new(void)
 {
@@ -65,7 +57,7 @@ static slot *find(const keycache *cache, const char *key_id, uint64_t hash)
 
 const char *keycache_lookup(const keycache *cache, const char *key_id)
 {
-    const slot *s = find(cache, key_id, hash_text(key_id));
+    const slot *s = find(cache, key_id, digest_fnv1a(key_id, strlen(key_id)));
     return s->key_id ? s->plan_id : NULL;
 }
 
@@ -90,7 +82,7 @@ bool keycache_put(keycache *cache, const char *key_id, const char *plan_id)
 {
     if ((cache->count + 1) * 2 > cache->capacity && !grow(cache))
         return false;
-    uint64_t hash = hash_text(key_id);
+    uint64_t hash = digest_fnv1a(key_id, strlen(key_id));
     slot *s = find(cache, key_id, hash);
     char *plan_copy = strdup(plan_id);
     if (plan_copy == NULL)

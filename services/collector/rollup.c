@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "db.h"
+#include "digest.h"
 #include "period.h"
 #include "timeutil.h"
 
@@ -68,16 +69,6 @@ static void map_free(index_map *m)
     buf_free(&m->text);
 }
 
-static uint64_t hash_bytes(const char *p, size_t len)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)p[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static slot *map_probe(slot *slots, size_t slot_count, const char *text, uint64_t h,
                        const char *key, size_t len)
 {
@@ -114,7 +105,7 @@ static bool map_grow(index_map *m)
  * and not inserted, or no room). */
 static long map_find_or_add(index_map *m, const char *key, size_t len, long next_index)
 {
-    uint64_t h = hash_bytes(key, len);
+    uint64_t h = digest_fnv1a(key, len);
     slot *s = map_probe(m->slots, m->slot_count, m->text.data, h, key, len);
     if (s->offset != SIZE_MAX)
         return s->index;

@@ -81,14 +81,6 @@ struct sender {
 
 /* ---- lanes ------------------------------------------------------------- */
 
-static uint64_t hash_text(const char *text)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
-        h = (h ^ *p) * 1099511628211ULL;
-    return h;
-}
-
 static bool lanes_grow(sender *s)
 {
     size_t cap = s->lane_cap ? s->lane_cap * 2 : 1024;
@@ -115,7 +107,7 @@ static lane *lane_for(sender *s, const report *r)
     char name[512];
     snprintf(name, sizeof name, "%s\x1f%s\x1f%s", stripe_mode_column(r->mode), r->customer,
              r->target);
-    uint64_t h = hash_text(name);
+    uint64_t h = digest_fnv1a(name, strlen(name));
     if ((s->lane_count + 1) * 2 > s->lane_cap && !lanes_grow(s))
         return NULL;
     size_t j = h & (s->lane_cap - 1);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "digest.h"
 #include "event.h"
 #include "suites.h"
 #include "timeutil.h"
@@ -764,11 +765,21 @@ START_TEST(utf8_valid_prefix)
 }
 END_TEST
 
+START_TEST(fnv1a_known_values)
+{
+    /* the published FNV-1a 64 test vectors */
+    ck_assert_uint_eq(digest_fnv1a("", 0), 0xcbf29ce484222325ULL);
+    ck_assert_uint_eq(digest_fnv1a("a", 1), 0xaf63dc4c8601ec8cULL);
+    ck_assert_uint_eq(digest_fnv1a("foobar", 6), 0x85944171f73967e8ULL);
+}
+END_TEST
+
 Suite *event_suite(void)
 {
     Suite *s = suite_create("event");
     TCase *valid = tcase_create("valid");
     tcase_add_test(valid, utf8_valid_prefix);
+    tcase_add_test(valid, fnv1a_known_values);
     tcase_add_test(valid, valid_event_fills_every_field);
     tcase_add_test(valid, valid_event_defaults_without_data);
     tcase_add_test(valid, valid_event_method_uppercased);
