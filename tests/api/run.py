@@ -33,7 +33,8 @@ ADMIN_TOKEN = "test-admin-token-5d1c9a0e7f"
 REFRESH_MS = 300
 # The process, port and sanitizer helpers are the integration suite's.
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
-from lib import SANITIZER_PATTERNS, Failure, check, clean_env, free_port  # noqa: E402
+from lib import (SANITIZER_PATTERNS, Failure, check, clean_env, free_port,  # noqa: E402
+                 keepalive_request)
 
 
 def utc(text):
@@ -187,23 +188,7 @@ class Suite:
             body = json.dumps(body)
         if isinstance(body, str):
             body = body.encode()
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-            try:
-                self.conn.request(method, path, body=body, headers=hdrs)
-                res = self.conn.getresponse()
-                data = res.read()
-                answer = Answer(res.status, res.getheaders(), data.decode("utf-8", "replace"))
-                if res.getheader("Connection", "").lower() == "close" or res.will_close:
-                    self.conn.close()
-                    self.conn = None
-                break
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()
-                self.conn = None
-                if attempt == 1:
-                    raise
+        answer = Answer(*keepalive_request(self, self.port, method, path, body, hdrs, 30))
         if record and route is not None:
             self.seen.add((method, route, answer.status))
         return answer

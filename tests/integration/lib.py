@@ -612,6 +612,28 @@ class Collector:
 ADMIN_TOKEN = "it-admin-token-3f9c51d2a7b8"
 
 
+def keepalive_request(owner, port, method, path, body, headers, timeout):
+    """One request on owner.conn, a kept-alive connection to 127.0.0.1:port
+    (opened when None; reopened once when the server had closed it; dropped
+    when the answer closes it). Returns (status, headers, body text)."""
+    for attempt in range(2):
+        if owner.conn is None:
+            owner.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            owner.conn.request(method, path, body=body, headers=headers)
+            res = owner.conn.getresponse()
+            data = res.read()
+            if res.will_close:  # Connection: close, or HTTP/1.0
+                owner.conn.close()
+                owner.conn = None
+            return res.status, res.getheaders(), data.decode("utf-8", "replace")
+        except (http.client.HTTPException, ConnectionError):
+            owner.conn.close()
+            owner.conn = None
+            if attempt == 1:
+                raise
+
+
 class Answer:
     """One HTTP answer: status, headers (names lower-cased), body text."""
 
@@ -690,23 +712,7 @@ class Api:
             hdrs.setdefault("Content-Type", "application/json")
         if isinstance(body, str):
             body = body.encode()
-        for attempt in range(2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-            try:
-                self.conn.request(method, path, body=body, headers=hdrs)
-                res = self.conn.getresponse()
-                data = res.read()
-                answer = Answer(res.status, res.getheaders(), data.decode("utf-8", "replace"))
-                if res.will_close:
-                    self.conn.close()
-                    self.conn = None
-                return answer
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()
-                self.conn = None
-                if attempt == 1:
-                    raise
+        return Answer(*keepalive_request(self, self.port, method, path, body, hdrs, 15))
 
     def call(self, method, path, status, **kw):
         """request() that must answer `status`; returns the Answer."""
