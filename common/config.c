@@ -19,16 +19,54 @@ static const char *const known_variables[] = {
     "TALLY_BATCH_MAX_WAIT_MS", "TALLY_LATENESS_DAYS", "TALLY_MAX_EVENT_BYTES",
     "TALLY_KEY_REFRESH_MS", "TALLY_REPORT_INTERVAL_S", "TALLY_REPORT_RATE_LIMIT",
     "TALLY_REPORT_CONCURRENCY", "TALLY_REPORT_SETTLE_S", "TALLY_REPORT_LOOKBACK_DAYS",
-    "TALLY_STRIPE_TIMEOUT_MS", "TALLY_REPORT_NAMESPACE", "TALLY_STATE_DIR", "TALLY_BIN_DIR", "TALLY_DEVBROKER_PARTITIONS",
+    "TALLY_STRIPE_TIMEOUT_MS", "TALLY_REPORT_NAMESPACE", "TALLY_STATE_DIR", "TALLY_BIN_DIR",
+    "TALLY_DEVBROKER_PARTITIONS", "TALLY_KEY_HMAC_SECRET", "TALLY_KAFKA_SECURITY_PROTOCOL",
+    "TALLY_KAFKA_SASL_MECHANISM", "TALLY_KAFKA_SASL_USERNAME", "TALLY_KAFKA_SASL_PASSWORD",
+    "TALLY_KAFKA_SSL_CA_LOCATION",
 };
 
-static bool is_known_variable(const char *name, size_t len)
+/* A secret setting NAME may instead be given as NAME_FILE (environment) or
+ * --flag-file (command line): the path of a file holding it, e.g. a Docker
+ * or Kubernetes secret, so the value never sits in the environment or in ps. */
+#define FILE_SUFFIX "_FILE"
+#define FLAG_FILE_SUFFIX "-file"
+/* Larger than any key, token or connection string; bounds what a wrong path
+ * (a log file, /dev/zero) can make us read. */
+#define SECRET_FILE_MAX 16384
+#define SECRET_FILE_MAX_TEXT "16384"
+
+/* The text of every secret file read. Targets borrow it, as they borrow
+ * values from environ and argv, so it lives as long as the process; the list
+ * keeps it reachable (leak checkers stay quiet). */
+typedef struct file_value {
+    struct file_value *next;
+    char text[];
+} file_value;
+static file_value *file_values;
+
+static bool has_suffix(const char *name, size_t len, const char *suffix)
+{
+    size_t suffix_len = strlen(suffix);
+    return len > suffix_len && memcmp(name + len - suffix_len, suffix, suffix_len) == 0;
+}
+
+static bool is_listed_variable(const char *name, size_t len)
 {
     for (size_t i = 0; i < sizeof known_variables / sizeof known_variables[0]; i++) {
         if (strlen(known_variables[i]) == len && strncmp(known_variables[i], name, len) == 0)
             return true;
     }
     return false;
+}
+
+/* Listed, or NAME_FILE of a listed NAME (whether NAME is a secret is for the
+ * program's own table to say: see load_environment). */
+static bool is_known_variable(const char *name, size_t len)
+{
+    if (is_listed_variable(name, len))
+        return true;
+    return has_suffix(name, len, FILE_SUFFIX) &&
+           is_listed_variable(name, len - strlen(FILE_SUFFIX));
 }
 
 static bool parse_bool(const char *text, bool *out)
@@ -101,11 +139,178 @@ static bool apply_value(const cfg_setting *s, const char *value, char *err, size
     return false;
 }
 
+static const char *nonempty_getenv(const char *name)
+{
+    const char *value = getenv(name);
+    return value != NULL && value[0] != '\0' ? value : NULL; /* empty means "not set" */
+}
+
+/* The index of the setting whose flag is name[0..len), or count. */
+static size_t find_flag(const cfg_setting *table, size_t count, const char *name, size_t len)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (strlen(table[i].flag) == len && strncmp(table[i].flag, name, len) == 0)
+            return i;
+    }
+    return count;
+}
+
+static bool table_has_variable(const cfg_setting *table, size_t count, const char *env)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (table[i].env && strcmp(table[i].env, env) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Reads the file at `path` and applies its text, less trailing line breaks,
+ * to s. `source` ("TALLY_X_FILE" or "--x-file") and the path name the
+ * setting in errors; the file's content never appears in them. */
+static bool apply_file(const cfg_setting *s, const char *source, const char *path, char *err,
+                       size_t err_size)
+{
+    char text[SECRET_FILE_MAX + 1];
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        snprintf(err, err_size, "%s: cannot read the file \"%.200s\": %s", source, path,
+                 strerror(errno));
+        return false;
+    }
+    size_t len = fread(text, 1, sizeof text, f);
+    int read_error = ferror(f) ? errno : 0;
+    fclose(f);
+    const char *problem = NULL;
+    if (read_error != 0)
+        problem = strerror(read_error);
+    else if (len > SECRET_FILE_MAX)
+        problem = "longer than " SECRET_FILE_MAX_TEXT " bytes";
+    while (problem == NULL && len > 0 && (text[len - 1] == '\n' || text[len - 1] == '\r'))
+        len--;
+    if (problem == NULL && len == 0)
+        problem = "empty";
+    else if (problem == NULL && memchr(text, '\0', len) != NULL)
+        problem = "holds a NUL byte";
+    file_value *value = problem == NULL ? malloc(sizeof *value + len + 1) : NULL;
+    if (problem == NULL && value == NULL)
+        problem = "out of memory";
+    if (value != NULL) {
+        memcpy(value->text, text, len);
+        value->text[len] = '\0';
+        value->next = file_values;
+        file_values = value;
+    }
+    explicit_bzero(text, sizeof text); /* no copy of the secret left on the stack */
+    if (problem != NULL) {
+        snprintf(err, err_size, "%s: the file \"%.200s\" is not usable: %s", source, path,
+                 problem);
+        return false;
+    }
+    return apply_value(s, value->text, err, err_size);
+}
+
+/* Writes NAME_FILE for s's variable NAME into buf. False when s has no
+ * variable, or the table declares NAME_FILE as a setting of its own. */
+static bool file_variable_name(const cfg_setting *table, size_t count, const cfg_setting *s,
+                               char *buf, size_t size)
+{
+    if (s->env == NULL)
+        return false;
+    int len = snprintf(buf, size, "%s" FILE_SUFFIX, s->env);
+    return len > 0 && (size_t)len < size && !table_has_variable(table, count, buf);
+}
+
+/* Applies s from the environment: its variable, or for a secret NAME the
+ * file NAME_FILE names, or its default. *seen tells whether any of them gave
+ * a value. */
+static bool load_from_environment(const cfg_setting *table, size_t count, const cfg_setting *s,
+                                  bool *seen, char *err, size_t err_size)
+{
+    const char *value = s->env ? nonempty_getenv(s->env) : NULL;
+    char file_variable[128];
+    const char *path = NULL;
+    if (file_variable_name(table, count, s, file_variable, sizeof file_variable))
+        path = nonempty_getenv(file_variable);
+    if (path != NULL && !s->secret) {
+        snprintf(err, err_size, "%s: only secret settings are read from files; set %s itself",
+                 file_variable, s->env);
+        return false;
+    }
+    if (path != NULL && value != NULL) {
+        snprintf(err, err_size, "%s and %s are both set: set one, not both", s->env,
+                 file_variable);
+        return false;
+    }
+    if (path != NULL) {
+        *seen = apply_file(s, file_variable, path, err, err_size);
+        return *seen;
+    }
+    if (value == NULL)
+        value = s->default_value;
+    if (value == NULL)
+        return true;
+    *seen = apply_value(s, value, err, err_size);
+    return *seen;
+}
+
+/* How a flag gave a setting its value: --x or --x-file (both is an error). */
+enum { FLAG_NONE, FLAG_VALUE, FLAG_FILE };
+
+/* Applies one --name[=value] (value from argv[*a + 1] otherwise) and sets
+ * *applied to its setting's index. --x-file of a secret --x reads the value
+ * from that file. */
+static bool apply_flag(const cfg_setting *table, size_t count, int argc, char **argv, int *a,
+                       unsigned char *flag_kind, size_t *applied, char *err, size_t err_size)
+{
+    const char *name = argv[*a] + 2;
+    const char *eq = strchr(name, '=');
+    size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+    size_t i = find_flag(table, count, name, name_len);
+    unsigned char kind = FLAG_VALUE;
+    if (i == count && has_suffix(name, name_len, FLAG_FILE_SUFFIX)) {
+        i = find_flag(table, count, name, name_len - strlen(FLAG_FILE_SUFFIX));
+        if (i < count && !table[i].secret)
+            i = count;
+        kind = FLAG_FILE;
+    }
+    if (i == count) {
+        snprintf(err, err_size, "unknown option --%.*s (see --help)",
+                 (int)(name_len > 60 ? 60 : name_len), name);
+        return false;
+    }
+    const char *value;
+    if (eq) {
+        value = eq + 1;
+    } else if (table[i].type == CFG_BOOL && kind == FLAG_VALUE) {
+        value = "true";
+    } else if (*a + 1 < argc) {
+        value = argv[++*a];
+    } else {
+        snprintf(err, err_size, "option --%.*s needs a value", (int)(name_len > 60 ? 60 : name_len),
+                 name);
+        return false;
+    }
+    if (flag_kind[i] != FLAG_NONE && flag_kind[i] != kind) {
+        snprintf(err, err_size, "--%s and --%s" FLAG_FILE_SUFFIX " are both given: give one, "
+                 "not both", table[i].flag, table[i].flag);
+        return false;
+    }
+    flag_kind[i] = kind;
+    *applied = i;
+    if (kind == FLAG_FILE) {
+        char source[96];
+        snprintf(source, sizeof source, "--%s" FLAG_FILE_SUFFIX, table[i].flag);
+        return apply_file(&table[i], source, value, err, err_size);
+    }
+    return apply_value(&table[i], value, err, err_size);
+}
+
 cfg_result cfg_load(const cfg_setting *table, size_t count, int argc, char **argv,
                     const char **positional, int max_positional, int *positional_count,
                     char *err, size_t err_size)
 {
     bool seen[64] = {false};
+    unsigned char flag_kind[64] = {FLAG_NONE};
     if (count > sizeof seen / sizeof seen[0]) {
         snprintf(err, err_size, "internal: too many settings");
         return CFG_ERROR;
@@ -129,22 +334,11 @@ cfg_result cfg_load(const cfg_setting *table, size_t count, int argc, char **arg
         }
     }
     for (size_t i = 0; i < count; i++) {
-        const cfg_setting *s = &table[i];
-        const char *value = s->env ? getenv(s->env) : NULL;
-        if (value != NULL && value[0] == '\0')
-            value = NULL; /* an empty variable means "not set" */
-        if (value == NULL)
-            value = s->default_value;
-        if (value == NULL)
-            continue;
-        if (!apply_value(s, value, err, err_size))
+        if (!load_from_environment(table, count, &table[i], &seen[i], err, err_size))
             return CFG_ERROR;
-        seen[i] = true;
     }
     for (int a = 1; a < argc; a++) {
         const char *arg = argv[a];
-        if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
-            return CFG_HELP;
         if (strncmp(arg, "--", 2) != 0) {
             if (positional == NULL || *positional_count >= max_positional) {
                 snprintf(err, err_size, "unexpected argument \"%.60s\" (see --help)", arg);
@@ -153,38 +347,20 @@ cfg_result cfg_load(const cfg_setting *table, size_t count, int argc, char **arg
             positional[(*positional_count)++] = arg;
             continue;
         }
-        const char *name = arg + 2;
-        const char *eq = strchr(name, '=');
-        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-        size_t i;
-        for (i = 0; i < count; i++) {
-            if (strlen(table[i].flag) == name_len && strncmp(table[i].flag, name, name_len) == 0)
-                break;
-        }
-        if (i == count) {
-            snprintf(err, err_size, "unknown option --%.*s (see --help)", (int)(name_len > 60 ? 60 : name_len), name);
+        size_t applied;
+        if (!apply_flag(table, count, argc, argv, &a, flag_kind, &applied, err, err_size))
             return CFG_ERROR;
-        }
-        const char *value;
-        if (eq) {
-            value = eq + 1;
-        } else if (table[i].type == CFG_BOOL) {
-            value = "true";
-        } else if (a + 1 < argc) {
-            value = argv[++a];
-        } else {
-            snprintf(err, err_size, "option --%s needs a value", table[i].flag);
-            return CFG_ERROR;
-        }
-        if (!apply_value(&table[i], value, err, err_size))
-            return CFG_ERROR;
-        seen[i] = true;
+        seen[applied] = true;
     }
     for (size_t i = 0; i < count; i++) {
-        char name[128];
+        char name[128], file_variable[128];
         if (table[i].required && !seen[i]) {
-            snprintf(err, err_size, "%s is required: %s", setting_name(&table[i], name, sizeof name),
-                     table[i].help);
+            bool from_file = table[i].secret && file_variable_name(table, count, &table[i],
+                                                                   file_variable,
+                                                                   sizeof file_variable);
+            snprintf(err, err_size, "%s%s%s is required: %s",
+                     setting_name(&table[i], name, sizeof name), from_file ? " or " : "",
+                     from_file ? file_variable : "", table[i].help);
             return CFG_ERROR;
         }
     }
@@ -209,6 +385,10 @@ void cfg_print_help(FILE *out, const char *usage, const char *summary, const cfg
         else if (s->default_value && !s->secret)
             fprintf(out, " [default: %s]", s->default_value);
         fprintf(out, "\n");
+        char file_variable[128];
+        if (s->secret && file_variable_name(table, count, s, file_variable, sizeof file_variable))
+            fprintf(out, "      or from a file (e.g. a Docker secret): %s, --%s" FLAG_FILE_SUFFIX
+                         "\n", file_variable, s->flag);
     }
 }
 

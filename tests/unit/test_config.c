@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "suites.h"
@@ -484,6 +485,260 @@ START_TEST(secret_default_not_in_help)
 }
 END_TEST
 
+/* ---- secrets from files: NAME_FILE and --flag-file ---- */
+
+static const char *file_database_url, *file_admin_token, *file_state_dir, *own_key, *own_key_file;
+static long long file_pin;
+
+static const cfg_setting file_settings[] = {
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &file_database_url, NULL, true, true, 0, 0,
+     "libpq connection string"},
+    {"TALLY_ADMIN_TOKEN", "admin-token", CFG_STRING, &file_admin_token, NULL, false, true, 0, 0,
+     "bearer token of the admin API"},
+    {"TALLY_KEY_REFRESH_MS", "pin", CFG_INT, &file_pin, NULL, false, true, 0, 9999,
+     "a secret number"},
+    {"TALLY_STATE_DIR", "state-dir", CFG_STRING, &file_state_dir, NULL, false, false, 0, 0,
+     "directory for local state"},
+};
+#define FILE_SETTING_COUNT (sizeof file_settings / sizeof file_settings[0])
+
+/* A table that reads its own NAME_FILE (as the reporter once did): the
+ * generic mechanism leaves both settings to it. */
+static const cfg_setting own_file_settings[] = {
+    {"TALLY_STRIPE_API_KEY", "stripe-api-key", CFG_STRING, &own_key, NULL, false, true, 0, 0,
+     "key"},
+    {"TALLY_STRIPE_API_KEY_FILE", "stripe-api-key-file", CFG_STRING, &own_key_file, NULL, false,
+     false, 0, 0, "key file"},
+};
+
+static char secret_paths[4][64];
+static int secret_path_count;
+
+/* Writes len bytes into a new temporary file; returns its path (removed by
+ * the teardown). */
+static const char *secret_file(const char *content, size_t len)
+{
+    ck_assert_int_lt(secret_path_count, 4);
+    char *path = secret_paths[secret_path_count++];
+    snprintf(path, sizeof secret_paths[0], "/tmp/tally-test-secret-XXXXXX");
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, content, len), (ssize_t)len);
+    ck_assert_int_eq(close(fd), 0);
+    return path;
+}
+#define SECRET_FILE(text) secret_file(text, sizeof text - 1)
+
+static void file_setup(void)
+{
+    setup();
+    file_database_url = file_admin_token = file_state_dir = own_key = own_key_file = NULL;
+    file_pin = -1;
+    secret_path_count = 0;
+}
+
+static void file_teardown(void)
+{
+    for (int i = 0; i < secret_path_count; i++)
+        unlink(secret_paths[i]);
+    teardown();
+}
+
+static cfg_result load_files(const char *const *args)
+{
+    return load_table(file_settings, FILE_SETTING_COUNT, args);
+}
+
+static void assert_not_echoed(const char *secret)
+{
+    ck_assert_msg(strstr(err, secret) == NULL, "secret echoed: %s", err);
+}
+
+START_TEST(file_variable_gives_the_value_without_its_line_break)
+{
+    set("TALLY_DATABASE_URL_FILE", SECRET_FILE("postgres://db/tally?sslmode=verify-full\n"));
+    set("TALLY_ADMIN_TOKEN_FILE", SECRET_FILE("s3cret-token\r\n"));
+    ck_assert_int_eq(load_files(NULL), CFG_OK);
+    ck_assert_str_eq(file_database_url, "postgres://db/tally?sslmode=verify-full");
+    ck_assert_str_eq(file_admin_token, "s3cret-token");
+}
+END_TEST
+
+START_TEST(file_keeps_inner_and_leading_whitespace)
+{
+    set("TALLY_DATABASE_URL_FILE", SECRET_FILE(" host=db\npassword=x y \n\n"));
+    ck_assert_int_eq(load_files(NULL), CFG_OK);
+    ck_assert_str_eq(file_database_url, " host=db\npassword=x y ");
+}
+END_TEST
+
+START_TEST(file_satisfies_a_required_setting_and_required_names_it)
+{
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_DATABASE_URL (--database-url) or TALLY_DATABASE_URL_FILE "
+                          "is required");
+}
+END_TEST
+
+START_TEST(variable_and_file_both_set_is_an_error)
+{
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_ADMIN_TOKEN", "hunter2-in-env");
+    set("TALLY_ADMIN_TOKEN_FILE", SECRET_FILE("hunter2-in-file"));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_ADMIN_TOKEN and TALLY_ADMIN_TOKEN_FILE are both set");
+    assert_not_echoed("hunter2");
+}
+END_TEST
+
+START_TEST(empty_file_variable_means_unset)
+{
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_DATABASE_URL_FILE", "");
+    ck_assert_int_eq(load_files(NULL), CFG_OK);
+    ck_assert_str_eq(file_database_url, "postgres://db/tally");
+}
+END_TEST
+
+START_TEST(missing_file_names_setting_and_path)
+{
+    set("TALLY_DATABASE_URL_FILE", "/nonexistent/tally/db-url");
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_DATABASE_URL_FILE");
+    assert_error_mentions("/nonexistent/tally/db-url");
+    assert_error_mentions("No such file");
+}
+END_TEST
+
+START_TEST(directory_is_not_a_secret_file)
+{
+    set("TALLY_DATABASE_URL_FILE", "/tmp");
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_DATABASE_URL_FILE");
+}
+END_TEST
+
+START_TEST(empty_file_is_an_error)
+{
+    set("TALLY_DATABASE_URL_FILE", SECRET_FILE("\n"));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_DATABASE_URL_FILE");
+    assert_error_mentions("empty");
+}
+END_TEST
+
+START_TEST(nul_byte_is_an_error_without_the_content)
+{
+    set("TALLY_DATABASE_URL_FILE", secret_file("hunter2\0rest", 12));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("NUL");
+    assert_not_echoed("hunter2");
+}
+END_TEST
+
+START_TEST(oversized_file_is_an_error)
+{
+    static char big[16385];
+    memset(big, 'a', sizeof big);
+    set("TALLY_DATABASE_URL_FILE", secret_file(big, sizeof big));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("longer than 16384 bytes");
+    set("TALLY_DATABASE_URL_FILE", secret_file(big, sizeof big - 1)); /* exactly the limit */
+    ck_assert_int_eq(load_files(NULL), CFG_OK);
+    ck_assert_uint_eq(strlen(file_database_url), 16384);
+}
+END_TEST
+
+START_TEST(invalid_file_value_is_not_echoed)
+{
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_KEY_REFRESH_MS_FILE", SECRET_FILE("hunter2\n"));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_KEY_REFRESH_MS");
+    assert_not_echoed("hunter2");
+}
+END_TEST
+
+START_TEST(file_of_a_non_secret_is_refused)
+{
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_STATE_DIR_FILE", SECRET_FILE("/srv/tally"));
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("TALLY_STATE_DIR_FILE: only secret settings");
+    const char *const args[] = {"--state-dir-file", "/dev/null", NULL};
+    unsetenv("TALLY_STATE_DIR_FILE");
+    ck_assert_int_eq(load_files(args), CFG_ERROR);
+    assert_error_mentions("unknown option --state-dir-file");
+}
+END_TEST
+
+START_TEST(file_variable_of_an_unknown_name_is_unknown)
+{
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_DATABASE_URI_FILE", "/dev/null");
+    ck_assert_int_eq(load_files(NULL), CFG_ERROR);
+    assert_error_mentions("unknown setting TALLY_DATABASE_URI_FILE");
+}
+END_TEST
+
+START_TEST(file_variable_of_another_programs_secret_is_ignored)
+{
+    /* one environment file for every service: the collector has no admin token */
+    set("TALLY_DATABASE_URL", "postgres://db/tally");
+    set("TALLY_STRIPE_API_KEY_FILE", "/nonexistent/stripe");
+    ck_assert_int_eq(load_files(NULL), CFG_OK);
+}
+END_TEST
+
+START_TEST(flag_file_overrides_the_environment)
+{
+    set("TALLY_DATABASE_URL", "postgres://env/tally");
+    const char *path = SECRET_FILE("postgres://file/tally\n");
+    const char *const args[] = {"--database-url-file", path, NULL};
+    ck_assert_int_eq(load_files(args), CFG_OK);
+    ck_assert_str_eq(file_database_url, "postgres://file/tally");
+    char arg[128];
+    snprintf(arg, sizeof arg, "--admin-token-file=%s", SECRET_FILE("tok"));
+    const char *const with_equals[] = {arg, NULL};
+    ck_assert_int_eq(load_files(with_equals), CFG_OK);
+    ck_assert_str_eq(file_admin_token, "tok");
+}
+END_TEST
+
+START_TEST(flag_and_flag_file_both_given_is_an_error)
+{
+    const char *path = SECRET_FILE("postgres://file/tally");
+    const char *const args[] = {"--database-url=postgres://flag/tally", "--database-url-file",
+                                path, NULL};
+    ck_assert_int_eq(load_files(args), CFG_ERROR);
+    assert_error_mentions("--database-url and --database-url-file are both given");
+    const char *const missing[] = {"--admin-token-file", NULL};
+    ck_assert_int_eq(load_files(missing), CFG_ERROR);
+    assert_error_mentions("--admin-token-file needs a value");
+}
+END_TEST
+
+START_TEST(table_declaring_its_own_file_setting_keeps_it)
+{
+    set("TALLY_STRIPE_API_KEY", "sk_env");
+    set("TALLY_STRIPE_API_KEY_FILE", "/run/secrets/stripe");
+    ck_assert_int_eq(load_table(own_file_settings, 2, NULL), CFG_OK);
+    ck_assert_str_eq(own_key, "sk_env");
+    ck_assert_str_eq(own_key_file, "/run/secrets/stripe");
+}
+END_TEST
+
+START_TEST(help_tells_secrets_come_from_files)
+{
+    char *text = help_text(file_settings, FILE_SETTING_COUNT);
+    bool database = strstr(text, "TALLY_DATABASE_URL_FILE, --database-url-file") != NULL;
+    bool state_dir_file = strstr(text, "TALLY_STATE_DIR_FILE") != NULL;
+    free(text);
+    ck_assert(database);
+    ck_assert(!state_dir_file);
+}
+END_TEST
+
 Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -518,5 +773,27 @@ Suite *config_suite(void)
     tcase_add_test(secrets, secret_bool_value_not_echoed);
     tcase_add_test(secrets, secret_default_not_in_help);
     suite_add_tcase(s, secrets);
+
+    TCase *files = tcase_create("secret_files");
+    tcase_add_checked_fixture(files, file_setup, file_teardown);
+    tcase_add_test(files, file_variable_gives_the_value_without_its_line_break);
+    tcase_add_test(files, file_keeps_inner_and_leading_whitespace);
+    tcase_add_test(files, file_satisfies_a_required_setting_and_required_names_it);
+    tcase_add_test(files, variable_and_file_both_set_is_an_error);
+    tcase_add_test(files, empty_file_variable_means_unset);
+    tcase_add_test(files, missing_file_names_setting_and_path);
+    tcase_add_test(files, directory_is_not_a_secret_file);
+    tcase_add_test(files, empty_file_is_an_error);
+    tcase_add_test(files, nul_byte_is_an_error_without_the_content);
+    tcase_add_test(files, oversized_file_is_an_error);
+    tcase_add_test(files, invalid_file_value_is_not_echoed);
+    tcase_add_test(files, file_of_a_non_secret_is_refused);
+    tcase_add_test(files, file_variable_of_an_unknown_name_is_unknown);
+    tcase_add_test(files, file_variable_of_another_programs_secret_is_ignored);
+    tcase_add_test(files, flag_file_overrides_the_environment);
+    tcase_add_test(files, flag_and_flag_file_both_given_is_an_error);
+    tcase_add_test(files, table_declaring_its_own_file_setting_keeps_it);
+    tcase_add_test(files, help_tells_secrets_come_from_files);
+    suite_add_tcase(s, files);
     return s;
 }
