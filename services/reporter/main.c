@@ -57,7 +57,7 @@
 #define ONCE_GIVE_UP_AFTER 8
 #define API_KEY_MAX 1024
 
-static const char *database_url, *api_base, *api_key_env, *api_key_file, *mode_text,
+static const char *database_url, *api_base, *api_key_env, *mode_text,
     *api_version, *metrics_addr, *log_level_text, *id_namespace;
 static long long timeout_ms, interval_s, concurrency, lookback_days;
 static double rate_limit, settle_s;
@@ -68,11 +68,9 @@ static const cfg_setting settings[] = {
      "libpq connection string of the Tally database"},
     {"TALLY_STRIPE_API_BASE", "stripe-api-base", CFG_STRING, &api_base, "https://api.stripe.com",
      false, false, 0, 0, "Stripe's base URL (a stand-in's in tests)"},
+    /* also TALLY_STRIPE_API_KEY_FILE / --stripe-api-key-file, as every secret (config.h) */
     {"TALLY_STRIPE_API_KEY", "stripe-api-key", CFG_STRING, &api_key_env, NULL, false, true, 0, 0,
      "Stripe secret key (prefer the variable or the file: flags show in ps); never logged"},
-    {"TALLY_STRIPE_API_KEY_FILE", "stripe-api-key-file", CFG_STRING, &api_key_file, NULL, false,
-     false, 0, 0, "file holding the Stripe secret key (e.g. a Docker secret), instead of the "
-     "variable"},
     {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
      0, "meter_events (Billing Meter Events) or usage_records (legacy subscription-item usage "
      "records, action=increment)"},
@@ -137,13 +135,10 @@ static bool health(char *detail, size_t detail_size)
 
 /* ---- settings ------------------------------------------------------------ */
 
-/* Reads the Stripe key from the variable or the file; errors never show it. */
+/* Checks the Stripe key (from the variable or, by cfg_load, its file) and
+ * copies it; errors never show it. */
 static bool load_api_key(char *out, size_t size, char *err, size_t err_size)
 {
-    if (api_key_env && api_key_file) {
-        snprintf(err, err_size, "set TALLY_STRIPE_API_KEY or TALLY_STRIPE_API_KEY_FILE, not both");
-        return false;
-    }
     size_t len = 0;
     if (api_key_env) {
         len = strlen(api_key_env);
@@ -152,23 +147,6 @@ static bool load_api_key(char *out, size_t size, char *err, size_t err_size)
             return false;
         }
         memcpy(out, api_key_env, len + 1);
-    } else if (api_key_file) {
-        FILE *f = fopen(api_key_file, "r");
-        if (f == NULL) {
-            snprintf(err, err_size, "TALLY_STRIPE_API_KEY_FILE: cannot open %s: %s", api_key_file,
-                     strerror(errno));
-            return false;
-        }
-        len = fread(out, 1, size - 1, f);
-        bool more = fgetc(f) != EOF;
-        fclose(f);
-        if (more) {
-            snprintf(err, err_size, "TALLY_STRIPE_API_KEY_FILE: longer than %zu bytes", size - 1);
-            return false;
-        }
-        while (len > 0 && (out[len - 1] == '\n' || out[len - 1] == '\r' || out[len - 1] == ' '))
-            len--;
-        out[len] = '\0';
     } else {
         snprintf(err, err_size, "TALLY_STRIPE_API_KEY or TALLY_STRIPE_API_KEY_FILE is required");
         return false;
