@@ -268,6 +268,23 @@ static event_error parse_object(json_t *root, const event_limits *limits, usage_
     return parse_data(root, out, msg, msg_size);
 }
 
+/* jansson's error text quotes the token it stopped at, which may be a raw
+ * control character (ESC, say) or, cut by jansson or by msg_size, half a
+ * UTF-8 character. The reason becomes the DLQ's tally-error-message header,
+ * read by people and tools: such bytes become '?'. */
+static void make_header_safe(char *msg)
+{
+    size_t len = strlen(msg);
+    for (size_t at = 0; at < len;) {
+        size_t n = event_utf8_sequence(msg + at, len - at);
+        if (n == 0 || (n == 1 && ((unsigned char)msg[at] < 0x20 || msg[at] == 0x7f))) {
+            msg[at] = '?';
+            n = 1;
+        }
+        at += n;
+    }
+}
+
 event_error event_parse(const char *payload, size_t len, const event_limits *limits,
                         usage_event *out, char *msg, size_t msg_size)
 {
@@ -292,6 +309,8 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
                         "UTF-8");
         snprintf(msg, msg_size, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,
                  jerr.text);
+        if (msg_size > 0)
+            make_header_safe(msg);
         return EVENT_ERR_INVALID_JSON;
     }
     event_error err = parse_object(root, limits, out, msg, msg_size);

@@ -8,6 +8,7 @@ packages=(
   build-essential pkg-config
   librdkafka-dev libpq-dev libmicrohttpd-dev libjansson-dev libcurl4-openssl-dev
   check            # C unit-test framework
+  clang-14 libclang-rt-14-dev  # libFuzzer targets (make fuzz)
   postgresql postgresql-client
   kcat             # a real Kafka client, used by the tests
   python3          # integration-test and benchmark drivers (stdlib only)
