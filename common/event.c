@@ -24,6 +24,8 @@ static const char *const error_codes[EVENT_ERR__COUNT] = {
     [EVENT_ERR_TOO_LATE] = "too_late",
     [EVENT_ERR_IN_FUTURE] = "in_future",
     [EVENT_ERR_UNKNOWN_KEY] = "unknown_key",
+    [EVENT_ERR_COUNTER_OVERFLOW] = "counter_overflow",
+    [EVENT_ERR_DATABASE_REJECTED] = "database_rejected",
 };
 
 /* jansson allocates every node of the tree with malloc and frees it again

@@ -14,8 +14,11 @@
 #define EVENT_MAX_SUBJECT_LEN     128     /* API key ids */
 #define EVENT_MAX_METHOD_LEN      16
 #define EVENT_MAX_ENDPOINT_LEN    256
-#define EVENT_MAX_UNITS           INT64_C(1000000000)      /* per event */
-#define EVENT_MAX_BYTES_FIELD     INT64_C(1000000000000000) /* data.bytes per event */
+/* Per-event bounds no real API request reaches. They are chosen so that a
+ * batch's in-memory sums cannot overflow int64 (EVENT_MAX_BATCH_SUM below);
+ * the stored totals can, and are checked by PostgreSQL (counter_overflow). */
+#define EVENT_MAX_UNITS           INT64_C(1000000000)    /* data.units per event: 10^9 */
+#define EVENT_MAX_BYTES_FIELD     INT64_C(1000000000000) /* data.bytes per event: 10^12 (1 TB) */
 #define EVENT_FUTURE_TOLERANCE_USEC (INT64_C(5) * 60 * 1000000)
 #define EVENT_LATENESS_DEFAULT_USEC (INT64_C(35) * 86400 * 1000000)
 
@@ -33,6 +36,8 @@ typedef enum {
     EVENT_ERR_TOO_LATE,                /* older than the lateness horizon */
     EVENT_ERR_IN_FUTURE,               /* more than 5 minutes ahead */
     EVENT_ERR_UNKNOWN_KEY,             /* subject names no API key (set by the collector) */
+    EVENT_ERR_COUNTER_OVERFLOW,        /* counting it would overflow a stored total (collector) */
+    EVENT_ERR_DATABASE_REJECTED,       /* PostgreSQL refused to store it (collector) */
     EVENT_ERR__COUNT
 } event_error;
 

@@ -55,6 +55,22 @@ static long long lateness_days;
 static long long max_event_bytes;
 static long long key_refresh_ms;
 static long long session_timeout_ms;
+static long long stall_timeout_s;
+static const char *kafka_security_protocol;
+static const char *kafka_sasl_mechanism;
+static const char *kafka_sasl_username;
+static const char *kafka_sasl_password;
+static const char *kafka_ssl_ca_location;
+
+/* The largest batch: TALLY_BATCH_MAX_EVENTS at most, plus what may still
+ * arrive while consumption is paused. */
+#define BATCH_MAX_EVENTS_LIMIT 200000
+#define BATCH_SPILL_EVENTS     100000
+/* So a batch's in-memory sums (rollup.c) can never overflow, whatever the
+ * events say: every event is within the per-event bounds. */
+_Static_assert((BATCH_MAX_EVENTS_LIMIT + BATCH_SPILL_EVENTS) * EVENT_MAX_BYTES_FIELD < INT64_MAX / 4 &&
+                   (BATCH_MAX_EVENTS_LIMIT + BATCH_SPILL_EVENTS) * EVENT_MAX_UNITS < INT64_MAX / 4,
+               "a batch's totals must fit in int64");
 
 static const cfg_setting settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
@@ -72,7 +88,7 @@ static const cfg_setting settings[] = {
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
      "debug, info, warn or error"},
     {"TALLY_BATCH_MAX_EVENTS", "batch-max-events", CFG_INT, &batch_max_events, "50000", false,
-     false, 1, 200000, "a batch is written once it holds this many events"},
+     false, 1, BATCH_MAX_EVENTS_LIMIT, "a batch is written once it holds this many events"},
     {"TALLY_BATCH_MAX_WAIT_MS", "batch-max-wait-ms", CFG_INT, &batch_max_wait_ms, "100", false,
      false, 1, 200, "...or, when no more events are waiting, once its first event is this old; "
      "under sustained load batches fill up instead, for at most 1 s"},
@@ -83,6 +99,21 @@ static const cfg_setting settings[] = {
      512, 1048576, "message values above this size are rejected as too_large"},
     {"TALLY_KEY_REFRESH_MS", "key-refresh-ms", CFG_INT, &key_refresh_ms, "5000", false, false, 100,
      3600000, "how often the whole key cache is reloaded (a miss is also looked up at once)"},
+    {"TALLY_STALL_TIMEOUT_S", "stall-timeout-s", CFG_INT, &stall_timeout_s, "60", false, false, 5,
+     86400, "/healthz and /readyz answer 503 once consumed events have waited this long "
+     "without being written (database or DLQ unavailable), so an orchestrator can act"},
+    {"TALLY_KAFKA_SECURITY_PROTOCOL", "kafka-security-protocol", CFG_STRING,
+     &kafka_security_protocol, "plaintext", false, false, 0, 0,
+     "plaintext, ssl, sasl_plaintext or sasl_ssl"},
+    {"TALLY_KAFKA_SASL_MECHANISM", "kafka-sasl-mechanism", CFG_STRING, &kafka_sasl_mechanism,
+     NULL, false, false, 0, 0, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with sasl_*)"},
+    {"TALLY_KAFKA_SASL_USERNAME", "kafka-sasl-username", CFG_STRING, &kafka_sasl_username, NULL,
+     false, false, 0, 0, "SASL user name"},
+    {"TALLY_KAFKA_SASL_PASSWORD", "kafka-sasl-password", CFG_STRING, &kafka_sasl_password, NULL,
+     false, true, 0, 0, "SASL password (or TALLY_KAFKA_SASL_PASSWORD_FILE)"},
+    {"TALLY_KAFKA_SSL_CA_LOCATION", "kafka-ssl-ca-location", CFG_STRING, &kafka_ssl_ca_location,
+     NULL, false, false, 0, 0, "CA certificate file the brokers' certificates are verified "
+     "against (ssl, sasl_ssl; default: the system's store)"},
     {NULL, "assignment-strategy", CFG_STRING, &assignment_strategy, "cooperative-sticky", false,
      false, 0, 0, "Kafka partition assignment: cooperative-sticky, range or roundrobin"},
     {NULL, "session-timeout-ms", CFG_INT, &session_timeout_ms, "10000", false, false, 1000,
@@ -94,8 +125,19 @@ static const cfg_setting settings[] = {
 
 static metric *m_consumed, *m_counted, *m_duplicates, *m_batches, *m_batch_size,
     *m_batch_seconds, *m_lag, *m_db_errors, *m_dlq_errors, *m_key_cache_size, *m_key_lookups,
-    *m_last_commit, *m_paused;
+    *m_last_commit, *m_paused, *m_stalled_seconds;
 static metric *m_rejected[EVENT_ERR__COUNT];
+
+/* Why consumption is paused: what the last failed write attempt met. */
+typedef enum {
+    PAUSE_DATABASE,        /* PostgreSQL unavailable or failing */
+    PAUSE_DLQ,             /* the DLQ topic did not confirm rejected events */
+    PAUSE_POISON_REFETCH,  /* poison events could not be read again for the DLQ */
+    PAUSE__COUNT
+} pause_reason;
+static const char *const pause_reason_names[PAUSE__COUNT] = {"database", "dlq",
+                                                             "poison_refetch"};
+static metric *m_pause_reason[PAUSE__COUNT];
 
 static const double batch_size_bounds[] = {1, 10, 100, 500, 1000, 2500, 5000, 10000, 25000, 50000,
                                            100000};
@@ -139,8 +181,20 @@ static void register_metrics(void)
     m_last_commit = metrics_gauge("tally_collector_last_commit_timestamp_seconds",
                                   "when the last batch was committed", NULL);
     m_paused = metrics_gauge("tally_collector_paused",
-                             "1 while consumption is paused because the database is unavailable",
+                             "1 while consumption is paused because a batch cannot be written",
                              NULL);
+    for (int r = 0; r < PAUSE__COUNT; r++) {
+        static char reason_labels[PAUSE__COUNT][48];
+        snprintf(reason_labels[r], sizeof reason_labels[r], "reason=\"%s\"", pause_reason_names[r]);
+        m_pause_reason[r] = metrics_gauge(
+            "tally_collector_pause_reason",
+            "1 for the reason consumption is paused now (0 for the others)", reason_labels[r]);
+    }
+    m_stalled_seconds = metrics_gauge(
+        "tally_collector_stalled_seconds",
+        "how long the batch being written has waited (0 when none waits); /healthz fails past "
+        "TALLY_STALL_TIMEOUT_S",
+        NULL);
 }
 
 /* ---- the batch --------------------------------------------------------- */
@@ -162,11 +216,22 @@ typedef struct {
 } partition_mark;
 
 /* A valid event with a known key, waiting for the database to say whether
- * its (source, id) is new. */
+ * its (source, id) is new. Its message is not kept (memory stays flat); its
+ * place in Kafka is, so a poison event can be read again for the DLQ. */
 typedef struct {
-    long group;              /* its hourly group in the batch's rollup */
+    int32_t group;           /* its hourly group in the batch's rollup */
+    int32_t partition;
+    int64_t offset;
     int64_t units, bytes;
 } staged_event;
+
+/* A staged event the database refused on its own (see isolate_poison). */
+typedef struct {
+    int32_t partition;
+    int64_t offset;
+    event_error code;
+    char reason[200];
+} poison;
 
 /* Everything consumed since the last batch was handed to the writer. */
 typedef struct {
@@ -183,6 +248,9 @@ typedef struct {
     size_t reject_count, reject_cap;
     unresolved *unresolved;   /* events whose key was not in the cache */
     size_t unresolved_count, unresolved_cap;
+    poison *poisons;          /* staged events refused by the database, for the DLQ */
+    size_t poison_count, poison_cap;
+    uint64_t counted_earlier; /* events a failed isolation pass already committed */
     partition_mark *marks;    /* next offset to commit, per partition */
     size_t mark_count, mark_cap;
     size_t consumed;
@@ -207,10 +275,12 @@ typedef struct {
     buf hourly[ROLLUP_HOURLY_COLUMNS];
     buf counters[ROLLUP_COUNTER_COLUMNS];
     int64_t writing_started;
+    int64_t writing_since;    /* when the batch being written was handed over (0: none) */
     event_limits limits;
     bool paused;
     bool synchronous_commit;  /* during a revocation: commit offsets before returning */
     bool caught_up;           /* the last poll found no message waiting */
+    bool ever_assigned;       /* the group has given this instance an assignment */
     int64_t retry_at;
     int64_t backoff_usec;
     int dlq_failures;         /* delivery failures seen by the DLQ producer */
@@ -218,6 +288,7 @@ typedef struct {
 
 static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t last_loop_at; /* seconds; read by /healthz */
+static volatile sig_atomic_t stalled_seconds; /* read by /healthz */
 
 static void on_signal(int sig)
 {
@@ -251,7 +322,7 @@ static bool batch_init(batch *b)
     memset(b, 0, sizeof *b);
     /* A full batch, plus what may still arrive while consumption is paused
      * (bounded by queued.max.messages.kbytes). */
-    b->capacity = (size_t)batch_max_events + 100000;
+    b->capacity = (size_t)batch_max_events + BATCH_SPILL_EVENTS;
     b->slot_count = 16;
     while (b->slot_count < b->capacity * 2)
         b->slot_count *= 2;
@@ -275,6 +346,8 @@ static void batch_clear(batch *b)
     if (b->rollup)
         rollup_clear(b->rollup);
     b->in_batch_duplicates = 0;
+    b->poison_count = 0;
+    b->counted_earlier = 0;
     b->reject_count = 0;
     b->unresolved_count = 0;
     b->mark_count = 0;
@@ -293,6 +366,7 @@ static void batch_destroy(batch *b)
     rollup_free(b->rollup);
     free(b->rejects);
     free(b->unresolved);
+    free(b->poisons);
     free(b->marks);
 }
 
@@ -329,6 +403,27 @@ static bool mark_offset(batch *b, int32_t partition, int64_t offset)
     return true;
 }
 
+/* Copies `text` into dst (dst_size > 0), cut on a character boundary so a
+ * header never ends in half a UTF-8 sequence. */
+static void copy_utf8(char *dst, size_t dst_size, const char *text)
+{
+    size_t len = strlen(text);
+    if (len >= dst_size)
+        len = event_utf8_valid_prefix(text, dst_size - 1);
+    memcpy(dst, text, len);
+    dst[len] = '\0';
+}
+
+/* A database message (ERROR, then DETAIL and HINT lines) as one line: a
+ * header value, and one log line. */
+static void flatten_lines(char *text)
+{
+    for (char *p = text; *p; p++) {
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+    }
+}
+
 static bool add_reject(batch *b, rd_kafka_message_t *message, event_error code,
                        const char *reason)
 {
@@ -337,14 +432,15 @@ static bool add_reject(batch *b, rd_kafka_message_t *message, event_error code,
     reject *r = &b->rejects[b->reject_count++];
     r->message = message;
     r->code = code;
-    snprintf(r->reason, sizeof r->reason, "%s", reason);
+    copy_utf8(r->reason, sizeof r->reason, reason);
     b->dlq_done = false;
     return true;
 }
 
 /* Adds a valid event with a known key, unless its (source, id) is already
  * in the batch. False when the batch's bounds are exceeded. */
-static bool stage_event(batch *b, const usage_event *ev, const char *plan_id)
+static bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
+                        const rd_kafka_message_t *message)
 {
     if (b->event_count >= b->capacity)
         return false;
@@ -361,7 +457,8 @@ static bool stage_event(batch *b, const usage_event *ev, const char *plan_id)
         return false;
     b->week_days[b->event_count] =
         (int32_t)(period_start(PERIOD_WEEK, ev->time_usec) / USEC_PER_DAY);
-    b->events[b->event_count] = (staged_event){group, ev->units, ev->bytes};
+    b->events[b->event_count] =
+        (staged_event){(int32_t)group, message->partition, message->offset, ev->units, ev->bytes};
     *slot = (uint32_t)++b->event_count;
     return true;
 }
@@ -390,12 +487,15 @@ static bool batch_add(collector *c, rd_kafka_message_t *message)
         b->unresolved[b->unresolved_count++] = (unresolved){message, ev};
         return true;
     }
-    bool ok = stage_event(b, &ev, plan_id);
+    bool ok = stage_event(b, &ev, plan_id, message);
     rd_kafka_message_destroy(message);
     return ok;
 }
 
 /* ---- writing ----------------------------------------------------------- */
+
+static void write_isolating(collector *c, const char *why);
+static rd_kafka_t *make_reader(char *err, size_t err_size);
 
 /* Looks up the keys the cache missed (a key created a moment ago is counted),
  * then stages the events whose key exists and rejects the rest. */
@@ -420,15 +520,15 @@ static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_s
         unresolved *u = &b->unresolved[i];
         const char *plan_id = keycache_lookup(c->keys, u->event.subject);
         if (plan_id != NULL) {
-            if (!stage_event(b, &u->event, plan_id)) {
+            if (!stage_event(b, &u->event, plan_id, u->message)) {
                 snprintf(err, err_size, "batch bounds exceeded while staging");
                 return false;
             }
             rd_kafka_message_destroy(u->message);
         } else {
-            char reason[200];
-            snprintf(reason, sizeof reason, "subject \"%.100s\" is not a known API key id",
-                     u->event.subject);
+            char subject[101], reason[200];
+            copy_utf8(subject, sizeof subject, u->event.subject);
+            snprintf(reason, sizeof reason, "subject \"%s\" is not a known API key id", subject);
             if (!add_reject(b, u->message, EVENT_ERR_UNKNOWN_KEY, reason)) {
                 snprintf(err, err_size, "out of memory");
                 return false;
@@ -450,9 +550,57 @@ static void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, voi
     }
 }
 
-/* Publishes the batch's rejects to the DLQ, unchanged (value, key and
- * headers), with the reason in added headers, and waits until the broker
- * has them all. */
+/* Queues one rejected message for the DLQ, unchanged (value, key and
+ * headers), with the reason in added headers. */
+static bool dlq_produce(collector *c, const rd_kafka_message_t *m, event_error code,
+                        const char *reason, char *err, size_t err_size)
+{
+    rd_kafka_headers_t *original = NULL;
+    rd_kafka_headers_t *headers = rd_kafka_message_headers(m, &original) ==
+                                          RD_KAFKA_RESP_ERR_NO_ERROR
+                                      ? rd_kafka_headers_copy(original)
+                                      : rd_kafka_headers_new(5);
+    char partition[16], offset[24];
+    snprintf(partition, sizeof partition, "%d", (int)m->partition);
+    snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
+    rd_kafka_header_add(headers, "tally-error-code", -1, event_error_code(code), -1);
+    rd_kafka_header_add(headers, "tally-error-message", -1, reason, -1);
+    rd_kafka_header_add(headers, "tally-source-topic", -1, rd_kafka_topic_name(m->rkt), -1);
+    rd_kafka_header_add(headers, "tally-source-partition", -1, partition, -1);
+    rd_kafka_header_add(headers, "tally-source-offset", -1, offset, -1);
+    rd_kafka_resp_err_t perr;
+    do {
+        perr = rd_kafka_producev(c->dlq, RD_KAFKA_V_TOPIC(dlq_topic),
+                                 RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+                                 RD_KAFKA_V_VALUE(m->payload, m->len),
+                                 RD_KAFKA_V_KEY(m->key, m->key_len), RD_KAFKA_V_HEADERS(headers),
+                                 RD_KAFKA_V_END);
+        if (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(c->dlq, 50);
+    } while (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+    if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(headers); /* not taken over on failure */
+        snprintf(err, err_size, "publishing to the DLQ topic %s: %s", dlq_topic,
+                 rd_kafka_err2str(perr));
+        return false;
+    }
+    return true;
+}
+
+/* Waits until the broker has confirmed everything queued for the DLQ. */
+static bool dlq_confirm(collector *c, char *err, size_t err_size)
+{
+    rd_kafka_resp_err_t ferr = rd_kafka_flush(c->dlq, 10000);
+    if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR || c->dlq_failures > 0) {
+        snprintf(err, err_size, "DLQ topic %s did not confirm %d rejected events (%s)", dlq_topic,
+                 c->dlq_failures, rd_kafka_err2str(ferr));
+        return false;
+    }
+    return true;
+}
+
+/* Publishes the batch's rejects to the DLQ and waits until the broker has
+ * them all. */
 static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
 {
     if (b->dlq_done || b->reject_count == 0) {
@@ -462,42 +610,11 @@ static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
     c->dlq_failures = 0;
     for (size_t i = 0; i < b->reject_count; i++) {
         const reject *r = &b->rejects[i];
-        const rd_kafka_message_t *m = r->message;
-        rd_kafka_headers_t *original = NULL;
-        rd_kafka_headers_t *headers =
-            rd_kafka_message_headers(m, &original) == RD_KAFKA_RESP_ERR_NO_ERROR
-                ? rd_kafka_headers_copy(original)
-                : rd_kafka_headers_new(5);
-        char partition[16], offset[24];
-        snprintf(partition, sizeof partition, "%d", (int)m->partition);
-        snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
-        rd_kafka_header_add(headers, "tally-error-code", -1, event_error_code(r->code), -1);
-        rd_kafka_header_add(headers, "tally-error-message", -1, r->reason, -1);
-        rd_kafka_header_add(headers, "tally-source-topic", -1, rd_kafka_topic_name(m->rkt), -1);
-        rd_kafka_header_add(headers, "tally-source-partition", -1, partition, -1);
-        rd_kafka_header_add(headers, "tally-source-offset", -1, offset, -1);
-        rd_kafka_resp_err_t perr;
-        do {
-            perr = rd_kafka_producev(
-                c->dlq, RD_KAFKA_V_TOPIC(dlq_topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len),
-                RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
-            if (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-                rd_kafka_poll(c->dlq, 50);
-        } while (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL);
-        if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
-            rd_kafka_headers_destroy(headers); /* not taken over on failure */
-            snprintf(err, err_size, "publishing to the DLQ topic %s: %s", dlq_topic,
-                     rd_kafka_err2str(perr));
+        if (!dlq_produce(c, r->message, r->code, r->reason, err, err_size))
             return false;
-        }
     }
-    rd_kafka_resp_err_t ferr = rd_kafka_flush(c->dlq, 10000);
-    if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR || c->dlq_failures > 0) {
-        snprintf(err, err_size, "DLQ topic %s did not confirm %d rejected events (%s)", dlq_topic,
-                 c->dlq_failures, rd_kafka_err2str(ferr));
+    if (!dlq_confirm(c, err, err_size))
         return false;
-    }
     b->dlq_done = true;
     return true;
 }
@@ -529,8 +646,10 @@ static void commit_offsets(collector *c, const batch *b)
     rd_kafka_topic_partition_list_destroy(owned);
 }
 
-static void set_paused(collector *c, bool paused)
+static void set_paused(collector *c, bool paused, pause_reason reason)
 {
+    for (int r = 0; r < PAUSE__COUNT; r++)
+        metrics_set(m_pause_reason[r], paused && r == (int)reason ? 1 : 0);
     rd_kafka_topic_partition_list_t *owned = NULL;
     if (rd_kafka_assignment(c->consumer, &owned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         if (owned->cnt > 0) {
@@ -541,16 +660,18 @@ static void set_paused(collector *c, bool paused)
         }
         rd_kafka_topic_partition_list_destroy(owned);
     }
-    if (c->paused != paused)
-        log_info(paused ? "consumption paused until the batch can be written"
-                        : "consumption resumed");
+    if (c->paused != paused && paused)
+        log_info("consumption paused until the batch can be written (%s)",
+                 pause_reason_names[reason]);
+    else if (c->paused != paused)
+        log_info("consumption resumed");
     c->paused = paused;
     metrics_set(m_paused, paused ? 1 : 0);
 }
 
 /* The write failed: keep the batch, pause consumption and retry after a
  * backoff (100 ms doubling to 5 s). Nothing was acknowledged to Kafka. */
-static void write_failed(collector *c, const char *err)
+static void write_failed(collector *c, pause_reason reason, const char *err)
 {
     log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
     c->writing_sent = false;
@@ -561,21 +682,26 @@ static void write_failed(collector *c, const char *err)
     if (c->backoff_usec > 5 * USEC_PER_SEC)
         c->backoff_usec = 5 * USEC_PER_SEC;
     c->retry_at = time_now_usec() + c->backoff_usec;
-    set_paused(c, true);
+    set_paused(c, true, reason);
 }
 
 /* The batch is in the database: acknowledge it to Kafka and account for it.
- * consumed = counted + duplicates + rejected, batch by batch. */
+ * consumed = counted + duplicates + rejected, batch by batch; `counted` is
+ * what this attempt found new, to which what an earlier isolation pass
+ * committed is added. */
 static void write_done(collector *c, uint64_t counted)
 {
     batch *b = c->writing;
     commit_offsets(c, b);
-    uint64_t duplicates = b->event_count - counted + b->in_batch_duplicates;
+    counted += b->counted_earlier;
+    uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
     metrics_add(m_consumed, b->consumed);
     metrics_add(m_counted, counted);
     metrics_add(m_duplicates, duplicates);
     for (size_t i = 0; i < b->reject_count; i++)
         metrics_add(m_rejected[b->rejects[i].code], 1);
+    for (size_t i = 0; i < b->poison_count; i++)
+        metrics_add(m_rejected[b->poisons[i].code], 1);
     metrics_add(m_batches, 1);
     metrics_observe(m_batch_size, (double)b->consumed);
     double seconds = (double)(time_now_usec() - c->writing_started) / 1e6;
@@ -584,15 +710,16 @@ static void write_done(collector *c, uint64_t counted)
     log_debug("batch written: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
               "%.1f ms",
               b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
-              b->reject_count, seconds * 1000);
+              b->reject_count + b->poison_count, seconds * 1000);
     batch_clear(b);
     c->writing = NULL;
+    c->writing_since = 0;
     c->writing_sent = false;
     c->rollups_sent = false;
     c->backoff_usec = 0;
     c->retry_at = 0;
     if (c->paused)
-        set_paused(c, false);
+        set_paused(c, false, PAUSE_DATABASE);
 }
 
 /* Starts (or restarts) writing c->writing: unknown keys, DLQ, then the
@@ -604,12 +731,12 @@ static void write_start(collector *c)
     c->writing_started = time_now_usec();
     if (!resolve_unknown_keys(c, b, err, sizeof err)) {
         metrics_add(m_db_errors, 1);
-        write_failed(c, err);
+        write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_rejects(c, b, err, sizeof err)) {
         metrics_add(m_dlq_errors, 1);
-        write_failed(c, err);
+        write_failed(c, PAUSE_DLQ, err);
         return;
     }
     if (b->event_count == 0) {
@@ -618,7 +745,7 @@ static void write_start(collector *c)
     }
     if (!store_send_inserts(c->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
         metrics_add(m_db_errors, 1);
-        write_failed(c, err);
+        write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     c->writing_sent = true;
@@ -640,17 +767,20 @@ static void send_rollups(collector *c, PGresult *inserted)
         if (slot == 0)
             continue; /* cannot happen: the database only returns what we sent */
         const staged_event *ev = &b->events[slot - 1];
-        rollup_add(b->rollup, ev->group, ev->units, ev->bytes);
+        if (!rollup_add(b->rollup, ev->group, ev->units, ev->bytes)) {
+            write_isolating(c, "a batch total would overflow");
+            return;
+        }
         counted++;
     }
     c->writing_counted = counted;
     if (!rollup_render(b->rollup, c->hourly, c->counters)) {
-        write_failed(c, "rollup parameters exceed their buffers");
+        write_isolating(c, "rollup parameters exceed their buffers or a total would overflow");
         return;
     }
     if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
         metrics_add(m_db_errors, 1);
-        write_failed(c, err);
+        write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     c->rollups_sent = true;
@@ -675,7 +805,10 @@ static void write_poll(collector *c, bool wait)
             break; /* phase B is in flight now */
         case STORE_FAILED:
             metrics_add(m_db_errors, 1);
-            write_failed(c, err);
+            if (store_last_error(c->db) == STORE_ERROR_TRANSIENT)
+                write_failed(c, PAUSE_DATABASE, err);
+            else
+                write_isolating(c, err);
             return;
         }
     }
@@ -685,6 +818,7 @@ static void write_poll(collector *c, bool wait)
 static void write_next(collector *c)
 {
     c->writing = c->filling;
+    c->writing_since = time_now_usec();
     c->filling = c->filling == &c->batches[0] ? &c->batches[1] : &c->batches[0];
     write_start(c);
 }
@@ -703,6 +837,212 @@ static bool write_all_now(collector *c)
     return c->writing == NULL && batch_empty(c->filling);
 }
 
+/* ---- poison events ----------------------------------------------------- */
+
+/* A batch the database refused for its data (store_last_error: a total out
+ * of bigint's range, a constraint) would be refused again on every retry and
+ * stop every key from being counted. So it is written again in parts, each
+ * in its own transaction, and every part that is refused is halved until the
+ * events refused on their own are found: those go to the DLQ with the
+ * database's message, everything else is counted. An event is refused in
+ * the state its predecessors left (a counter one event short of overflowing
+ * takes the first event and refuses the next), as a serial writer would.
+ * Parts committed before a transient failure are found again as duplicates
+ * when the batch is retried; counted_earlier keeps the metrics right. */
+
+typedef enum { PART_WRITTEN, PART_REFUSED, PART_FAILED } part_outcome;
+
+static part_outcome part_refused(collector *c, event_error *code)
+{
+    store_error_kind kind = store_last_error(c->db);
+    store_rollback(c->db);
+    if (kind == STORE_ERROR_TRANSIENT)
+        return PART_FAILED;
+    *code = kind == STORE_ERROR_OVERFLOW ? EVENT_ERR_COUNTER_OVERFLOW : EVENT_ERR_DATABASE_REJECTED;
+    return PART_REFUSED;
+}
+
+/* Counts the part's new events (the digests `inserted` lists) in the batch's
+ * rollup, from zero. False when a total would overflow. */
+static bool count_new_events(batch *b, const PGresult *inserted, uint64_t *fresh)
+{
+    rollup_reset_counts(b->rollup);
+    *fresh = 0;
+    for (int i = 0; i < PQntuples(inserted); i++) {
+        if (PQgetlength(inserted, i, 0) != 16)
+            continue;
+        uint32_t slot = *digest_slot(b, (const uint8_t *)PQgetvalue(inserted, i, 0));
+        if (slot == 0)
+            continue;
+        const staged_event *ev = &b->events[slot - 1];
+        if (!rollup_add(b->rollup, ev->group, ev->units, ev->bytes))
+            return false;
+        (*fresh)++;
+    }
+    return true;
+}
+
+/* Writes the staged events [start, start + count) in one transaction. */
+static part_outcome write_part(collector *c, size_t start, size_t count, event_error *code,
+                               char *err, size_t err_size)
+{
+    batch *b = c->writing;
+    if (!store_begin(c->db, err, err_size))
+        return PART_FAILED;
+    PGresult *inserted = store_insert_digests(c->db, b->digests + start * 16,
+                                              b->week_days + start, count, err, err_size);
+    if (inserted == NULL)
+        return part_refused(c, code);
+    uint64_t fresh;
+    bool fits = count_new_events(b, inserted, &fresh);
+    PQclear(inserted);
+    if (!fits || !rollup_render(b->rollup, c->hourly, c->counters)) {
+        store_rollback(c->db);
+        *code = EVENT_ERR_COUNTER_OVERFLOW;
+        snprintf(err, err_size, "counting this event would overflow a total");
+        return PART_REFUSED;
+    }
+    if ((fresh > 0 && !store_add_rollups(c->db, c->hourly, c->counters, err, err_size)) ||
+        !store_commit(c->db, err, err_size))
+        return part_refused(c, code);
+    b->counted_earlier += fresh;
+    return PART_WRITTEN;
+}
+
+static bool add_poison(batch *b, size_t index, event_error code, const char *reason)
+{
+    if (!grow_array((void **)&b->poisons, &b->poison_cap, b->poison_count, sizeof *b->poisons))
+        return false;
+    poison *p = &b->poisons[b->poison_count++];
+    p->partition = b->events[index].partition;
+    p->offset = b->events[index].offset;
+    p->code = code;
+    copy_utf8(p->reason, sizeof p->reason, reason);
+    flatten_lines(p->reason);
+    return true;
+}
+
+/* Writes [start, start + count), halving refused parts down to single
+ * events. Recursion depth is log2 of the batch size (at most 19). */
+static part_outcome isolate_range(collector *c, size_t start, size_t count, bool known_refused,
+                                  char *err, size_t err_size)
+{
+    event_error code = EVENT_ERR_DATABASE_REJECTED;
+    if (!known_refused) {
+        part_outcome o = write_part(c, start, count, &code, err, err_size);
+        if (o != PART_REFUSED)
+            return o;
+        if (count == 1) {
+            flatten_lines(err);
+            log_warn("event at partition %d offset %lld refused by the database, sent to the "
+                     "DLQ: %s",
+                     (int)c->writing->events[start].partition,
+                     (long long)c->writing->events[start].offset, err);
+            return add_poison(c->writing, start, code, err) ? PART_WRITTEN : PART_FAILED;
+        }
+    }
+    size_t half = count / 2;
+    part_outcome o = isolate_range(c, start, half, false, err, err_size);
+    return o == PART_FAILED ? o : isolate_range(c, start + half, count - half, false, err, err_size);
+}
+
+static int compare_poisons(const void *a, const void *b)
+{
+    const poison *x = a, *y = b;
+    if (x->partition != y->partition)
+        return x->partition < y->partition ? -1 : 1;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Reads `count` poison events of one partition (sorted by offset) again
+ * with `reader` and queues each for the DLQ. An offset no longer in the log
+ * (retention passed it) cannot be sent: it is logged and skipped. */
+static bool republish_partition(collector *c, rd_kafka_t *reader, const poison *p, size_t count,
+                                char *err, size_t err_size)
+{
+    rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(list, kafka_topic, p[0].partition)->offset = p[0].offset;
+    rd_kafka_resp_err_t aerr = rd_kafka_assign(reader, list);
+    rd_kafka_topic_partition_list_destroy(list);
+    if (aerr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, err_size, "reading poison events again: %s", rd_kafka_err2str(aerr));
+        return false;
+    }
+    size_t next = 0;
+    bool ok = true;
+    int64_t deadline = time_now_usec() + 30 * USEC_PER_SEC;
+    while (ok && next < count && time_now_usec() < deadline) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 100);
+        if (m == NULL)
+            continue;
+        for (; !m->err && next < count && p[next].offset < m->offset; next++)
+            log_error("poison event at partition %d offset %lld is no longer in %s; not sent "
+                      "to the DLQ",
+                      (int)p[next].partition, (long long)p[next].offset, kafka_topic);
+        if (!m->err && next < count && p[next].offset == m->offset) {
+            ok = dlq_produce(c, m, p[next].code, p[next].reason, err, err_size);
+            next++;
+        }
+        rd_kafka_message_destroy(m);
+    }
+    rd_kafka_assign(reader, NULL);
+    if (ok && next < count)
+        snprintf(err, err_size, "reading poison events again from %s [%d]: timed out",
+                 kafka_topic, (int)p[0].partition);
+    return ok && next == count;
+}
+
+/* The batch no longer holds the poison events' messages (a staged event's
+ * message is dropped to keep memory flat), so a consumer of their own reads
+ * them again, and each goes to the DLQ unchanged with its reason. */
+static bool publish_poisons(collector *c, batch *b, char *err, size_t err_size)
+{
+    if (b->poison_count == 0)
+        return true;
+    qsort(b->poisons, b->poison_count, sizeof *b->poisons, compare_poisons);
+    rd_kafka_t *reader = make_reader(err, err_size);
+    if (reader == NULL)
+        return false;
+    c->dlq_failures = 0;
+    bool ok = true;
+    for (size_t i = 0, end; ok && i < b->poison_count; i = end) {
+        for (end = i; end < b->poison_count && b->poisons[end].partition == b->poisons[i].partition;)
+            end++;
+        ok = republish_partition(c, reader, &b->poisons[i], end - i, err, err_size);
+    }
+    rd_kafka_consumer_close(reader);
+    rd_kafka_destroy(reader);
+    return ok && dlq_confirm(c, err, err_size);
+}
+
+static void write_isolating(collector *c, const char *why)
+{
+    batch *b = c->writing;
+    char err[512], reason[512];
+    snprintf(reason, sizeof reason, "%s", why);
+    flatten_lines(reason);
+    log_warn("batch of %zu events refused by the database (%s); writing it in parts to find "
+             "the events at fault",
+             b->event_count, reason);
+    store_disconnect(c->db); /* whatever the pipeline left: start afresh */
+    c->writing_sent = false;
+    c->rollups_sent = false;
+    b->poison_count = 0;
+    if (isolate_range(c, 0, b->event_count, b->event_count > 1, err, sizeof err) == PART_FAILED) {
+        metrics_add(m_db_errors, 1);
+        write_failed(c, PAUSE_DATABASE, err);
+        return;
+    }
+    if (!publish_poisons(c, b, err, sizeof err)) {
+        metrics_add(m_dlq_errors, 1);
+        write_failed(c, PAUSE_POISON_REFETCH, err);
+        return;
+    }
+    log_info("batch written in parts: %zu events sent to the DLQ, %llu counted", b->poison_count,
+             (unsigned long long)b->counted_earlier);
+    write_done(c, 0);
+}
+
 /* ---- Kafka ------------------------------------------------------------- */
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
@@ -713,6 +1053,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         log_info("assigned %d partition(s) (%s)", partitions->cnt,
                  cooperative ? "cooperative" : "eager");
+        c->ever_assigned = true;
         rd_kafka_error_t *aerr = NULL;
         if (cooperative)
             aerr = rd_kafka_incremental_assign(rk, partitions);
@@ -781,10 +1122,26 @@ static bool set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
 {
     char err[256];
     if (rd_kafka_conf_set(conf, name, value, err, sizeof err) != RD_KAFKA_CONF_OK) {
-        log_error("Kafka setting %s=%s: %s", name, value, err);
+        /* Never echo a secret's value. */
+        log_error("Kafka setting %s=%s: %s", name,
+                  strcmp(name, "sasl.password") == 0 ? "(hidden)" : value, err);
         return false;
     }
     return true;
+}
+
+/* The brokers and how to reach them (TLS, SASL), for every client. */
+static bool set_connection(rd_kafka_conf_t *conf, const char *client_id)
+{
+    return set_conf(conf, "bootstrap.servers", kafka_brokers) &&
+           set_conf(conf, "client.id", client_id) &&
+           set_conf(conf, "security.protocol", kafka_security_protocol) &&
+           (kafka_sasl_mechanism == NULL ||
+            set_conf(conf, "sasl.mechanisms", kafka_sasl_mechanism)) &&
+           (kafka_sasl_username == NULL || set_conf(conf, "sasl.username", kafka_sasl_username)) &&
+           (kafka_sasl_password == NULL || set_conf(conf, "sasl.password", kafka_sasl_password)) &&
+           (kafka_ssl_ca_location == NULL ||
+            set_conf(conf, "ssl.ca.location", kafka_ssl_ca_location));
 }
 
 static rd_kafka_t *make_consumer(collector *c)
@@ -798,9 +1155,8 @@ static rd_kafka_t *make_consumer(collector *c)
      * fetching again; its default of 500 ms stalls a fast consumer. */
     snprintf(queued, sizeof queued, "%lld", 20480LL);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    bool ok = set_conf(conf, "bootstrap.servers", kafka_brokers) &&
+    bool ok = set_connection(conf, "tally-collector") &&
               set_conf(conf, "group.id", kafka_group) &&
-              set_conf(conf, "client.id", "tally-collector") &&
               /* Offsets are committed by us, after the database commit. */
               set_conf(conf, "enable.auto.commit", "false") &&
               set_conf(conf, "enable.auto.offset.store", "false") &&
@@ -845,8 +1201,7 @@ static rd_kafka_t *make_consumer(collector *c)
 static rd_kafka_t *make_dlq_producer(collector *c)
 {
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    bool ok = set_conf(conf, "bootstrap.servers", kafka_brokers) &&
-              set_conf(conf, "client.id", "tally-collector-dlq") &&
+    bool ok = set_connection(conf, "tally-collector-dlq") &&
               /* A rejected event must not be lost or reordered on retries. */
               set_conf(conf, "enable.idempotence", "true") && set_conf(conf, "acks", "all") &&
               set_conf(conf, "linger.ms", "5") && set_conf(conf, "log.queue", "false");
@@ -864,6 +1219,34 @@ static rd_kafka_t *make_dlq_producer(collector *c)
         log_error("creating the DLQ producer: %s", err);
         rd_kafka_conf_destroy(conf);
     }
+    return rk;
+}
+
+/* A consumer that only reads given offsets again (poison events for the
+ * DLQ): it never subscribes or commits, so the group is untouched. */
+static rd_kafka_t *make_reader(char *err, size_t err_size)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char group[300];
+    snprintf(group, sizeof group, "%s-reread", kafka_group);
+    bool ok = set_connection(conf, "tally-collector-reread") && set_conf(conf, "group.id", group) &&
+              set_conf(conf, "enable.auto.commit", "false") &&
+              set_conf(conf, "enable.auto.offset.store", "false") &&
+              set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, err_size, "configuring the poison reader failed");
+        return NULL;
+    }
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    char kerr[256];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, err_size, "creating the poison reader: %s", kerr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
     return rk;
 }
 
@@ -913,12 +1296,26 @@ static void update_lag(collector *c)
 
 /* ---- main -------------------------------------------------------------- */
 
+static const char *current_pause_reason(void)
+{
+    for (int r = 0; r < PAUSE__COUNT; r++) {
+        if (metrics_gauge_value(m_pause_reason[r]) > 0)
+            return pause_reason_names[r];
+    }
+    return "no";
+}
+
+/* Unhealthy when the loop stopped turning, or when consumed events have
+ * waited longer than TALLY_STALL_TIMEOUT_S to be written: either way
+ * nothing is being counted, and a restart or an operator is needed. */
 static bool health(char *detail, size_t detail_size)
 {
     long long idle = (long long)(time(NULL) - last_loop_at);
-    snprintf(detail, detail_size, "main loop ran %llds ago; paused=%s", idle,
-             metrics_gauge_value(m_paused) > 0 ? "yes (database unavailable)" : "no");
-    return idle < 60;
+    long long stalled = (long long)stalled_seconds;
+    snprintf(detail, detail_size, "main loop ran %llds ago; paused: %s; batch waiting %llds "
+             "(limit %llds)",
+             idle, current_pause_reason(), stalled, stall_timeout_s);
+    return idle < 60 && stalled < stall_timeout_s;
 }
 
 static void refresh_keys(collector *c)
@@ -1035,6 +1432,8 @@ int main(int argc, char **argv)
             last_db_check = now;
         }
         last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
+        stalled_seconds = (sig_atomic_t)(c.writing ? (now - c.writing_since) / USEC_PER_SEC : 0);
+        metrics_set(m_stalled_seconds, (double)stalled_seconds);
         if (c.writing && !c.writing_sent && now >= c.retry_at)
             write_start(&c);
         if (c.writing == NULL) {
@@ -1109,8 +1508,11 @@ int main(int argc, char **argv)
         usleep(250 * 1000);
     if (c.writing || !batch_empty(c.filling))
         log_warn("exiting with events not written; they are read again on restart");
-    rd_kafka_consumer_close(c.consumer);
-    rd_kafka_destroy(c.consumer);
+    bool closable = c.ever_assigned || strcmp(assignment_strategy, "cooperative-sticky") != 0;
+    if (closable) {
+        rd_kafka_consumer_close(c.consumer);
+        rd_kafka_destroy(c.consumer);
+    }
     rd_kafka_flush(c.dlq, 5000);
     rd_kafka_destroy(c.dlq);
     batch_destroy(&c.batches[0]);
@@ -1122,6 +1524,18 @@ int main(int argc, char **argv)
     keycache_free(c.keys);
     store_free(c.db);
     ops_stop(ops);
+    if (!closable) {
+        /* librdkafka 2.0.2 (Debian 12) aborts in
+         * rd_kafka_sticky_assignor_state_destroy when a cooperative-sticky
+         * consumer that never had an assignment is closed or destroyed
+         * (librdkafka issue 4312, fixed in 2.3.0). It holds no partitions and
+         * consumed nothing, so there is nothing to hand back: exit without
+         * destroying it; the group drops the member after its session
+         * timeout. _exit, because the handle is deliberately not freed. */
+        log_info("stopped (before the first assignment)");
+        fflush(NULL);
+        _exit(0);
+    }
     log_info("stopped");
     return 0;
 }

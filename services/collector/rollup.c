@@ -232,12 +232,23 @@ long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char
     return (long)r->group_count++;
 }
 
-void rollup_add(rollup *r, long index, int64_t units, int64_t bytes)
+/* *total += value, unless that overflows. */
+static bool add_checked(int64_t *total, int64_t value)
+{
+    return !__builtin_add_overflow(*total, value, total);
+}
+
+bool rollup_add(rollup *r, long index, int64_t units, int64_t bytes)
 {
     group *g = &r->groups[index];
-    g->requests++;
-    g->units += units;
-    g->bytes += bytes;
+    int64_t requests = g->requests, units_sum = g->units, bytes_sum = g->bytes;
+    if (!add_checked(&requests, 1) || !add_checked(&units_sum, units) ||
+        !add_checked(&bytes_sum, bytes))
+        return false;
+    g->requests = requests;
+    g->units = units_sum;
+    g->bytes = bytes_sum;
+    return true;
 }
 
 void rollup_reset_counts(rollup *r)
@@ -264,10 +275,8 @@ static bool add_counter(rollup *r, const group *g, int period, int64_t start_s)
             (counter){g->key_offset, period, start_s, 0, 0, 0};
     }
     counter *c = &r->counters[index];
-    c->requests += g->requests;
-    c->units += g->units;
-    c->bytes += g->bytes;
-    return true;
+    return add_checked(&c->requests, g->requests) && add_checked(&c->units, g->units) &&
+           add_checked(&c->bytes, g->bytes);
 }
 
 static bool element_text(buf *column, bool first, const char *text)

@@ -22,8 +22,11 @@ void rollup_clear(rollup *r);
  * -1 when the rollup is full. */
 long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char *method,
                   const char *endpoint, int64_t time_usec);
-/* Counts one new event in group `group`. */
-void rollup_add(rollup *r, long group, int64_t units, int64_t bytes);
+/* Counts one new event in group `group`. False, and nothing added, when a
+ * total would overflow int64 (the event bounds make that impossible within
+ * one batch, but outside numbers are never summed unchecked). */
+bool rollup_add(rollup *r, long group, int64_t units, int64_t bytes)
+    __attribute__((warn_unused_result));
 /* Sets every group's totals back to zero (before a retried batch is
  * counted again); the groups themselves stay. */
 void rollup_reset_counts(rollup *r);
@@ -33,7 +36,7 @@ void rollup_reset_counts(rollup *r);
 /* Renders the counted groups, and the counters summed from them, as
  * PostgreSQL array literals (one per column, in the orders above). The
  * columns must be initialised buffers; they are reset first. False when a
- * buffer's limit is hit. */
+ * buffer's limit is hit or a period counter's sum would overflow. */
 bool rollup_render(rollup *r, buf hourly[ROLLUP_HOURLY_COLUMNS],
                    buf counters[ROLLUP_COUNTER_COLUMNS]) __attribute__((warn_unused_result));
 

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/select.h>
+#include <poll.h>
 
 #include "db.h"
 #include "timeutil.h"
@@ -20,7 +20,27 @@ struct store {
     PGresult *kept;
     bool failed;
     char failure[512];
+    store_error_kind last_error;
 };
+
+/* Which failures are the data's fault: SQLSTATE class 22 (data exception,
+ * 22003 being a total out of bigint's range) and 23 (integrity constraint,
+ * e.g. no event_ids partition for an event's week). Retrying such a batch
+ * can never succeed; everything else (a lost connection, a deadlock, a
+ * server shutting down, a full disk) may, so it is retried. */
+static store_error_kind classify_sqlstate(const char *sqlstate)
+{
+    if (strcmp(sqlstate, "22003") == 0)
+        return STORE_ERROR_OVERFLOW;
+    if (strncmp(sqlstate, "22", 2) == 0 || strncmp(sqlstate, "23", 2) == 0)
+        return STORE_ERROR_DATA;
+    return STORE_ERROR_TRANSIENT;
+}
+
+store_error_kind store_last_error(const store *st)
+{
+    return st->last_error;
+}
 
 /* Phase A: record the digests; RETURNING lists only those never seen. The
  * sort gives concurrent collectors the same index lock order. */
@@ -115,8 +135,8 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
     if (!db_exec(st->conn, "SET jit = off", "configuring the session", err, err_size) ||
         !prepare(st->conn, "inserts", sql_inserts, 2, "preparing the deduplication statement",
                  err, err_size) ||
-        !prepare(st->conn, "rollups", sql_rollups, 14, "preparing the rollup statement", err,
-                 err_size)) {
+        !prepare(st->conn, "rollups", sql_rollups, STORE_ROLLUP_PARAMS,
+                 "preparing the rollup statement", err, err_size)) {
         store_disconnect(st);
         return false;
     }
@@ -229,20 +249,27 @@ static void begin_exchange(store *st, int keep)
     st->keep = keep;
     st->failed = false;
     st->failure[0] = '\0';
+    st->last_error = STORE_ERROR_TRANSIENT;
 }
 
 static bool send_failed(store *st, const char *what, char *err, size_t err_size)
 {
     db_error(st->conn, NULL, what, err, err_size);
+    st->last_error = STORE_ERROR_TRANSIENT;
     store_disconnect(st);
     return false;
 }
 
-bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_days,
-                        size_t count, char *err, size_t err_size)
+/* The two binary array parameters of the deduplication statement. */
+typedef struct {
+    const char *values[2];
+    int lengths[2];
+    int formats[2];
+} digest_params;
+
+static bool build_digest_params(store *st, const uint8_t *digests, const int32_t *week_days,
+                                size_t count, digest_params *out, char *err, size_t err_size)
 {
-    if (!store_ensure_connected(st, err, err_size))
-        return false;
     enum { UUID_OID = 2950, INT4_OID = 23 };
     buf_reset(&st->params);
     bool built = put_binary_array(&st->params, UUID_OID, digests, count, 16);
@@ -250,15 +277,36 @@ bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_d
     built = built && put_binary_array(&st->params, INT4_OID, week_days, count, 4);
     if (!built) {
         snprintf(err, err_size, "batch too large for its parameter buffer");
+        st->last_error = STORE_ERROR_TRANSIENT;
         return false;
     }
-    const char *values[2] = {st->params.data, st->params.data + split};
-    int lengths[2] = {(int)split, (int)(st->params.len - split)};
-    int formats[2] = {1, 1};
+    *out = (digest_params){{st->params.data, st->params.data + split},
+                           {(int)split, (int)(st->params.len - split)},
+                           {1, 1}};
+    return true;
+}
+
+/* The fourteen array literals of the rollup statement, in its order. */
+static void rollup_values(const buf *hourly, const buf *counters,
+                          const char *values[STORE_ROLLUP_PARAMS])
+{
+    for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)
+        values[i] = hourly[i].data;
+    for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
+        values[ROLLUP_HOURLY_COLUMNS + i] = counters[i].data;
+}
+
+bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_days,
+                        size_t count, char *err, size_t err_size)
+{
+    digest_params p;
+    if (!store_ensure_connected(st, err, err_size) ||
+        !build_digest_params(st, digests, week_days, count, &p, err, err_size))
+        return false;
     begin_exchange(st, 1);
     if (!PQenterPipelineMode(st->conn) ||
         !PQsendQueryParams(st->conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) ||
-        !PQsendQueryPrepared(st->conn, "inserts", 2, values, lengths, formats, 1) ||
+        !PQsendQueryPrepared(st->conn, "inserts", 2, p.values, p.lengths, p.formats, 1) ||
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's event digests", err, err_size);
     st->statements = 2;
@@ -269,14 +317,11 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
                         char *err, size_t err_size)
 {
     begin_exchange(st, -1);
-    const char *values[14];
-    for (int i = 0; i < 8; i++)
-        values[i] = hourly[i].data;
-    for (int i = 0; i < 6; i++)
-        values[8 + i] = counters[i].data;
+    const char *values[STORE_ROLLUP_PARAMS];
+    rollup_values(hourly, counters, values);
     if (!PQenterPipelineMode(st->conn) ||
         (!nothing_new &&
-         !PQsendQueryPrepared(st->conn, "rollups", 14, values, NULL, NULL, 0)) ||
+         !PQsendQueryPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0)) ||
         !PQsendQueryParams(st->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's rollups", err, err_size);
@@ -320,9 +365,11 @@ store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size
                 return STORE_DONE;
             }
             if (status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED) {
-                if (!st->failed)
+                if (!st->failed) {
                     db_error(st->conn, res, "writing the batch", st->failure,
                              sizeof st->failure);
+                    st->last_error = classify_sqlstate(db_sqlstate(res));
+                }
                 st->failed = true;
             } else if (st->completed == st->keep && st->kept == NULL) {
                 st->kept = res;
@@ -332,14 +379,81 @@ store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size
         }
         if (!wait)
             return STORE_PENDING;
-        int fd = PQsocket(st->conn);
-        fd_set readable, writable;
-        FD_ZERO(&readable);
-        FD_ZERO(&writable);
-        FD_SET(fd, &readable);
-        if (flushed == 1)
-            FD_SET(fd, &writable);
-        struct timeval tv = {1, 0};
-        select(fd + 1, &readable, &writable, NULL, &tv);
+        /* poll, not select: a descriptor past FD_SETSIZE (1024) is fine. */
+        struct pollfd pfd = {PQsocket(st->conn), POLLIN | (flushed == 1 ? POLLOUT : 0), 0};
+        poll(&pfd, 1, 1000);
+    }
+}
+
+/* ---- one part of a batch, synchronously (isolating poison events) ------ */
+
+/* The failure of a synchronous step: message, kind; a lost connection is
+ * dropped (the server rolls its transaction back). */
+static bool step_failed(store *st, PGresult *res, const char *what, char *err, size_t err_size)
+{
+    db_error(st->conn, res, what, err, err_size);
+    st->last_error = db_connection_lost(st->conn) ? STORE_ERROR_TRANSIENT
+                                                  : classify_sqlstate(db_sqlstate(res));
+    PQclear(res);
+    if (db_connection_lost(st->conn))
+        store_disconnect(st);
+    return false;
+}
+
+static bool exec_step(store *st, const char *sql, const char *what, char *err, size_t err_size)
+{
+    PGresult *res = PQexec(st->conn, sql);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return step_failed(st, res, what, err, err_size);
+    PQclear(res);
+    return true;
+}
+
+bool store_begin(store *st, char *err, size_t err_size)
+{
+    st->last_error = STORE_ERROR_TRANSIENT;
+    return store_ensure_connected(st, err, err_size) &&
+           exec_step(st, "BEGIN", "starting a transaction", err, err_size);
+}
+
+PGresult *store_insert_digests(store *st, const uint8_t *digests, const int32_t *week_days,
+                               size_t count, char *err, size_t err_size)
+{
+    digest_params p;
+    if (!build_digest_params(st, digests, week_days, count, &p, err, err_size))
+        return NULL;
+    PGresult *res = PQexecPrepared(st->conn, "inserts", 2, p.values, p.lengths, p.formats, 1);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        step_failed(st, res, "recording event digests", err, err_size);
+        return NULL;
+    }
+    return res;
+}
+
+bool store_add_rollups(store *st, const buf *hourly, const buf *counters, char *err,
+                       size_t err_size)
+{
+    const char *values[STORE_ROLLUP_PARAMS];
+    rollup_values(hourly, counters, values);
+    PGresult *res =
+        PQexecPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+        return step_failed(st, res, "adding to the rollups", err, err_size);
+    PQclear(res);
+    return true;
+}
+
+bool store_commit(store *st, char *err, size_t err_size)
+{
+    return exec_step(st, "COMMIT", "committing", err, err_size);
+}
+
+void store_rollback(store *st)
+{
+    if (store_is_connected(st)) {
+        PGresult *res = PQexec(st->conn, "ROLLBACK");
+        if (PQresultStatus(res) != PGRES_COMMAND_OK)
+            store_disconnect(st); /* unknown state: start afresh */
+        PQclear(res);
     }
 }

@@ -12,6 +12,7 @@
 
 #include "buf.h"
 #include "keycache.h"
+#include "rollup.h"
 
 typedef struct store store;
 
@@ -54,10 +55,34 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
 
 typedef enum { STORE_PENDING, STORE_DONE, STORE_FAILED } store_progress;
 
+/* What kind of failure the last failed call met. */
+typedef enum {
+    STORE_ERROR_TRANSIENT, /* connection, locks, server state: the same write may succeed later */
+    STORE_ERROR_DATA,      /* the data was refused (SQLSTATE class 22 or 23): it never will */
+    STORE_ERROR_OVERFLOW,  /* a stored total would leave bigint's range (22003) */
+} store_error_kind;
+store_error_kind store_last_error(const store *st);
+
+/* The rollup statement takes one array per column, hourly then counters. */
+#define STORE_ROLLUP_PARAMS (ROLLUP_HOURLY_COLUMNS + ROLLUP_COUNTER_COLUMNS)
+
 /* Advances the exchange in flight; with `wait` blocks until it is done. On
  * STORE_DONE after store_send_inserts, *kept is the INSERT's result (owned
  * by the caller: PQclear it); otherwise *kept is NULL. */
 store_progress store_poll(store *st, bool wait, PGresult **kept, char *err,
                           size_t err_size);
+
+/* The same transaction in synchronous steps, for writing one part of a batch
+ * on its own while poison events are isolated: store_begin, then
+ * store_insert_digests (its result, owned by the caller, lists the new
+ * digests as above), then store_add_rollups when any are new, then
+ * store_commit. After a failed step call store_rollback. */
+bool store_begin(store *st, char *err, size_t err_size) __attribute__((warn_unused_result));
+PGresult *store_insert_digests(store *st, const uint8_t *digests, const int32_t *week_days,
+                               size_t count, char *err, size_t err_size);
+bool store_add_rollups(store *st, const buf *hourly, const buf *counters, char *err,
+                       size_t err_size) __attribute__((warn_unused_result));
+bool store_commit(store *st, char *err, size_t err_size) __attribute__((warn_unused_result));
+void store_rollback(store *st);
 
 #endif

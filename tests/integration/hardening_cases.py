@@ -1,0 +1,224 @@
+"""Integration tests of the collector's hardening: poison events (a stored
+total that would overflow, an event the database refuses) are dead-lettered
+while every other key keeps being counted exactly, through a kill -9; the
+health endpoints turn unhealthy when a batch waits too long; one window for
+creating and dropping event_ids partitions; a collector stopped before its
+first assignment exits 0."""
+
+import signal as _signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import lib
+from cases import DLQ, TOPIC, base_time, enc, event, expect_event
+from lib import Expected, check, wait_until, wait_for_totals
+
+INT64_MAX = 2 ** 63 - 1
+MAX_BYTES = 10 ** 12   # data.bytes per event (README's bounds)
+MAX_UNITS = 10 ** 9    # data.units per event
+
+
+def seed_usage(db, key, hour, requests, units, nbytes):
+    """A usage_hourly row and its DAY/WEEK/MONTH counters, as the collector
+    would have written them."""
+    db.execute("INSERT INTO usage_hourly (key_id, hour, requests, units, bytes) "
+               "VALUES ('%s', to_timestamp(%d), %d, %d, %d)" % (key, hour, requests, units, nbytes))
+    for period, start in lib.period_starts(hour).items():
+        db.execute("INSERT INTO usage_counters (key_id, period, period_start, requests, units, "
+                   "bytes) VALUES ('%s', '%s', to_timestamp(%d), %d, %d, %d)"
+                   % (key, period, start, requests, units, nbytes))
+
+
+def health_status(port, path="/healthz"):
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_poison_events_dead_lettered(s):
+    """Three kinds of poison mixed into normal traffic: bytes that would take
+    a stored hourly total past bigint, units that would take a key's counters
+    past it, and events that break a constraint an operator added. Each
+    goes to the DLQ (counter_overflow / database_rejected, with the database's
+    message, value unchanged); every other event, of these keys too, is
+    counted exactly, with a kill -9 in the middle."""
+    partitions = 8
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t10-key-", 4, partitions)
+    pa, pb, pc = "t10-bytes", "t10-units", "t10-check"
+    s.db.add_keys(keys + [pa, pb, pc])
+    t = int(time.time()) - 600
+    hour = t // 3600 * 3600
+    t_event = hour + 30
+    expected = Expected()
+    # PA's hour has room for less than one more event of MAX_BYTES; PB's
+    # counters for less than one of MAX_UNITS.
+    seed_usage(s.db, pa, hour, 1, 1, INT64_MAX - MAX_BYTES // 2)
+    expected.add(pa, hour, 1, 1, INT64_MAX - MAX_BYTES // 2)
+    seed_usage(s.db, pb, hour, 1, INT64_MAX - MAX_UNITS // 2, 0)
+    expected.add(pb, hour, 1, INT64_MAX - MAX_UNITS // 2, 0)
+    # A constraint an operator added that some events break: the database
+    # refuses them for good (SQLSTATE 23514), whatever the collector does.
+    s.db.execute("ALTER TABLE usage_hourly ADD CONSTRAINT t10_no_forbidden "
+                 "CHECK (endpoint <> '/t10-forbidden')")
+    try:
+        poison_run(s, broker, keys, pa, pb, pc, hour, t_event, expected)
+    finally:
+        s.db.execute("ALTER TABLE usage_hourly DROP CONSTRAINT t10_no_forbidden")
+
+
+def poison_run(s, broker, keys, pa, pb, pc, hour, t_event, expected):
+
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-poison", rate=1500, dup_ratio=0.2,
+                    dup_other_partition=0.5, late_ratio=0.1)
+    group = "it-poison"
+    collector = s.collector(broker, group)
+    wait_until("the collector to count something", lambda: collector.metrics().counted > 0, 60,
+               on_timeout=lambda: collector.metrics().brief())
+
+    poison = {}  # value -> (code, what the message must mention)
+
+    def wave(tag):
+        lines = []
+        for i in range(3):
+            bad = event("%s-pa-big-%d" % (tag, i), pa, "it-poison-x", t_event,
+                        {"units": 1, "bytes": MAX_BYTES})
+            poison[enc(bad)] = ("counter_overflow", "out of range")
+            ok = event("%s-pa-zero-%d" % (tag, i), pa, "it-poison-x", t_event,
+                       {"units": 2, "bytes": 0})
+            expect_event(expected, ok)
+            bad_units = event("%s-pb-%d" % (tag, i), pb, "it-poison-x", t_event,
+                              {"units": MAX_UNITS})
+            poison[enc(bad_units)] = ("counter_overflow", "out of range")
+            bad_week = event("%s-pc-bad-%d" % (tag, i), pc, "it-poison-x", t_event,
+                             {"units": 1, "endpoint": "/t10-forbidden"})
+            poison[enc(bad_week)] = ("database_rejected", "t10_no_forbidden")
+            ok_week = event("%s-pc-ok-%d" % (tag, i), pc, "it-poison-x", t_event,
+                            {"units": 4, "bytes": 9, "endpoint": "/t10-allowed"})
+            expect_event(expected, ok_week)
+            lines += [(pa, enc(bad)), (pa, enc(ok)), (pb, enc(bad_units)), (pc, enc(bad_week)),
+                      (pc, enc(ok_week))]
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC, lines)
+        return len(lines)
+
+    extra = wave("w1")
+    # Kill at a random moment while the poison of wave 1 is being isolated
+    # or just after.
+    time.sleep(s.rng.uniform(0.1, 1.5))
+    collector.assert_alive()
+    collector.sigkill()
+    collector = s.collector(broker, group)
+    extra += wave("w2")
+    time.sleep(2)
+    summary = run.stop()
+    expected.add_summary(summary)
+    valid_extra = extra - len(poison)
+    wait_for_totals(s.db, summary["unique"] + valid_extra + 2, [collector], 120)
+    lib.verify_totals(s.db, expected)
+
+    messages = lib.kcat_consume_all(broker.bootstrap, DLQ)
+    problems, found = [], set()
+    for msg in messages:
+        entry = poison.get(msg["value"])
+        if entry is None:
+            problems.append("a DLQ message that is not poison: %r" % (msg["value"] or b"")[:80])
+            continue
+        code, mention = entry
+        found.add(msg["value"])
+        h = msg["headers"]
+        if h.get("tally-error-code") != code:
+            problems.append("code %r, expected %r" % (h.get("tally-error-code"), code))
+        if mention not in h.get("tally-error-message", ""):
+            problems.append("message %r does not mention %r" % (h.get("tally-error-message"),
+                                                                  mention))
+        if h.get("tally-source-topic") != TOPIC:
+            problems.append("tally-source-topic %r" % h.get("tally-source-topic"))
+    missing = [v for v in poison if v not in found]
+    if missing:
+        problems.append("%d poison events not in the DLQ, e.g. %r" % (len(missing), missing[0][:80]))
+    check(not problems, "%d DLQ problems: %s" % (len(problems), "; ".join(problems[:6])))
+    m = collector.metrics()
+    check(m.balanced(), "consumed != counted + duplicates + rejected: %s" % m.brief())
+    check(health_status(collector.port) == 200, "healthz is not 200 after the poison")
+    collector.assert_alive()
+    s.note("%d poison events dead-lettered (%d DLQ messages), %d events counted exactly"
+           % (len(poison), len(messages), summary["unique"] + valid_extra))
+
+
+def test_stall_turns_health_red(s):
+    """A batch that cannot be written (its rows locked by another session)
+    turns /healthz and /readyz to 503 after TALLY_STALL_TIMEOUT_S, with
+    tally_collector_stalled_seconds showing the wait; both recover once the
+    batch is written."""
+    broker = s.broker(2)
+    key = "t11-key"
+    s.db.add_keys([key])
+    collector = s.collector(broker, "it-stall", args=["--stall-timeout-s", "5"])
+    first = event("stall-0", key, "it-stall")
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(key, enc(first))])
+    wait_until("the first event counted", lambda: collector.metrics().counted == 1, 60)
+    check(health_status(collector.port) == 200, "healthz not 200 before the stall")
+    locker = subprocess.Popen(
+        ["psql", "-X", "-q", "-d", s.ctx.db_url, "-c",
+         "BEGIN; LOCK TABLE usage_hourly IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(10); COMMIT;"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                               [(key, enc(event("stall-1", key, "it-stall")))])
+        wait_until("healthz to answer 503 while the batch waits",
+                   lambda: health_status(collector.port) == 503, 15)
+        check(health_status(collector.port, "/readyz") == 503, "readyz not 503 during the stall")
+        stalled = collector.metrics().get("tally_collector_stalled_seconds")
+        check(stalled >= 5, "tally_collector_stalled_seconds is %s during the stall" % stalled)
+    finally:
+        locker.wait(timeout=30)
+    wait_until("the second event counted", lambda: collector.metrics().counted == 2, 30)
+    wait_until("healthz back to 200", lambda: health_status(collector.port) == 200, 10)
+    check(collector.metrics().get("tally_collector_stalled_seconds") == 0,
+          "stalled seconds not back to 0")
+    collector.stop()
+
+
+def test_partition_windows_agree(s):
+    """Creating and dropping event_ids partitions use one window: right after
+    the coming weeks are created nothing is expired, for every weekday the
+    horizon can fall on (so a collector start creates and drops nothing)."""
+    for horizon in range(35, 49):
+        s.db.scalar("SELECT tally_ensure_event_partitions(%d)" % horizon)
+        dropped = s.db.scalar("SELECT tally_drop_expired_event_partitions(%d)" % horizon)
+        check(dropped == "0", "horizon %d: %s partition(s) created and dropped at once"
+              % (horizon, dropped))
+        again = s.db.scalar("SELECT tally_ensure_event_partitions(%d)" % horizon)
+        check(again == "0", "horizon %d: %s partition(s) created again" % (horizon, again))
+    s.db.scalar("SELECT tally_drop_expired_event_partitions(35)")
+
+
+def test_sigterm_before_first_assignment(s):
+    """A collector that gets SIGTERM while it waits to join a group whose
+    killed member has not timed out yet (no assignment yet) exits 0: the
+    librdkafka 2.0.2 cooperative-sticky abort on close is worked around."""
+    broker = s.broker(2)
+    group = "it-early-term"
+    first = s.collector(broker, group, session_timeout_ms=10000)
+    wait_until("the first collector to be assigned",
+               lambda: "assigned" in first.proc.log_text(), 30)
+    first.sigkill()
+    second = s.collector(broker, group, session_timeout_ms=10000)
+    time.sleep(1.5)
+    check("assigned" not in second.proc.log_text(),
+          "internal: the second collector was assigned already")
+    second.stop(timeout=10)
+
+
+TESTS = [
+    ("poison_events_dead_lettered", test_poison_events_dead_lettered),
+    ("stall_turns_health_red", test_stall_turns_health_red),
+    ("partition_windows_agree", test_partition_windows_agree),
+    ("sigterm_before_first_assignment", test_sigterm_before_first_assignment),
+]
