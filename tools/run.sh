@@ -5,7 +5,10 @@
 # stand-in (tests/stripe/standin.py, a fresh test key each run),
 # tally-reporter against it and tally-loadgen with realistic traffic, and
 # prints a live summary until Ctrl-C, which stops everything it started.
-# Logs go to .tally/logs/.
+# A closed terminal (SIGHUP) or a dead reader of the output (`make run | tee`
+# whose tee died) stops everything the same way; a run that finds programs an
+# earlier run left behind (pid files in .tally/run/) stops them first.
+# Logs go to .tally/logs/ (this script's own messages to run.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -14,30 +17,131 @@ root=$(pwd)
 state=${TALLY_STATE_DIR:-.tally}
 bin=${TALLY_BIN_DIR:-$root/build/bin}
 logs=$state/logs
-pids=()
 
-# Stops what we started, newest first (the load generator before the
-# collector, the reporter before its stand-in), each within 10 s. Each
-# program runs in its own session (setsid), so a Ctrl-C reaches only this
-# script: the programs get one SIGTERM from here, in order (a second signal
-# would make them exit at once, skipping their clean shutdown).
-stop_all() {
-  trap - INT TERM HUP EXIT
-  echo
-  echo "run: stopping..."
-  local i pid
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    pid=${pids[i]}
-    kill -TERM "$pid" 2>/dev/null || continue
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  tools/stack.sh down "$state" >/dev/null || true
-  echo "run: stopped; the database is kept in $state/ for the next run"
-  exit 0
+# Every program's pid file, $run_dir/NAME.pid ("PID START_TIME"), so that a
+# later run finds what an earlier one left running (its script SIGKILLed, or
+# an old version of this script that died with the terminal).
+run_dir=$state/run
+# Start order; stopped in reverse (the load generator before the collector,
+# the reporter before its stand-in).
+program_names=(collector api standin reporter loadgen)
+# What each program's command line holds (after a rebuild, /proc/PID/exe of
+# an old process says "(deleted)", so the command line is the stable mark).
+declare -A program_mark=([collector]=tally-collector [api]=tally-api
+  [standin]=tests/stripe/standin.py [reporter]=tally-reporter [loadgen]=tally-loadgen
+  [script]=run.sh)
+declare -A started_pid=()
+
+# Writes to the terminal and to $logs/run.log. A closed terminal (EIO) or a
+# dead reader (EPIPE) only loses the terminal's copy.
+say() {
+  printf '%s\n' "$*" 2>/dev/null || true
+  if [ -d "$logs" ]; then
+    printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$logs/run.log" 2>/dev/null || true
+  fi
 }
-trap stop_all INT TERM HUP EXIT
+
+# A process's start time (clock ticks after boot, field 22 of /proc/PID/stat,
+# read after the command name, which may hold spaces): with the pid, it names
+# one process, so a recycled pid is never taken for ours.
+start_time() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  local -a fields
+  read -r -a fields <<<"${stat##*) }"
+  [ -n "${fields[19]:-}" ] || return 1
+  echo "${fields[19]}"
+}
+
+# True while the process runs (a zombie, dead but not yet reaped, does not).
+running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat:0:1}" != Z ]
+}
+
+record_pid() {
+  mkdir -p "$run_dir"
+  echo "$2 $(start_time "$2" || echo 0)" >"$run_dir/$1.pid"
+}
+
+# The pid in $run_dir/$1.pid when that very process still runs our program.
+recorded_pid() {
+  local pid recorded_start
+  read -r pid recorded_start <"$run_dir/$1.pid" 2>/dev/null || return 1
+  [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" != $$ ] || return 1
+  [ "$(start_time "$pid")" = "$recorded_start" ] || return 1
+  local command_line
+  command_line=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ "$command_line" == *"${program_mark[$1]}"* ]] || return 1
+  echo "$pid"
+}
+
+# SIGTERM, up to $2 seconds for a clean shutdown, then SIGKILL. Only one
+# SIGTERM: a second would make the programs exit at once, skipping it.
+stop_pid() {
+  local pid=$1 tenths=$(($2 * 10))
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((; tenths > 0; tenths--)); do running "$pid" || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+# An earlier run on this state directory: its script, if it still runs, is
+# asked to stop (it stops its programs itself); programs it left behind are
+# stopped here, in the usual order. Otherwise the new reporter would stand by
+# behind the old one's lock (Stripe: 0 calls), and two load generators run.
+stop_earlier_run() {
+  local name pid i
+  if pid=$(recorded_pid script); then
+    say "run: an earlier make run (pid $pid) uses $state; stopping it first"
+    stop_pid "$pid" 70
+  fi
+  for ((i = ${#program_names[@]} - 1; i >= 0; i--)); do
+    name=${program_names[i]}
+    if pid=$(recorded_pid "$name"); then
+      say "run: $name (pid $pid) was left running by an earlier make run; stopping it"
+      stop_pid "$pid" 10
+    fi
+  done
+  rm -rf "$run_dir"
+}
+
+# Stops what we started, newest first, each within 10 s. Each program runs
+# in its own session (setsid), so a Ctrl-C or a closed terminal's SIGHUP
+# reaches only this script. Whatever ends the script (Ctrl-C, SIGTERM,
+# SIGHUP, SIGPIPE from a dead `| tee`, a failed write under set -e, a
+# program that stopped) ends here: from now on no signal interrupts the
+# stopping and no failed write ends it.
+stop_all() {
+  local status=$1 i name
+  trap '' INT TERM HUP PIPE
+  trap - EXIT
+  set +e
+  say ""
+  say "run: stopping..."
+  for ((i = ${#program_names[@]} - 1; i >= 0; i--)); do
+    name=${program_names[i]}
+    [ -n "${started_pid[$name]:-}" ] && stop_pid "${started_pid[$name]}" 10
+  done
+  rm -rf "$run_dir"
+  tools/stack.sh down "$state" >>"$logs/run.log" 2>&1
+  say "run: stopped; the database is kept in $state/ for the next run"
+  exit "$status"
+}
+trap 'stop_all 0' INT TERM HUP PIPE
+trap 'stop_all $?' EXIT
+
+# Starts a program (the rest of the arguments) in its own session, output to
+# $logs/NAME.log, and records its pid.
+start_program() {
+  local name=$1
+  shift
+  setsid "$@" >>"$logs/$name.log" 2>&1 </dev/null &
+  started_pid[$name]=$!
+  record_pid "$name" $!
+}
 
 command -v python3 >/dev/null || { echo "run: python3 is needed for the Stripe stand-in (make deps)" >&2; exit 1; }
 
@@ -61,19 +165,30 @@ PY
 # The collector's metrics and the api on their usual ports when free.
 metrics_addr=127.0.0.1:$(free_port 9101)
 api_addr=127.0.0.1:$(free_port 8080)
+api_metrics=127.0.0.1:$(free_port 9100)
 
+mkdir -p "$logs"
+stop_earlier_run
+record_pid script $$
 tools/stack.sh up "$state"
 # shellcheck disable=SC1091
 . "$state/env"
 export TALLY_DATABASE_URL TALLY_KAFKA_BROKERS
 unset TALLY_STATE_DIR
 tools/migrate.sh
-mkdir -p "$logs"
 
 # A fresh admin token and fresh key secrets each run: printed once below,
 # stored nowhere but in this shell (the database keeps only SHA-256s).
 secret() { head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c "$1"; }
 admin_token=$(secret 32)
+# The api's key HMAC secret must outlive a run (the stored key digests
+# depend on it): made once, kept in the state directory, readable by us only,
+# and given to the api as a file.
+key_hmac_secret_file=$root/$state/key_hmac_secret
+[[ "$state" = /* ]] && key_hmac_secret_file=$state/key_hmac_secret
+if [ ! -s "$key_hmac_secret_file" ]; then
+  (umask 077 && secret 48 >"$key_hmac_secret_file")
+fi
 declare -A key_secret
 for k in key_free_alice key_free_bob key_pro_acme key_ent_globex; do key_secret[$k]=$(secret 40); done
 # The Stripe stand-in accepts this test key only; the reporter gets it in its
@@ -113,18 +228,18 @@ ON CONFLICT (id) DO UPDATE SET value_hash = EXCLUDED.value_hash,
 TRUNCATE stripe_reports;
 SQL
 
-TALLY_METRICS_ADDR=$metrics_addr setsid "$bin/tally-collector" >"$logs/collector.log" 2>&1 &
-pids+=($!)
-TALLY_ADMIN_TOKEN=$admin_token TALLY_HTTP_ADDR=$api_addr setsid "$bin/tally-api" >"$logs/api.log" 2>&1 &
-pids+=($!)
+: >"$logs/collector.log"
+TALLY_METRICS_ADDR=$metrics_addr start_program collector "$bin/tally-collector"
+: >"$logs/api.log"
+TALLY_ADMIN_TOKEN=$admin_token TALLY_HTTP_ADDR=$api_addr TALLY_METRICS_ADDR=$api_metrics \
+  TALLY_KEY_HMAC_SECRET_FILE=$key_hmac_secret_file start_program api "$bin/tally-api"
 
 # The Stripe stand-in on a free loopback port (it prints the address it got),
 # accepting any cus_... customer and the meter api_calls.
 : >"$logs/standin.log"
-STRIPE_STANDIN_API_KEY=$stripe_key setsid python3 tests/stripe/standin.py --host 127.0.0.1 --port 0 \
-  --customers '*' --meters api_calls >>"$logs/standin.log" 2>&1 &
-pids+=($!)
-standin_pid=$!
+STRIPE_STANDIN_API_KEY=$stripe_key start_program standin python3 tests/stripe/standin.py \
+  --host 127.0.0.1 --port 0 --customers '*' --meters api_calls
+standin_pid=${started_pid[standin]}
 stripe_url=
 for _ in $(seq 1 100); do
   stripe_url=$(sed -n 's/^stripe-standin listening on \(http:[^ ]*\).*/\1/p' "$logs/standin.log")
@@ -132,20 +247,21 @@ for _ in $(seq 1 100); do
   kill -0 "$standin_pid" 2>/dev/null || break
   sleep 0.1
 done
-[ -n "$stripe_url" ] || { echo "run: the Stripe stand-in did not start; see $logs/standin.log" >&2; exit 1; }
+[ -n "$stripe_url" ] || { say "run: the Stripe stand-in did not start; see $logs/standin.log" >&2; exit 1; }
 
 # The reporter: a cycle every 5 s, reporting the running hour too (settle 0),
 # so the stand-in's ledger follows the counted usage within seconds.
 reporter_metrics=127.0.0.1:$(free_port 9102)
+: >"$logs/reporter.log"
 TALLY_STRIPE_API_KEY=$stripe_key TALLY_STRIPE_API_BASE=$stripe_url \
-  TALLY_METRICS_ADDR=$reporter_metrics setsid "$bin/tally-reporter" --report-interval-s 5 \
-  --report-settle-s 0 >"$logs/reporter.log" 2>&1 &
-pids+=($!)
+  TALLY_METRICS_ADDR=$reporter_metrics start_program reporter "$bin/tally-reporter" \
+  --report-interval-s 5 --report-settle-s 0
 # Bob sends far more than the others and runs over his 1,000 units a day.
-setsid "$bin/tally-loadgen" --keys key_free_alice:1,key_free_bob:6,key_pro_acme:4,key_ent_globex:9 \
+: >"$logs/loadgen.log"
+start_program loadgen "$bin/tally-loadgen" \
+  --keys key_free_alice:1,key_free_bob:6,key_pro_acme:4,key_ent_globex:9 \
   --rate 200 --duration 86400 --dup-ratio 0.05 --late-ratio 0.02 --source gw-demo \
-  --log-level warn >"$logs/loadgen.log" 2>&1 &
-pids+=($!)
+  --log-level warn
 
 cat <<INFO
 
@@ -158,6 +274,7 @@ Tally is running (Ctrl-C stops everything):
                           -H 'X-Original-URI: /v1/items' http://$api_addr/v1/authorize
   key secrets        key_free_alice ${key_secret[key_free_alice]}   key_free_bob ${key_secret[key_free_bob]}
                      key_pro_acme ${key_secret[key_pro_acme]}   key_ent_globex ${key_secret[key_ent_globex]}
+  api metrics        http://$api_metrics/metrics
   collector metrics  http://$metrics_addr/metrics   health http://$metrics_addr/healthz
   reporter metrics   http://$reporter_metrics/metrics   health http://$reporter_metrics/healthz
                      TALLY_DATABASE_URL='$TALLY_DATABASE_URL' $bin/tally-reporter reconcile
@@ -203,8 +320,8 @@ SQL
 last=$(counter tally_collector_events_counted_total); last=${last:-0}
 while true; do
   sleep 2
-  for pid in "${pids[@]}"; do
-    kill -0 "$pid" 2>/dev/null || { echo "run: a process stopped; see $logs/"; exit 1; }
+  for name in "${!started_pid[@]}"; do
+    kill -0 "${started_pid[$name]}" 2>/dev/null || { say "run: $name stopped; see $logs/$name.log"; exit 1; }
   done
   now=$(counter tally_collector_events_counted_total); now=${now:-0}
   dup=$(counter tally_collector_events_duplicate_total)

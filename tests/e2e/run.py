@@ -10,11 +10,17 @@ and with kcat (a Kafka client we did not write), a re-sent one included;
 checks the key's usage, its quota, the authorize answers at the quota's edge
 and the Stripe stand-in's ledger; stops everything as Ctrl-C does and checks
 that no process or port is left; and starts it a second time over the same
-state, which must come up and stop cleanly again. Prints "N passed, N failed".
+state, which must come up and stop cleanly again. Then the ways a run ends
+without Ctrl-C: its terminal closed (a pty hung up: SIGHUP, then EIO on every
+write), its reader gone (`make run | tee` whose tee died: SIGPIPE/EPIPE),
+and the script SIGKILLed, leaving its programs behind for the next run to
+find and stop (its reporter must then call Stripe). Prints "N passed, N
+failed"; --only runs some of them.
 
 Python 3 standard library only."""
 
 import argparse
+import fcntl
 import http.client
 import json
 import os
@@ -25,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 import urllib.request
 
@@ -34,18 +41,54 @@ from lib import Failure, check, clean_env, wait_until  # noqa: E402
 
 
 class Demo:
-    """One tools/run.sh in its own session, as a terminal would run it."""
+    """One tools/run.sh in its own session, as a terminal would run it. Its
+    output goes to a file (output="file"), to a pseudo-terminal that is its
+    controlling terminal ("pty"), or to a pipe ("pipe"); the test reads the
+    last two into the log file as it polls."""
 
-    def __init__(self, state, bin_dir, log_path):
+    def __init__(self, state, bin_dir, log_path, output="file"):
         self.state = state
         self.log_path = log_path
         self.log = open(log_path, "ab")
+        self.reader = None  # our end of the pty or pipe
         env = clean_env({"TALLY_STATE_DIR": state, "TALLY_BIN_DIR": bin_dir})
-        self.proc = subprocess.Popen([os.path.join(REPO, "tools", "run.sh")], cwd=REPO, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        argv, kwargs = [os.path.join(REPO, "tools", "run.sh")], {}
+        if output == "pty":
+            self.reader, child_end = os.openpty()
+            kwargs = {"stdin": child_end, "stdout": child_end, "stderr": child_end,
+                      # the pty becomes the session's controlling terminal
+                      "preexec_fn": lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0)}
+        elif output == "pipe":
+            self.reader, child_end = os.pipe()
+            kwargs = {"stdout": child_end, "stderr": subprocess.STDOUT,
+                      "stdin": subprocess.DEVNULL}
+        else:
+            kwargs = {"stdout": self.log, "stderr": subprocess.STDOUT,
+                      "stdin": subprocess.DEVNULL}
+        self.proc = subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True, **kwargs)
+        if self.reader is not None:
+            os.close(child_end)
+            os.set_blocking(self.reader, False)
         self.info = wait_until("tools/run.sh to print where things are", self._parse, 240,
                                interval=0.5, on_timeout=self.tail)
+
+    def pump(self):
+        """Copies what the pty or pipe holds into the log file."""
+        while self.reader is not None:
+            try:
+                data = os.read(self.reader, 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.log.write(data)
+            self.log.flush()
+
+    def close_reader(self):
+        """Closes our end: a hung-up terminal (pty) or a dead reader (pipe)."""
+        self.pump()
+        os.close(self.reader)
+        self.reader = None
 
     def text(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -55,15 +98,17 @@ class Demo:
         return "\n".join(self.text().splitlines()[-n:])
 
     def _parse(self):
+        self.pump()
         check(self.proc.poll() is None, "tools/run.sh exited %s:\n%s"
               % (self.proc.returncode, self.tail()))
         text = self.text()
         api = re.search(r"api\s+http://(\S+)\s+admin token: (\S+)", text)
-        stripe = re.search(r"Stripe stand-in\s+(http://\S+)", text)
+        stripe = re.search(r"Stripe stand-in\s+(http://\S+) \(test key (\w+);", text)
         reporter = re.search(r"reporter metrics\s+http://(\S+)/metrics", text)
         collector = re.search(r"collector metrics\s+http://(\S+)/metrics", text)
         if not (api and stripe and reporter and collector):
             return None
+        STANDIN_KEYS.add(stripe.group(2))
         env = {}
         with open(os.path.join(self.state, "env")) as f:
             for line in f:
@@ -90,13 +135,18 @@ class Demo:
     def ctrl_c(self, timeout=90):
         """SIGINT to the process group, as a terminal's Ctrl-C."""
         os.killpg(self.proc.pid, signal.SIGINT)
+        return self.wait_exit(timeout, "Ctrl-C")
+
+    def wait_exit(self, timeout, after):
         try:
             rc = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
-            raise Failure("tools/run.sh still running %ds after Ctrl-C:\n%s" % (timeout,
-                                                                                 self.tail()))
+            raise Failure("tools/run.sh still running %ds after %s:\n%s"
+                          % (timeout, after, self.tail()))
         finally:
+            if self.reader is not None:
+                self.close_reader()
             self.log.close()
         return rc
 
@@ -113,15 +163,30 @@ def listening(port):
         s.close()
 
 
+# The test key of every Stripe stand-in our demos started: each run makes a
+# fresh one, so it tells our stand-ins from those of other test suites.
+STANDIN_KEYS = set()
+
+
+def our_standin(pid):
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False
+    return any(b"STRIPE_STANDIN_API_KEY=" + key.encode() in environ for key in STANDIN_KEYS)
+
+
 def demo_like_processes(state, bin_dir):
     """{pid: args} of running processes that look like the demo's: Tally
-    binaries, the Stripe stand-in, and PostgreSQL on the state directory."""
+    binaries, our Stripe stand-ins, and PostgreSQL on the state directory."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], stdout=subprocess.PIPE,
                          universal_newlines=True).stdout
     found = {}
     for line in out.splitlines():
         pid, _, args = line.strip().partition(" ")
-        if (os.path.join(bin_dir, "tally-") in args or "tests/stripe/standin.py" in args
+        if (os.path.join(bin_dir, "tally-") in args
+                or ("tests/stripe/standin.py" in args and our_standin(int(pid)))
                 or (state in args and "postgres" in args)):
             found[int(pid)] = args
     return found
@@ -258,51 +323,169 @@ def scenario(demo, tmp, bin_dir):
     return "%d requests, %d units in Stripe's ledger" % (expected_requests, expected_units)
 
 
+def check_all_gone(demo, bin_dir, before, ports, after):
+    wait_until("every process of the demo to exit after %s" % after,
+               lambda: not leftovers(demo.state, bin_dir, before), 15,
+               on_timeout=lambda: "left: %s" % leftovers(demo.state, bin_dir, before))
+    open_ports = sorted(p for p in ports if listening(p))
+    check(not open_ports, "ports still listening after %s: %s" % (after, open_ports))
+
+
 def stop_and_check(demo, bin_dir, before):
     ports = demo.ports()
     rc = demo.ctrl_c()
     check(rc == 0, "tools/run.sh exited %s after Ctrl-C:\n%s" % (rc, demo.tail()))
     check("run: stopped" in demo.text(), "no clean stop message:\n%s" % demo.tail())
-    wait_until("every process of the demo to exit",
-               lambda: not leftovers(demo.state, bin_dir, before), 15,
-               on_timeout=lambda: "left: %s" % leftovers(demo.state, bin_dir, before))
-    open_ports = sorted(p for p in ports if listening(p))
-    check(not open_ports, "ports still listening after Ctrl-C: %s" % open_ports)
+    check_all_gone(demo, bin_dir, before, ports, "Ctrl-C")
+
+
+def metric(addr, name):
+    """A counter's value from a /metrics page (0 when absent or unreachable)."""
+    try:
+        with urllib.request.urlopen("http://%s/metrics" % addr, timeout=3) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))
+
+
+class Context:
+    """What one test needs: where things are, the processes that ran before
+    the suite (not ours to judge), and every demo started (to clean up)."""
+
+    def __init__(self, tmp, state, bin_dir):
+        self.tmp, self.state, self.bin_dir = tmp, state, bin_dir
+        self.before = demo_like_processes(state, bin_dir)
+        self.demos = []
+
+    def start(self, name, output="file"):
+        demo = Demo(self.state, self.bin_dir, os.path.join(self.tmp, "run-%s.log" % name), output)
+        self.demos.append(demo)
+        return demo
+
+    def clean_up(self):
+        """Stops whatever a failed test left: demos still running, then any
+        process of theirs (SIGKILL), so the next test starts clean."""
+        for demo in self.demos:
+            if demo.proc.poll() is None:
+                try:
+                    demo.ctrl_c(60)
+                except Failure:
+                    pass
+        self.demos = []
+        subprocess.run([os.path.join(REPO, "tools", "stack.sh"), "down", self.state],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for line in leftovers(self.state, self.bin_dir, self.before):
+            try:
+                os.kill(int(line.split()[0]), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def end_to_end(ctx):
+    demo = ctx.start("end_to_end")
+    note = scenario(demo, ctx.tmp, ctx.bin_dir)
+    stop_and_check(demo, ctx.bin_dir, ctx.before)
+    return note
+
+
+def again_over_the_same_state(ctx):
+    stop_and_check(ctx.start("again"), ctx.bin_dir, ctx.before)
+    return "came up again"
+
+
+def terminal_closed(ctx):
+    """The terminal goes away (its window closed, ssh dropped): the kernel
+    hangs the pty up, SIGHUP reaches the script and every later write to the
+    terminal fails with EIO. Everything must stop as on Ctrl-C."""
+    demo = ctx.start("terminal_closed", output="pty")
+    ports = demo.ports()
+    demo.close_reader()
+    demo.wait_exit(60, "the hang-up")
+    check_all_gone(demo, ctx.bin_dir, ctx.before, ports, "the terminal closed")
+    check("run: stopped" in open(os.path.join(ctx.state, "logs", "run.log")).read(),
+          "run.log has no clean stop message")
+    return "stopped after SIGHUP"
+
+
+def reader_gone(ctx):
+    """`make run | tee x` and tee dies: the script's next write gets SIGPIPE
+    (EPIPE where SIGPIPE is ignored). Everything must stop as on Ctrl-C."""
+    demo = ctx.start("reader_gone", output="pipe")
+    ports = demo.ports()
+    demo.close_reader()
+    demo.wait_exit(60, "its reader went away")
+    check_all_gone(demo, ctx.bin_dir, ctx.before, ports, "the reader went away")
+    return "stopped after its reader went away"
+
+
+def orphans_of_a_killed_run(ctx):
+    """The script is SIGKILLed (or, before it handled SIGHUP, died with its
+    terminal): its programs live on, their own sessions untouched. The next
+    run must say so and stop them, or its reporter stands by behind the old
+    one's lock (Stripe: 0 calls) and two load generators run."""
+    first = ctx.start("orphans_first")
+    first.proc.kill()
+    first.wait_exit(10, "SIGKILL")
+    orphans = {pid: args for pid, args in demo_like_processes(ctx.state, ctx.bin_dir).items()
+               if pid not in ctx.before and "devbroker" not in args and "postgres" not in args}
+    check(any("tally-reporter" in args for args in orphans.values()),
+          "SIGKILL left no reporter behind: %s" % orphans)
+    second = ctx.start("orphans_second")
+    alive = demo_like_processes(ctx.state, ctx.bin_dir)
+    check(not [pid for pid in orphans if pid in alive],
+          "the earlier run's programs still run beside the new ones: %s"
+          % sorted(args for pid, args in orphans.items() if pid in alive))
+    check("left running by an earlier make run" in second.text(),
+          "the new run did not say it stopped the earlier one's programs:\n%s" % second.tail())
+    wait_until("the new reporter to call the Stripe stand-in",
+               lambda: metric(second.info["reporter"], "tally_reporter_calls_total") > 0, 30,
+               interval=0.5, on_timeout=second.tail)
+    stop_and_check(second, ctx.bin_dir, ctx.before)
+    return "%d orphans stopped, the new reporter calls Stripe" % len(orphans)
+
+
+TESTS = (
+    ("make_run_end_to_end", end_to_end),
+    ("make_run_again_over_the_same_state", again_over_the_same_state),
+    ("make_run_stops_when_its_terminal_closes", terminal_closed),
+    ("make_run_stops_when_its_reader_dies", reader_gone),
+    ("make_run_stops_an_earlier_runs_orphans", orphans_of_a_killed_run),
+)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", default=os.path.join(REPO, "build", "bin"))
     ap.add_argument("--keep-logs", help="copy the logs here before removing the temp dir")
+    ap.add_argument("--only", help="comma-separated test names (or substrings) to run")
     args = ap.parse_args()
     bin_dir = os.path.abspath(args.bin)
     tmp = tempfile.mkdtemp(prefix="tally-e2e-")
     os.chmod(tmp, 0o755)  # the PostgreSQL cluster runs as an unprivileged user
     state = os.path.join(tmp, "state")
+    wanted = args.only.split(",") if args.only else None
     passed = failed = 0
-    demo = None
+    ctx = Context(tmp, state, bin_dir)
     try:
-        for name, run in (("make_run_end_to_end", lambda d: scenario(d, tmp, bin_dir)),
-                          ("make_run_again_over_the_same_state", lambda d: "came up again")):
+        for name, run in TESTS:
+            if wanted and not any(w in name for w in wanted):
+                continue
             t0 = time.monotonic()
             try:
-                before = demo_like_processes(state, bin_dir)
-                demo = Demo(state, bin_dir, os.path.join(tmp, "run-%s.log" % name))
-                note = run(demo)
-                stop_and_check(demo, bin_dir, before)
-                demo = None
+                note = run(ctx)
+                ctx.demos = []
                 print("PASS %s %.1fs  (%s)" % (name, time.monotonic() - t0, note), flush=True)
                 passed += 1
             except Failure as e:
                 print("FAIL %s %.1fs %s" % (name, time.monotonic() - t0, e), flush=True)
                 failed += 1
-                break
+                ctx.clean_up()
+                if run is end_to_end:
+                    break  # the others would fail the same way
     finally:
-        if demo is not None and demo.proc.poll() is None:
-            try:
-                demo.ctrl_c(60)
-            except Failure:
-                pass
+        ctx.clean_up()
         if args.keep_logs:
             shutil.copytree(tmp, args.keep_logs, dirs_exist_ok=True,
                             ignore=shutil.ignore_patterns("pg", "*.sock*"))
