@@ -14,7 +14,7 @@
 
 struct ops_server {
     struct MHD_Daemon *daemon;
-    ops_health_fn health;
+    ops_routes routes;
 };
 
 bool ops_parse_listen_addr(const char *text, struct sockaddr_storage *out, socklen_t *out_len,
@@ -100,7 +100,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     if (strcmp(url, "/metrics") == 0) {
         buf out;
         buf_init(&out, OPS_METRICS_MAX_BYTES);
-        bool ok = metrics_render(&out);
+        bool ok = server->routes.metrics ? server->routes.metrics(&out) : metrics_render(&out);
         enum MHD_Result ret =
             ok ? reply(conn, MHD_HTTP_OK, "text/plain; version=0.0.4", out.data ? out.data : "",
                        out.len)
@@ -109,21 +109,34 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         buf_free(&out);
         return ret;
     }
-    if (strcmp(url, "/healthz") == 0) {
+    /* /readyz answers the same: a collector or reporter that cannot make
+     * progress should neither get traffic nor be left alone. */
+    if (strcmp(url, "/healthz") == 0 || strcmp(url, "/readyz") == 0) {
         char detail[256] = "ok";
-        bool healthy = server->health ? server->health(detail, sizeof detail) : true;
+        bool healthy =
+            server->routes.health ? server->routes.health(detail, sizeof detail) : true;
         char body[400];
         int n = snprintf(body, sizeof body, "{\"status\":\"%s\",\"detail\":\"%s\"}",
                          healthy ? "ok" : "unhealthy", detail);
         return reply(conn, healthy ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
                      "application/json", body, (size_t)n);
     }
+    if (server->routes.document_path != NULL && strcmp(url, server->routes.document_path) == 0)
+        return reply(conn, MHD_HTTP_OK, "application/json", server->routes.document,
+                     server->routes.document_len);
     static const char msg[] =
-        "{\"error\":{\"code\":\"not_found\",\"message\":\"this port serves /metrics and /healthz\"}}";
+        "{\"error\":{\"code\":\"not_found\",\"message\":\"this port serves /metrics, /healthz and /readyz\"}}";
     return reply(conn, MHD_HTTP_NOT_FOUND, "application/json", msg, sizeof msg - 1);
 }
 
 ops_server *ops_start(const char *listen_addr, ops_health_fn health, char *err, size_t err_size)
+{
+    ops_routes routes = {.health = health};
+    return ops_start_routes(listen_addr, &routes, err, err_size);
+}
+
+ops_server *ops_start_routes(const char *listen_addr, const ops_routes *routes, char *err,
+                             size_t err_size)
 {
     struct sockaddr_storage addr;
     socklen_t addr_len;
@@ -134,7 +147,7 @@ ops_server *ops_start(const char *listen_addr, ops_health_fn health, char *err, 
         snprintf(err, err_size, "out of memory");
         return NULL;
     }
-    server->health = health;
+    server->routes = *routes;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL_INTERNAL_THREAD;
     if (addr.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;

@@ -82,6 +82,10 @@ const char *api_query(api_request *req, const char *name);
 /* Refuses (400) any query argument not in the NULL-terminated `allowed`
  * (at most 16 names), given twice, or not valid UTF-8 (name or value). */
 bool api_check_query(api_request *req, const char *const *allowed);
+/* Refuses the header block as a whole: 431 past 64 fields or 16 KiB, 400
+ * for a value with a NUL byte (or folded), Content-Length twice, or
+ * Content-Length with Transfer-Encoding. False after replying. */
+bool api_check_headers(api_request *req);
 /* RFC 3339 text of usec, as a new jansson string. */
 json_t *api_time_json(int64_t usec);
 

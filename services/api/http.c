@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "api.h"
 #include "apitext.h"
@@ -232,4 +233,108 @@ void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const
     else
         api_reply_json(req, 200, row_json(res, 0));
     PQclear(commit);
+}
+
+/* ---- the request's headers as a whole ---------------------------------- */
+
+/* Bounds on the header block, under libmicrohttpd's per-connection memory
+ * (main.c): past them the client gets the contract's 431 from here, not
+ * libmicrohttpd's own HTML answer when its memory runs out. */
+#define HEADERS_COUNT_MAX 64
+#define HEADERS_BYTES_MAX (16u * 1024u)
+
+typedef struct {
+    size_t count;
+    size_t bytes;
+    int content_lengths;
+    bool transfer_encoding;
+    bool hidden_bytes;
+    bool bare_line_feeds;       /* an earlier header line ended with "\n" alone */
+    const char *previous_value; /* the last header's value, for hidden_bytes */
+    size_t previous_len;
+    unsigned status; /* 0 while every header is fine */
+    const char *code;
+    const char *message;
+} header_check;
+
+/* libmicrohttpd 0.9.75 parses the header block in place in its read
+ * buffer and stores each value cut at its first NUL, so "Bearer <token>\0x"
+ * would reach auth.c as "Bearer <token>". What follows a value in that
+ * buffer shows whether bytes were cut: the line's end ("\r\n" or "\n",
+ * each byte overwritten by a NUL), then the next line, whose start is the
+ * next header's name. The last header is followed by the blank line (one
+ * or two more NULs); there the line ends seen so far tell which: with bare
+ * line feeds only the first NUL is the blank line's for sure. A folded
+ * (obs-fold) value is moved elsewhere by libmicrohttpd and so refused too,
+ * as RFC 9112 5.2 allows. Other libmicrohttpd versions parse differently:
+ * the check is tied to this one. */
+static bool value_has_hidden_bytes(header_check *check, const char *next_line)
+{
+#if MHD_VERSION >= 0x00097500 && MHD_VERSION < 0x00097600
+    const char *end = check->previous_value + check->previous_len; /* the line end, or a NUL */
+    if (next_line == end + 1) {
+        check->bare_line_feeds = true;
+        return false;
+    }
+    if (next_line != NULL)
+        return !(next_line == end + 2 && end[1] == '\0');
+    return !(end[1] == '\0' && (check->bare_line_feeds || end[2] == '\0'));
+#else
+    (void)check;
+    (void)next_line;
+    return false;
+#endif
+}
+
+static enum MHD_Result check_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                    size_t key_size, const char *value, size_t value_size)
+{
+    (void)kind;
+    header_check *check = cls;
+    if (check->previous_value != NULL && value_has_hidden_bytes(check, key))
+        check->hidden_bytes = true;
+    check->previous_value = value;
+    check->previous_len = value_size;
+    check->count++;
+    check->bytes += key_size + value_size + 4; /* ": " and CRLF */
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+        check->content_lengths++;
+    else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+        check->transfer_encoding = true;
+    return MHD_YES;
+}
+
+static void judge_headers(header_check *check)
+{
+    if (check->count > HEADERS_COUNT_MAX || check->bytes > HEADERS_BYTES_MAX) {
+        check->status = 431;
+        check->code = "headers_too_large";
+        check->message = "request headers are limited to 64 fields and 16384 bytes";
+    } else if (check->hidden_bytes) {
+        check->status = 400;
+        check->code = "invalid_header";
+        check->message = "a header value holds a NUL byte or is folded over lines";
+    } else if (check->content_lengths > 1) {
+        check->status = 400;
+        check->code = "invalid_header";
+        check->message = "Content-Length is given more than once";
+    } else if (check->content_lengths == 1 && check->transfer_encoding) {
+        check->status = 400;
+        check->code = "invalid_header";
+        check->message = "Content-Length and Transfer-Encoding are both given";
+    }
+}
+
+bool api_check_headers(api_request *req)
+{
+    header_check check;
+    memset(&check, 0, sizeof check);
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, check_header, &check);
+    if (check.previous_value != NULL && value_has_hidden_bytes(&check, NULL))
+        check.hidden_bytes = true;
+    judge_headers(&check);
+    if (check.status == 0)
+        return true;
+    api_reply_error(req, check.status, check.code, "%s", check.message);
+    return false;
 }

@@ -7,7 +7,10 @@
  * PostgreSQL (admin, usage, a quota the cache cannot answer, /readyz) is
  * handed to a few database workers (workers.c) while its connection is
  * suspended, so that a slow query never delays an authorize request queued
- * on the same libmicrohttpd thread. */
+ * on the same libmicrohttpd thread. /metrics and /openapi.json are served
+ * on an internal address by common/ops.c; hostile clients are bounded by a
+ * per-address connection limit, short request timeouts and limits on the
+ * request line and headers (on_request_line, refuse_at_headers). */
 #include <errno.h>
 #include <jansson.h>
 #include <microhttpd.h>
@@ -40,8 +43,30 @@ static long long key_refresh_ms;
 static long long thread_count;
 static long long db_pool_size;
 static long long db_worker_count;
+static const char *metrics_addr;
+static bool public_metrics;
+static const char *tls_cert_file;
+static const char *tls_key_file;
+static long long per_ip_connections;
+static long long request_timeout_s;
+static long long idle_timeout_s;
 
 #define ADMIN_TOKEN_MIN 16
+/* libmicrohttpd's connection limit; the workers' queue holds one job per
+ * connection at most, so it is as long. */
+#define CONNECTION_LIMIT 8192u
+/* libmicrohttpd keeps a request's line, headers and their index in one
+ * pool per connection; a request that outgrows it gets libmicrohttpd's
+ * own HTML 414/431, or (query arguments, ~460 in 32 KiB) no answer at all.
+ * The bounds below keep every request the contract's answer well inside
+ * it: the URI and its argument count are judged before libmicrohttpd
+ * indexes the arguments (on_request_line), the header block once read
+ * (api_check_headers: 64 fields, 16 KiB). */
+#define CONNECTION_MEMORY (64u * 1024u)
+#define URI_BYTES_MAX 4096
+#define QUERY_ARGUMENTS_MAX 32
+/* PEM files (a certificate chain, a key) are small. */
+#define TLS_FILE_MAX (1u << 20)
 
 static const cfg_setting settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
@@ -65,14 +90,31 @@ static const cfg_setting settings[] = {
      "threads that run the routes which may wait on PostgreSQL (admin, usage, readyz)"},
     {NULL, "openapi-file", CFG_STRING, &openapi_file, "", false, false, 0, 0,
      "an OpenAPI document to serve at GET /openapi.json (e.g. docs/openapi.json)"},
+    {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9100", false,
+     false, 0, 0,
+     "internal address serving GET /metrics, /openapi.json and /healthz (empty: not served)"},
+    {"TALLY_PUBLIC_METRICS", "public-metrics", CFG_BOOL, &public_metrics, "false", false, false,
+     0, 0, "also serve /metrics and /openapi.json on TALLY_HTTP_ADDR (else 404 there)"},
+    {"TALLY_TLS_CERT_FILE", "tls-cert-file", CFG_STRING, &tls_cert_file, "", false, false, 0, 0,
+     "PEM certificate (chain) for HTTPS on TALLY_HTTP_ADDR; needs TALLY_TLS_KEY_FILE"},
+    {"TALLY_TLS_KEY_FILE", "tls-key-file", CFG_STRING, &tls_key_file, "", false, false, 0, 0,
+     "PEM private key of TALLY_TLS_CERT_FILE; both or neither"},
+    /* A gateway in front (nginx auth_request) is one address for all its
+     * clients: it needs as many connections as requests it has in flight. */
+    {"TALLY_HTTP_PER_IP_LIMIT", "per-ip-connections", CFG_INT, &per_ip_connections, "1024",
+     false, false, 0, CONNECTION_LIMIT,
+     "connections one client address may hold at once (0: no limit)"},
+    {"TALLY_HTTP_REQUEST_TIMEOUT_S", "request-timeout", CFG_INT, &request_timeout_s, "10", false,
+     false, 1, 300,
+     "seconds of silence allowed while a request's headers or body arrive, and before a new "
+     "connection's first request"},
+    {"TALLY_HTTP_IDLE_TIMEOUT_S", "idle-timeout", CFG_INT, &idle_timeout_s, "60", false, false, 1,
+     3600, "seconds a kept-alive connection may wait for its next request"},
 };
 
 /* ---- metrics ----------------------------------------------------------- */
 
 #define STATUS_MAX 600
-/* libmicrohttpd's connection limit; the workers' queue holds one job per
- * connection at most, so it is as long. */
-#define CONNECTION_LIMIT 8192u
 /* Requests by operation (OP__COUNT: unmatched) and status: rendered here,
  * not in the shared registry, because the pairs are many and sparse. */
 static _Atomic uint64_t request_counts[OP__COUNT + 1][STATUS_MAX];
@@ -122,8 +164,16 @@ typedef enum {
     PHASE_ANSWERED, /* the worker replied and resumed the connection */
 } request_phase;
 
+typedef enum {
+    URI_FINE,
+    URI_TOO_LONG,
+    URI_TOO_MANY_ARGUMENTS,
+} uri_verdict;
+
 typedef struct {
     int64_t started_at;
+    bool started;       /* on_request has seen its headers */
+    uri_verdict uri;    /* judged by on_request_line */
     request_phase phase;
     bool too_large;
     buf body;
@@ -193,9 +243,17 @@ static bool answer_in_memory(api_request *req)
     if (apiroute_auth_of(req->op) == AUTH_ADMIN && !auth_admin(req))
         return true;
     switch (req->op) {
-    case OP_HEALTHZ:
     case OP_METRICS:
     case OP_OPENAPI:
+        if (!public_metrics) {
+            api_reply_error(req, 404, "not_found",
+                            "%s is served on the internal address (TALLY_METRICS_ADDR)",
+                            req->op == OP_METRICS ? "/metrics" : "/openapi.json");
+            return true;
+        }
+        handle_ops(req);
+        return true;
+    case OP_HEALTHZ:
         handle_ops(req);
         return true;
     case OP_AUTHORIZE:
@@ -317,6 +375,54 @@ static enum MHD_Result send_response(request_state *state)
     return ret;
 }
 
+/* The refusals due before a request's body is read: a URI or header block
+ * past its bounds, smuggling-prone framing, a body announced too large.
+ * True after replying. */
+static bool refuse_at_headers(request_state *state)
+{
+    api_request *req = &state->req;
+    if (state->uri == URI_TOO_LONG) {
+        api_reply_error(req, 414, "uri_too_long", "request URIs are limited to %d bytes",
+                        URI_BYTES_MAX);
+        return true;
+    }
+    if (state->uri == URI_TOO_MANY_ARGUMENTS) {
+        api_reply_error(req, 400, "too_many_parameters",
+                        "requests are limited to %d query parameters", QUERY_ARGUMENTS_MAX);
+        return true;
+    }
+    if (!api_check_headers(req))
+        return true;
+    const char *length =
+        MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (length != NULL && strtoull(length, NULL, 10) > API_MAX_BODY_BYTES) {
+        api_reply_error(req, 413, "body_too_large", "request bodies are limited to %u bytes",
+                        API_MAX_BODY_BYTES);
+        return true;
+    }
+    return false;
+}
+
+/* on_request's first call, with the headers: routes the request. A refusal
+ * is sent before the body is read; libmicrohttpd then closes the
+ * connection. */
+static enum MHD_Result start_request(request_state *state, struct MHD_Connection *conn,
+                                     const char *url, const char *method)
+{
+    state->started = true;
+    state->started_at = time_now_usec();
+    state->req.received_at = state->started_at;
+    buf_init(&state->body, API_MAX_BODY_BYTES);
+    state->req.conn = conn;
+    state->req.method = method;
+    state->routed = apiroute_find(method, url, &state->match);
+    state->req.op = state->routed == APIROUTE_FOUND ? state->match.op : OP__COUNT;
+    memcpy(state->req.id, state->match.id, sizeof state->req.id);
+    if (refuse_at_headers(state))
+        return send_response(state);
+    return MHD_YES;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_data_size,
@@ -324,30 +430,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
     (void)cls;
     (void)version;
-    request_state *state = *req_cls;
+    request_state *state = *req_cls; /* usually made by on_request_line */
     if (state == NULL) {
         state = calloc(1, sizeof *state);
         if (state == NULL)
             return MHD_NO;
         *req_cls = state;
-        state->started_at = time_now_usec();
-        state->req.received_at = state->started_at;
-        buf_init(&state->body, API_MAX_BODY_BYTES);
-        state->req.conn = conn;
-        state->req.method = method;
-        state->routed = apiroute_find(method, url, &state->match);
-        state->req.op = state->routed == APIROUTE_FOUND ? state->match.op : OP__COUNT;
-        memcpy(state->req.id, state->match.id, sizeof state->req.id);
-        const char *length =
-            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (length != NULL && strtoull(length, NULL, 10) > API_MAX_BODY_BYTES) {
-            /* Refused before reading it; libmicrohttpd closes the connection. */
-            api_reply_error(&state->req, 413, "body_too_large", "request bodies are limited to %u bytes",
-                            API_MAX_BODY_BYTES);
-            return send_response(state);
-        }
-        return MHD_YES;
     }
+    if (!state->started)
+        return start_request(state, conn, url, method);
     if (*upload_data_size != 0) {
         if (!state->too_large && !buf_append(&state->body, upload_data, *upload_data_size))
             state->too_large = true;
@@ -386,12 +477,46 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
     return apitext_unescape(s);
 }
 
+/* libmicrohttpd has one timeout for a connection's silence, whatever it is
+ * waiting for. A kept-alive connection waiting for its next request gets
+ * the idle timeout (set in on_completed); from its request line until the
+ * answer it gets the short request timeout, the daemon's default, which a
+ * new connection starts with too. So a client that trickles or stops
+ * mid-request loses its connection within seconds, and one between
+ * requests keeps it for a minute. */
+static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    (void)cls;
+    MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)request_timeout_s);
+    uri_verdict verdict = URI_FINE;
+    char *query = strchr(uri, '?'); /* in libmicrohttpd's (writable) read buffer */
+    if (strlen(uri) > URI_BYTES_MAX) {
+        verdict = URI_TOO_LONG;
+    } else if (query != NULL) {
+        size_t arguments = 1;
+        for (const char *c = query + 1; *c != '\0' && arguments <= QUERY_ARGUMENTS_MAX; c++)
+            arguments += *c == '&';
+        if (arguments > QUERY_ARGUMENTS_MAX)
+            verdict = URI_TOO_MANY_ARGUMENTS;
+    }
+    /* libmicrohttpd indexes the query's arguments after this returns, in
+     * the connection's pool: a refused query is emptied first, so that its
+     * arguments cannot exhaust the pool before the refusal is sent. */
+    if (verdict != URI_FINE && query != NULL)
+        query[1] = '\0';
+    request_state *state = calloc(1, sizeof *state);
+    if (state == NULL)
+        return NULL; /* on_request tries again, and says no if it fails */
+    state->uri = verdict;
+    return state; /* on_request's *req_cls, freed by on_completed */
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode code)
 {
     (void)cls;
-    (void)conn;
-    (void)code;
+    if (code == MHD_REQUEST_TERMINATED_COMPLETED_OK) /* answered: waiting for the next one */
+        MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)idle_timeout_s);
     request_state *state = *req_cls;
     if (state == NULL)
         return;
@@ -401,31 +526,124 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     *req_cls = NULL;
 }
 
-static bool load_openapi(char *err, size_t err_size)
+/* Reads the file at `path` into a new NUL-terminated buffer (*out, the
+ * caller frees it) of at most `max` bytes; false with err (naming
+ * `setting`) when it cannot be read, is empty or is larger. */
+static bool read_small_file(const char *setting, const char *path, size_t max, char **out,
+                            size_t *out_len, char *err, size_t err_size)
 {
-    if (openapi_file == NULL || openapi_file[0] == '\0')
-        return true;
-    FILE *f = fopen(openapi_file, "rb");
+    FILE *f = fopen(path, "rb");
     if (f == NULL) {
-        snprintf(err, err_size, "--openapi-file %s: %s", openapi_file, strerror(errno));
+        snprintf(err, err_size, "%s %s: %s", setting, path, strerror(errno));
         return false;
     }
     buf text;
-    buf_init(&text, 4u << 20);
+    buf_init(&text, max);
     char chunk[8192];
     size_t n;
     bool ok = true;
     while (ok && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
         ok = buf_append(&text, chunk, n);
+    bool read_error = ferror(f) != 0;
     fclose(f);
-    if (!ok || text.data == NULL) {
+    if (!ok || read_error || text.data == NULL) {
         buf_free(&text);
-        snprintf(err, err_size, "--openapi-file %s: empty or larger than 4 MiB", openapi_file);
+        snprintf(err, err_size, "%s %s: %s", setting, path,
+                 read_error ? "cannot be read" : ok ? "is empty" : "is too large");
         return false;
     }
-    openapi_text = text.data;
-    openapi_len = text.len;
+    *out = text.data;
+    *out_len = text.len;
     return true;
+}
+
+static bool load_openapi(char *err, size_t err_size)
+{
+    if (openapi_file == NULL || openapi_file[0] == '\0')
+        return true;
+    return read_small_file("--openapi-file", openapi_file, 4u << 20, &openapi_text, &openapi_len,
+                           err, err_size);
+}
+
+/* ---- HTTPS --------------------------------------------------------------- */
+
+static char *tls_cert_pem;
+static char *tls_key_pem;
+
+static enum MHD_Result refuse_everything(void *cls, struct MHD_Connection *conn, const char *url,
+                                         const char *method, const char *version,
+                                         const char *upload_data, size_t *upload_data_size,
+                                         void **req_cls)
+{
+    (void)cls, (void)conn, (void)url, (void)method, (void)version, (void)upload_data;
+    (void)upload_data_size, (void)req_cls;
+    return MHD_NO;
+}
+
+/* GnuTLS parses the certificate and key (and checks that they match) when
+ * a TLS daemon starts: a daemon without a socket tries them, so that a bad
+ * file is named at start rather than reported as a failure to listen. */
+static bool tls_pair_usable(void)
+{
+    struct MHD_Daemon *trial = MHD_start_daemon(
+        MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET, 0, NULL, NULL, refuse_everything, NULL,
+        MHD_OPTION_HTTPS_MEM_KEY, tls_key_pem, MHD_OPTION_HTTPS_MEM_CERT, tls_cert_pem,
+        MHD_OPTION_END);
+    if (trial == NULL)
+        return false;
+    MHD_stop_daemon(trial);
+    return true;
+}
+
+/* Loads TALLY_TLS_CERT_FILE and TALLY_TLS_KEY_FILE: both or neither. True
+ * with nothing loaded when neither is set. */
+static bool load_tls(char *err, size_t err_size)
+{
+    bool have_cert = tls_cert_file[0] != '\0', have_key = tls_key_file[0] != '\0';
+    if (!have_cert && !have_key)
+        return true;
+    if (!have_cert || !have_key) {
+        snprintf(err, err_size, "%s is set but %s is not: HTTPS needs both",
+                 have_cert ? "TALLY_TLS_CERT_FILE (--tls-cert-file)" : "TALLY_TLS_KEY_FILE (--tls-key-file)",
+                 have_cert ? "TALLY_TLS_KEY_FILE (--tls-key-file)" : "TALLY_TLS_CERT_FILE (--tls-cert-file)");
+        return false;
+    }
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+        snprintf(err, err_size, "TALLY_TLS_CERT_FILE: this libmicrohttpd was built without TLS");
+        return false;
+    }
+    size_t len;
+    if (!read_small_file("TALLY_TLS_CERT_FILE", tls_cert_file, TLS_FILE_MAX, &tls_cert_pem, &len,
+                         err, err_size) ||
+        !read_small_file("TALLY_TLS_KEY_FILE", tls_key_file, TLS_FILE_MAX, &tls_key_pem, &len, err,
+                         err_size))
+        return false;
+    if (strstr(tls_cert_pem, "-----BEGIN CERTIFICATE-----") == NULL) {
+        snprintf(err, err_size, "TALLY_TLS_CERT_FILE %s: no PEM certificate in it", tls_cert_file);
+        return false;
+    }
+    if (strstr(tls_key_pem, "PRIVATE KEY-----") == NULL) {
+        snprintf(err, err_size, "TALLY_TLS_KEY_FILE %s: no PEM private key in it", tls_key_file);
+        return false;
+    }
+    if (!tls_pair_usable()) {
+        snprintf(err, err_size, "TALLY_TLS_CERT_FILE %s and TALLY_TLS_KEY_FILE %s: not a valid "
+                 "certificate and its private key", tls_cert_file, tls_key_file);
+        return false;
+    }
+    return true;
+}
+
+static void free_tls(void)
+{
+    if (tls_key_pem != NULL) {
+        /* The key's bytes, wiped before they go back to the allocator. */
+        volatile char *key = tls_key_pem;
+        for (size_t i = 0; key[i] != '\0'; i++)
+            key[i] = '\0';
+    }
+    free(tls_key_pem);
+    free(tls_cert_pem);
 }
 
 /* --threads, with 0 meaning half the online CPUs (at least one): the HTTP
@@ -439,6 +657,37 @@ static long http_threads(void)
     return cpus >= 2 ? cpus / 2 : 1;
 }
 
+/* The public HTTP(S) daemon. Suspend/resume: the database routes run on
+ * the workers (see the top). */
+static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
+    if (addr->ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    struct MHD_OptionItem tls_options[] = {
+        {MHD_OPTION_HTTPS_MEM_KEY, 0, tls_key_pem},
+        {MHD_OPTION_HTTPS_MEM_CERT, 0, tls_cert_pem},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    if (tls_cert_pem != NULL)
+        flags |= MHD_USE_TLS;
+    else
+        tls_options[0].option = MHD_OPTION_END; /* no TLS options without MHD_USE_TLS */
+    return MHD_start_daemon(
+        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads(),
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
+        MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT,
+        /* One client address cannot take every connection (0: no limit). */
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_ip_connections,
+        /* The request timeout; kept-alive connections get the idle one. */
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)request_timeout_s,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, NULL,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_ARRAY, tls_options,
+        MHD_OPTION_END);
+}
+
 int main(int argc, char **argv)
 {
     char err[600];
@@ -447,8 +696,8 @@ int main(int argc, char **argv)
         "tally-api", "tally-api [--flag value ...]",
         "Serves Tally's HTTP API: plans and keys (admin bearer token), usage and remaining "
         "quota\n(by key id, or /v1/me with the key's own x-api-key), and GET /v1/authorize for "
-        "gateways\n(nginx auth_request). Also /healthz, /readyz and /metrics. SIGTERM stops it "
-        "cleanly.",
+        "gateways\n(nginx auth_request), over HTTP or HTTPS. Also /healthz and /readyz; /metrics and "
+        "/openapi.json\nare served on the internal TALLY_METRICS_ADDR. SIGTERM stops it cleanly.",
         settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
     if (started >= 0)
         return started;
@@ -463,8 +712,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "tally-api: TALLY_HTTP_ADDR (--http-addr): %s\n", err);
         return 2;
     }
-    if (!load_openapi(err, sizeof err)) {
+    struct sockaddr_storage ops_addr;
+    socklen_t ops_addr_len;
+    if (metrics_addr[0] != '\0' &&
+        !ops_parse_listen_addr(metrics_addr, &ops_addr, &ops_addr_len, err, sizeof err)) {
+        fprintf(stderr, "tally-api: TALLY_METRICS_ADDR (--metrics-addr): %s\n", err);
+        return 2;
+    }
+    if (!load_openapi(err, sizeof err) || !load_tls(err, sizeof err)) {
         fprintf(stderr, "tally-api: %s\n", err);
+        free(openapi_text);
+        free_tls();
         return 2;
     }
     log_init("api", level);
@@ -483,6 +741,7 @@ int main(int argc, char **argv)
     int status = 1;
     struct MHD_Daemon *daemon = NULL;
     keycache *cache = NULL;
+    ops_server *ops = NULL;
     bool workers_started = false;
     if (!dbpool_init(database_url, (int)db_pool_size, err, sizeof err)) {
         log_error("%s", err);
@@ -498,24 +757,26 @@ int main(int argc, char **argv)
         goto done;
     }
     workers_started = true;
-    /* Suspend/resume: the database routes run on the workers (see the top). */
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
-    if (addr.ss_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads(),
-        /* Header bytes per connection; larger headers get 431. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)32768,
-        MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, MHD_OPTION_CONNECTION_TIMEOUT, 60u,
-        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_END);
+    if (metrics_addr[0] != '\0') {
+        ops_routes routes = {.metrics = render_metrics,
+                             .document_path = openapi_text ? "/openapi.json" : NULL,
+                             .document = openapi_text,
+                             .document_len = openapi_len};
+        ops = ops_start_routes(metrics_addr, &routes, err, sizeof err);
+        if (ops == NULL) {
+            log_error("TALLY_METRICS_ADDR (--metrics-addr): %s", err);
+            goto done;
+        }
+    }
+    daemon = start_http(&addr);
     if (daemon == NULL) {
         log_error("cannot listen on %s (address in use?)", http_addr);
         goto done;
     }
-    log_info("listening on %s (%lld threads, %lld database workers, %lld database connections)",
-             http_addr, (long long)http_threads(), db_worker_count, db_pool_size);
+    log_info("listening on %s (%s; %lld threads, %lld database workers, %lld database "
+             "connections; metrics on %s)",
+             http_addr, tls_cert_pem ? "https" : "http", (long long)http_threads(),
+             db_worker_count, db_pool_size, metrics_addr[0] ? metrics_addr : "no address");
 
     int sig = 0;
     while (sigwait(&stop_signals, &sig) != 0) {
@@ -530,9 +791,11 @@ done:
         workers_stop();
     if (daemon)
         MHD_stop_daemon(daemon);
+    ops_stop(ops);
     keycache_stop(cache);
     dbpool_destroy();
     free(openapi_text);
+    free_tls();
     if (status == 0)
         log_info("stopped");
     return status;
