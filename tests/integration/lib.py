@@ -610,6 +610,7 @@ class Collector:
 
 
 ADMIN_TOKEN = "it-admin-token-3f9c51d2a7b8"
+KEY_HMAC_SECRET = "it-key-hmac-secret-8d2e6f0a4c7b1935"  # tally-api: TALLY_KEY_HMAC_SECRET
 
 
 def keepalive_request(owner, port, method, path, body, headers, timeout):
@@ -669,13 +670,15 @@ class Api:
         self.conn = None
         for attempt in range(3):
             self.port = free_port()
+            self.metrics_port = free_port()  # /metrics is on the internal address
             argv = [scope.asan_bin("tally-api"), "--http-addr", "127.0.0.1:%d" % self.port,
-                    "--log-level", "debug"]
+                    "--metrics-addr", "127.0.0.1:%d" % self.metrics_port, "--log-level", "debug"]
             if refresh_ms is not None:
                 argv += ["--key-refresh-ms", str(refresh_ms)]
             argv += list(args)
             env = clean_env({"TALLY_DATABASE_URL": scope.ctx.db_url,
-                             "TALLY_ADMIN_TOKEN": ADMIN_TOKEN})
+                             "TALLY_ADMIN_TOKEN": ADMIN_TOKEN,
+                             "TALLY_KEY_HMAC_SECRET": KEY_HMAC_SECRET})
             self.proc = Proc(scope.registry, self.name, argv, scope.path(self.name + ".log"),
                              env=env)
             scope.apis.append(self)
@@ -730,7 +733,9 @@ class Api:
                             headers={"X-Original-Method": method, "X-Original-URI": uri})
 
     def metrics(self):
-        return Metrics(parse_metrics(self.call("GET", "/metrics", 200).body))
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.metrics_port,
+                                    timeout=15) as r:
+            return Metrics(parse_metrics(r.read().decode("utf-8", "replace")))
 
     def refreshes(self):
         """tally_api_key_cache_refreshes_total: completed reloads of the
