@@ -13,7 +13,7 @@ packages=(
   kcat             # a real Kafka client, used by the tests
   python3          # integration-test and benchmark drivers (stdlib only)
   wrk nginx-light  # benchmarks: load generator and the nginx yardstick
-  procps util-linux iproute2 curl ca-certificates
+  procps util-linux iproute2 curl ca-certificates openssl  # openssl: test certificates
 )
 
 missing=()
