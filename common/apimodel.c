@@ -73,7 +73,7 @@ static bool take_rate(const json_t *value, const char *field, double *out, apimo
     double d = json_number_value(value);
     if (!isfinite(d) || d < 0 || d > APIMODEL_RATE_MAX)
         return fail(err, "invalid_field", "%s must be from 0 to %g", field, APIMODEL_RATE_MAX);
-    *out = d;
+    *out = d == 0 ? 0.0 : d; /* -0.0 is 0: never stored nor echoed with its sign */
     return true;
 }
 
@@ -135,27 +135,95 @@ static bool valid_method_path(const char *key)
     return true;
 }
 
-bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err)
+bool apimodel_method_key_split(const char *key, char *path, char *method)
 {
-    if (!json_is_object(value))
-        return fail(err, "invalid_field", "methodThrottles must be an object");
-    if (json_object_size(value) > APIMODEL_METHOD_THROTTLES_MAX)
-        return fail(err, "invalid_field", "methodThrottles has more than %d entries",
-                    APIMODEL_METHOD_THROTTLES_MAX);
+    if (!valid_method_path(key))
+        return false;
+    const char *slash = strrchr(key, '/');
+    char canonical[APITEXT_CANONICAL_SIZE(APIMODEL_METHOD_PATH_MAX)];
+    size_t path_len = apitext_canonical_path(key, (size_t)(slash - key), canonical,
+                                             sizeof canonical);
+    char verb[APIMODEL_METHOD_PATH_MAX + 1];
+    size_t method_len = apitext_canonical_method(slash + 1, strlen(slash + 1), verb, sizeof verb);
+    if (path_len == 0 || method_len == 0 || path_len + 1 + method_len > APIMODEL_METHOD_PATH_MAX)
+        return false;
+    memcpy(path, canonical, path_len + 1);
+    memcpy(method, verb, method_len + 1);
+    return true;
+}
+
+/* A throttle object as stored: the member copied, a rate of -0.0 as 0. */
+static json_t *stored_throttle(const json_t *member)
+{
+    json_t *copy = json_deep_copy(member);
+    json_t *rate = json_object_get(copy, "rateLimit");
+    if (copy != NULL && json_is_real(rate) && json_real_value(rate) == 0 &&
+        json_object_set_new(copy, "rateLimit", json_real(0.0)) != 0) {
+        json_decref(copy);
+        return NULL;
+    }
+    return copy;
+}
+
+json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error *err)
+{
+    if (!json_is_object(value)) {
+        fail(err, "invalid_field", "methodThrottles must be an object");
+        return NULL;
+    }
+    if (json_object_size(value) > APIMODEL_METHOD_THROTTLES_MAX) {
+        fail(err, "invalid_field", "methodThrottles has more than %d entries",
+             APIMODEL_METHOD_THROTTLES_MAX);
+        return NULL;
+    }
+    json_t *out = json_object();
+    if (out == NULL) {
+        fail(err, "internal", "out of memory");
+        return NULL;
+    }
     const char *key;
     json_t *member;
     json_object_foreach((json_t *)value, key, member) {
-        if (!valid_method_path(key))
-            return fail(err, "invalid_field",
-                        "methodThrottles key \"%.*s\" is not of the form \"/path/METHOD\"",
-                        (int)apitext_utf8_prefix(key, 80), key);
+        char path[APIMODEL_METHOD_PATH_MAX + 1], method[APIMODEL_METHOD_PATH_MAX + 1];
+        if (!apimodel_method_key_split(key, path, method)) {
+            fail(err, "invalid_field",
+                 "methodThrottles key \"%.*s\" is not of the form \"/path/METHOD\" (at most %d "
+                 "bytes, also once canonical)",
+                 (int)apitext_utf8_prefix(key, 80), key, APIMODEL_METHOD_PATH_MAX);
+            goto fail;
+        }
         apimodel_throttle ignored = {0, 0};
         char field[APIMODEL_METHOD_PATH_MAX + 20];
         snprintf(field, sizeof field, "methodThrottles[\"%s\"]", key);
         if (!apply_throttle(&ignored, false, member, field, err))
-            return false;
+            goto fail;
+        char canonical_key[2 * APIMODEL_METHOD_PATH_MAX + 2];
+        /* The root's key is "//METHOD": its path "/", then "/METHOD". */
+        snprintf(canonical_key, sizeof canonical_key, "%s/%s", path, method);
+        if (json_object_get(out, canonical_key) != NULL) {
+            fail(err, "invalid_field",
+                 "methodThrottles key \"%.*s\" names the same path and method as another "
+                 "(\"%s\" once canonical)",
+                 (int)apitext_utf8_prefix(key, 80), key, canonical_key);
+            goto fail;
+        }
+        json_t *stored = stored_throttle(member);
+        if (stored == NULL || json_object_set_new(out, canonical_key, stored) != 0) {
+            fail(err, "internal", "out of memory");
+            goto fail;
+        }
     }
-    return true;
+    return out;
+fail:
+    json_decref(out);
+    return NULL;
+}
+
+bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err)
+{
+    json_t *canonical = apimodel_method_throttles_canonical(value, err);
+    json_decref(canonical);
+    return canonical != NULL;
 }
 
 bool apimodel_plan_init(apimodel_plan *plan)
@@ -260,13 +328,10 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                 plan->has_throttle = true;
             }
         } else if (strcmp(name, "methodThrottles") == 0) {
-            json_t *replacement = is_null ? json_object() : json_deep_copy(value);
+            json_t *replacement =
+                is_null ? json_object() : apimodel_method_throttles_canonical(value, err);
             if (replacement == NULL)
-                return fail(err, "internal", "out of memory");
-            if (!is_null && !apimodel_method_throttles_valid(value, err)) {
-                json_decref(replacement);
-                return false;
-            }
+                return is_null ? fail(err, "internal", "out of memory") : false;
             json_decref(plan->method_throttles);
             plan->method_throttles = replacement;
         } else if (strcmp(name, "stripeMeterEventName") == 0) {

@@ -98,6 +98,20 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                          apimodel_error *err) __attribute__((warn_unused_result));
 /* Validates a methodThrottles object (borrowed), as stored in plans. */
 bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err);
+/* The methodThrottles object (borrowed) as stored: each key "/path/METHOD"
+ * rewritten as its canonical path (apitext_canonical_path), '/', and its
+ * canonical method (HEAD is GET; "*" any method), each throttle copied with
+ * a rate of -0.0 written 0. Refused: anything apimodel_method_throttles_valid
+ * refuses, a key longer than APIMODEL_METHOD_PATH_MAX once canonical, and
+ * two keys with the same canonical form. New object, or NULL with err. */
+json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error *err);
+/* Splits a methodThrottles key "/path/METHOD" (the path starting with '/',
+ * the method upper-case letters or "*") into its canonical path and
+ * method, each at most APIMODEL_METHOD_PATH_MAX bytes plus NUL. False when
+ * the key is not of that form or is too long once canonical. The keys of
+ * rows stored before keys were canonical are split the same way, so that
+ * both sides of a match are always canonical. */
+bool apimodel_method_key_split(const char *key, char *path, char *method);
 
 /* Defaults: enabled, everything else unset. */
 void apimodel_key_init(apimodel_key *key);

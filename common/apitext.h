@@ -1,7 +1,7 @@
 /* Text handling for tally-api's requests and answers, kept pure (no
  * allocation, no globals) so that the unit tests drive it directly:
- * percent-decoding of the request line, the normalized form of a gateway's
- * X-Original-URI path, and making an error message valid UTF-8. */
+ * percent-decoding of the request line, the canonical form of a gateway's
+ * X-Original-URI path and method, and making an error message valid UTF-8. */
 #ifndef TALLY_APITEXT_H
 #define TALLY_APITEXT_H
 
@@ -15,14 +15,40 @@
  * escapes stay as they are. Returns the new length. */
 size_t apitext_unescape(char *s);
 
-/* The normalized path of a request target, into out (NUL-terminated):
- * the text up to '?' or '#'; %XX of unreserved characters (A-Z a-z 0-9
- * - . _ ~) decoded and the hex of other escapes upper-cased; repeated '/'
- * collapsed; "." and ".." segments resolved (never above the root); no
- * trailing '/' except for the root "/". A target that does not start with
- * '/' is read as if it did. `len` bytes of `uri` are read (it need not be
- * NUL-terminated). False when out is too small: len + 2 bytes always do. */
-bool apitext_normalize_path(const char *uri, size_t len, char *out, size_t out_size);
+/* The canonical form of a gateway's request target (X-Original-URI), the
+ * one form per-method throttles are keyed and matched by, so that every
+ * spelling a router sends to the same resource meets the same throttle.
+ * Applied in this order:
+ *   1. leading and trailing whitespace is dropped, then everything from the
+ *      first '?' or '#' (query and fragment);
+ *   2. the absolute form "scheme://authority/path" is reduced to its path;
+ *   3. %XX escapes are decoded, once (so %2F is a '/' and %25 a '%');
+ *      an escape that is not two hex digits is a literal '%';
+ *   4. '\' separates segments as '/' does; empty segments are dropped
+ *      (repeated and trailing '/');
+ *   5. in each segment: ASCII letters folded to lower case (/ITEMS is
+ *      /items), a matrix parameter (';' and what follows) dropped, trailing
+ *      whitespace dropped; then "." is dropped and ".." drops the segment
+ *      before it (never above the root); then trailing dots and
+ *      whitespace are dropped ("items." is "items", "..." nothing) and a
+ *      segment left empty is dropped;
+ *   6. the result is "/" and the segments joined by '/', each byte that is
+ *      not unreserved (a-z 0-9 - . _ ~), a sub-delimiter (!$&'()*+,=) or
+ *      ':' '@' written as %XX (upper-case hex).
+ * This folds together more than some routers do (case, trailing dots):
+ * a throttle then covers a little more, never less. `len` bytes of `uri`
+ * are read (NUL is a byte like another). Returns the length written into
+ * out (NUL-terminated), at least 1 ("/"); 0 when out is too small:
+ * APITEXT_CANONICAL_SIZE(len) bytes always do. */
+#define APITEXT_CANONICAL_SIZE(len) (3 * (size_t)(len) + 2)
+size_t apitext_canonical_path(const char *uri, size_t len, char *out, size_t out_size);
+
+/* The canonical form of a request method: ASCII letters upper-cased,
+ * surrounding whitespace dropped, and HEAD counted as GET (a router
+ * answers HEAD with the GET handler). Returns the length written into out
+ * (NUL-terminated); 0 when the method is empty or out is too small
+ * (len + 1 bytes always do). */
+size_t apitext_canonical_method(const char *method, size_t len, char *out, size_t out_size);
 
 /* Makes s valid UTF-8 in place: every byte that does not belong to a
  * well-formed sequence (including a sequence cut short) becomes '?'. */

@@ -120,6 +120,39 @@ void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN])
     digest_sha256_final(&ctx, out);
 }
 
+void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                        uint8_t out[DIGEST_SHA256_LEN])
+{
+    enum { BLOCK = 64 };
+    uint8_t block_key[BLOCK] = {0};
+    if (key_len > BLOCK) /* a long key is replaced by its digest (RFC 2104) */
+        digest_sha256(key, key_len, block_key);
+    else if (key_len > 0)
+        memcpy(block_key, key, key_len);
+    uint8_t pad[BLOCK];
+    uint8_t inner[DIGEST_SHA256_LEN];
+    digest_sha256_ctx ctx;
+    for (int i = 0; i < BLOCK; i++)
+        pad[i] = (uint8_t)(block_key[i] ^ 0x36);
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, pad, BLOCK);
+    digest_sha256_update(&ctx, data, len);
+    digest_sha256_final(&ctx, inner);
+    for (int i = 0; i < BLOCK; i++)
+        pad[i] = (uint8_t)(block_key[i] ^ 0x5c);
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, pad, BLOCK);
+    digest_sha256_update(&ctx, inner, sizeof inner);
+    digest_sha256_final(&ctx, out);
+    /* The key's derivatives do not outlive the call on the stack. */
+    volatile uint8_t *wipe = block_key;
+    for (int i = 0; i < BLOCK; i++)
+        wipe[i] = 0;
+    wipe = pad;
+    for (int i = 0; i < BLOCK; i++)
+        wipe[i] = 0;
+}
+
 void digest_event(const char *source, const char *id, uint8_t out[16])
 {
     char prefix[24];

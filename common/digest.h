@@ -1,5 +1,5 @@
-/* SHA-256 (FIPS 180-4), written for Tally: API key values are stored as
- * their SHA-256, and the collector records each event as a 128-bit digest
+/* SHA-256 (FIPS 180-4) and HMAC-SHA-256, written for Tally: API key values
+ * are stored as an HMAC of their SHA-256, and the collector records each event as a 128-bit digest
  * of its (source, id). Pure functions, no allocation. */
 #ifndef TALLY_DIGEST_H
 #define TALLY_DIGEST_H
@@ -21,6 +21,11 @@ void digest_sha256_update(digest_sha256_ctx *ctx, const void *data, size_t len);
 void digest_sha256_final(digest_sha256_ctx *ctx, uint8_t out[DIGEST_SHA256_LEN]);
 /* One call: out = SHA-256(data). */
 void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN]);
+/* HMAC-SHA-256 (RFC 2104, FIPS 198-1) of data under key, any key length:
+ * how tally-api stores key secrets (HMAC of their SHA-256 under a server
+ * secret, services/api/keyhash.h). */
+void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                        uint8_t out[DIGEST_SHA256_LEN]);
 /* The event digest the collector records (see migrations/001_init.sql,
  * tally_event_hash): the first 16 bytes of
  * SHA-256(<decimal byte length of source> ":" source id). The length prefix

@@ -2,6 +2,19 @@
 
 #include <math.h>
 
+/* A non-negative count or duration as int64: floor or ceil already taken,
+ * NaN and anything from 2^63 up (a rate of 1e-300, a burst near INT64_MAX)
+ * clamped to INT64_MAX, below 0 to 0. A plain cast of those is undefined
+ * behaviour. 0x1p63 is exactly 2^63; every double below it fits. */
+static int64_t clamp_to_int64(double value)
+{
+    if (!(value < 0x1p63))
+        return INT64_MAX;
+    if (value <= 0)
+        return 0;
+    return (int64_t)value;
+}
+
 static double refilled(const tokenbucket *bucket, double rate, int64_t burst, int64_t now)
 {
     double tokens = bucket->tokens;
@@ -33,7 +46,7 @@ bool tokenbucket_take(tokenbucket *bucket, double rate, int64_t burst, int64_t n
 
 int64_t tokenbucket_available(const tokenbucket *bucket, double rate, int64_t burst, int64_t now)
 {
-    return (int64_t)floor(refilled(bucket, rate, burst, now));
+    return clamp_to_int64(floor(refilled(bucket, rate, burst, now)));
 }
 
 int64_t tokenbucket_wait_usec(const tokenbucket *bucket, double rate, int64_t burst, int64_t now)
@@ -43,7 +56,7 @@ int64_t tokenbucket_wait_usec(const tokenbucket *bucket, double rate, int64_t bu
         return 0;
     if (rate <= 0 || burst < 1)
         return INT64_MAX;
-    return (int64_t)ceil((1.0 - tokens) / rate * 1e6);
+    return clamp_to_int64(ceil((1.0 - tokens) / rate * 1e6));
 }
 
 int64_t tokenbucket_full_usec(const tokenbucket *bucket, double rate, int64_t burst, int64_t now)
@@ -53,5 +66,5 @@ int64_t tokenbucket_full_usec(const tokenbucket *bucket, double rate, int64_t bu
         return 0;
     if (rate <= 0)
         return INT64_MAX;
-    return (int64_t)ceil(((double)burst - tokens) / rate * 1e6);
+    return clamp_to_int64(ceil(((double)burst - tokens) / rate * 1e6));
 }

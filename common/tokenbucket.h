@@ -22,9 +22,12 @@ bool tokenbucket_take(tokenbucket *bucket, double rate, int64_t burst, int64_t n
 /* Whole tokens in the bucket at `now` (after refilling; does not change it). */
 int64_t tokenbucket_available(const tokenbucket *bucket, double rate, int64_t burst, int64_t now);
 /* Microseconds from `now` until one token is available (0 when one is);
- * INT64_MAX when none ever will be (rate 0 or burst 0). */
+ * INT64_MAX when none ever will be (rate 0 or burst 0) or the wait does
+ * not fit in an int64 (a rate like 1e-300). Every result here is clamped
+ * into 0..INT64_MAX, never a cast that overflows. */
 int64_t tokenbucket_wait_usec(const tokenbucket *bucket, double rate, int64_t burst, int64_t now);
-/* Microseconds from `now` until the bucket is full again (0 when it is). */
+/* Microseconds from `now` until the bucket is full again (0 when it is);
+ * INT64_MAX when it never will be or the wait does not fit. */
 int64_t tokenbucket_full_usec(const tokenbucket *bucket, double rate, int64_t burst, int64_t now);
 
 #endif

@@ -25,13 +25,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 #include "api.h"
 #include "apitext.h"
 #include "db.h"
 #include "digest.h"
+#include "keyhash.h"
 #include "log.h"
 #include "metrics.h"
 #include "period.h"
@@ -39,9 +39,9 @@
 #include "tokenbucket.h"
 
 typedef struct {
-    /* The key "/path/METHOD" (or "/path/ *") split: the path normalized
-     * (apitext_normalize_path), the method as written. */
-    char path[APIMODEL_METHOD_PATH_MAX + 2];
+    /* The key "/path/METHOD" (or "/path/ *") split, both canonical
+     * (apimodel_method_key_split), as the request's are. */
+    char path[APIMODEL_METHOD_PATH_MAX + 1];
     char method[APIMODEL_METHOD_PATH_MAX + 1];
     double rate;
     int64_t burst;
@@ -115,6 +115,12 @@ struct keycache {
 
 static keycache *the_cache;
 static metric *m_keys, *m_refreshes, *m_refresh_errors, *m_refresh_seconds, *m_hits, *m_misses;
+static metric *m_unknown_queried, *m_unknown_refused;
+
+/* keycache_unknown_lookup_allowed's bucket, for the whole process. */
+static pthread_mutex_t unknown_lookup_lock = PTHREAD_MUTEX_INITIALIZER;
+static tokenbucket unknown_lookups;
+static bool unknown_lookups_started;
 static metric *m_outcomes[AUTHZ__COUNT];
 
 static const char *const outcome_names[AUTHZ__COUNT] = {
@@ -139,6 +145,14 @@ static void register_metrics(void)
                              "authorize look-ups that found the key in the cache", NULL);
     m_misses = metrics_counter("tally_api_key_cache_misses_total",
                                "authorize look-ups of an unknown key", NULL);
+    m_unknown_queried = metrics_counter(
+        "tally_api_unknown_key_lookups_total",
+        "database look-ups of an x-api-key the cache did not know, by result",
+        "result=\"queried\"");
+    m_unknown_refused = metrics_counter(
+        "tally_api_unknown_key_lookups_total",
+        "database look-ups of an x-api-key the cache did not know, by result",
+        "result=\"refused\"");
     for (int i = 0; i < AUTHZ__COUNT; i++) {
         snprintf(labels[i], sizeof labels[i], "outcome=\"%s\"", outcome_names[i]);
         m_outcomes[i] = metrics_counter("tally_api_authorize_total",
@@ -254,16 +268,12 @@ static bool parse_method_throttles(const char *text, plan_entry *plan)
     json_object_foreach(root, pattern, value) {
         json_t *rate = json_object_get(value, "rateLimit");
         json_t *burst = json_object_get(value, "burstLimit");
-        if (!json_is_number(rate) || !json_is_integer(burst) ||
-            strlen(pattern) > APIMODEL_METHOD_PATH_MAX)
-            continue;
-        const char *slash = strrchr(pattern, '/');
-        if (slash == NULL)
+        if (!json_is_number(rate) || !json_is_integer(burst))
             continue;
         method_throttle *m = &plan->methods[plan->method_count];
-        if (!apitext_normalize_path(pattern, (size_t)(slash - pattern), m->path, sizeof m->path))
+        /* Rows written before keys were stored canonical are made so here. */
+        if (!apimodel_method_key_split(pattern, m->path, m->method))
             continue;
-        snprintf(m->method, sizeof m->method, "%s", slash + 1);
         plan->method_count++;
         m->rate = json_number_value(rate);
         m->burst = json_integer_value(burst);
@@ -333,7 +343,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
     keys = PQexecParams(cache->conn,
                         "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
                         "coalesce(c.units, 0), "
-                        "(extract(epoch from c.updated_at) * 1000000)::bigint FROM api_keys k "
+                        "(extract(epoch from c.updated_at) * 1000000)::bigint, "
+                        "k.value_hash_form FROM api_keys k "
                         "LEFT JOIN plans p ON p.id = k.plan_id "
                         "LEFT JOIN usage_counters c ON c.key_id = k.id "
                         "AND c.period = p.quota_period AND c.period_start = "
@@ -377,6 +388,13 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         key_entry *k = &snap->keys[snap->key_count];
         if (!hex_digest(PQgetvalue(keys, r, 1), k->hash))
             continue;
+        if (strcmp(PQgetvalue(keys, r, 6), "sha256") == 0) {
+            /* A row written in the old form since the start's conversion
+             * (by hand, an old seeding script): read as if converted. */
+            uint8_t legacy[32];
+            memcpy(legacy, k->hash, sizeof legacy);
+            keyhash_of_legacy(legacy, k->hash);
+        }
         k->id = strdup(PQgetvalue(keys, r, 0));
         if (k->id == NULL)
             goto oom;
@@ -571,6 +589,21 @@ static void *refresh_thread(void *arg)
     return NULL;
 }
 
+/* Converts the rows still stored as SHA-256 on the cache's connection,
+ * before the first load (keyhash_convert_legacy). */
+static bool convert_legacy_hashes(keycache *cache, char *err, size_t err_size)
+{
+    cache->conn = db_connect(cache->url, "tally-api-keycache", err, err_size);
+    if (cache->conn == NULL)
+        return false;
+    long converted = 0;
+    if (!keyhash_convert_legacy(cache->conn, &converted, err, err_size))
+        return false;
+    if (converted > 0)
+        log_info("converted %ld key hashes from SHA-256 to HMAC-SHA-256", converted);
+    return true;
+}
+
 keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_t err_size)
 {
     keycache *cache = calloc(1, sizeof *cache);
@@ -585,6 +618,10 @@ keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_
     pthread_cond_init(&cache->wake, NULL);
     pthread_cond_init(&cache->served, NULL);
     register_metrics();
+    if (!convert_legacy_hashes(cache, err, err_size)) {
+        keycache_stop(cache);
+        return NULL;
+    }
     if (!refresh(cache, err, err_size) ||
         pthread_create(&cache->thread, NULL, refresh_thread, cache) != 0) {
         if (err[0] == '\0')
@@ -645,38 +682,36 @@ static int64_t ceil_seconds(int64_t usec)
 {
     if (usec <= 0)
         return 0;
-    return (usec + USEC_PER_SEC - 1) / USEC_PER_SEC;
+    /* Not (usec + USEC_PER_SEC - 1) / USEC_PER_SEC: usec may be near INT64_MAX. */
+    return usec / USEC_PER_SEC + (usec % USEC_PER_SEC != 0);
 }
 
-/* The method throttle for "<path>/<METHOD>", or -1. Both the URI and the
- * pattern's path are compared in their normalized form (apitext.h: no
- * query, unreserved escapes decoded, no "//", "." or "..", no trailing
- * '/'), so one path written another way meets the same throttle; the
- * method is compared without regard to case (patterns are upper-case). */
+/* The method throttle for the request's method and X-Original-URI, or -1.
+ * Both are compared in their canonical form (apitext.h), as the plan's
+ * keys are stored and loaded, so that every spelling of one resource meets
+ * the same throttle; the first of two keys with one canonical form (only
+ * rows from before canonical keys can have two) wins. */
 static int match_method(const plan_entry *plan, const char *method, const char *uri)
 {
     if (plan->method_count == 0 || method == NULL || uri == NULL)
         return -1;
-    size_t uri_len = strcspn(uri, "?#");
-    char local[1024];
-    char *path = local;
-    if (uri_len + 2 > sizeof local) {
-        path = malloc(uri_len + 2);
-        if (path == NULL)
-            return -1;
-    }
+    char verb[APIMODEL_METHOD_PATH_MAX + 1];
+    if (apitext_canonical_method(method, strlen(method), verb, sizeof verb) == 0)
+        return -1; /* longer than any stored method */
+    size_t uri_len = strlen(uri);
+    char local[2048];
+    size_t size = APITEXT_CANONICAL_SIZE(uri_len);
+    /* The whole form is needed even when it ends up short: "/<long>/../x". */
+    char *path = size <= sizeof local ? local : malloc(size);
+    if (path == NULL)
+        return -1;
     int found = -1;
-    if (!apitext_normalize_path(uri, uri_len, path, uri_len + 2 > sizeof local ? uri_len + 2
-                                                                                : sizeof local))
+    if (apitext_canonical_path(uri, uri_len, path, size) == 0)
         goto done;
-    size_t method_len = strlen(method);
     for (size_t m = 0; m < plan->method_count && found < 0; m++) {
         const char *want = plan->methods[m].method;
-        size_t want_len = strlen(want);
-        if (strcmp(plan->methods[m].path, path) != 0)
-            continue;
-        if ((want_len == 1 && want[0] == '*') ||
-            (want_len == method_len && strncasecmp(want, method, method_len) == 0))
+        if (strcmp(plan->methods[m].path, path) == 0 &&
+            (strcmp(want, "*") == 0 || strcmp(want, verb) == 0))
             found = (int)m;
     }
 done:
@@ -806,4 +841,41 @@ bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
 done:
     pthread_rwlock_unlock(&cache->swap_lock);
     return answered;
+}
+
+keycache_key_answer keycache_find_key(const uint8_t hash[32], int64_t now, char *key_id,
+                                      size_t key_id_size, bool *enabled)
+{
+    keycache *cache = the_cache;
+    if (cache == NULL)
+        return KEYCACHE_KEY_UNSURE;
+    keycache_key_answer answer = KEYCACHE_KEY_UNSURE;
+    pthread_rwlock_rdlock(&cache->swap_lock);
+    const snapshot *snap = cache->current;
+    /* As keycache_quota: an old load means reloads are failing, and a key
+     * missing from it may well exist. */
+    if (snap != NULL && now - snap->loaded_at <= (int64_t)cache->refresh_ms * 1000 + USEC_PER_SEC) {
+        const key_entry *key = find_by_hash(snap, hash);
+        answer = key != NULL ? KEYCACHE_KEY_FOUND : KEYCACHE_KEY_UNKNOWN;
+        if (key != NULL) {
+            snprintf(key_id, key_id_size, "%s", key->id);
+            *enabled = key->enabled;
+        }
+    }
+    pthread_rwlock_unlock(&cache->swap_lock);
+    return answer;
+}
+
+bool keycache_unknown_lookup_allowed(int64_t now)
+{
+    pthread_mutex_lock(&unknown_lookup_lock);
+    if (!unknown_lookups_started) {
+        tokenbucket_init(&unknown_lookups, KEYCACHE_UNKNOWN_LOOKUP_RATE, now);
+        unknown_lookups_started = true;
+    }
+    bool allowed = tokenbucket_take(&unknown_lookups, KEYCACHE_UNKNOWN_LOOKUP_RATE,
+                                    KEYCACHE_UNKNOWN_LOOKUP_RATE, now);
+    pthread_mutex_unlock(&unknown_lookup_lock);
+    metrics_add(allowed ? m_unknown_queried : m_unknown_refused, 1);
+    return allowed;
 }

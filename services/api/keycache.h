@@ -1,4 +1,5 @@
-/* The authorize cache: every key (by the SHA-256 of its secret) with its
+/* The authorize cache: every key (by the stored form of its secret,
+ * keyhash.h) with its
  * plan and the quota counter of the plan's current period, reloaded from
  * PostgreSQL by a background thread every refresh interval (and at once
  * after an admin change in this process). Per-key token buckets and the
@@ -36,8 +37,9 @@ typedef struct {
     int64_t retry_after_seconds; /* for 429 */
 } authz_decision;
 
-/* Loads the cache once (false with err when that fails) and starts the
- * reload thread. `url` is borrowed for the process's life. */
+/* Converts the keys still stored as a plain SHA-256 (keyhash.h), loads
+ * the cache once (false with err when either fails) and starts the reload
+ * thread. `url` is borrowed for the process's life. */
 keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_t err_size);
 /* Stops the thread and frees everything; NULL is fine. */
 void keycache_stop(keycache *cache);
@@ -63,11 +65,31 @@ typedef struct {
     int64_t as_of;  /* the counter's updated_at, or the load's time without one */
 } keycache_quota_facts;
 /* The key is named by `key_id` or, when that is NULL, by `hash` (the
- * SHA-256 of its secret, as authorize finds it). Fills `out` from the cache
+ * stored form of its secret, as authorize finds it). Fills `out` from the cache
  * and returns true, or returns false when the cache cannot answer exactly:
  * not loaded, the key unknown to it, its last load too old (reloads
  * failing) or from an earlier quota period. */
 bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
                     keycache_quota_facts *out);
+
+/* What the cache knows of the key whose stored form is `hash` (for
+ * /v1/me/usage, so that only keys it does not know cost a query). */
+typedef enum {
+    KEYCACHE_KEY_FOUND,   /* key_id and enabled set, as of the last load */
+    KEYCACHE_KEY_UNKNOWN, /* not in a load at most a reload interval old */
+    KEYCACHE_KEY_UNSURE,  /* no load yet, or the last is too old (reloads failing) */
+} keycache_key_answer;
+keycache_key_answer keycache_find_key(const uint8_t hash[32], int64_t now, char *key_id,
+                                      size_t key_id_size, bool *enabled);
+
+/* Database look-ups of keys the cache does not know (/v1/me/usage and /v1/me/quota: a key
+ * created by another process since the last load) are few by nature; a
+ * flood of random keys must not turn into a flood of queries. True when
+ * one may be made now: a token bucket shared by the process, of
+ * KEYCACHE_UNKNOWN_LOOKUP_RATE per second and as many at once. When
+ * false, the caller answers from the cache alone (401: the key was not in
+ * the last load), and a new key is found by the next reload instead. */
+#define KEYCACHE_UNKNOWN_LOOKUP_RATE 10
+bool keycache_unknown_lookup_allowed(int64_t now);
 
 #endif

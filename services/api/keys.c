@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "api.h"
+#include "keyhash.h"
+#include "query.h"
 #include "db.h"
 #include "digest.h"
 
@@ -74,9 +76,9 @@ static void create_key(api_request *req)
         api_reply_error(req, 500, "internal", "no randomness available");
         return;
     }
-    uint8_t digest[DIGEST_SHA256_LEN];
-    char digest_hex[2 * DIGEST_SHA256_LEN + 1];
-    digest_sha256(key.value, strlen(key.value), digest);
+    uint8_t digest[KEYHASH_LEN];
+    char digest_hex[2 * KEYHASH_LEN + 1];
+    keyhash_of_value(key.value, strlen(key.value), digest);
     digest_to_hex(digest, sizeof digest, digest_hex);
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
@@ -91,10 +93,11 @@ static void create_key(api_request *req)
                             key.has_plan_id ? key.plan_id : NULL,
                             key.has_subscription_item ? key.subscription_item : NULL};
     PGresult *res = api_exec(conn,
-                             "INSERT INTO api_keys AS k (id, value_hash, name, description, "
-                             "customer_id, stripe_customer_id, enabled, plan_id, "
+                             "INSERT INTO api_keys AS k (id, value_hash, value_hash_form, name, "
+                             "description, customer_id, stripe_customer_id, enabled, plan_id, "
                              "stripe_subscription_item_id) "
-                             "VALUES ($1, decode($2, 'hex'), $3, $4, $5, $6, $7::boolean, $8, $9) "
+                             "VALUES ($1, decode($2, 'hex'), 'hmac-sha256', $3, $4, $5, $6, "
+                             "$7::boolean, $8, $9) "
                              "RETURNING " KEY_COLUMNS,
                              9, params);
     if (api_ok(res) && PQntuples(res) == 1) {
@@ -121,7 +124,7 @@ static void create_key(api_request *req)
 static void list_keys(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", "customerId", "planId", NULL};
-    if (!api_check_query(req, allowed))
+    if (!query_validate(req, allowed))
         return;
     int limit;
     apimodel_error err;

@@ -27,6 +27,7 @@
 #include "buf.h"
 #include "config.h"
 #include "keycache.h"
+#include "keyhash.h"
 #include "log.h"
 #include "metrics.h"
 #include "ops.h"
@@ -37,6 +38,7 @@
 static const char *database_url;
 static const char *http_addr;
 static const char *admin_token;
+static const char *key_hmac_secret; /* keyhash.h */
 static const char *log_level_text;
 static const char *openapi_file;
 static long long key_refresh_ms;
@@ -75,6 +77,10 @@ static const cfg_setting settings[] = {
      "listen address, host:port or [v6]:port"},
     {"TALLY_ADMIN_TOKEN", "admin-token", CFG_STRING, &admin_token, NULL, true, true, 0, 0,
      "bearer token for the admin routes (at least 16 characters; never logged)"},
+    {"TALLY_KEY_HMAC_SECRET", "key-hmac-secret", CFG_STRING, &key_hmac_secret, NULL, true,
+     true, 0, 0,
+     "secret that key values are stored under (HMAC-SHA-256; 32 to 1024 bytes; the same "
+     "for every api on one database; changing it makes every key unknown; never logged)"},
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
      "debug (one line per request), info, warn or error"},
     {"TALLY_KEY_REFRESH_MS", "key-refresh-ms", CFG_INT, &key_refresh_ms, "1000", false, false, 100,
@@ -704,6 +710,10 @@ int main(int argc, char **argv)
     if (strlen(admin_token) < ADMIN_TOKEN_MIN) {
         fprintf(stderr, "tally-api: TALLY_ADMIN_TOKEN (--admin-token) must be at least %d "
                         "characters\n", ADMIN_TOKEN_MIN);
+        return 2;
+    }
+    if (!keyhash_init(key_hmac_secret, err, sizeof err)) {
+        fprintf(stderr, "tally-api: %s\n", err);
         return 2;
     }
     struct sockaddr_storage addr;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "query.h"
 #include "db.h"
 
 #define PLAN_COLUMNS                                                                        \
@@ -44,9 +45,11 @@ static json_t *row_json(const PGresult *res, int row)
         json_object_set_new(plan, "quota", json_null());
     }
     if (api_field(res, row, COL_RATE) != NULL && api_field(res, row, COL_BURST) != NULL) {
+        /* A row stored before -0.0 was refused holds it: echoed as 0. */
+        double rate = strtod(api_field(res, row, COL_RATE), NULL);
         json_object_set_new(plan, "throttle",
-                            json_pack("{s:f,s:I}", "rateLimit",
-                                      strtod(api_field(res, row, COL_RATE), NULL), "burstLimit",
+                            json_pack("{s:f,s:I}", "rateLimit", rate == 0 ? 0.0 : rate,
+                                      "burstLimit",
                                       (json_int_t)api_field_int(res, row, COL_BURST)));
     } else {
         json_object_set_new(plan, "throttle", json_null());
@@ -186,7 +189,7 @@ static void create_plan(api_request *req)
 static void list_plans(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", NULL};
-    if (!api_check_query(req, allowed))
+    if (!query_validate(req, allowed))
         return;
     int limit;
     apimodel_error err;

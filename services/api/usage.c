@@ -5,32 +5,73 @@
 #include <string.h>
 
 #include "api.h"
+#include "query.h"
 #include "digest.h"
 #include "keycache.h"
+#include "keyhash.h"
 #include "period.h"
 #include "timeutil.h"
 
 /* The most items a grouped series may hold (buckets x endpoints). */
 #define USAGE_ITEMS_MAX 20000
 
-/* Resolves the key the request is about into key_id: the path's id (admin
- * routes) or the x-api-key's key (/v1/me). False after replying 401/403/404. */
-static bool resolve_key(api_request *req, PGconn *conn)
+/* /v1/me: the key of the x-api-key from the cache, which holds every key
+ * as of its last load (a second ago by default), so that an unknown key
+ * costs no query. Only a key the cache does not know is looked up in the
+ * database (it may have been created since, by another process), and
+ * those look-ups are rate-limited (keycache_unknown_lookup_allowed): a
+ * flood of random keys is answered 401 from memory. Returns true when it
+ * replied or resolved; false when the database must be asked. */
+static bool resolve_me_from_cache(api_request *req, const uint8_t stored[KEYHASH_LEN],
+                                  bool *resolved)
+{
+    bool enabled = false;
+    int64_t now = time_now_usec();
+    *resolved = false;
+    switch (keycache_find_key(stored, now, req->key_id, sizeof req->key_id, &enabled)) {
+    case KEYCACHE_KEY_FOUND:
+        if (enabled)
+            *resolved = true;
+        else
+            api_reply_error(req, 403, "key_disabled", "the API key is disabled");
+        return true;
+    case KEYCACHE_KEY_UNKNOWN:
+        if (keycache_unknown_lookup_allowed(now))
+            return false;
+        api_reply_error(req, 401, "unauthorized", "the API key is not valid");
+        return true;
+    case KEYCACHE_KEY_UNSURE:
+        break;
+    }
+    if (keycache_unknown_lookup_allowed(now))
+        return false;
+    api_add_header(req, "Retry-After", "1");
+    api_reply_error(req, 503, "not_ready", "the key cache is not loaded; retry shortly");
+    return true;
+}
+
+/* Resolves the key the request is about into key_id from the database:
+ * the path's id (admin routes) or, for /v1/me, the row whose value_hash is
+ * `stored` (or `legacy`, the value's SHA-256, in a row still in the old
+ * form: written since the start's conversion). False after replying
+ * 401/403/404. */
+static bool resolve_key(api_request *req, PGconn *conn, const uint8_t stored[KEYHASH_LEN],
+                        const uint8_t legacy[KEYHASH_LEN])
 {
     bool me = req->op == OP_ME_USAGE || req->op == OP_ME_QUOTA;
-    char digest_hex[65];
-    const char *params[1];
+    char stored_hex[2 * KEYHASH_LEN + 1], legacy_hex[2 * KEYHASH_LEN + 1];
     PGresult *res;
     if (me) {
-        uint8_t hash[32];
-        if (!auth_api_key_hash(req, hash))
-            return false;
-        digest_to_hex(hash, sizeof hash, digest_hex);
-        params[0] = digest_hex;
-        res = api_exec(conn, "SELECT id, enabled FROM api_keys WHERE value_hash = decode($1, 'hex')",
-                       1, params);
+        digest_to_hex(stored, KEYHASH_LEN, stored_hex);
+        digest_to_hex(legacy, KEYHASH_LEN, legacy_hex);
+        const char *params[] = {stored_hex, legacy_hex};
+        res = api_exec(conn,
+                       "SELECT id, enabled FROM api_keys WHERE (value_hash = decode($1, 'hex') "
+                       "AND value_hash_form = 'hmac-sha256') OR (value_hash = decode($2, 'hex') "
+                       "AND value_hash_form = 'sha256')",
+                       2, params);
     } else {
-        params[0] = req->id;
+        const char *params[] = {req->id};
         res = api_exec(conn, "SELECT id, enabled FROM api_keys WHERE id = $1", 1, params);
     }
     bool ok = false;
@@ -159,24 +200,38 @@ static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
     char from[TIME_RFC3339_LEN], to[TIME_RFC3339_LEN];
     time_format_rfc3339(q->from, from, sizeof from);
     time_format_rfc3339(q->to, to, sizeof to);
-    const char *params[] = {req->key_id, from, to, apimodel_granularity_name(q->granularity)};
+    /* Each grouped row is one item of the answer, so more rows than
+     * USAGE_ITEMS_MAX is refused anyway: the database stops at one more
+     * than that, and a key with millions of rows never sends them here. */
+    char row_limit[24];
+    snprintf(row_limit, sizeof row_limit, "%d", USAGE_ITEMS_MAX + 1);
+    const char *params[] = {req->key_id, from, to, apimodel_granularity_name(q->granularity),
+                            row_limit};
     PGresult *res = api_exec(
         conn,
         q->group_by_endpoint
             ? "SELECT extract(epoch from date_trunc($4, hour))::bigint, method, endpoint, "
               "sum(requests), sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
               "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1, 2, 3 "
-              "ORDER BY 1, method COLLATE \"C\", endpoint COLLATE \"C\""
+              "ORDER BY 1, method COLLATE \"C\", endpoint COLLATE \"C\" LIMIT $5::int"
             : "SELECT extract(epoch from date_trunc($4, hour))::bigint, sum(requests), "
               "sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
               "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1 ORDER BY 1",
-        4, params);
+        q->group_by_endpoint ? 5 : 4, params);
     if (!api_ok(res)) {
         api_reply_db_error(req, conn, res, "reading usage");
         PQclear(res);
         return;
     }
     int rows = PQntuples(res);
+    if (q->group_by_endpoint && rows > USAGE_ITEMS_MAX) {
+        api_reply_error(req, 400, "too_many_points",
+                        "more than %d (bucket, method, endpoint) rows: narrow from/to or use a "
+                        "coarser granularity",
+                        USAGE_ITEMS_MAX);
+        PQclear(res);
+        return;
+    }
     group *groups = NULL;
     size_t group_count = 0;
     if (q->group_by_endpoint && rows > 0) {
@@ -265,6 +320,13 @@ bool usage_quota_from_cache(api_request *req)
 void usage_handle(api_request *req)
 {
     bool is_usage = req->op == OP_KEY_USAGE || req->op == OP_ME_USAGE;
+    bool me = req->op == OP_ME_USAGE || req->op == OP_ME_QUOTA;
+    uint8_t stored[KEYHASH_LEN], legacy[KEYHASH_LEN];
+    bool resolved = false;
+    /* /v1/me: the cache first, before a connection is even taken. */
+    if (me && (!keyhash_from_request(req, stored, legacy) ||
+               resolve_me_from_cache(req, stored, &resolved)) && !resolved)
+        return; /* replied */
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
@@ -273,9 +335,9 @@ void usage_handle(api_request *req)
     bool admin_quota = req->op == OP_KEY_QUOTA;
     if (admin_quota)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
-    if (admin_quota || resolve_key(req, conn)) {
+    if (admin_quota || resolved || resolve_key(req, conn, stored, legacy)) {
         static const char *const usage_args[] = {"from", "to", "granularity", "groupBy", NULL};
-        if (!api_check_query(req, is_usage ? usage_args : no_args)) {
+        if (!query_validate(req, is_usage ? usage_args : no_args)) {
             /* replied 400 */
         } else if (is_usage) {
             apimodel_usage_query q;

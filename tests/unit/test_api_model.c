@@ -1,9 +1,12 @@
 /* Unit tests for common/apimodel: validation of tally-api's plan and key
  * bodies, usage query parameters (bucket and period math) and list cursors. */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "apimodel.h"
+#include "digest.h"
 #include "suites.h"
 #include "timeutil.h"
 
@@ -123,6 +126,83 @@ START_TEST(plan_refusals)
     memset(big + strlen(big), 'n', 257);
     strcat(big, "\"}");
     ck_assert(!plan_accepts(big, "invalid_field"));
+}
+END_TEST
+
+/* The plan's methodThrottles as stored: canonical keys (the form the
+ * authorize cache compares an X-Original-URI in), -0.0 rates as 0. */
+START_TEST(method_throttle_keys_are_stored_canonical)
+{
+    apimodel_plan plan;
+    apimodel_error err;
+    ck_assert(apimodel_plan_init(&plan));
+    json_t *body = parse("{\"name\":\"c\",\"throttle\":{\"rateLimit\":-0.0,\"burstLimit\":1},"
+                         "\"methodThrottles\":{\"/ITEMS/./x;p/HEAD\":{\"rateLimit\":-0.0,"
+                         "\"burstLimit\":1},\"/a%2Fb//POST\":{\"rateLimit\":1,\"burstLimit\":2},"
+                         "\"/%2e/*\":{\"rateLimit\":3.5,\"burstLimit\":2}}}");
+    ck_assert(apimodel_plan_apply(&plan, body, true, &err));
+    json_decref(body);
+    ck_assert(plan.throttle.rate_limit == 0 && !signbit(plan.throttle.rate_limit));
+    char *dumped = json_dumps(plan.method_throttles, JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(dumped, "{\"//*\":{\"burstLimit\":2,\"rateLimit\":3.5},"
+                             "\"/a/b/POST\":{\"burstLimit\":2,\"rateLimit\":1},"
+                             "\"/items/x/GET\":{\"burstLimit\":1,\"rateLimit\":0.0}}");
+    free(dumped);
+    /* Stored keys are canonical already: applying them again changes nothing. */
+    json_t *again = apimodel_method_throttles_canonical(plan.method_throttles, &err);
+    ck_assert(again != NULL && json_equal(again, plan.method_throttles));
+    json_decref(again);
+    apimodel_plan_free(&plan);
+    /* Two spellings of one path and method. */
+    ck_assert(!plan_accepts("{\"name\":\"x\",\"methodThrottles\":{\"/items/GET\":{\"rateLimit\":1,"
+                            "\"burstLimit\":1},\"/ITEMS/HEAD\":{\"rateLimit\":1,"
+                            "\"burstLimit\":1}}}", "invalid_field"));
+    /* Too long once canonical: 100 bytes of UTF-8 are 300 escaped. */
+    char key[400] = "{\"name\":\"x\",\"methodThrottles\":{\"/";
+    for (int i = 0; i < 50; i++)
+        strcat(key, "\xc3\xa9");
+    strcat(key, "/GET\":{\"rateLimit\":1,\"burstLimit\":1}}}");
+    ck_assert(!plan_accepts(key, "invalid_field"));
+    char path[APIMODEL_METHOD_PATH_MAX + 1], method[APIMODEL_METHOD_PATH_MAX + 1];
+    ck_assert(apimodel_method_key_split("//GET", path, method));
+    ck_assert_str_eq(path, "/");
+    ck_assert_str_eq(method, "GET");
+    ck_assert(apimodel_method_key_split("/Items./HEAD", path, method));
+    ck_assert_str_eq(path, "/items");
+    ck_assert_str_eq(method, "GET");
+    ck_assert(!apimodel_method_key_split("/items/get", path, method));
+    ck_assert(!apimodel_method_key_split("/GET", path, method));
+}
+END_TEST
+
+/* HMAC-SHA-256, which key secrets are stored under: RFC 4231's vectors 1,
+ * 2 and 6 (a key longer than the block is hashed first). */
+START_TEST(hmac_sha256_matches_rfc_4231)
+{
+    static const struct {
+        const char *key;
+        size_t key_len;
+        const char *data, *hex;
+    } cases[] = {
+        {"\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b\x0b", 20,
+         "Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"},
+        {"Jefe", 4, "what do ya want for nothing?",
+         "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"},
+        {NULL, 131, "Test Using Larger Than Block-Size Key - Hash Key First",
+         "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char key[131];
+        if (cases[i].key != NULL)
+            memcpy(key, cases[i].key, cases[i].key_len);
+        else
+            memset(key, 0xaa, sizeof key);
+        uint8_t mac[DIGEST_SHA256_LEN];
+        char hex[2 * DIGEST_SHA256_LEN + 1];
+        digest_hmac_sha256(key, cases[i].key_len, cases[i].data, strlen(cases[i].data), mac);
+        digest_to_hex(mac, sizeof mac, hex);
+        ck_assert_str_eq(hex, cases[i].hex);
+    }
 }
 END_TEST
 
@@ -431,6 +511,8 @@ Suite *api_model_suite(void)
     tcase_add_test(tc, plan_full_body);
     tcase_add_test(tc, plan_refusals);
     tcase_add_test(tc, key_bodies);
+    tcase_add_test(tc, hmac_sha256_matches_rfc_4231);
+    tcase_add_test(tc, method_throttle_keys_are_stored_canonical);
     tcase_add_test(tc, usage_query_ranges);
     tcase_add_test(tc, usage_query_refusals);
     tcase_add_test(tc, usage_query_date_to_covers_its_day);

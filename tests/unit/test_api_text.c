@@ -1,5 +1,5 @@
 /* Unit tests for common/apitext: request-line unescaping, the gateway path
- * normalizer and UTF-8 repair of error messages. */
+ * canonical form and UTF-8 repair of error messages. */
 #include <stdio.h>
 #include <string.h>
 
@@ -40,19 +40,34 @@ START_TEST(unescape_keeps_nul_and_slash_escaped)
 }
 END_TEST
 
-static const char *normalize(const char *in, char *buf, size_t size)
+static const char *canonical(const char *in, char *buf, size_t size)
 {
-    ck_assert_msg(apitext_normalize_path(in, strlen(in), buf, size), "%s does not fit", in);
+    ck_assert_msg(apitext_canonical_path(in, strlen(in), buf, size) > 0, "%s does not fit", in);
     return buf;
 }
 
-START_TEST(normalize_writes_one_path_one_way)
+START_TEST(canonical_path_writes_one_resource_one_way)
 {
     static const struct {
         const char *in, *out;
     } cases[] = {
+        /* The spellings the review found escaping a /items throttle. */
+        {"/items", "/items"},
+        {"/ITEMS", "/items"},
+        {"/items;x", "/items"},
+        {"/items;jsessionid=1/", "/items"},
+        {"/items%2F", "/items"},
+        {"/items%20", "/items"},
+        {"/items.", "/items"},
+        {"http://host/items", "/items"},
+        {"HTTPS://host:8443/items?x=1", "/items"},
+        {"http://host", "/"},
+        {"/items\\", "/items"},
+        {"/items%5C", "/items"},
+        /* Dot segments, escapes, empty segments. */
         {"/x", "/x"},
         {"/%78", "/x"},
+        {"/%58", "/x"},
         {"/x/", "/x"},
         {"//x", "/x"},
         {"/./x", "/x"},
@@ -63,49 +78,98 @@ START_TEST(normalize_writes_one_path_one_way)
         {"/%2e/x", "/x"},
         {"/%2E%2E/x", "/x"},
         {"/a/%2e%2e/x", "/x"},
+        {"/a\\..\\x", "/x"},
+        {"/a/.. /x", "/x"},
+        {"/a/..;p/x", "/x"},
         {"/x?y=1", "/x"},
         {"/x#frag", "/x"},
         {"/x/?y", "/x"},
+        {"  /x  ", "/x"},
+        {"/x\t", "/x"},
+        {"/x. . ", "/x"},
         {"/", "/"},
         {"", "/"},
         {"//", "/"},
         {"/..", "/"},
         {"/.", "/"},
         {"x", "/x"},
-        {"/a%2fb", "/a%2Fb"},
-        {"/a%2Fb", "/a%2Fb"},
+        {"/a%2fb", "/a/b"},
+        {"/%2Fx", "/x"},
         {"/a%c3%a9", "/a%C3%A9"},
+        {"/a\xc3\xa9", "/a%C3%A9"},
         {"/%7e%7E%2d%5F", "/~~-_"},
-        {"/a%", "/a%"},
-        {"/a%4", "/a%4"},
-        {"/a%zz", "/a%zz"},
+        {"/a%", "/a%25"},
+        {"/a%4", "/a%254"},
+        {"/a%zz", "/a%25zz"},
+        {"/a%2525", "/a%2525"},
+        {"/a%00b", "/a%00b"},
+        {"/a b", "/a%20b"},
+        {"/a%3fb", "/a%3Fb"},
+        {"/a%3Bb", "/a"},
         {"/items/..a/.b", "/items/..a/.b"},
-        {"/items/...", "/items/..."},
-        {"/Items", "/Items"},
+        {"/items/...", "/items"},
+        {"/v1/Items/ID-9", "/v1/items/id-9"},
+        {"/a:b@c!$&'()*+,=", "/a:b@c!$&'()*+,="},
+        {"/mailto:x/y", "/mailto:x/y"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[64];
-        ck_assert_str_eq(normalize(cases[i].in, buf, sizeof buf), cases[i].out);
+        ck_assert_msg(strcmp(canonical(cases[i].in, buf, sizeof buf), cases[i].out) == 0,
+                      "%s: got %s, expected %s", cases[i].in, buf, cases[i].out);
     }
 }
 END_TEST
 
-START_TEST(normalize_is_bounded)
+START_TEST(canonical_path_is_bounded)
 {
     char buf[8];
-    ck_assert(!apitext_normalize_path("/abcdefghij", 11, buf, sizeof buf));
-    ck_assert(apitext_normalize_path("/abcdef", 7, buf, sizeof buf));
+    ck_assert_uint_eq(apitext_canonical_path("/abcdefghij", 11, buf, sizeof buf), 0);
+    ck_assert_uint_eq(apitext_canonical_path("/abcdef", 7, buf, sizeof buf), 7);
     ck_assert_str_eq(buf, "/abcdef");
-    /* len + 2 bytes always do. */
-    const char *in = "abc";
-    char small[5];
-    ck_assert(apitext_normalize_path(in, 3, small, sizeof small));
-    ck_assert_str_eq(small, "/abc");
+    ck_assert_uint_eq(apitext_canonical_path("/x", 2, buf, 1), 0);
     /* Only len bytes are read. */
-    ck_assert(apitext_normalize_path("/x/yz", 2, buf, sizeof buf));
+    ck_assert_uint_eq(apitext_canonical_path("/x/yz", 2, buf, sizeof buf), 2);
     ck_assert_str_eq(buf, "/x");
-    ck_assert(apitext_normalize_path("/x%2", 4, buf, sizeof buf));
-    ck_assert_str_eq(buf, "/x%2");
+    ck_assert_uint_eq(apitext_canonical_path("/x%2", 4, buf, sizeof buf), 6);
+    ck_assert_str_eq(buf, "/x%252");
+    /* APITEXT_CANONICAL_SIZE(len) always does, whatever the bytes. */
+    unsigned seed = 12345;
+    for (int round = 0; round < 20000; round++) {
+        char in[24];
+        size_t len = (size_t)(round % 24);
+        for (size_t k = 0; k < len; k++) {
+            seed = seed * 1103515245u + 12345u;
+            static const char alphabet[] = "/\\.%2fF5c;?# aZ\x80\x00-";
+            in[k] = alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+        }
+        char out[APITEXT_CANONICAL_SIZE(24)];
+        size_t n = apitext_canonical_path(in, len, out, APITEXT_CANONICAL_SIZE(len));
+        ck_assert_msg(n > 0 && out[0] == '/' && strlen(out) == n, "round %d", round);
+        /* Canonical is a fixed point: canonical(canonical(x)) == canonical(x). */
+        char again[APITEXT_CANONICAL_SIZE(3 * 24 + 2)];
+        ck_assert_uint_eq(apitext_canonical_path(out, n, again, sizeof again), n);
+        ck_assert_str_eq(again, out);
+    }
+}
+END_TEST
+
+START_TEST(canonical_method_folds_case_and_head)
+{
+    char buf[16];
+    ck_assert_uint_eq(apitext_canonical_method("get", 3, buf, sizeof buf), 3);
+    ck_assert_str_eq(buf, "GET");
+    ck_assert_uint_eq(apitext_canonical_method("HEAD", 4, buf, sizeof buf), 3);
+    ck_assert_str_eq(buf, "GET");
+    ck_assert_uint_eq(apitext_canonical_method(" head ", 6, buf, sizeof buf), 3);
+    ck_assert_str_eq(buf, "GET");
+    ck_assert_uint_eq(apitext_canonical_method("Post", 4, buf, sizeof buf), 4);
+    ck_assert_str_eq(buf, "POST");
+    ck_assert_uint_eq(apitext_canonical_method("*", 1, buf, sizeof buf), 1);
+    ck_assert_str_eq(buf, "*");
+    ck_assert_uint_eq(apitext_canonical_method("", 0, buf, sizeof buf), 0);
+    ck_assert_uint_eq(apitext_canonical_method("  ", 2, buf, sizeof buf), 0);
+    ck_assert_uint_eq(apitext_canonical_method("OPTIONS", 7, buf, 7), 0);
+    ck_assert_uint_eq(apitext_canonical_method("OPTIONS", 7, buf, 8), 7);
 }
 END_TEST
 
@@ -153,8 +217,9 @@ Suite *api_text_suite(void)
     Suite *s = suite_create("api_text");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, unescape_keeps_nul_and_slash_escaped);
-    tcase_add_test(tc, normalize_writes_one_path_one_way);
-    tcase_add_test(tc, normalize_is_bounded);
+    tcase_add_test(tc, canonical_path_writes_one_resource_one_way);
+    tcase_add_test(tc, canonical_path_is_bounded);
+    tcase_add_test(tc, canonical_method_folds_case_and_head);
     tcase_add_test(tc, utf8_sanitize_replaces_invalid_bytes);
     tcase_add_test(tc, utf8_prefix_never_cuts_a_character);
     suite_add_tcase(s, tc);

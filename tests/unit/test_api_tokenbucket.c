@@ -86,6 +86,28 @@ START_TEST(lower_burst_caps_tokens)
 }
 END_TEST
 
+/* A rate of 1e-300 with a huge burst: the waits are far beyond int64. They
+ * were cast from double unchecked (undefined behaviour; on x86 INT64_MIN,
+ * a negative wait); now clamped to INT64_MAX ("never"). */
+START_TEST(huge_waits_are_clamped_not_overflowed)
+{
+    tokenbucket b;
+    tokenbucket_init(&b, 2147483647, T0);
+    ck_assert(tokenbucket_take(&b, 1e-300, 2147483647, T0));
+    ck_assert_int_eq(tokenbucket_full_usec(&b, 1e-300, 2147483647, T0), INT64_MAX);
+    ck_assert_int_eq(tokenbucket_available(&b, 1e-300, 2147483647, T0), 2147483646);
+    tokenbucket_init(&b, 1, T0);
+    ck_assert(tokenbucket_take(&b, 1e-300, 1, T0));
+    ck_assert_int_eq(tokenbucket_wait_usec(&b, 1e-300, 1, T0), INT64_MAX);
+    ck_assert_int_eq(tokenbucket_full_usec(&b, 1e-300, 1, T0), INT64_MAX);
+    /* Just below 2^63 microseconds still fits. */
+    ck_assert_int_gt(tokenbucket_wait_usec(&b, 1.1e-13, 1, T0), INT64_C(9000000000000000000));
+    /* A burst of INT64_MAX: the bucket's double is 2^63, not representable. */
+    tokenbucket_init(&b, INT64_MAX, T0);
+    ck_assert_int_eq(tokenbucket_available(&b, 1.0, INT64_MAX, T0), INT64_MAX);
+}
+END_TEST
+
 Suite *api_tokenbucket_suite(void)
 {
     Suite *s = suite_create("api_tokenbucket");
@@ -96,6 +118,7 @@ Suite *api_tokenbucket_suite(void)
     tcase_add_test(tc, zero_rate_and_zero_burst);
     tcase_add_test(tc, clock_going_back_adds_nothing);
     tcase_add_test(tc, lower_burst_caps_tokens);
+    tcase_add_test(tc, huge_waits_are_clamped_not_overflowed);
     suite_add_tcase(s, tc);
     return s;
 }
