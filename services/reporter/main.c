@@ -432,6 +432,23 @@ static void register_metrics(reporter *rp)
                                     "reports written to the outbox", NULL);
 }
 
+/* This process's peak resident set (VmHWM) in kB; 0 when unknown. Not
+ * getrusage's ru_maxrss: Linux carries that over from the program that
+ * started us (a fork or vfork before exec counts the parent's pages). */
+static long long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return 0;
+    char line[256];
+    long long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
 /* One line of JSON on stdout after --once, for scripts and the benchmark. */
 static void print_summary(reporter *rp, double seconds, double send_seconds,
                           const outbox_stats *st)
@@ -441,11 +458,11 @@ static void print_summary(reporter *rp, double seconds, double send_seconds,
            "\"duplicates\":%lld,\"unitsAccepted\":%lld,\"retried\":%lld,\"rateLimited\":%lld,"
            "\"newKeys\":%lld,\"parked\":%lld,\"givenUp\":%lld,\"pendingLeft\":%lld,"
            "\"parkedTotal\":%lld,\"planSeconds\":%.3f,\"sendSeconds\":%.3f,\"seconds\":%.3f,"
-           "\"callsPerSecond\":%.1f}\n",
+           "\"callsPerSecond\":%.1f,\"peakRssKb\":%lld}\n",
            rp->planned_reports, rp->planned_units, t->sent, t->accepted, t->duplicates,
            t->units_accepted, t->retried, t->rate_limited, t->new_keys, t->parked, t->given_up,
            st->pending, st->parked, rp->plan_seconds, send_seconds, seconds,
-           send_seconds > 0 ? (double)t->sent / send_seconds : 0.0);
+           send_seconds > 0 ? (double)t->sent / send_seconds : 0.0, peak_rss_kb());
     fflush(stdout);
 }
 

@@ -129,6 +129,14 @@ static bool print_json(json_t *doc, FILE *out, char *err, size_t err_size)
     return ok;
 }
 
+void report_free(report *r)
+{
+    if (r == NULL)
+        return;
+    free(r->last_error);
+    free(r);
+}
+
 static int64_t epoch_usec(const char *text)
 {
     return text[0] ? (int64_t)(strtod(text, NULL) * 1e6) : 0;
@@ -227,7 +235,8 @@ bool outbox_flush(PGconn *db, report *const *reports, size_t count, char *err, s
              add_int(&cols[F_ATTEMPTS], r->attempts) && add_int(&cols[F_GEN], r->generation) &&
              add_int(&cols[F_NEXT], r->ready_usec) && add_int(&cols[F_FIRST], r->first_sent_usec) &&
              add_int(&cols[F_LAST], r->last_sent_usec) &&
-             add_int(&cols[F_HTTP], r->last_http_status) && add_text(&cols[F_ERROR], r->last_error);
+             add_int(&cols[F_HTTP], r->last_http_status) &&
+             add_text(&cols[F_ERROR], r->last_error ? r->last_error : "");
     }
     for (int c = 0; c < F_COUNT; c++)
         ok = ok && buf_append(&cols[c], "}", 1);

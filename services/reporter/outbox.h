@@ -14,7 +14,13 @@
 
 typedef enum { REPORT_PENDING, REPORT_ACCEPTED, REPORT_PARKED } report_status;
 
-/* One report in memory. Strings point into the same allocation. */
+/* The longest error text kept with a report (Stripe's message included). */
+#define REPORT_ERROR_MAX 512
+
+/* One report in memory. customer, target and identifier point into the same
+ * allocation; last_error is its own (NULL when there is none), since most
+ * reports never get one: up to 20,000 reports are held at once. Free with
+ * report_free(). */
 typedef struct report {
     int64_t id;
     stripe_mode mode;
@@ -34,12 +40,14 @@ typedef struct report {
     int run_failures;        /* failed calls in this process (--once gives up), never reset */
     report_status status;
     int last_http_status;    /* 0: no answer */
-    char last_error[512];
+    char *last_error;        /* NULL: none; at most REPORT_ERROR_MAX bytes with the NUL */
     bool dirty;              /* changed since the last flush */
     bool in_flight;
     bool given_up;           /* --once: left pending for a later run */
     struct report *lane_next;
 } report;
+
+void report_free(report *r);
 
 /* Takes the reporter's session-level advisory lock (one active reporter per
  * database); *held says whether it was free. */
@@ -61,7 +69,7 @@ bool outbox_plan(PGconn *db, stripe_mode mode, const char *since, double settle_
                  long long *units, char *err, size_t err_size);
 
 /* Loads up to `limit` pending reports with id > after_id, in id order,
- * through `take` (which owns each report it is given: free() it), stamping
+ * through `take` (which owns each report it is given: report_free() it), stamping
  * first_sent_at on those never taken before. */
 bool outbox_load(PGconn *db, int64_t after_id, int limit,
                  void (*take)(void *ctx, report *r), void *ctx, int *loaded, char *err,

@@ -28,6 +28,12 @@
 #define OUTAGE_FAILURES 20
 #define OUTAGE_PAUSE_MAX_USEC (60 * USEC_PER_SEC)
 #define AUTH_PAUSE_USEC (30 * USEC_PER_SEC)
+/* Lanes (one per customer and target) with nothing queued are dropped once
+ * there are this many more lanes than reports in memory: a daemon reporting
+ * for millions of customers over months would otherwise keep one forever
+ * for every customer it ever saw. */
+#define IDLE_LANES_KEPT 1024
+#define LANES_MIN_CAP 1024
 
 typedef struct lane {
     char *name;                 /* "<mode>\x1f<customer>\x1f<target>" */
@@ -76,30 +82,77 @@ struct sender {
     int64_t auth_logged_usec;
     sender_totals totals;
     metric *m_sent, *m_accepted, *m_duplicates, *m_retried, *m_rate_limited, *m_parked,
-        *m_new_keys, *m_units, *m_latency, *m_in_flight, *m_rate;
+        *m_new_keys, *m_units, *m_latency, *m_in_flight, *m_rate, *m_lanes, *m_in_memory;
 };
 
 /* ---- lanes ------------------------------------------------------------- */
 
-static bool lanes_grow(sender *s)
+/* A lane no report and no list refers to: nothing is queued in it, no
+ * call of it is in flight, it is on neither the ready FIFO nor the delayed
+ * list. */
+static bool lane_unused(const lane *l)
 {
-    size_t cap = s->lane_cap ? s->lane_cap * 2 : 1024;
+    return l->head == NULL && !l->busy && !l->scheduled;
+}
+
+static void lane_free(lane *l)
+{
+    free(l->name);
+    free(l);
+}
+
+/* Moves the lanes into a table of `cap` slots (a power of two), freeing the
+ * unused ones when `drop_unused`. Linear probing leaves no holes to patch:
+ * every kept lane is placed afresh. False (nothing changed) when out of
+ * memory. */
+static bool lanes_rehash(sender *s, size_t cap, bool drop_unused)
+{
     lane **fresh = calloc(cap, sizeof *fresh);
     if (fresh == NULL)
         return false;
+    size_t kept = 0;
     for (size_t i = 0; i < s->lane_cap; i++) {
         lane *l = s->lanes[i];
         if (l == NULL)
             continue;
+        if (drop_unused && lane_unused(l)) {
+            lane_free(l);
+            continue;
+        }
         size_t j = l->hash & (cap - 1);
         while (fresh[j])
             j = (j + 1) & (cap - 1);
         fresh[j] = l;
+        kept++;
     }
     free(s->lanes);
     s->lanes = fresh;
     s->lane_cap = cap;
+    s->lane_count = kept;
     return true;
+}
+
+static bool lanes_grow(sender *s)
+{
+    return lanes_rehash(s, s->lane_cap ? s->lane_cap * 2 : LANES_MIN_CAP, false);
+}
+
+/* Drops the unused lanes once they are many; the table shrinks to fit the
+ * rest (at most half full). Costs one pass over the table, after at least
+ * IDLE_LANES_KEPT new lanes. */
+static void lanes_trim(sender *s)
+{
+    if (s->lane_count <= s->in_memory * 2 + IDLE_LANES_KEPT)
+        return;
+    size_t used = 0;
+    for (size_t i = 0; i < s->lane_cap; i++)
+        if (s->lanes[i] && !lane_unused(s->lanes[i]))
+            used++;
+    size_t cap = LANES_MIN_CAP;
+    while (cap < (used + 1) * 2)
+        cap *= 2;
+    if (!lanes_rehash(s, cap, true))
+        log_warn("out of memory trimming the reporter's lanes; trying again later");
 }
 
 static lane *lane_for(sender *s, const report *r)
@@ -251,6 +304,12 @@ static void register_metrics(sender *s)
     s->m_in_flight = metrics_gauge("tally_reporter_calls_in_flight", "calls in flight", NULL);
     s->m_rate = metrics_gauge("tally_reporter_request_rate",
                               "the current request rate ceiling (calls/s; lowered by 429s)", NULL);
+    s->m_lanes = metrics_gauge("tally_reporter_lanes",
+                               "customer and target queues held in memory (unused ones are "
+                               "dropped once 1,024 more than the reports in memory)", NULL);
+    s->m_in_memory = metrics_gauge("tally_reporter_reports_in_memory",
+                                   "reports held in memory: queued, in flight, or done and not "
+                                   "yet written (at most 20,000)", NULL);
 }
 
 sender *sender_new(const sender_config *config, char *err, size_t err_size)
@@ -316,7 +375,7 @@ static void free_lane_reports(lane *l)
     for (report *r = l->head, *next; r; r = next) {
         next = r->lane_next;
         if (!r->dirty)
-            free(r); /* dirty ones are on the dirty list and freed there */
+            report_free(r); /* dirty ones are on the dirty list and freed there */
     }
 }
 
@@ -337,12 +396,11 @@ void sender_free(sender *s)
     for (size_t i = 0; i < s->lane_cap; i++) {
         if (s->lanes[i]) {
             free_lane_reports(s->lanes[i]);
-            free(s->lanes[i]->name);
-            free(s->lanes[i]);
+            lane_free(s->lanes[i]);
         }
     }
     for (size_t i = 0; i < s->dirty_count; i++)
-        free(s->dirty[i]);
+        report_free(s->dirty[i]);
     free(s->dirty);
     free(s->lanes);
     if (s->multi)
@@ -384,7 +442,7 @@ void sender_add(sender *s, report *r)
     if (l == NULL) {
         log_error("out of memory queueing report %lld; it stays pending in the database",
                   (long long)r->id);
-        free(r);
+        report_free(r);
         return;
     }
     r->lane_next = NULL;
@@ -404,14 +462,34 @@ static void cut_utf8_tail(char *text)
     text[event_utf8_valid_prefix(text, strlen(text))] = '\0';
 }
 
+static void clear_error(report *r)
+{
+    free(r->last_error);
+    r->last_error = NULL;
+}
+
+/* The text is formatted aside first: the arguments may include the report's
+ * current error (the 23-hour park quotes it). */
 static void set_error(report *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_error(report *r, const char *fmt, ...)
 {
+    char text[REPORT_ERROR_MAX];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->last_error, sizeof r->last_error, fmt, ap);
+    vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    cut_utf8_tail(r->last_error);
+    cut_utf8_tail(text);
+    char *kept = strdup(text);
+    if (kept == NULL)
+        log_warn("report %lld: out of memory keeping its error: %s", (long long)r->id, text);
+    clear_error(r);
+    r->last_error = kept;
+}
+
+/* For log lines: a report's error, or "" when it has none. */
+static const char *error_text(const report *r)
+{
+    return r->last_error ? r->last_error : "";
 }
 
 static double jitter(void)
@@ -540,7 +618,7 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
     case STRIPE_DUPLICATE:
         r->status = REPORT_ACCEPTED;
         if (outcome == STRIPE_ACCEPTED) {
-            r->last_error[0] = '\0';
+            clear_error(r);
         } else {
             set_error(r, "duplicate identifier: Stripe had counted it already");
             s->totals.duplicates++;
@@ -592,7 +670,7 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         if (now - s->auth_logged_usec > 60 * USEC_PER_SEC || s->auth_logged_usec == 0) {
             log_error("Stripe refused the API key (%s); pausing all calls for %d s — check "
                       "TALLY_STRIPE_API_KEY",
-                      r->last_error, (int)(AUTH_PAUSE_USEC / USEC_PER_SEC));
+                      error_text(r), (int)(AUTH_PAUSE_USEC / USEC_PER_SEC));
             s->auth_logged_usec = now;
         }
         s->pause_until_usec = now + AUTH_PAUSE_USEC;
@@ -609,7 +687,7 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
         metrics_add(s->m_parked, 1);
         log_warn("report %lld (%s, %s, hour %lld, %lld units) parked: %s", (long long)r->id,
                  r->customer, r->target, (long long)r->hour, (long long)r->quantity,
-                 r->last_error);
+                 error_text(r));
         break;
     }
     log_debug("report %lld: HTTP %ld -> %s", (long long)r->id, status,
@@ -634,7 +712,7 @@ static bool park_stale_report(sender *s, report *r, int64_t now)
                  "`resolve` it (last: %.300s)",
               r->mode == STRIPE_MODE_USAGE_RECORDS ? "subscription item's usage records"
                                                    : "customer's meter events",
-              r->last_error);
+              error_text(r));
     s->totals.parked++;
     metrics_add(s->m_parked, 1);
     mark_dirty(s, r);
@@ -821,6 +899,8 @@ void sender_run(sender *s, int max_wait_ms)
         s->in_flight--;
     }
     metrics_set(s->m_in_flight, (double)s->in_flight);
+    metrics_set(s->m_lanes, (double)s->lane_count);
+    metrics_set(s->m_in_memory, (double)s->in_memory);
     dispatch(s, time_now_usec());
 }
 
@@ -837,11 +917,12 @@ void sender_flushed(sender *s)
         r->dirty = false;
         /* Done, or given up for this run: it has left its lane. */
         if (r->status != REPORT_PENDING || r->given_up) {
-            free(r);
+            report_free(r);
             s->in_memory--;
         }
     }
     s->dirty_count = 0;
+    lanes_trim(s);
 }
 
 size_t sender_in_memory(const sender *s)

@@ -422,6 +422,76 @@ def test_reporter_postgres_restart(s):
            % (before, during))
 
 
+# ---- memory: unused lanes dropped, the --once summary's VmHWM ---------------------
+
+MEMORY_CUSTOMERS = 1100       # more than the 1,024 unused lanes the sender keeps
+PLAIN_PEAK_RSS_MB = 48        # the plain build's VmHWM for this run: about 13 MB
+
+
+class PlainReporter(lib.Reporter):
+    """The unsanitized build: AddressSanitizer's shadow memory and quarantine
+    would swamp the figure the check is about."""
+
+    def _argv(self, port):
+        argv = lib.Reporter._argv(self, port)
+        return [self.scope.bin("tally-reporter")] + argv[1:]
+
+
+def seed_many_customers(s, plan, count, hours_ago):
+    """One key per customer (cus_m<i>) on `plan`, usage in the hour `hours_ago`
+    back for each: one statement each, not one per key."""
+    prefix = uid(s, "mkey")
+    s.db.execute(
+        "INSERT INTO api_keys (id, value_hash, plan_id, stripe_customer_id)"
+        " SELECT %s || i, sha256(convert_to(%s || i, 'UTF8')), %s, 'cus_m' || i"
+        "   FROM generate_series(1, %d) AS i ON CONFLICT (id) DO NOTHING"
+        % (lib.sql_literal(prefix), lib.sql_literal(prefix + "-secret-"), lib.sql_literal(plan),
+           count))
+    s.db.execute(
+        "INSERT INTO usage_hourly (key_id, hour, plan_id, method, endpoint, requests, units,"
+        " bytes) SELECT %s || i, date_trunc('hour', now()) - make_interval(hours => %d), %s,"
+        " 'GET', '/v1/x', 1, i, 0 FROM generate_series(1, %d) AS i"
+        % (lib.sql_literal(prefix), hours_ago, lib.sql_literal(plan), count))
+
+
+def test_reporter_memory_bounds(s):
+    plan, _ = billing_setup(s, [])
+    standin = lib.Standin(s, ["*"])
+    fast = ["--report-settle-s", "0", "--report-rate-limit", "2000",
+            "--report-concurrency", "16"]
+    # The daemon keeps one lane per customer and target while it has reports
+    # for it; once they are sent, the lanes go (they used to stay forever).
+    seed_many_customers(s, plan, MEMORY_CUSTOMERS, 1)
+    daemon = lib.Reporter(s, standin, args=fast + ["--report-interval-s", "1"]).start()
+    wait_until("the daemon to deliver %d customers' usage" % MEMORY_CUSTOMERS,
+               lambda: all_delivered(s, plan), 90, on_timeout=lambda: daemon.proc.log_tail())
+    last = {}
+
+    def lanes_dropped():
+        m = daemon.metrics()
+        last.update(lanes=m.get("tally_reporter_lanes"),
+                    held=m.get("tally_reporter_reports_in_memory"))
+        return last["lanes"] == 0 and last["held"] == 0
+
+    wait_until("the unused lanes to be dropped", lanes_dropped, 15,
+               on_timeout=lambda: "lanes %s, reports in memory %s" % (last.get("lanes"),
+                                                                      last.get("held")))
+    daemon.stop()
+
+    # --once reports its own VmHWM (not ru_maxrss, which counts the parent's)
+    seed_many_customers(s, plan, MEMORY_CUSTOMERS, 2)
+    rc, summary, log = PlainReporter(s, standin, args=fast).once(timeout=120)
+    check(rc == 0 and summary["accepted"] == MEMORY_CUSTOMERS,
+          "--once: exit %d, summary %s, log %s" % (rc, summary, log[-300:]))
+    peak_mb = (summary.get("peakRssKb") or 0) / 1024.0
+    check(0 < peak_mb < PLAIN_PEAK_RSS_MB, "--once peakRssKb %.1f MB, expected (0, %d) MB"
+          % (peak_mb, PLAIN_PEAK_RSS_MB))
+    check(ledger_by_customer(standin) == counted_by_customer(s, plan), "ledger differs")
+    check_standin_rules(standin)
+    s.note("lanes dropped after delivery; --once VmHWM %.1f MB for %d reports"
+           % (peak_mb, MEMORY_CUSTOMERS))
+
+
 TESTS = [
     ("reporter_postgres_restart", test_reporter_postgres_restart),
     ("reporter_late_events_difference", test_reporter_late_events_difference),
@@ -430,6 +500,7 @@ TESTS = [
     ("reporter_daemon_basics", test_reporter_daemon_basics),
     ("reporter_usage_records_mode", test_reporter_usage_records_mode),
     ("reporter_faults_and_kills", test_reporter_faults_and_kills),
+    ("reporter_memory_bounds", test_reporter_memory_bounds),
 ]
 
 __all__ = ["TESTS", "Failure"]
