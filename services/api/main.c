@@ -581,8 +581,14 @@ static enum MHD_Result refuse_everything(void *cls, struct MHD_Connection *conn,
                                          const char *upload_data, size_t *upload_data_size,
                                          void **req_cls)
 {
-    (void)cls, (void)conn, (void)url, (void)method, (void)version, (void)upload_data;
-    (void)upload_data_size, (void)req_cls;
+    (void)cls;
+    (void)conn;
+    (void)url;
+    (void)method;
+    (void)version;
+    (void)upload_data;
+    (void)upload_data_size;
+    (void)req_cls;
     return MHD_NO;
 }
 
@@ -609,9 +615,10 @@ static bool load_tls(char *err, size_t err_size)
     if (!have_cert && !have_key)
         return true;
     if (!have_cert || !have_key) {
+        static const char cert[] = "TALLY_TLS_CERT_FILE (--tls-cert-file)";
+        static const char key[] = "TALLY_TLS_KEY_FILE (--tls-key-file)";
         snprintf(err, err_size, "%s is set but %s is not: HTTPS needs both",
-                 have_cert ? "TALLY_TLS_CERT_FILE (--tls-cert-file)" : "TALLY_TLS_KEY_FILE (--tls-key-file)",
-                 have_cert ? "TALLY_TLS_KEY_FILE (--tls-key-file)" : "TALLY_TLS_CERT_FILE (--tls-cert-file)");
+                 have_cert ? cert : key, have_cert ? key : cert);
         return false;
     }
     if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
@@ -680,7 +687,8 @@ static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
     else
         tls_options[0].option = MHD_OPTION_END; /* no TLS options without MHD_USE_TLS */
     return MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL, MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)addr,
+        flags, 0, NULL, NULL, on_request, NULL,
+        MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads(),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
         MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT,
