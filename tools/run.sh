@@ -178,7 +178,7 @@ unset TALLY_STATE_DIR
 tools/migrate.sh
 
 # A fresh admin token and fresh key secrets each run: printed once below,
-# stored nowhere but in this shell (the database keeps only SHA-256s).
+# stored nowhere but in this shell (the database keeps only digests).
 secret() { head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c "$1"; }
 admin_token=$(secret 32)
 # The api's key HMAC secret must outlive a run (the stored key digests
