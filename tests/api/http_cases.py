@@ -327,6 +327,21 @@ def nul_bytes_in_credentials_are_refused(s):
     ]
     for method, path, headers in cases:
         expect_raw(s.port, request_bytes(method, path, headers), 400, "invalid_header")
+    folded = request_bytes("GET", "/v1/authorize", [("Host", "t"), ("x-api-key", key),
+                                                    ("X-Folded", "a\r\n b")] + orig)
+    expect_raw(s.port, folded, 400, "invalid_header")
+    # Two requests in one packet: each header block is judged on its own.
+    twice = request_bytes("GET", "/healthz", [("Host", "t"), ("X-A", "1")]) * 2
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    try:
+        sock.sendall(twice)
+        got = b""
+        while got.count(b"HTTP/1.1 200") < 2:
+            chunk = sock.recv(4096)
+            check(chunk, "pipelined requests: %r" % got)
+            got += chunk
+    finally:
+        sock.close()
     good_admin = [("Host", "t"), ("X-Padded", "a   "), ("X-Empty", ""),
                   ("Authorization", "Bearer " + ADMIN_TOKEN), ("X-Tab", "\tb")]
     good_key = [("Host", "t")] + orig + [("X-Empty", ""), ("x-api-key", key)]
