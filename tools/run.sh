@@ -247,7 +247,10 @@ for _ in $(seq 1 100); do
   kill -0 "$standin_pid" 2>/dev/null || break
   sleep 0.1
 done
-[ -n "$stripe_url" ] || { say "run: the Stripe stand-in did not start; see $logs/standin.log" >&2; exit 1; }
+if [ -z "$stripe_url" ]; then
+  say "run: the Stripe stand-in did not start; see $logs/standin.log" >&2
+  exit 1
+fi
 
 # The reporter: a cycle every 5 s, reporting the running hour too (settle 0),
 # so the stand-in's ledger follows the counted usage within seconds.
@@ -321,7 +324,10 @@ last=$(counter tally_collector_events_counted_total); last=${last:-0}
 while true; do
   sleep 2
   for name in "${!started_pid[@]}"; do
-    kill -0 "${started_pid[$name]}" 2>/dev/null || { say "run: $name stopped; see $logs/$name.log"; exit 1; }
+    if ! kill -0 "${started_pid[$name]}" 2>/dev/null; then
+      say "run: $name stopped; see $logs/$name.log"
+      exit 1
+    fi
   done
   now=$(counter tally_collector_events_counted_total); now=${now:-0}
   dup=$(counter tally_collector_events_duplicate_total)
