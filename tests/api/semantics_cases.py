@@ -206,6 +206,15 @@ def grouped_usage_is_bounded_in_sql(s):
 
 # ---- 6. unknown keys on /v1/me cost no queries -----------------------------
 
+def unknown_lookups(s):
+    """tally_api_unknown_key_lookups_total by result, from /metrics."""
+    text = R.expect(s.ops("/metrics"), 200).raw
+    found = dict(re.findall(r'^tally_api_unknown_key_lookups_total\{result="(\w+)"\} (\S+)$',
+                            text, re.M))
+    check(set(found) == {"queried", "refused"}, "no tally_api_unknown_key_lookups_total")
+    return {k: float(v) for k, v in found.items()}
+
+
 def commits(s):
     return int(s.psql("SELECT xact_commit FROM pg_stat_database "
                       "WHERE datname = current_database()"))
@@ -216,6 +225,7 @@ def unknown_keys_cost_no_queries(s):
     plan = R.make_plan(s, name="Flood", quota={"limit": 100, "period": "DAY"})
     time.sleep(1.5)  # backends publish their counts at most once a second
     before = commits(s)
+    lookups_before = unknown_lookups(s)
     t0 = time.monotonic()
     wrong = []
     for i in range(2000):
@@ -225,13 +235,19 @@ def unknown_keys_cost_no_queries(s):
             wrong.append(r)
     flood = time.monotonic() - t0
     check(not wrong, "random keys not refused 401: %r" % wrong[:3])
+    lookups = {k: v - lookups_before[k] for k, v in unknown_lookups(s).items()}
+    # The api's own count, exact: 10 at once, then 10 a second.
+    check(lookups["queried"] <= 10 + 10 * flood + 1 and
+          lookups["queried"] + lookups["refused"] == 2000, "unknown-key look-ups: %r" % lookups)
+    # The database's count, coarse (a backend may publish its last second
+    # late): each query was a transaction of its own before.
     time.sleep(2.5)
     spent = commits(s) - before
     # Reloads every REFRESH_MS, at most 10 look-ups a second of unknown keys
     # (and 10 at once), this test's own statements: far below one a key.
     bound = 10 + 10 * flood + (flood + 4) / (R.REFRESH_MS / 1000.0) + 20
-    print("    2000 random keys in %.1f s: %d transactions (bound %d)" % (flood, spent, bound),
-          flush=True)
+    print("    2000 random keys in %.1f s: %d queried, %d refused; %d transactions (bound %d)"
+          % (flood, lookups["queried"], lookups["refused"], spent, bound), flush=True)
     check(spent <= bound, "2000 random keys cost %d transactions (bound %d)" % (spent, bound))
     # A key created through this api a moment ago works at once; one written
     # by another process (straight into the database) within a reload.
