@@ -1,12 +1,15 @@
 /* Fuzz target: the usage query's parameters as tally-api reads them from a
- * query string (services/api/usage.c hands them to common/apimodel.c):
- * from, to, granularity and groupBy (apimodel_usage_query_parse), and the
- * list parameters limit and position (apimodel_parse_limit,
- * apimodel_cursor_decode).
+ * query string: each raw value percent-decoded by libmicrohttpd's unescape
+ * step (common/apitext.c apitext_unescape), then from, to, granularity and
+ * groupBy parsed (common/apimodel.c apimodel_usage_query_parse, called by
+ * services/api/usage.c), and the list parameters limit and position
+ * (apimodel_parse_limit, apimodel_cursor_decode).
  * Input: byte 0 says which of the six parameters are present (bit i for
- * the i-th), bytes 1..4 move "now" within 2000..2136, then the present
- * values in order, separated by NUL (a decoded query value never holds one:
- * apitext_unescape keeps %00).
+ * the i-th), bytes 1..4 move "now" within 2000..2136, then the present raw
+ * values in order, separated by NUL (a query value never holds one:
+ * apitext_unescape keeps %00 as it is).
+ * Properties of the unescape step: it never lengthens a value, never
+ * makes a NUL (the value's length is its strlen) nor a '/'.
  * Properties of an accepted usage query: from < to, both on bucket starts
  * of the granularity, 1..APIMODEL_USAGE_POINTS_MAX points, and stepping
  * bucket by bucket from `from` reaches `to` in exactly `points` steps; an
@@ -18,6 +21,7 @@
 #include <string.h>
 
 #include "apimodel.h"
+#include "apitext.h"
 #include "fuzz.h"
 #include "timeutil.h"
 
@@ -25,6 +29,23 @@ enum { P_FROM, P_TO, P_GRANULARITY, P_GROUP_BY, P_LIMIT, P_POSITION, P__COUNT };
 
 #define YEAR2000_USEC (INT64_C(946684800) * USEC_PER_SEC)
 #define VALUE_MAX 512 /* longer values are cut: the parsers refuse them anyway */
+
+static size_t count_slashes(const char *text)
+{
+    size_t n = 0;
+    for (; *text; text++)
+        n += *text == '/';
+    return n;
+}
+
+/* Decodes `value` in place as the api's unescape callback does. */
+static void unescape_value(char *value)
+{
+    size_t raw_len = strlen(value), raw_slashes = count_slashes(value);
+    size_t len = apitext_unescape(value);
+    FUZZ_CHECK(len <= raw_len && strlen(value) == len);
+    FUZZ_CHECK(count_slashes(value) == raw_slashes);
+}
 
 static void check_refusal(const apimodel_error *err)
 {
@@ -141,6 +162,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         size_t kept = len < VALUE_MAX ? len : VALUE_MAX;
         memcpy(storage[i], data + at, kept);
         storage[i][kept] = '\0';
+        unescape_value(storage[i]);
         value[i] = storage[i];
         at += len + (at + len < size);
     }

@@ -143,6 +143,10 @@ def query_seeds():
         query_seed(now, position="cGxuXzE"), query_seed(now, position="pln_1"),
         query_seed(now, position="cGxuXzE="), query_seed(now, position="A"),
         query_seed(now, position="AAAA"), query_seed(now, position="a" * 181),
+        # Raw values, as the query string carries them before unescaping.
+        query_seed(now, to="2026-11-23T12%3A00%3A00%2B01%3A00", granularity="h%6Fur"),
+        query_seed(now, **{"from": "2026-11-01%00", "to": "2026%2F11%2F23"}),
+        query_seed(now, position="cGxu%5FzE", limit="1%30"),
     ]
 
 
