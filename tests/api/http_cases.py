@@ -5,6 +5,7 @@ client library would not send the bytes."""
 
 import os
 import resource
+import select
 import socket
 import subprocess
 import time
@@ -153,6 +154,20 @@ def one_client_cannot_take_every_connection(s):
               % (1000 * p99(attacked), 1000 * p99(idle)))
 
 
+def wait_connected(socks, timeout):
+    """Waits until every non-blocking connect has finished (or failed), so
+    that SYNs retried after a full backlog do not land in the measurement."""
+    poller = select.poll()
+    pending = {sock.fileno(): sock for sock in socks}
+    for fd in pending:
+        poller.register(fd, select.POLLOUT)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for fd, _ in poller.poll(100):
+            poller.unregister(fd)
+            del pending[fd]
+
+
 def idle_then_held(port, key, count):
     """Authorize p99 from 127.0.0.2, first idle, then while 127.0.0.1 holds
     `count` connections with an unfinished request each: (idle seconds,
@@ -166,7 +181,7 @@ def idle_then_held(port, key, count):
             sock.setblocking(False)
             sock.connect_ex(("127.0.0.1", port))
             held.append(sock)
-        time.sleep(0.5)
+        wait_connected(held, 10)
         partial = b"GET /v1/authorize HTTP/1.1\r\nHost: t\r\nx-api-key: "
         for sock in held:
             try:
