@@ -247,7 +247,8 @@ typedef struct {
     size_t count;
     size_t bytes;
     int content_lengths;
-    bool transfer_encoding;
+    int transfer_encodings;
+    bool only_chunked; /* every Transfer-Encoding is exactly "chunked" */
     bool hidden_bytes;
     bool bare_line_feeds;       /* an earlier header line ended with "\n" alone */
     const char *previous_value; /* the last header's value, for hidden_bytes */
@@ -300,7 +301,8 @@ static enum MHD_Result check_header(void *cls, enum MHD_ValueKind kind, const ch
     if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
         check->content_lengths++;
     else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
-        check->transfer_encoding = true;
+        check->only_chunked =
+            ++check->transfer_encodings == 1 && strcasecmp(value, "chunked") == 0;
     return MHD_YES;
 }
 
@@ -318,10 +320,16 @@ static void judge_headers(header_check *check)
         check->status = 400;
         check->code = "invalid_header";
         check->message = "Content-Length is given more than once";
-    } else if (check->content_lengths == 1 && check->transfer_encoding) {
+    } else if (check->content_lengths == 1 && check->transfer_encodings > 0) {
         check->status = 400;
         check->code = "invalid_header";
         check->message = "Content-Length and Transfer-Encoding are both given";
+    } else if (check->transfer_encodings > 0 && !check->only_chunked) {
+        /* libmicrohttpd would read any other coding up to the connection's
+         * end, where a proxy in front may see a body of another length. */
+        check->status = 400;
+        check->code = "invalid_header";
+        check->message = "Transfer-Encoding must be given once, as \"chunked\"";
     }
 }
 

@@ -174,6 +174,7 @@ typedef enum {
     URI_FINE,
     URI_TOO_LONG,
     URI_TOO_MANY_ARGUMENTS,
+    URI_CUT_SHORT, /* a NUL byte inside */
 } uri_verdict;
 
 typedef struct {
@@ -397,6 +398,10 @@ static bool refuse_at_headers(request_state *state)
                         "requests are limited to %d query parameters", QUERY_ARGUMENTS_MAX);
         return true;
     }
+    if (state->uri == URI_CUT_SHORT) {
+        api_reply_error(req, 400, "invalid_uri", "the request line holds a NUL byte");
+        return true;
+    }
     if (!api_check_headers(req))
         return true;
     const char *length =
@@ -490,14 +495,37 @@ static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
  * new connection starts with too. So a client that trickles or stops
  * mid-request loses its connection within seconds, and one between
  * requests keeps it for a minute. */
+/* libmicrohttpd 0.9.75 splits the request line in place: the URI it
+ * gives is followed, past the NUL that replaced the space, by the protocol
+ * version. A NUL byte inside the URI would cut it short there, and the
+ * bytes after it would be lost (like in header values: api_check_headers).
+ * The check is tied to this layout, so to this libmicrohttpd version. */
+static bool uri_cut_short(const char *uri, size_t len)
+{
+#if MHD_VERSION >= 0x00097500 && MHD_VERSION < 0x00097600
+    /* No URI at all is given as "" (a literal, nothing after it): routed
+     * as an unknown path. */
+    return len > 0 && strncmp(uri + len + 1, "HTTP/", 5) != 0;
+#else
+    (void)uri;
+    (void)len;
+    return false;
+#endif
+}
+
 static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     (void)cls;
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)request_timeout_s);
+    if (uri == NULL)
+        uri = "";
     uri_verdict verdict = URI_FINE;
     char *query = strchr(uri, '?'); /* in libmicrohttpd's (writable) read buffer */
-    if (strlen(uri) > URI_BYTES_MAX) {
+    size_t len = strlen(uri);
+    if (len > URI_BYTES_MAX) {
         verdict = URI_TOO_LONG;
+    } else if (uri_cut_short(uri, len)) {
+        verdict = URI_CUT_SHORT;
     } else if (query != NULL) {
         size_t arguments = 1;
         for (const char *c = query + 1; *c != '\0' && arguments <= QUERY_ARGUMENTS_MAX; c++)

@@ -301,16 +301,19 @@ def oversized_requests_are_answered_promptly(s):
 
 @test
 def smuggling_prone_framing_is_refused(s):
-    """Two Content-Length headers, or Content-Length with Transfer-Encoding,
-    are answered 400 before the body is read (a proxy in front may frame the
-    body otherwise)."""
+    """Two Content-Length headers, Content-Length with Transfer-Encoding, or
+    a Transfer-Encoding other than one "chunked", are answered 400 before
+    the body is read (a proxy in front may frame the body otherwise)."""
     body = b'{"name":"smuggled"}'
     admin = [("Host", "t"), ("Authorization", "Bearer " + ADMIN_TOKEN),
              ("Content-Type", "application/json")]
     for framing in ([("Content-Length", str(len(body))), ("Content-Length", "5")],
                     [("Content-Length", str(len(body))), ("content-length", str(len(body)))],
                     [("Content-Length", str(len(body))), ("Transfer-Encoding", "chunked")],
-                    [("Transfer-Encoding", "chunked"), ("Content-Length", str(len(body)))]):
+                    [("Transfer-Encoding", "chunked"), ("Content-Length", str(len(body)))],
+                    [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "chunked")],
+                    [("Transfer-Encoding", "gzip, chunked")],
+                    [("Transfer-Encoding", "xchunked")]):
         chunked = any(name == "Transfer-Encoding" for name, _ in framing)
         payload = (b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)) if chunked else body
         expect_raw(s.port, request_bytes("POST", "/v1/plans", admin + framing, payload),
@@ -342,6 +345,13 @@ def nul_bytes_in_credentials_are_refused(s):
     ]
     for method, path, headers in cases:
         expect_raw(s.port, request_bytes(method, path, headers), 400, "invalid_header")
+    # A NUL in the request line cut the path short the same way.
+    expect_raw(s.port, b"GET /v1/plans\0junk HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer "
+               + ADMIN_TOKEN.encode() + b"\r\n\r\n", 400, "invalid_uri")
+    # No URI, or nothing but spaces: an answer or a close, never a crash.
+    for line in (b"GET\r\n\r\n", b"GET  \r\n\r\n", b"GET  HTTP/1.1\r\nHost: t\r\n\r\n"):
+        answer, _ = raw_exchange(s.port, line, 5)
+        check(answer is None or 400 <= answer.status < 500, "%r: %r" % (line, answer))
     folded = request_bytes("GET", "/v1/authorize", [("Host", "t"), ("x-api-key", key),
                                                     ("X-Folded", "a\r\n b")] + orig)
     expect_raw(s.port, folded, 400, "invalid_header")
