@@ -492,6 +492,32 @@ def test_reporter_memory_bounds(s):
            % (peak_mb, MEMORY_CUSTOMERS))
 
 
+# ---- the 23-hour rule parks a report and keeps its last error ------------------------
+
+
+def test_reporter_stale_park_keeps_last_error(s):
+    """A report first sent almost 23 hours ago fails (HTTP 500) until it is
+    parked; the parking message quotes the failure before it (it once
+    formatted into the buffer it was quoting, and quoted its own start)."""
+    plan, (key,) = billing_setup(s, ["cus_st"])
+    s.db.execute(
+        "INSERT INTO stripe_reports (key_id, plan_id, hour, seq, quantity, mode,"
+        " stripe_customer_id, target, identifier, first_sent_at)"
+        " VALUES (%s, %s, date_trunc('hour', now()) - interval '5 hours', 0, 7, 'meter_event',"
+        " 'cus_st', 'api_calls', %s, now() - interval '23 hours' + interval '2.5 seconds')"
+        % (lib.sql_literal(key), lib.sql_literal(plan), lib.sql_literal(uid(s, "stale"))))
+    standin = lib.Standin(s, ["cus_st"])
+    standin.configure(fault_sequence=["500_before"] * 40)
+    rc, summary, log = lib.Reporter(s, standin, args=["--report-settle-s", "0"]).once()
+    check(rc == 1 and summary["parked"] == 1, "expected one parked report: rc %d %s %s"
+          % (rc, summary, log[-600:]))
+    error = s.db.scalar("SELECT last_error FROM stripe_reports WHERE key_id = %s"
+                        % lib.sql_literal(key))
+    check(error.startswith("unconfirmed 23 hours after it was first sent")
+          and "(last: HTTP 500" in error, "parking message: %r" % error)
+    check(ledger_by_customer(standin) == {}, "ledger %s" % standin.ledger())
+
+
 TESTS = [
     ("reporter_postgres_restart", test_reporter_postgres_restart),
     ("reporter_late_events_difference", test_reporter_late_events_difference),
@@ -501,6 +527,7 @@ TESTS = [
     ("reporter_usage_records_mode", test_reporter_usage_records_mode),
     ("reporter_faults_and_kills", test_reporter_faults_and_kills),
     ("reporter_memory_bounds", test_reporter_memory_bounds),
+    ("reporter_stale_park_keeps_last_error", test_reporter_stale_park_keeps_last_error),
 ]
 
 __all__ = ["TESTS", "Failure"]
