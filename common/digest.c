@@ -178,6 +178,28 @@ void digest_to_hex(const uint8_t *bytes, size_t len, char *out)
     out[2 * len] = '\0';
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+bool digest_from_hex(const char *text, uint8_t *bytes, size_t len)
+{
+    if (text == NULL || strlen(text) != 2 * len)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        int high = hex_digit(text[2 * i]), low = hex_digit(text[2 * i + 1]);
+        if (high < 0 || low < 0)
+            return false;
+        bytes[i] = (uint8_t)(high << 4 | low);
+    }
+    return true;
+}
+
 uint64_t digest_fnv1a(const void *data, size_t len)
 {
     const unsigned char *p = data;

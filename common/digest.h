@@ -4,6 +4,7 @@
 #ifndef TALLY_DIGEST_H
 #define TALLY_DIGEST_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -38,5 +39,8 @@ uint64_t digest_fnv1a(const void *data, size_t len);
 
 /* Writes `len` bytes as lowercase hex plus NUL into out (2 * len + 1 bytes). */
 void digest_to_hex(const uint8_t *bytes, size_t len, char *out);
+/* The inverse, for digests PostgreSQL gives back (encode(x, 'hex')):
+ * exactly 2 * len lowercase hex digits into `len` bytes; false otherwise. */
+bool digest_from_hex(const char *text, uint8_t *bytes, size_t len);
 
 #endif

@@ -131,8 +131,10 @@ void auth_init(const char *admin_token);
 /* True when Authorization is "Bearer <admin token>" (constant time);
  * otherwise replies 401 and returns false. */
 bool auth_admin(api_request *req);
-/* The SHA-256 of the x-api-key header into hash; false (and 401 replied)
- * when the header is missing, empty or too long. */
+/* The stored form of the x-api-key header (keyhash.h: HMAC-SHA-256 under
+ * the server secret of its SHA-256) into hash, as the key cache and
+ * api_keys.value_hash hold it; false (and 401 replied) when the header is
+ * missing, empty or too long. */
 bool auth_api_key_hash(api_request *req, uint8_t hash[32]);
 
 /* ---- handlers ---- */

@@ -282,27 +282,6 @@ static bool parse_method_throttles(const char *text, plan_entry *plan)
     return true;
 }
 
-static bool hex_digest(const char *text, uint8_t out[32])
-{
-    if (text == NULL || strlen(text) != 64)
-        return false;
-    for (int i = 0; i < 32; i++) {
-        unsigned v = 0;
-        for (int j = 0; j < 2; j++) {
-            char c = text[2 * i + j];
-            v <<= 4;
-            if (c >= '0' && c <= '9')
-                v |= (unsigned)(c - '0');
-            else if (c >= 'a' && c <= 'f')
-                v |= (unsigned)(c - 'a' + 10);
-            else
-                return false;
-        }
-        out[i] = (uint8_t)v;
-    }
-    return true;
-}
-
 /* Reads keys, plans and current counters in one read-only snapshot. */
 static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
 {
@@ -386,7 +365,7 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         goto oom;
     for (int r = 0; r < key_rows; r++) {
         key_entry *k = &snap->keys[snap->key_count];
-        if (!hex_digest(PQgetvalue(keys, r, 1), k->hash))
+        if (!digest_from_hex(PQgetvalue(keys, r, 1), k->hash, sizeof k->hash))
             continue;
         if (strcmp(PQgetvalue(keys, r, 6), "sha256") == 0) {
             /* A row written in the old form since the start's conversion

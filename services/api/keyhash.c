@@ -64,19 +64,6 @@ bool keyhash_from_request(api_request *req, uint8_t stored[KEYHASH_LEN],
     return true;
 }
 
-static bool hex_to_bytes(const char *text, uint8_t out[KEYHASH_LEN])
-{
-    if (text == NULL || strlen(text) != 2 * KEYHASH_LEN)
-        return false;
-    for (int i = 0; i < KEYHASH_LEN; i++) {
-        unsigned value;
-        if (sscanf(text + 2 * i, "%2x", &value) != 1)
-            return false;
-        out[i] = (uint8_t)value;
-    }
-    return true;
-}
-
 /* The UPDATE's two parameters, text[] of ids and of their new hex hashes,
  * from the locked rows (id, hex SHA-256). */
 static bool build_conversion(const PGresult *rows, buf *ids, buf *hashes)
@@ -86,7 +73,7 @@ static bool build_conversion(const PGresult *rows, buf *ids, buf *hashes)
     for (int r = 0; ok && r < count; r++) {
         uint8_t legacy[KEYHASH_LEN], stored[KEYHASH_LEN];
         char hex[2 * KEYHASH_LEN + 1];
-        if (!hex_to_bytes(PQgetvalue(rows, r, 1), legacy))
+        if (!digest_from_hex(PQgetvalue(rows, r, 1), legacy, sizeof legacy))
             continue; /* the column's CHECK keeps this from happening */
         keyhash_of_legacy(legacy, stored);
         digest_to_hex(stored, sizeof stored, hex);

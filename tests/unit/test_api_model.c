@@ -202,7 +202,16 @@ START_TEST(hmac_sha256_matches_rfc_4231)
         digest_hmac_sha256(key, cases[i].key_len, cases[i].data, strlen(cases[i].data), mac);
         digest_to_hex(mac, sizeof mac, hex);
         ck_assert_str_eq(hex, cases[i].hex);
+        uint8_t back[DIGEST_SHA256_LEN];
+        ck_assert(digest_from_hex(hex, back, sizeof back));
+        ck_assert(memcmp(back, mac, sizeof mac) == 0);
     }
+    uint8_t out[2];
+    ck_assert(!digest_from_hex("abc", out, 2));   /* too short */
+    ck_assert(!digest_from_hex("abcdef", out, 2)); /* too long */
+    ck_assert(!digest_from_hex("ABCD", out, 2));   /* PostgreSQL writes lower case */
+    ck_assert(!digest_from_hex(" abc", out, 2));
+    ck_assert(!digest_from_hex(NULL, out, 2));
 }
 END_TEST
 
