@@ -8,6 +8,7 @@ import resource
 import select
 import socket
 import subprocess
+import threading
 import time
 
 from __main__ import (ADMIN_TOKEN, SANITIZER_PATTERNS, Answer, ExtraApi, check,  # noqa: E402
@@ -226,7 +227,6 @@ def slow_requests_time_out_kept_alive_connections_stay(s):
     sends nothing, are closed after the request timeout (default 10 s, once
     the one 60 s idle timeout); a kept-alive connection idle longer than
     that, below the idle timeout, still serves its next request."""
-    import threading
     default = {}
     unfinished = b"GET /v1/authorize HTTP/1.1\r\nHost: t\r\nx-api-"
     waiter = threading.Thread(target=lambda: default.update(
