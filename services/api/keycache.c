@@ -575,11 +575,15 @@ static bool convert_legacy_hashes(keycache *cache, char *err, size_t err_size)
     cache->conn = db_connect(cache->url, "tally-api-keycache", err, err_size);
     if (cache->conn == NULL)
         return false;
-    long converted = 0;
-    if (!keyhash_convert_legacy(cache->conn, &converted, err, err_size))
+    long converted = 0, duplicates = 0;
+    if (!keyhash_convert_legacy(cache->conn, &converted, &duplicates, err, err_size))
         return false;
     if (converted > 0)
         log_info("converted %ld key hashes from SHA-256 to HMAC-SHA-256", converted);
+    if (duplicates > 0)
+        log_warn("%ld keys stored as SHA-256 have the value of another key and were left so "
+                 "(SELECT id FROM api_keys WHERE value_hash_form = 'sha256')",
+                 duplicates);
     return true;
 }
 

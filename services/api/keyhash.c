@@ -84,9 +84,11 @@ static bool build_conversion(const PGresult *rows, buf *ids, buf *hashes)
     return ok && buf_append_str(ids, "}") && buf_append_str(hashes, "}");
 }
 
-bool keyhash_convert_legacy(PGconn *conn, long *converted, char *err, size_t err_size)
+bool keyhash_convert_legacy(PGconn *conn, long *converted, long *duplicates, char *err,
+                            size_t err_size)
 {
     *converted = 0;
+    *duplicates = 0;
     PGresult *rows = NULL, *res = NULL;
     buf ids, hashes;
     /* Every key is one id (<= 128 bytes, escaped at most twice over) and
@@ -114,13 +116,19 @@ bool keyhash_convert_legacy(PGconn *conn, long *converted, char *err, size_t err
                            "UPDATE api_keys AS k SET value_hash = decode(v.hash, 'hex'), "
                            "value_hash_form = 'hmac-sha256' "
                            "FROM unnest($1::text[], $2::text[]) AS v(id, hash) "
-                           "WHERE k.id = v.id AND k.value_hash_form = 'sha256'",
+                           "WHERE k.id = v.id AND k.value_hash_form = 'sha256' "
+                           /* A row whose value another key (in the new
+                            * form) has too stays as it is, rather than
+                            * the unique index stopping every api's start. */
+                           "AND NOT EXISTS (SELECT 1 FROM api_keys o "
+                           "WHERE o.value_hash = decode(v.hash, 'hex'))",
                            2, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             db_error(conn, res, "converting key hashes to HMAC", err, err_size);
             goto done;
         }
         *converted = strtol(PQcmdTuples(res), NULL, 10);
+        *duplicates = PQntuples(rows) - *converted;
     }
     ok = db_exec(conn, "COMMIT", "committing the key hash conversion", err, err_size);
 done:
@@ -128,6 +136,7 @@ done:
         PGresult *rollback = PQexec(conn, "ROLLBACK");
         PQclear(rollback);
         *converted = 0;
+        *duplicates = 0;
     }
     PQclear(rows);
     PQclear(res);

@@ -40,8 +40,11 @@ bool keyhash_from_request(api_request *req, uint8_t stored[KEYHASH_LEN],
 /* Converts every row still in the SHA-256 form, in one transaction on
  * `conn` (borrowed): safe when two apis start at once (rows are locked,
  * and only rows still in the old form change) and when run again (nothing
- * is left to do). *converted is the count this call changed. False with
- * err when the database refuses. */
-bool keyhash_convert_legacy(PGconn *conn, long *converted, char *err, size_t err_size);
+ * is left to do). *converted is the count this call changed;
+ * *duplicates the rows left in the old form because a key in the new form
+ * already has their value (two keys, one secret: only written by hand).
+ * False with err when the database refuses. */
+bool keyhash_convert_legacy(PGconn *conn, long *converted, long *duplicates, char *err,
+                            size_t err_size);
 
 #endif

@@ -76,10 +76,12 @@ static void create_key(api_request *req)
         api_reply_error(req, 500, "internal", "no randomness available");
         return;
     }
-    uint8_t digest[KEYHASH_LEN];
-    char digest_hex[2 * KEYHASH_LEN + 1];
+    uint8_t digest[KEYHASH_LEN], legacy[DIGEST_SHA256_LEN];
+    char digest_hex[2 * KEYHASH_LEN + 1], legacy_hex[2 * DIGEST_SHA256_LEN + 1];
     keyhash_of_value(key.value, strlen(key.value), digest);
     digest_to_hex(digest, sizeof digest, digest_hex);
+    digest_sha256(key.value, strlen(key.value), legacy);
+    digest_to_hex(legacy, sizeof legacy, legacy_hex);
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
@@ -91,16 +93,22 @@ static void create_key(api_request *req)
                             key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
                             key.enabled ? "true" : "false",
                             key.has_plan_id ? key.plan_id : NULL,
-                            key.has_subscription_item ? key.subscription_item : NULL};
+                            key.has_subscription_item ? key.subscription_item : NULL,
+                            legacy_hex};
+    /* A row still in the old form (not converted yet) may hold the same
+     * value: the unique index cannot see it, so the statement does. */
     PGresult *res = api_exec(conn,
                              "INSERT INTO api_keys AS k (id, value_hash, value_hash_form, name, "
                              "description, customer_id, stripe_customer_id, enabled, plan_id, "
                              "stripe_subscription_item_id) "
-                             "VALUES ($1, decode($2, 'hex'), 'hmac-sha256', $3, $4, $5, $6, "
-                             "$7::boolean, $8, $9) "
+                             "SELECT $1, decode($2, 'hex'), 'hmac-sha256', $3, $4, $5, $6, "
+                             "$7::boolean, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM api_keys "
+                             "WHERE value_hash = decode($10, 'hex') AND value_hash_form = 'sha256') "
                              "RETURNING " KEY_COLUMNS,
-                             9, params);
-    if (api_ok(res) && PQntuples(res) == 1) {
+                             10, params);
+    if (api_ok(res) && PQntuples(res) == 0) {
+        api_reply_error(req, 409, "value_in_use", "another key already has this value");
+    } else if (api_ok(res) && PQntuples(res) == 1) {
         json_t *answer = keys_row_json(res, 0);
         json_object_set_new(answer, "value", json_string(key.value));
         api_add_header(req, "Location", "/v1/keys/%s", id);

@@ -343,6 +343,32 @@ def legacy_keys_are_converted_at_start(s):
 
 
 @case
+def one_value_one_key_across_forms(s):
+    """A row not converted yet holds SHA-256(value), which the unique index
+    cannot compare with an HMAC: creating a key with that value is refused
+    by the statement itself, and a hand-written duplicate does not stop the
+    conversion (nor the api's start)."""
+    plan = R.make_plan(s, name="Duplicates")
+    value = "duplicate-secret-value-0123456789"
+    insert_legacy_key(s, "key_dup_legacy", value, plan["id"])
+    R.expect(s.call("POST", "/v1/keys", admin=True, body={"value": value}), 409, "value_in_use")
+    s.psql("DELETE FROM api_keys WHERE id = 'key_dup_legacy'")
+    k = R.make_key(s, value=value, planId=plan["id"])
+    insert_legacy_key(s, "key_dup_legacy", value, plan["id"])  # by hand, behind its back
+    try:
+        with R.ExtraApi(s, "api-duplicates", []) as api:
+            R.expect(api.get("/v1/authorize", {"x-api-key": value})[0], 204)
+        check("1 keys stored as SHA-256 have the value of another key"
+              in open(os.path.join(s.tmp, "api-duplicates.log")).read(), "no warning logged")
+        check(s.psql("SELECT value_hash_form FROM api_keys WHERE id = 'key_dup_legacy'")
+              == "sha256", "the duplicate was converted")
+    finally:
+        s.psql("DELETE FROM api_keys WHERE id = 'key_dup_legacy'")
+    R.expect(R.authorize(s, value), 204)
+    check(k["value"] == value, repr(k))
+
+
+@case
 def wrong_secret_fails_authentication(s):
     plan = R.make_plan(s, name="WrongSecret")
     k = R.make_key(s, planId=plan["id"])
