@@ -673,7 +673,8 @@ static int64_t ceil_seconds(int64_t usec)
  * Both are compared in their canonical form (apitext.h), as the plan's
  * keys are stored and loaded, so that every spelling of one resource meets
  * the same throttle; the first of two keys with one canonical form (only
- * rows from before canonical keys can have two) wins. */
+ * rows from before canonical keys can have two) wins, and a key naming
+ * the method wins over the path's "*". */
 static int match_method(const plan_entry *plan, const char *method, const char *uri)
 {
     if (plan->method_count == 0 || method == NULL || uri == NULL)
@@ -691,12 +692,20 @@ static int match_method(const plan_entry *plan, const char *method, const char *
     int found = -1;
     if (apitext_canonical_path(uri, uri_len, path, size) == 0)
         goto done;
+    /* The path's own method first, then its "*": a plan with "/x/GET" and
+     * "/x/ *" throttles GET /x by the first, whatever order jsonb keeps. */
+    int any_method = -1;
     for (size_t m = 0; m < plan->method_count && found < 0; m++) {
         const char *want = plan->methods[m].method;
-        if (strcmp(plan->methods[m].path, path) == 0 &&
-            (strcmp(want, "*") == 0 || strcmp(want, verb) == 0))
+        if (strcmp(plan->methods[m].path, path) != 0)
+            continue;
+        if (strcmp(want, verb) == 0)
             found = (int)m;
+        else if (any_method < 0 && strcmp(want, "*") == 0)
+            any_method = (int)m;
     }
+    if (found < 0)
+        found = any_method;
 done:
     if (path != local)
         free(path);

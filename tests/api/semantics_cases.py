@@ -82,6 +82,19 @@ def method_throttles_every_spelling(s):
 
 
 @case
+def exact_method_wins_over_any_method(s):
+    # jsonb keeps shorter keys first: "/items/*" came before "/items/GET".
+    plan = R.make_plan(s, name="ExactFirst",
+                       methodThrottles={"/items/*": {"rateLimit": 0.01, "burstLimit": 100},
+                                        "/items/GET": {"rateLimit": 0.01, "burstLimit": 1}})
+    k = R.make_key(s, planId=plan["id"])
+    R.expect(R.authorize(s, k["value"], "GET", "/items"), 204)
+    R.expect(R.authorize(s, k["value"], "HEAD", "/Items"), 429, "throttled")
+    r = R.expect(R.authorize(s, k["value"], "POST", "/items"), 204)
+    check(R.rate_headers(r)[:2] == ("100", "99"), repr(r.headers))
+
+
+@case
 def method_throttle_keys_are_stored_canonical(s):
     plan = R.make_plan(s, name="CanonicalKeys",
                        methodThrottles={"/V1/Items;v=2/./HEAD": {"rateLimit": 1, "burstLimit": 2},
