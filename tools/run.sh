@@ -224,6 +224,7 @@ SELECT k.id, sha256(convert_to(k.secret, 'UTF8')), k.name, k.customer, k.stripe,
                 'cus_demo_globex', 'plan_enterprise'))
        AS k (id, secret, name, customer, stripe, plan)
 ON CONFLICT (id) DO UPDATE SET value_hash = EXCLUDED.value_hash,
+                               value_hash_form = EXCLUDED.value_hash_form,
                                stripe_customer_id = EXCLUDED.stripe_customer_id;
 TRUNCATE stripe_reports;
 SQL
