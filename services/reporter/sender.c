@@ -29,9 +29,9 @@
 #define OUTAGE_PAUSE_MAX_USEC (60 * USEC_PER_SEC)
 #define AUTH_PAUSE_USEC (30 * USEC_PER_SEC)
 /* Lanes (one per customer and target) with nothing queued are dropped once
- * there are this many more lanes than reports in memory: a daemon reporting
- * for millions of customers over months would otherwise keep one forever
- * for every customer it ever saw. */
+ * the lanes outnumber twice the reports in memory by this many: a daemon
+ * reporting for millions of customers over months would otherwise keep one
+ * forever for every customer it ever saw. */
 #define IDLE_LANES_KEPT 1024
 #define LANES_MIN_CAP 1024
 
@@ -306,7 +306,8 @@ static void register_metrics(sender *s)
                               "the current request rate ceiling (calls/s; lowered by 429s)", NULL);
     s->m_lanes = metrics_gauge("tally_reporter_lanes",
                                "customer and target queues held in memory (unused ones are "
-                               "dropped once 1,024 more than the reports in memory)", NULL);
+                               "dropped once 1,024 more than twice the reports in memory)",
+                               NULL);
     s->m_in_memory = metrics_gauge("tally_reporter_reports_in_memory",
                                    "reports held in memory: queued, in flight, or done and not "
                                    "yet written (at most 20,000)", NULL);
