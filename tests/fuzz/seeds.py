@@ -150,6 +150,21 @@ def query_seeds():
     ]
 
 
+def canonpath_seeds():
+    # Targets as gateways send them in X-Original-URI, methods, and
+    # methodThrottles keys ("/path/METHOD"); the same bytes feed all three.
+    texts = [
+        "/", "", "/items", "/items/", "//items//42//", "/ITEMS/Abc", "/items/./42/../43",
+        "/../../etc", "/a/b/c/../../..", "/items;jsessionid=1/42;v=2", "/items?x=1#f",
+        "/items#frag", "http://gw.example:8080/items/42?q", "HTTPS://h", "h://", "//host/x",
+        "/items%2F42", "/items%2f..%2F43", "/%2e%2E/x", "/a%252F", "/a%zz/%4", "/a%00b",
+        "\\items\\42", "/items./42..", "/items /42\t", "  /items  ", "/items/...",
+        "/caf\u00e9/\u2603", "/a/b/c/d/e/f/g/h/i/j", "/items/GET", "/items/*", "/items/HEAD",
+        "//GET", "/ITEMS/%2e/get", " head ", "Post", "*",
+    ]
+    return [t.encode("utf-8") for t in texts]
+
+
 def write(target, seeds):
     folder = os.path.join(HERE, "corpus", target)
     os.makedirs(folder, exist_ok=True)
@@ -164,3 +179,4 @@ if __name__ == "__main__":
     write("timeutil", timeutil_seeds())
     write("apimodel", apimodel_seeds())
     write("query", query_seeds())
+    write("canonpath", canonpath_seeds())
