@@ -725,6 +725,23 @@ START_TEST(message_does_not_echo_long_values)
 }
 END_TEST
 
+/* jansson quotes the token it stopped at; the reason is a DLQ header, so no
+ * control byte or broken UTF-8 may reach it (found by the event fuzz target). */
+START_TEST(invalid_json_reason_is_header_safe)
+{
+    static const char *const payloads[] = {"null\x1f", "{\"a\":\x01}", "[\xc3\xa9\x02"};
+    for (size_t i = 0; i < sizeof payloads / sizeof payloads[0]; i++) {
+        usage_event ev;
+        char msg[256] = "";
+        event_error got = parse_text(payloads[i], &ev, msg, sizeof msg);
+        ck_assert_int_eq(got, EVENT_ERR_INVALID_JSON);
+        for (const unsigned char *p = (const unsigned char *)msg; *p; p++)
+            ck_assert_msg(*p >= 0x20 && *p != 0x7f, "control byte 0x%02x in \"%s\"", *p, msg);
+        ck_assert_msg(event_utf8_valid(msg, strlen(msg)), "reason is not UTF-8: %s", msg);
+    }
+}
+END_TEST
+
 START_TEST(error_codes)
 {
     static const char *const expected[EVENT_ERR__COUNT] = {
@@ -797,6 +814,7 @@ Suite *event_suite(void)
     tcase_add_test(envelope, utf8_validator);
     tcase_add_test(envelope, rejects_invalid_utf8);
     tcase_add_test(envelope, rejects_invalid_json);
+    tcase_add_test(envelope, invalid_json_reason_is_header_safe);
     tcase_add_test(envelope, rejects_duplicate_members_as_invalid_json);
     tcase_add_test(envelope, rejects_array_as_not_object);
     tcase_add_test(envelope, rejects_scalar_as_not_object);
