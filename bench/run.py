@@ -1208,8 +1208,9 @@ def run_reporter_once(ctx, url, api_key, label):
     Not wait4's ru_maxrss: at exec, Linux keeps the high-water mark of the
     memory being replaced, and subprocess vforks, so that memory is this
     Python process's: ru_maxrss is at least this script's own peak so far
-    (the collector benchmark before it takes it to a few hundred MB). It is
-    returned as wait4_maxrss_mb, for the report only."""
+    (in `make bench`, the collector benchmark's set of a million (source, id)
+    pairs in dump_topic_tsv: a few hundred MB). It is returned as
+    wait4_maxrss_mb, for the report only."""
     log_path = ctx.path("logs", f"reporter-{label}.log")
     out_path = ctx.path(f"reporter-{label}.json")
     env = clean_env({"TALLY_DATABASE_URL": ctx.database_url, "TALLY_STRIPE_API_KEY": api_key})
