@@ -29,8 +29,10 @@ BIN_reporter  := $(wildcard services/reporter/*.c)
 BINARIES      := collector devbroker loadgen api reporter
 BIN_FILES     := $(BINARIES:%=$(BUILD)/bin/tally-%)
 
-UNIT_SRC  := $(wildcard tests/unit/*.c)
+UNIT_SRC  := $(wildcard tests/unit/*.c tests/unit/common/*.c)
 UNIT_BIN  := $(BUILD)/bin/unit-tests
+# Tests in subfolders share tests/unit/suites.h.
+$(BUILD)/obj/tests/unit/%.o: CFLAGS_ALL += -Itests/unit
 
 .PHONY: all asan deps test unit fuzz fuzz-build integration run stack-up stack-down migrate bench \
         clean check-deps

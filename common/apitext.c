@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "event.h"
+#include "utf8.h"
 
 static int hex_value(char c)
 {
@@ -203,7 +203,7 @@ void apitext_utf8_sanitize(char *s)
 {
     size_t len = strlen(s);
     for (size_t i = 0; i < len;) {
-        size_t n = event_utf8_sequence(s + i, len - i);
+        size_t n = utf8_sequence(s + i, len - i);
         if (n == 0)
             s[i++] = '?';
         else

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "timeutil.h"
+#include "utf8.h"
 
 static const char *const error_codes[EVENT_ERR__COUNT] = {
     [EVENT_OK] = "ok",
@@ -67,64 +68,6 @@ static void arena_install(void)
 const char *event_error_code(event_error err)
 {
     return (unsigned)err < EVENT_ERR__COUNT ? error_codes[err] : "unknown";
-}
-
-size_t event_utf8_valid_prefix(const char *text, size_t len)
-{
-    size_t at = 0;
-    while (at < len) {
-        size_t n = event_utf8_sequence(text + at, len - at);
-        if (n == 0)
-            break;
-        at += n;
-    }
-    return at;
-}
-
-size_t event_utf8_sequence(const char *text, size_t len)
-{
-    const unsigned char *s = (const unsigned char *)text;
-    if (len == 0)
-        return 0;
-    unsigned char c = s[0];
-    if (c < 0x80)
-        return 1;
-    size_t need;
-    uint32_t cp;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-        cp = c & 0x1F;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        cp = c & 0x0F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        cp = c & 0x07;
-    } else {
-        return 0;
-    }
-    if (need >= len)
-        return 0;
-    for (size_t k = 1; k <= need; k++) {
-        if ((s[k] & 0xC0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[k] & 0x3F);
-    }
-    if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF)) ||
-        (cp >= 0xD800 && cp <= 0xDFFF))
-        return 0;
-    return need + 1;
-}
-
-bool event_utf8_valid(const char *text, size_t len)
-{
-    for (size_t i = 0; i < len;) {
-        size_t n = event_utf8_sequence(text + i, len - i);
-        if (n == 0)
-            return false;
-        i += n;
-    }
-    return true;
 }
 
 __attribute__((format(printf, 4, 5))) static event_error fail(char *msg, size_t msg_size,
@@ -278,7 +221,7 @@ static void make_header_safe(char *msg)
 {
     size_t len = strlen(msg);
     for (size_t at = 0; at < len;) {
-        size_t n = event_utf8_sequence(msg + at, len - at);
+        size_t n = utf8_sequence(msg + at, len - at);
         if (n == 0 || (n == 1 && ((unsigned char)msg[at] < 0x20 || msg[at] == 0x7f))) {
             msg[at] = '?';
             n = 1;
@@ -306,7 +249,7 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
         arena_active = 0;
         /* jansson accepts only valid UTF-8, so the (costlier) check is needed
          * only to say why a value was refused. */
-        if (!event_utf8_valid(payload, len))
+        if (!utf8_valid(payload, len))
             return fail(msg, msg_size, EVENT_ERR_INVALID_UTF8, "message value is not valid %s",
                         "UTF-8");
         snprintf(msg, msg_size, "invalid JSON at line %d column %d: %s", jerr.line, jerr.column,

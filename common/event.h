@@ -9,6 +9,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The UTF-8 helpers were once part of this module; code that still takes
+ * them through event.h (the collector's main.c) keeps building. New code
+ * includes utf8.h itself. */
+#include "utf8.h"
+
 #define EVENT_MAX_BYTES_DEFAULT   65536   /* a message value above this is too_large */
 #define EVENT_MAX_ID_LEN          256     /* id, source, type */
 #define EVENT_MAX_SUBJECT_LEN     128     /* API key ids */
@@ -68,14 +73,5 @@ const char *event_error_code(event_error err);
  * *out is only meaningful when EVENT_OK is returned. */
 event_error event_parse(const char *payload, size_t len, const event_limits *limits,
                         usage_event *out, char *msg, size_t msg_size);
-/* True when the `len` bytes are well-formed UTF-8 (no overlongs, no
- * surrogates, nothing above U+10FFFF). */
-bool event_utf8_valid(const char *text, size_t len);
-/* The length (1 to 4) of the well-formed UTF-8 sequence that starts `text`,
- * which has `len` bytes left; 0 when it is malformed or cut short. */
-size_t event_utf8_sequence(const char *text, size_t len);
-/* The length of the longest well-formed UTF-8 prefix of the `len` bytes:
- * where to cut a text that snprintf may have split mid-character. */
-size_t event_utf8_valid_prefix(const char *text, size_t len);
 
 #endif

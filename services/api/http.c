@@ -8,9 +8,9 @@
 #include "api.h"
 #include "apitext.h"
 #include "db.h"
-#include "event.h"
 #include "log.h"
 #include "timeutil.h"
+#include "utf8.h"
 
 static void set_body(api_request *req, unsigned status, char *body, size_t len, const char *type)
 {
@@ -129,7 +129,7 @@ static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char 
     (void)kind;
     query_check *check = cls;
     size_t key_len = strlen(key);
-    if (!event_utf8_valid(key, key_len)) {
+    if (!utf8_valid(key, key_len)) {
         check->code = "invalid_parameter";
         snprintf(check->message, sizeof check->message,
                  "a query parameter name is not valid UTF-8");
@@ -155,7 +155,7 @@ static enum MHD_Result check_one(void *cls, enum MHD_ValueKind kind, const char 
                  "query parameter \"%s\" is given more than once", check->allowed[index]);
         return MHD_NO;
     }
-    if (value != NULL && !event_utf8_valid(value, strlen(value))) {
+    if (value != NULL && !utf8_valid(value, strlen(value))) {
         check->code = "invalid_parameter";
         snprintf(check->message, sizeof check->message,
                  "query parameter \"%s\" is not valid UTF-8", check->allowed[index]);

@@ -409,7 +409,7 @@ static void copy_utf8(char *dst, size_t dst_size, const char *text)
 {
     size_t len = strlen(text);
     if (len >= dst_size)
-        len = event_utf8_valid_prefix(text, dst_size - 1);
+        len = utf8_valid_prefix(text, dst_size - 1);
     memcpy(dst, text, len);
     dst[len] = '\0';
 }

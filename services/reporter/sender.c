@@ -11,11 +11,11 @@
 
 #include "buf.h"
 #include "digest.h"
-#include "event.h"
 #include "log.h"
 #include "metrics.h"
 #include "timeutil.h"
 #include "tokenbucket.h"
+#include "utf8.h"
 
 /* An answer body past this is cut (Stripe's errors are a few hundred bytes). */
 #define REPLY_MAX (64 * 1024)
@@ -460,7 +460,7 @@ void sender_add(sender *s, report *r)
  * refuses invalid UTF-8, and Stripe's messages are not ASCII-only. */
 static void cut_utf8_tail(char *text)
 {
-    text[event_utf8_valid_prefix(text, strlen(text))] = '\0';
+    text[utf8_valid_prefix(text, strlen(text))] = '\0';
 }
 
 static void clear_error(report *r)

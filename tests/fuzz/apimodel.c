@@ -15,14 +15,14 @@
 
 #include "apimodel.h"
 #include "apitext.h"
-#include "event.h"
 #include "fuzz.h"
+#include "utf8.h"
 
 static void check_text(const char *text, size_t min, size_t max, bool multiline)
 {
     size_t len = strnlen(text, max + 1);
     FUZZ_CHECK(len >= min && len <= max);
-    FUZZ_CHECK(event_utf8_valid(text, len));
+    FUZZ_CHECK(utf8_valid(text, len));
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)text[i];
         bool allowed_space = multiline && (c == '\t' || c == '\n' || c == '\r');
@@ -44,7 +44,7 @@ static void check_refusal(const apimodel_error *err)
     char answer[sizeof err->message];
     memcpy(answer, err->message, len + 1);
     apitext_utf8_sanitize(answer);
-    FUZZ_CHECK(event_utf8_valid(answer, strlen(answer)));
+    FUZZ_CHECK(utf8_valid(answer, strlen(answer)));
 }
 
 /* ---- plans --------------------------------------------------------------- */

@@ -11,6 +11,7 @@
 #include "event.h"
 #include "fuzz.h"
 #include "timeutil.h"
+#include "utf8.h"
 
 static const event_limits limits = {
     .now_usec = FUZZ_NOW_USEC,
@@ -24,7 +25,7 @@ static void check_text(const char *text, size_t max, bool required)
     size_t len = strnlen(text, max + 1);
     FUZZ_CHECK(len <= max);
     FUZZ_CHECK(!required || len >= 1);
-    FUZZ_CHECK(event_utf8_valid(text, len));
+    FUZZ_CHECK(utf8_valid(text, len));
 }
 
 static void check_accepted(const usage_event *ev)
@@ -52,7 +53,7 @@ static void check_refused(event_error err, const char *msg, size_t msg_size)
     FUZZ_CHECK(len >= 1 && len < msg_size);
     for (size_t i = 0; i < len; i++)
         FUZZ_CHECK((unsigned char)msg[i] >= 0x20 && msg[i] != 0x7f);
-    FUZZ_CHECK(event_utf8_valid(msg, len));
+    FUZZ_CHECK(utf8_valid(msg, len));
 }
 
 static bool same_event(const usage_event *a, const usage_event *b)

@@ -10,6 +10,7 @@ int main(void)
     SRunner *runner = srunner_create(timeutil_suite());
     srunner_add_suite(runner, period_suite());
     srunner_add_suite(runner, event_suite());
+    srunner_add_suite(runner, utf8_suite());
     srunner_add_suite(runner, config_suite());
     srunner_add_suite(runner, api_route_suite());
     srunner_add_suite(runner, api_tokenbucket_suite());

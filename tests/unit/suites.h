@@ -7,6 +7,7 @@
 Suite *timeutil_suite(void);
 Suite *period_suite(void);
 Suite *event_suite(void);
+Suite *utf8_suite(void);
 Suite *config_suite(void);
 Suite *api_route_suite(void);
 Suite *api_tokenbucket_suite(void);

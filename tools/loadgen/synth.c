@@ -6,6 +6,7 @@
 
 #include "event.h"
 #include "timeutil.h"
+#include "utf8.h"
 
 /* ---- PRNG ---------------------------------------------------------------- */
 
@@ -128,7 +129,7 @@ static bool parse_key(const char *item, size_t len, synth_key *out, char *err, s
                  item, EVENT_MAX_SUBJECT_LEN);
         return false;
     }
-    if (!event_utf8_valid(item, id_len)) {
+    if (!utf8_valid(item, id_len)) {
         snprintf(err, err_size, "--keys: key id is not valid UTF-8");
         return false;
     }
@@ -156,7 +157,7 @@ static bool parse_endpoint(const char *item, size_t len, synth_endpoint *out, ch
                  (int)(len > 60 ? 60 : len), item, EVENT_MAX_METHOD_LEN, EVENT_MAX_ENDPOINT_LEN);
         return false;
     }
-    if (!event_utf8_valid(item, len)) {
+    if (!utf8_valid(item, len)) {
         snprintf(err, err_size, "--endpoints: not valid UTF-8");
         return false;
     }
@@ -177,7 +178,7 @@ bool synth_init(synth_generator *gen, uint64_t seed, const char *keys, const cha
     gen->late_ratio = late_ratio;
 
     size_t source_len = strlen(source);
-    if (source_len == 0 || source_len > EVENT_MAX_ID_LEN || !event_utf8_valid(source, source_len)) {
+    if (source_len == 0 || source_len > EVENT_MAX_ID_LEN || !utf8_valid(source, source_len)) {
         snprintf(err, err_size, "--source must be 1..%d bytes of UTF-8", EVENT_MAX_ID_LEN);
         goto fail;
     }
