@@ -18,21 +18,28 @@ CFLAGS_ALL = $(WARN) $(DEFS) $(OPT) $(SAN) -Icommon $(PKG_CFLAGS) $(EXTRA_CFLAGS
 LDLIBS_ALL = $(PKG_LIBS) -lpthread -lm
 
 COMMON_SRC  := $(wildcard common/*.c)
-COMMON_OBJ  := $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+COMMON_LIB  := $(BUILD)/lib/libtally-common.a
 
-# One binary per folder: name -> sources.
-BIN_collector := $(wildcard services/collector/*.c)
-BIN_devbroker := $(wildcard tools/devbroker/*.c)
-BIN_loadgen   := $(wildcard tools/loadgen/*.c)
-BIN_api       := $(wildcard services/api/*.c)
-BIN_reporter  := $(wildcard services/reporter/*.c)
-BINARIES      := collector devbroker loadgen api reporter
-BIN_FILES     := $(BINARIES:%=$(BUILD)/bin/tally-%)
+# Each service's folder, less its main.c, is a static library that its
+# binary and its unit tests link; the folders are wildcards, so a new .c file
+# needs no change here. The tools are one binary per folder.
+SERVICES := collector api reporter
+TOOLS    := devbroker loadgen
+SVC_SRC   = $(filter-out services/$(1)/main.c,$(wildcard services/$(1)/*.c))
+SVC_LIB   = $(BUILD)/lib/libtally-$(1).a
+BINARIES := $(SERVICES) $(TOOLS)
+BIN_FILES := $(BINARIES:%=$(BUILD)/bin/tally-%)
 
-UNIT_SRC  := $(wildcard tests/unit/*.c tests/unit/common/*.c)
-UNIT_BIN  := $(BUILD)/bin/unit-tests
-# Tests in subfolders share tests/unit/suites.h.
+# Unit tests: one Check binary per folder of tests/unit (common and each
+# service), linked against that folder's library (+ common). A service's
+# tests see its private headers through -Iservices/<svc>.
+UNIT_DIRS  := common $(SERVICES)
+UNIT_BINS  := $(UNIT_DIRS:%=$(BUILD)/bin/unit-%)
+UNIT_RUN   := tests/unit/run.c
+UNIT_SRC    = $(wildcard tests/unit/$(1)/*.c) $(UNIT_RUN)
+# Every unit test reaches tests/unit/run.h; a service's tests its headers.
 $(BUILD)/obj/tests/unit/%.o: CFLAGS_ALL += -Itests/unit
+$(foreach s,$(SERVICES),$(eval $(BUILD)/obj/tests/unit/$(s)/%.o: CFLAGS_ALL += -Iservices/$(s)))
 
 .PHONY: all asan deps test unit fuzz fuzz-build integration run stack-up stack-down migrate bench \
         clean check-deps
@@ -44,18 +51,43 @@ check-deps:
 	@pkg-config --exists $(PKGS) 2>/dev/null || { \
 	  echo "missing build dependencies: run 'make deps' (or 'make test' / 'make run', which install them)"; exit 1; }
 
-$(BUILD)/obj/%.o: %.c $(wildcard common/*.h services/*/*.h tools/*/*.h)
+# Any header change rebuilds every object (coarse but never stale).
+HEADERS = $(wildcard common/*.h services/*/*.h tools/*/*.h tests/unit/*.h tests/unit/*/*.h)
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
-define binary_rule
-$(BUILD)/bin/tally-$(1): $(BIN_$(1):%.c=$(BUILD)/obj/%.o) $(COMMON_OBJ)
+$(COMMON_LIB): $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+define service_rules
+$(call SVC_LIB,$(1)): $(patsubst %.c,$(BUILD)/obj/%.o,$(call SVC_SRC,$(1)))
+	@mkdir -p $$(dir $$@)
+	rm -f $$@
+	ar rcs $$@ $$^
+
+$(BUILD)/bin/tally-$(1): $(BUILD)/obj/services/$(1)/main.o $(call SVC_LIB,$(1)) $(COMMON_LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(SAN) -o $$@ $$^ $$(LDLIBS_ALL)
+
+$(BUILD)/bin/unit-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(call UNIT_SRC,$(1))) \
+                        $(call SVC_LIB,$(1)) $(COMMON_LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(SAN) -o $$@ $$^ $$(LDLIBS_ALL) $$(shell pkg-config --libs check)
+endef
+$(foreach s,$(SERVICES),$(eval $(call service_rules,$(s))))
+
+define tool_rules
+$(BUILD)/bin/tally-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1)/*.c)) $(COMMON_LIB)
 	@mkdir -p $$(dir $$@)
 	$$(CC) $$(SAN) -o $$@ $$^ $$(LDLIBS_ALL)
 endef
-$(foreach b,$(BINARIES),$(eval $(call binary_rule,$(b))))
+$(foreach t,$(TOOLS),$(eval $(call tool_rules,$(t))))
 
-$(UNIT_BIN): $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) $(COMMON_OBJ)
+$(BUILD)/bin/unit-common: $(patsubst %.c,$(BUILD)/obj/%.o,$(call UNIT_SRC,common)) $(COMMON_LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(SAN) -o $@ $^ $(LDLIBS_ALL) $(shell pkg-config --libs check)
 
@@ -67,11 +99,13 @@ ASAN_SAN := -fsanitize=address,undefined,float-cast-overflow \
 
 asan:
 	$(MAKE) BUILD=build/asan OPT="-O1 -g" SAN="$(ASAN_SAN)" \
-	  all $(if $(UNIT_SRC),build/asan/bin/unit-tests)
+	  all $(UNIT_DIRS:%=build/asan/bin/unit-%)
 
 # ---- fuzzing: libFuzzer targets (tests/fuzz/*.c, one binary each) --------
-# clang instruments the common sources for coverage, ASan and UBSan; they go
-# into an archive so each target links only the modules it calls.
+# clang instruments the common sources and the api's text and model modules
+# (the apimodel, query and canonpath targets' subject) for coverage, ASan
+# and UBSan; they go into an archive so each target links only the modules
+# it calls.
 # `make fuzz` runs every target for FUZZ_SECONDS on a temporary copy of its
 # seed corpus (tests/fuzz/corpus/<name>); crashes, timeouts and failed
 # properties go to FUZZ_FINDINGS (git-ignored) and fail the run.
@@ -86,16 +120,17 @@ FUZZ_TARGETS  ?= $(FUZZ_NAMES)
 # Every sanitizer report aborts, so libFuzzer saves the input that caused it.
 FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS    = $(WARN) $(DEFS) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Icommon \
-                 $(PKG_CFLAGS)
-FUZZ_LIB      := $(FUZZ_DIR)/libtally-common.a
+                 -Iservices/api $(PKG_CFLAGS)
+FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c
+FUZZ_LIB      := $(FUZZ_DIR)/libtally-fuzz.a
 # Kept after linking, so that a rebuild compiles only what changed.
 .SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
 
-$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h tests/fuzz/*.h)
+$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h services/api/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
 
-$(FUZZ_LIB): $(COMMON_SRC:%.c=$(FUZZ_DIR)/obj/%.o)
+$(FUZZ_LIB): $(patsubst %.c,$(FUZZ_DIR)/obj/%.o,$(COMMON_SRC) $(FUZZ_API_SRC))
 	rm -f $@
 	ar rcs $@ $^
 
@@ -116,18 +151,20 @@ fuzz: fuzz-build
 deps:
 	@tools/install-deps.sh
 
-unit: $(UNIT_BIN)
-	$(UNIT_BIN)
+# Builds and runs the four unit-test binaries (unit-common, unit-api,
+# unit-collector, unit-reporter); stops at the first that fails.
+unit: $(UNIT_BINS)
+	$(foreach t,$(UNIT_BINS),$(t) &&) true
 
 # The README's test command: packages, both builds, unit tests under plain
 # and sanitized builds, every fuzz target for FUZZ_TEST_SECONDS (15 s), then
 # integration tests against a real PostgreSQL and the dev broker, driving
 # the sanitized binaries.
 test: deps
-	$(MAKE) all $(UNIT_BIN)
+	$(MAKE) all $(UNIT_BINS)
 	$(MAKE) asan
-	$(UNIT_BIN)
-	build/asan/bin/unit-tests
+	$(foreach t,$(UNIT_BINS),$(t) &&) true
+	$(foreach t,$(UNIT_DIRS:%=build/asan/bin/unit-%),$(t) &&) true
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_TEST_SECONDS)
 	python3 tests/stripe/test_standin.py
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

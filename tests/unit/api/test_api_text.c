@@ -1,4 +1,4 @@
-/* Unit tests for common/apitext: request-line unescaping, the gateway path
+/* Unit tests for services/api/apitext: request-line unescaping, the gateway path
  * canonical form and UTF-8 repair of error messages. */
 #include <stdio.h>
 #include <string.h>

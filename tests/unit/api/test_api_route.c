@@ -1,4 +1,4 @@
-/* Unit tests for common/apiroute: tally-api's routing table. */
+/* Unit tests for services/api/apiroute: tally-api's routing table. */
 #include <string.h>
 
 #include "apiroute.h"

@@ -1,6 +1,6 @@
 /* One Check suite per module of common/; main.c runs them all. */
-#ifndef TALLY_TESTS_UNIT_SUITES_H
-#define TALLY_TESTS_UNIT_SUITES_H
+#ifndef TALLY_TESTS_UNIT_COMMON_SUITES_H
+#define TALLY_TESTS_UNIT_COMMON_SUITES_H
 
 #include <check.h>
 
@@ -9,10 +9,6 @@ Suite *period_suite(void);
 Suite *event_suite(void);
 Suite *utf8_suite(void);
 Suite *config_suite(void);
-Suite *api_route_suite(void);
-Suite *api_tokenbucket_suite(void);
-Suite *api_model_suite(void);
-Suite *api_text_suite(void);
-Suite *stripe_suite(void);
+Suite *tokenbucket_suite(void);
 
 #endif

@@ -1,4 +1,4 @@
-/* Unit tests for common/apimodel: validation of tally-api's plan and key
+/* Unit tests for services/api/apimodel: validation of tally-api's plan and key
  * bodies, usage query parameters (bucket and period math) and list cursors. */
 #include <math.h>
 #include <stdio.h>

@@ -1,4 +1,5 @@
-/* Unit tests for common/tokenbucket: the authorize endpoint's throttle. */
+/* Unit tests for common/tokenbucket: the throttle of the api's authorize
+ * endpoint and of the reporter's calls to Stripe. */
 #include <stdint.h>
 
 #include "suites.h"
@@ -108,9 +109,9 @@ START_TEST(huge_waits_are_clamped_not_overflowed)
 }
 END_TEST
 
-Suite *api_tokenbucket_suite(void)
+Suite *tokenbucket_suite(void)
 {
-    Suite *s = suite_create("api_tokenbucket");
+    Suite *s = suite_create("tokenbucket");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, starts_full_and_empties_at_burst);
     tcase_add_test(tc, refills_at_rate);

@@ -1,0 +1,13 @@
+/* unit-api: the unit tests of services/api/. */
+#include "run.h"
+#include "suites.h"
+
+int main(void)
+{
+    Suite *const suites[] = {
+        api_route_suite(),
+        api_model_suite(),
+        api_text_suite(),
+    };
+    return unit_run(suites, sizeof suites / sizeof suites[0]);
+}

@@ -1,0 +1,11 @@
+/* unit-collector: the unit tests of services/collector/. */
+#include "run.h"
+#include "suites.h"
+
+int main(void)
+{
+    Suite *const suites[] = {
+        keycache_suite(),
+    };
+    return unit_run(suites, sizeof suites / sizeof suites[0]);
+}

@@ -1,0 +1,9 @@
+/* One Check suite per module of services/collector/; main.c runs them all. */
+#ifndef TALLY_TESTS_UNIT_COLLECTOR_SUITES_H
+#define TALLY_TESTS_UNIT_COLLECTOR_SUITES_H
+
+#include <check.h>
+
+Suite *keycache_suite(void);
+
+#endif
