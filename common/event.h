@@ -1,4 +1,4 @@
-/* Usage events: CloudEvents 1.0, structured JSON mode (spec/CONTRACT.md §3).
+/* Usage events: CloudEvents 1.0, structured JSON mode (docs/CONTRACT.md §3).
  * event_parse() validates one Kafka message value and fills a usage_event;
  * every rejection has a stable code that goes into the DLQ header
  * `tally-error-code`. */

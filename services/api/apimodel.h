@@ -1,5 +1,5 @@
 /* tally-api's input model: plans and keys as they arrive in JSON bodies
- * (camelCase, CONTRACT.md section 4, the AWS usage-plan model), usage query
+ * (camelCase, docs/CONTRACT.md §4.3; AWS model: docs/AWS-USAGE-PLANS.md §2), usage query
  * parameters and list cursors, each validated field by field. Pure: no I/O,
  * no logging; a refusal fills an apimodel_error whose code and message go
  * straight into the 400 answer. */

@@ -1,4 +1,4 @@
-/* The routes of tally-api (CONTRACT.md section 4): maps a method and a path
+/* The routes of tally-api (docs/CONTRACT.md §4.3): maps a method and a path
  * to one operation, or says why none matches (404 or 405 with the methods
  * the path allows). Pure, no allocation; the api's unit tests drive it. */
 #ifndef TALLY_APIROUTE_H

@@ -1,7 +1,7 @@
 /* GET /v1/authorize, for nginx auth_request and other gateways: 204 allowed,
  * 401 missing or unknown key, 403 disabled or planless key, 429 throttled or
  * over quota (with Retry-After). Every answer for a known key carries the
- * X-RateLimit-* headers and X-Tally-Key-Id (spec/CONTRACT.md section 4).
+ * X-RateLimit-* headers and X-Tally-Key-Id (docs/CONTRACT.md §4.6).
  * Answered from the key cache alone. */
 #include <string.h>
 

@@ -1,5 +1,5 @@
 /* tally-api: plans, keys, usage and quota over HTTP, and the gateway's
- * authorize endpoint (CONTRACT.md section 4). libmicrohttpd serves requests
+ * authorize endpoint (docs/CONTRACT.md §4). libmicrohttpd serves requests
  * on a pool of epoll threads, which only ever do in-memory work:
  * GET /v1/authorize and the quota routes are answered from an in-memory key
  * cache that a background thread reloads every second, and health, metrics

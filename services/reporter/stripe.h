@@ -1,4 +1,4 @@
-/* Stripe's wire rules as pure functions (spec/STRIPE.md): the form body
+/* Stripe's wire rules as pure functions (docs/STRIPE.md): the form body
  * encoding, how an answer is classified (the official SDKs' retry rules plus
  * what the reporter does with each outcome), the retry backoff, and the
  * idempotency key of a report. No I/O here, so every rule is unit-tested. */

@@ -2,7 +2,7 @@
 """Stripe stand-in for Tally's tests (standard library only).
 
 Serves the two Stripe endpoints tally-reporter uses, with Stripe's wire
-format, idempotency and error rules (see /work/shared/spec/STRIPE.md and
+format, idempotency and error rules (see docs/STRIPE.md §7 and
 tests/stripe/README.md), plus injectable faults and a control API under
 /_standin/ (no auth) to configure it and read back the ledger and stats.
 

@@ -1,5 +1,5 @@
 /* Unit tests for common/event: CloudEvents usage-event validation
- * (spec/CONTRACT.md section 3) and its stable rejection codes. */
+ * (docs/CONTRACT.md §3) and its stable rejection codes. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* Stripe's wire rules (spec/STRIPE.md): what each answer means, the retry
+/* Stripe's wire rules (docs/STRIPE.md §3-§4): what each answer means, the retry
  * backoff, the form encoding and the idempotency keys. */
 #include <check.h>
 #include <string.h>
