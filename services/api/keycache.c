@@ -126,11 +126,6 @@ static metric *m_outcomes[AUTHZ__COUNT];
 static const char *const outcome_names[AUTHZ__COUNT] = {
     "allowed", "unknown_key", "disabled", "no_plan", "throttled", "over_quota", "not_ready"};
 
-const char *keycache_outcome_name(authz_outcome outcome)
-{
-    return (unsigned)outcome < AUTHZ__COUNT ? outcome_names[outcome] : "?";
-}
-
 static void register_metrics(void)
 {
     static char labels[AUTHZ__COUNT][40];

@@ -49,7 +49,6 @@ void keycache_stop(keycache *cache);
  * allowed request. `path` may carry a query string; it is ignored. */
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,
                         int64_t now, authz_decision *out);
-const char *keycache_outcome_name(authz_outcome outcome);
 
 /* A key's quota as the cache loaded it (GET /v1/keys/{id}/quota and
  * GET /v1/me/quota), or as the database gave it. */

@@ -972,8 +972,3 @@ const sender_totals *sender_get_totals(const sender *s)
 {
     return &s->totals;
 }
-
-double sender_effective_rate(const sender *s)
-{
-    return s->rate;
-}

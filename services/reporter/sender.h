@@ -61,6 +61,5 @@ void sender_drop_queued(sender *s);
 bool sender_auth_failed(const sender *s);
 
 const sender_totals *sender_get_totals(const sender *s);
-double sender_effective_rate(const sender *s);
 
 #endif
