@@ -1,109 +1,112 @@
-#include "keycache.h"
+#include "keyplans.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "digest.h"
+#include "hashindex.h"
 
-/* Open addressing with linear probing; the table is kept at most half full. */
 typedef struct {
-    char *key_id;  /* owned; NULL marks an empty slot */
+    char *key_id;  /* owned */
     char *plan_id; /* owned */
     uint64_t hash;
-} slot;
+} entry;
 
-struct keycache {
-    slot *slots;
-    size_t capacity; /* a power of two */
-    size_t count;
+struct keyplans {
+    entry *entries;
+    size_t count, cap;
+    hashindex index;
 };
 
-keycache *keycache_new(void)
+keyplans *keyplans_new(void)
 {
-    keycache *cache = calloc(1, sizeof *cache);
-    if (cache == NULL)
+    keyplans *map = calloc(1, sizeof *map);
+    if (map == NULL)
         return NULL;
-    cache->capacity = 1024;
-    cache->slots = calloc(cache->capacity, sizeof *cache->slots);
-    if (cache->slots == NULL) {
-        free(cache);
+    map->cap = 512;
+    map->entries = malloc(map->cap * sizeof *map->entries);
+    if (map->entries == NULL || !hashindex_init(&map->index, map->cap)) {
+        free(map->entries);
+        free(map);
         return NULL;
     }
-    return cache;
+    return map;
 }
 
-void keycache_free(keycache *cache)
+void keyplans_free(keyplans *map)
 {
-    if (cache == NULL)
+    if (map == NULL)
         return;
-    for (size_t i = 0; i < cache->capacity; i++) {
-        free(cache->slots[i].key_id);
-        free(cache->slots[i].plan_id);
+    for (size_t i = 0; i < map->count; i++) {
+        free(map->entries[i].key_id);
+        free(map->entries[i].plan_id);
     }
-    free(cache->slots);
-    free(cache);
+    free(map->entries);
+    hashindex_free(&map->index);
+    free(map);
 }
 
-static slot *find(const keycache *cache, const char *key_id, uint64_t hash)
+static bool holds_key(const void *entries, uint32_t index, const void *key_id)
 {
-    size_t mask = cache->capacity - 1;
-    for (size_t i = hash & mask;; i = (i + 1) & mask) {
-        slot *s = &cache->slots[i];
-        if (s->key_id == NULL || (s->hash == hash && strcmp(s->key_id, key_id) == 0))
-            return s;
+    return strcmp(((const entry *)entries)[index].key_id, key_id) == 0;
+}
+
+static uint64_t entry_hash(const void *entries, uint32_t index)
+{
+    return ((const entry *)entries)[index].hash;
+}
+
+static long find(const keyplans *map, const char *key_id, uint64_t hash)
+{
+    return hashindex_find(&map->index, hash, holds_key, map->entries, key_id);
+}
+
+const char *keyplans_lookup(const keyplans *map, const char *key_id)
+{
+    long i = find(map, key_id, digest_fnv1a(key_id, strlen(key_id)));
+    return i >= 0 ? map->entries[i].plan_id : NULL;
+}
+
+/* Room for one more entry, in the array and in the index. */
+static bool reserve(keyplans *map)
+{
+    if (map->count == map->cap) {
+        entry *grown = realloc(map->entries, map->cap * 2 * sizeof *grown);
+        if (grown == NULL)
+            return false;
+        map->entries = grown;
+        map->cap *= 2;
     }
+    return !hashindex_full(&map->index) || hashindex_grow(&map->index, entry_hash, map->entries);
 }
 
-const char *keycache_lookup(const keycache *cache, const char *key_id)
+bool keyplans_put(keyplans *map, const char *key_id, const char *plan_id)
 {
-    const slot *s = find(cache, key_id, digest_fnv1a(key_id, strlen(key_id)));
-    return s->key_id ? s->plan_id : NULL;
-}
-
-static bool grow(keycache *cache)
-{
-    size_t old_capacity = cache->capacity;
-    slot *old = cache->slots;
-    slot *grown = calloc(old_capacity * 2, sizeof *grown);
-    if (grown == NULL)
-        return false;
-    cache->slots = grown;
-    cache->capacity = old_capacity * 2;
-    for (size_t i = 0; i < old_capacity; i++) {
-        if (old[i].key_id)
-            *find(cache, old[i].key_id, old[i].hash) = old[i];
-    }
-    free(old);
-    return true;
-}
-
-bool keycache_put(keycache *cache, const char *key_id, const char *plan_id)
-{
-    if ((cache->count + 1) * 2 > cache->capacity && !grow(cache))
-        return false;
     uint64_t hash = digest_fnv1a(key_id, strlen(key_id));
-    slot *s = find(cache, key_id, hash);
     char *plan_copy = strdup(plan_id);
     if (plan_copy == NULL)
         return false;
-    if (s->key_id) {
-        free(s->plan_id);
-        s->plan_id = plan_copy;
+    long found = find(map, key_id, hash);
+    if (found >= 0) {
+        free(map->entries[found].plan_id);
+        map->entries[found].plan_id = plan_copy;
         return true;
     }
-    s->key_id = strdup(key_id);
-    if (s->key_id == NULL) {
+    char *key_copy = strdup(key_id);
+    if (key_copy == NULL || !reserve(map)) {
+        free(key_copy);
         free(plan_copy);
         return false;
     }
-    s->plan_id = plan_copy;
-    s->hash = hash;
-    cache->count++;
+    map->entries[map->count] = (entry){key_copy, plan_copy, hash};
+    if (!hashindex_add(&map->index, hash, (uint32_t)map->count))
+        return false; /* cannot happen: reserve made room */
+    map->count++;
     return true;
 }
 
-size_t keycache_size(const keycache *cache)
+size_t keyplans_size(const keyplans *map)
 {
-    return cache->count;
+    return map->count;
 }

@@ -6,122 +6,48 @@
 
 #include "db.h"
 #include "digest.h"
+#include "hashindex.h"
 #include "period.h"
 #include "timeutil.h"
 
-/* A map from a text key (the group's fields joined by \x1f) to an index,
- * open addressing over a power-of-two table kept at most half full. */
+/* Where each group's or counter's map key is: a run of `text`. */
 typedef struct {
     uint64_t hash;
-    size_t offset; /* of the key in text; SIZE_MAX marks an empty slot */
-    size_t len;
-    long index;
-} slot;
+    size_t offset, len;
+} map_key;
 
+/* A map from a text key to an entry number: the keys in one buffer, the
+ * entries found through a hash index. */
 typedef struct {
-    slot *slots;
-    size_t slot_count;
+    hashindex index;
+    map_key *keys;
+    size_t key_cap, max_keys;
     buf text;
 } index_map;
 
 typedef struct {
-    size_t key_offset, plan_offset, method_offset, endpoint_offset; /* into strings */
+    size_t dimension_offsets[ROLLUP_TEXT_DIMENSION_COUNT]; /* into strings */
     int64_t hour_s, day_s, week_s, month_s;
-    int64_t requests, units, bytes;
+    int64_t measures[ROLLUP_MEASURE_COUNT];
 } group;
 
 typedef struct {
     size_t key_offset;
     int period;
     int64_t start_s;
-    int64_t requests, units, bytes;
+    int64_t measures[ROLLUP_MEASURE_COUNT];
 } counter;
 
 struct rollup {
     size_t max_groups;
     group *groups;
     size_t group_count, group_cap;
-    buf strings; /* NUL-terminated group fields */
+    buf strings; /* NUL-terminated group dimensions */
     index_map group_index;
     counter *counters;
     size_t counter_count, counter_cap;
     index_map counter_index;
 };
-
-static bool map_init(index_map *m, size_t max_entries)
-{
-    m->slot_count = 1024; /* grows as needed, up to twice max_entries */
-    m->slots = malloc(m->slot_count * sizeof *m->slots);
-    buf_init(&m->text, max_entries * 700);
-    return m->slots != NULL;
-}
-
-static void map_clear(index_map *m)
-{
-    for (size_t i = 0; i < m->slot_count; i++)
-        m->slots[i].offset = SIZE_MAX;
-    buf_reset(&m->text);
-}
-
-static void map_free(index_map *m)
-{
-    free(m->slots);
-    buf_free(&m->text);
-}
-
-static slot *map_probe(slot *slots, size_t slot_count, const char *text, uint64_t h,
-                       const char *key, size_t len)
-{
-    size_t mask = slot_count - 1;
-    for (size_t i = h & mask;; i = (i + 1) & mask) {
-        slot *s = &slots[i];
-        if (s->offset == SIZE_MAX ||
-            (s->hash == h && s->len == len && key && memcmp(text + s->offset, key, len) == 0))
-            return s;
-    }
-}
-
-/* Doubles the table, keeping it at most half full. */
-static bool map_grow(index_map *m)
-{
-    size_t count = m->slot_count * 2;
-    slot *grown = malloc(count * sizeof *grown);
-    if (grown == NULL)
-        return false;
-    for (size_t i = 0; i < count; i++)
-        grown[i].offset = SIZE_MAX;
-    for (size_t i = 0; i < m->slot_count; i++) {
-        if (m->slots[i].offset != SIZE_MAX)
-            *map_probe(grown, count, NULL, m->slots[i].hash, NULL, 0) = m->slots[i];
-    }
-    free(m->slots);
-    m->slots = grown;
-    m->slot_count = count;
-    return true;
-}
-
-/* Finds `key` (len bytes); if absent and `next_index` >= 0, inserts it with
- * that index (the count of entries so far). Returns the index, or -1 (absent
- * and not inserted, or no room). */
-static long map_find_or_add(index_map *m, const char *key, size_t len, long next_index)
-{
-    uint64_t h = digest_fnv1a(key, len);
-    slot *s = map_probe(m->slots, m->slot_count, m->text.data, h, key, len);
-    if (s->offset != SIZE_MAX)
-        return s->index;
-    if (next_index < 0)
-        return -1;
-    if ((size_t)(next_index + 1) * 2 > m->slot_count) {
-        if (!map_grow(m))
-            return -1;
-        s = map_probe(m->slots, m->slot_count, m->text.data, h, key, len);
-    }
-    size_t offset = m->text.len;
-    if (!buf_append(&m->text, key, len))
-        return -1;
-    *s = (slot){h, offset, len, next_index};
-    return next_index;
-}
 
 /* Makes room for one more element in a growable array of `max` at most. */
 static bool reserve(void **items, size_t *cap, size_t count, size_t size, size_t max)
@@ -137,6 +63,69 @@ static bool reserve(void **items, size_t *cap, size_t count, size_t size, size_t
     *items = grown;
     *cap = next;
     return true;
+}
+
+static bool map_init(index_map *m, size_t max_keys)
+{
+    m->max_keys = max_keys;
+    m->key_cap = 1024;
+    m->keys = malloc(m->key_cap * sizeof *m->keys);
+    buf_init(&m->text, max_keys * 700);
+    return m->keys != NULL && hashindex_init(&m->index, 512);
+}
+
+static void map_clear(index_map *m)
+{
+    hashindex_clear(&m->index);
+    buf_reset(&m->text);
+}
+
+static void map_free(index_map *m)
+{
+    hashindex_free(&m->index);
+    free(m->keys);
+    buf_free(&m->text);
+}
+
+typedef struct {
+    const char *text;
+    size_t len;
+} text_key;
+
+static bool key_matches(const void *entries, uint32_t index, const void *key)
+{
+    const index_map *m = entries;
+    const text_key *k = key;
+    const map_key *e = &m->keys[index];
+    return e->len == k->len && memcmp(m->text.data + e->offset, k->text, k->len) == 0;
+}
+
+static uint64_t key_hash(const void *entries, uint32_t index)
+{
+    return ((const index_map *)entries)->keys[index].hash;
+}
+
+/* Finds `key` (len bytes); if absent and `next_index` >= 0, adds it as entry
+ * `next_index` (the count of entries so far). Returns the entry, or -1
+ * (absent and not added, or no room). */
+static long map_find_or_add(index_map *m, const char *key, size_t len, long next_index)
+{
+    uint64_t h = digest_fnv1a(key, len);
+    text_key k = {key, len};
+    long found = hashindex_find(&m->index, h, key_matches, m, &k);
+    if (found >= 0 || next_index < 0)
+        return found;
+    if (!reserve((void **)&m->keys, &m->key_cap, (size_t)next_index, sizeof *m->keys,
+                 m->max_keys) ||
+        (hashindex_full(&m->index) && !hashindex_grow(&m->index, key_hash, m)))
+        return -1;
+    size_t offset = m->text.len;
+    if (!buf_append(&m->text, key, len))
+        return -1;
+    m->keys[next_index] = (map_key){h, offset, len};
+    if (!hashindex_add(&m->index, h, (uint32_t)next_index))
+        return -1;
+    return next_index;
 }
 
 rollup *rollup_new(size_t max_groups)
@@ -176,10 +165,8 @@ void rollup_clear(rollup *r)
     r->group_count = 0;
     r->counter_count = 0;
     buf_reset(&r->strings);
-    if (r->group_index.slots)
-        map_clear(&r->group_index);
-    if (r->counter_index.slots)
-        map_clear(&r->counter_index);
+    map_clear(&r->group_index);
+    map_clear(&r->counter_index);
 }
 
 static bool store_string(buf *strings, const char *text, size_t *offset)
@@ -188,25 +175,33 @@ static bool store_string(buf *strings, const char *text, size_t *offset)
     return buf_append(strings, text, strlen(text) + 1);
 }
 
-long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char *method,
-                  const char *endpoint, int64_t time_usec)
+/* The group's map key: the dimensions joined by \x1f, then the hour's 8 raw
+ * bytes. Its length, or 0 when it does not fit. */
+static size_t group_key(char *key, size_t key_size,
+                        const char *const dimensions[ROLLUP_TEXT_DIMENSION_COUNT], int64_t hour_s)
 {
-    int64_t hour_s = time_truncate(time_usec, USEC_PER_HOUR) / USEC_PER_SEC;
-    /* The map key: the fields joined by \x1f, then the hour's 8 raw bytes. */
-    char key[1024];
     size_t n = 0;
-    const char *fields[4] = {key_id, plan_id, method, endpoint};
-    for (int i = 0; i < 4; i++) {
-        size_t len = strlen(fields[i]);
-        if (n + len + 1 + sizeof hour_s > sizeof key)
-            return -1;
-        memcpy(key + n, fields[i], len);
+    for (int i = 0; i < ROLLUP_TEXT_DIMENSION_COUNT; i++) {
+        size_t len = strlen(dimensions[i]);
+        if (n + len + 1 + sizeof hour_s > key_size)
+            return 0;
+        memcpy(key + n, dimensions[i], len);
         n += len;
         key[n++] = '\x1f';
     }
     memcpy(key + n, &hour_s, sizeof hour_s);
-    n += sizeof hour_s;
-    long found = map_find_or_add(&r->group_index, key, (size_t)n, -1);
+    return n + sizeof hour_s;
+}
+
+long rollup_group(rollup *r, const char *const dimensions[ROLLUP_TEXT_DIMENSION_COUNT],
+                  int64_t time_usec)
+{
+    int64_t hour_s = time_truncate(time_usec, USEC_PER_HOUR) / USEC_PER_SEC;
+    char key[1024];
+    size_t n = group_key(key, sizeof key, dimensions, hour_s);
+    if (n == 0)
+        return -1;
+    long found = map_find_or_add(&r->group_index, key, n, -1);
     if (found >= 0)
         return found;
     if (!reserve((void **)&r->groups, &r->group_cap, r->group_count, sizeof *r->groups,
@@ -214,11 +209,13 @@ long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char
         return -1;
     group *g = &r->groups[r->group_count];
     size_t saved = r->strings.len;
-    if (!store_string(&r->strings, key_id, &g->key_offset) ||
-        !store_string(&r->strings, plan_id, &g->plan_offset) ||
-        !store_string(&r->strings, method, &g->method_offset) ||
-        !store_string(&r->strings, endpoint, &g->endpoint_offset) ||
-        map_find_or_add(&r->group_index, key, (size_t)n, (long)r->group_count) < 0) {
+    for (int i = 0; i < ROLLUP_TEXT_DIMENSION_COUNT; i++) {
+        if (!store_string(&r->strings, dimensions[i], &g->dimension_offsets[i])) {
+            r->strings.len = saved;
+            return -1;
+        }
+    }
+    if (map_find_or_add(&r->group_index, key, n, (long)r->group_count) < 0) {
         r->strings.len = saved;
         return -1;
     }
@@ -228,40 +225,40 @@ long rollup_group(rollup *r, const char *key_id, const char *plan_id, const char
     g->day_s = period_start(PERIOD_DAY, time_usec) / USEC_PER_SEC;
     g->week_s = period_start(PERIOD_WEEK, time_usec) / USEC_PER_SEC;
     g->month_s = period_start(PERIOD_MONTH, time_usec) / USEC_PER_SEC;
-    g->requests = g->units = g->bytes = 0;
+    memset(g->measures, 0, sizeof g->measures);
     return (long)r->group_count++;
 }
 
-/* *total += value, unless that overflows. */
-static bool add_checked(int64_t *total, int64_t value)
+/* totals[i] += values[i] for every measure, or nothing when one overflows. */
+static bool add_measures(int64_t totals[ROLLUP_MEASURE_COUNT],
+                         const int64_t values[ROLLUP_MEASURE_COUNT])
 {
-    return !__builtin_add_overflow(*total, value, total);
+    int64_t sums[ROLLUP_MEASURE_COUNT];
+    for (int i = 0; i < ROLLUP_MEASURE_COUNT; i++) {
+        if (__builtin_add_overflow(totals[i], values[i], &sums[i]))
+            return false;
+    }
+    memcpy(totals, sums, sizeof sums);
+    return true;
 }
 
-bool rollup_add(rollup *r, long index, int64_t units, int64_t bytes)
+bool rollup_add(rollup *r, long index, const int64_t measures[ROLLUP_MEASURE_COUNT])
 {
-    group *g = &r->groups[index];
-    int64_t requests = g->requests, units_sum = g->units, bytes_sum = g->bytes;
-    if (!add_checked(&requests, 1) || !add_checked(&units_sum, units) ||
-        !add_checked(&bytes_sum, bytes))
-        return false;
-    g->requests = requests;
-    g->units = units_sum;
-    g->bytes = bytes_sum;
-    return true;
+    return add_measures(r->groups[index].measures, measures);
 }
 
 void rollup_reset_counts(rollup *r)
 {
     for (size_t i = 0; i < r->group_count; i++)
-        r->groups[i].requests = r->groups[i].units = r->groups[i].bytes = 0;
+        memset(r->groups[i].measures, 0, sizeof r->groups[i].measures);
 }
 
 static bool add_counter(rollup *r, const group *g, int period, int64_t start_s)
 {
-    const char *key_id = r->strings.data + g->key_offset;
+    size_t key_offset = g->dimension_offsets[ROLLUP_DIM_KEY];
     char key[300];
-    int n = snprintf(key, sizeof key, "%s\x1f%d\x1f%lld", key_id, period, (long long)start_s);
+    int n = snprintf(key, sizeof key, "%s\x1f%d\x1f%lld", r->strings.data + key_offset, period,
+                     (long long)start_s);
     if (n < 0 || (size_t)n >= sizeof key)
         return false;
     if (!reserve((void **)&r->counters, &r->counter_cap, r->counter_count, sizeof *r->counters,
@@ -270,13 +267,9 @@ static bool add_counter(rollup *r, const group *g, int period, int64_t start_s)
     long index = map_find_or_add(&r->counter_index, key, (size_t)n, (long)r->counter_count);
     if (index < 0)
         return false;
-    if ((size_t)index == r->counter_count) {
-        r->counters[r->counter_count++] =
-            (counter){g->key_offset, period, start_s, 0, 0, 0};
-    }
-    counter *c = &r->counters[index];
-    return add_checked(&c->requests, g->requests) && add_checked(&c->units, g->units) &&
-           add_checked(&c->bytes, g->bytes);
+    if ((size_t)index == r->counter_count)
+        r->counters[r->counter_count++] = (counter){key_offset, period, start_s, {0}};
+    return add_measures(r->counters[index].measures, g->measures);
 }
 
 static bool element_text(buf *column, bool first, const char *text)
@@ -298,6 +291,34 @@ static bool close_columns(buf *columns, int count, bool any)
     return true;
 }
 
+static bool element_measures(buf *columns, bool first, const int64_t measures[])
+{
+    for (int i = 0; i < ROLLUP_MEASURE_COUNT; i++) {
+        if (!element_number(&columns[i], first, measures[i]))
+            return false;
+    }
+    return true;
+}
+
+/* One hourly group's elements: text dimensions, hour, measures. */
+static bool render_group(const rollup *r, const group *g, buf *hourly, bool first)
+{
+    for (int i = 0; i < ROLLUP_TEXT_DIMENSION_COUNT; i++) {
+        if (!element_text(&hourly[i], first, r->strings.data + g->dimension_offsets[i]))
+            return false;
+    }
+    return element_number(&hourly[ROLLUP_TEXT_DIMENSION_COUNT], first, g->hour_s) &&
+           element_measures(&hourly[ROLLUP_TEXT_DIMENSION_COUNT + 1], first, g->measures);
+}
+
+static bool render_counter(const rollup *r, const counter *c, buf *counters, bool first)
+{
+    return element_text(&counters[0], first, r->strings.data + c->key_offset) &&
+           element_text(&counters[1], first, period_name((period_kind)c->period)) &&
+           element_number(&counters[2], first, c->start_s) &&
+           element_measures(&counters[3], first, c->measures);
+}
+
 bool rollup_render(rollup *r, buf hourly[ROLLUP_HOURLY_COLUMNS],
                    buf counters[ROLLUP_COUNTER_COLUMNS])
 {
@@ -310,17 +331,9 @@ bool rollup_render(rollup *r, buf hourly[ROLLUP_HOURLY_COLUMNS],
     bool first = true;
     for (size_t i = 0; i < r->group_count; i++) {
         const group *g = &r->groups[i];
-        if (g->requests == 0)
+        if (g->measures[ROLLUP_MEASURE_REQUESTS] == 0)
             continue; /* only duplicates fell in this group */
-        if (!element_text(&hourly[0], first, r->strings.data + g->key_offset) ||
-            !element_number(&hourly[1], first, g->hour_s) ||
-            !element_text(&hourly[2], first, r->strings.data + g->plan_offset) ||
-            !element_text(&hourly[3], first, r->strings.data + g->method_offset) ||
-            !element_text(&hourly[4], first, r->strings.data + g->endpoint_offset) ||
-            !element_number(&hourly[5], first, g->requests) ||
-            !element_number(&hourly[6], first, g->units) ||
-            !element_number(&hourly[7], first, g->bytes) ||
-            !add_counter(r, g, PERIOD_DAY, g->day_s) ||
+        if (!render_group(r, g, hourly, first) || !add_counter(r, g, PERIOD_DAY, g->day_s) ||
             !add_counter(r, g, PERIOD_WEEK, g->week_s) ||
             !add_counter(r, g, PERIOD_MONTH, g->month_s))
             return false;
@@ -330,13 +343,7 @@ bool rollup_render(rollup *r, buf hourly[ROLLUP_HOURLY_COLUMNS],
         return false;
     first = true;
     for (size_t i = 0; i < r->counter_count; i++) {
-        const counter *c = &r->counters[i];
-        if (!element_text(&counters[0], first, r->strings.data + c->key_offset) ||
-            !element_text(&counters[1], first, period_name((period_kind)c->period)) ||
-            !element_number(&counters[2], first, c->start_s) ||
-            !element_number(&counters[3], first, c->requests) ||
-            !element_number(&counters[4], first, c->units) ||
-            !element_number(&counters[5], first, c->bytes))
+        if (!render_counter(r, &r->counters[i], counters, first))
             return false;
         first = false;
     }

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <poll.h>
+#include <stdarg.h>
 
 #include "db.h"
 #include "timeutil.h"
@@ -21,6 +22,7 @@ struct store {
     bool failed;
     char failure[512];
     store_error_kind last_error;
+    char rollup_sql[4096];
 };
 
 /* Which failures are the data's fault: SQLSTATE class 22 (data exception,
@@ -51,28 +53,116 @@ static const char sql_inserts[] =
     " ON CONFLICT DO NOTHING"
     " RETURNING event_hash";
 
-/* Phase B: the new events' totals, pre-aggregated by the collector. Rows are
- * sorted so concurrent collectors lock them in the same order. */
-static const char sql_rollups[] =
-    "WITH hourly AS ("
-    "  INSERT INTO usage_hourly AS u (key_id, hour, plan_id, method, endpoint, requests, units, bytes)"
-    "  SELECT k, to_timestamp(h), p, m, e, r, n, b"
-    "    FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],"
-    "                $6::bigint[], $7::bigint[], $8::bigint[]) AS t (k, h, p, m, e, r, n, b)"
-    "   ORDER BY k, h, p, m, e"
-    "  ON CONFLICT (key_id, hour, plan_id, method, endpoint) DO UPDATE"
-    "     SET requests = u.requests + EXCLUDED.requests, units = u.units + EXCLUDED.units,"
-    "         bytes = u.bytes + EXCLUDED.bytes, updated_at = now()"
-    "  RETURNING 1)"
-    " INSERT INTO usage_counters AS c (key_id, period, period_start, requests, units, bytes)"
-    " SELECT k, p, to_timestamp(s), r, n, b"
-    "   FROM unnest($9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],"
-    "               $14::bigint[]) AS t (k, p, s, r, n, b)"
-    "  WHERE (SELECT count(*) FROM hourly) >= 0" /* hourly first: one lock order for all */
-    "  ORDER BY k, p, s"
-    " ON CONFLICT (key_id, period, period_start) DO UPDATE"
-    "    SET requests = c.requests + EXCLUDED.requests, units = c.units + EXCLUDED.units,"
-    "        bytes = c.bytes + EXCLUDED.bytes, updated_at = now()";
+/* Phase B: the new events' totals, pre-aggregated by the collector, as one
+ * statement built from rollupcols.h (build_rollup_sql). Rows are sorted in
+ * primary-key order so concurrent collectors lock them in the same order;
+ * usage_hourly first, for one lock order across both tables. */
+static const char *const text_dimensions[] = {
+#define ROLLUP_COLUMN_NAME(id, column) column,
+    ROLLUP_TEXT_DIMENSIONS(ROLLUP_COLUMN_NAME)};
+static const char *const measures[] = {ROLLUP_MEASURES(ROLLUP_COLUMN_NAME)};
+#undef ROLLUP_COLUMN_NAME
+_Static_assert(sizeof text_dimensions / sizeof *text_dimensions == ROLLUP_TEXT_DIMENSION_COUNT &&
+                   sizeof measures / sizeof *measures == ROLLUP_MEASURE_COUNT,
+               "rollup column names");
+
+typedef struct {
+    char *text;
+    size_t size, len;
+    bool overflow;
+} sql_text;
+
+static void sql_add(sql_text *q, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sql_add(sql_text *q, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(q->text + q->len, q->size - q->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= q->size - q->len)
+        q->overflow = true;
+    else
+        q->len += (size_t)n;
+}
+
+/* The names, comma-separated; with `after_another`, a comma before the first
+ * too (the list continues one already written). */
+static void sql_names(sql_text *q, const char *const *names, int count, bool after_another)
+{
+    for (int i = 0; i < count; i++)
+        sql_add(q, "%s%s", i > 0 || after_another ? ", " : "", names[i]);
+}
+
+static void sql_sums(sql_text *q, const char *table_alias)
+{
+    for (int i = 0; i < ROLLUP_MEASURE_COUNT; i++)
+        sql_add(q, "%s = %s.%s + EXCLUDED.%s, ", measures[i], table_alias, measures[i],
+                measures[i]);
+    sql_add(q, "updated_at = now()");
+}
+
+/* "$first::type[], ..." for `count` parameters. */
+static void sql_arrays(sql_text *q, int first, int count, const char *type)
+{
+    for (int i = 0; i < count; i++)
+        sql_add(q, "%s$%d::%s[]", first + i > 1 ? ", " : "", first + i, type);
+}
+
+static void build_hourly_upsert(sql_text *q)
+{
+    const char *const *dims = text_dimensions;
+    int dim_count = ROLLUP_TEXT_DIMENSION_COUNT;
+    sql_add(q, "WITH hourly AS (INSERT INTO usage_hourly AS u (");
+    sql_names(q, dims, dim_count, false);
+    sql_add(q, ", hour");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    sql_add(q, ") SELECT ");
+    sql_names(q, dims, dim_count, false);
+    sql_add(q, ", to_timestamp(hour)");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    sql_add(q, " FROM unnest(");
+    sql_arrays(q, 1, dim_count, "text");
+    sql_arrays(q, dim_count + 1, 1 + ROLLUP_MEASURE_COUNT, "bigint");
+    sql_add(q, ") AS t (");
+    sql_names(q, dims, dim_count, false);
+    sql_add(q, ", hour");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    /* Primary-key order: the key, the hour, then the other dimensions. */
+    sql_add(q, ") ORDER BY %s, hour", dims[0]);
+    sql_names(q, dims + 1, dim_count - 1, true);
+    sql_add(q, " ON CONFLICT (%s, hour", dims[0]);
+    sql_names(q, dims + 1, dim_count - 1, true);
+    sql_add(q, ") DO UPDATE SET ");
+    sql_sums(q, "u");
+    sql_add(q, " RETURNING 1)");
+}
+
+static void build_counter_upsert(sql_text *q)
+{
+    int first = ROLLUP_HOURLY_COLUMNS + 1;
+    sql_add(q, " INSERT INTO usage_counters AS c (key_id, period, period_start");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    sql_add(q, ") SELECT key_id, period, to_timestamp(period_start)");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    sql_add(q, " FROM unnest($%d::text[], $%d::text[]", first, first + 1);
+    sql_arrays(q, first + 2, 1 + ROLLUP_MEASURE_COUNT, "bigint");
+    sql_add(q, ") AS t (key_id, period, period_start");
+    sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
+    /* hourly first: one lock order for all */
+    sql_add(q, ") WHERE (SELECT count(*) FROM hourly) >= 0 ORDER BY key_id, period, period_start"
+               " ON CONFLICT (key_id, period, period_start) DO UPDATE SET ");
+    sql_sums(q, "c");
+}
+
+/* The phase B statement, derived from rollupcols.h; false if it does not
+ * fit (a programming error, found by the first connection). */
+static bool build_rollup_sql(char *out, size_t size)
+{
+    sql_text q = {out, size, 0, false};
+    build_hourly_upsert(&q);
+    build_counter_upsert(&q);
+    return !q.overflow;
+}
 
 store *store_new(const char *url, int lateness_days)
 {
@@ -81,6 +171,10 @@ store *store_new(const char *url, int lateness_days)
         st->url = url;
         st->lateness_days = lateness_days;
         buf_init(&st->params, 64u << 20);
+        if (!build_rollup_sql(st->rollup_sql, sizeof st->rollup_sql)) {
+            free(st);
+            return NULL;
+        }
     }
     return st;
 }
@@ -135,7 +229,7 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
     if (!db_exec(st->conn, "SET jit = off", "configuring the session", err, err_size) ||
         !prepare(st->conn, "inserts", sql_inserts, 2, "preparing the deduplication statement",
                  err, err_size) ||
-        !prepare(st->conn, "rollups", sql_rollups, STORE_ROLLUP_PARAMS,
+        !prepare(st->conn, "rollups", st->rollup_sql, STORE_ROLLUP_PARAMS,
                  "preparing the rollup statement", err, err_size)) {
         store_disconnect(st);
         return false;
@@ -145,10 +239,10 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
     return true;
 }
 
-static bool fill_cache(PGresult *res, keycache *cache, char *err, size_t err_size)
+static bool fill_cache(PGresult *res, keyplans *cache, char *err, size_t err_size)
 {
     for (int i = 0; i < PQntuples(res); i++) {
-        if (!keycache_put(cache, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1))) {
+        if (!keyplans_put(cache, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1))) {
             snprintf(err, err_size, "loading keys: out of memory");
             return false;
         }
@@ -156,7 +250,7 @@ static bool fill_cache(PGresult *res, keycache *cache, char *err, size_t err_siz
     return true;
 }
 
-bool store_load_keys(store *st, keycache *cache, char *err, size_t err_size)
+bool store_load_keys(store *st, keyplans *cache, char *err, size_t err_size)
 {
     if (!store_ensure_connected(st, err, err_size))
         return false;
@@ -170,7 +264,7 @@ bool store_load_keys(store *st, keycache *cache, char *err, size_t err_size)
     return ok;
 }
 
-bool store_lookup_keys(store *st, const char *const *ids, size_t count, keycache *cache,
+bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans *cache,
                        char *err, size_t err_size)
 {
     if (!store_ensure_connected(st, err, err_size))

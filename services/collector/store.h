@@ -11,7 +11,7 @@
 #include <libpq-fe.h>
 
 #include "buf.h"
-#include "keycache.h"
+#include "keyplans.h"
 #include "rollup.h"
 
 typedef struct store store;
@@ -28,9 +28,9 @@ bool store_is_connected(const store *st);
 void store_disconnect(store *st);
 
 /* Replaces `cache`'s contents with every key in the database. */
-bool store_load_keys(store *st, keycache *cache, char *err, size_t err_size);
+bool store_load_keys(store *st, keyplans *cache, char *err, size_t err_size);
 /* Looks up `count` key ids (borrowed) and adds those found to `cache`. */
-bool store_lookup_keys(store *st, const char *const *ids, size_t count, keycache *cache,
+bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans *cache,
                        char *err, size_t err_size);
 /* Creates the coming weeks' event_ids partitions and drops expired ones. */
 bool store_maintain_partitions(store *st, int *created, int *dropped, char *err, size_t err_size);

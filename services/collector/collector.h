@@ -1,0 +1,217 @@
+/* The collector's shared state: its settings, metrics, the batches and the
+ * collector itself, and the functions its modules offer one another.
+ *   batch.c   - a batch: staged events, rejects, offsets, poison;
+ *   writer.c  - writing a batch: unknown keys, DLQ, the two-phase
+ *               transaction, offsets; pausing and retrying;
+ *   poison.c  - a batch the database refuses: isolating the events at
+ *               fault and dead-lettering them;
+ *   kafka.c   - the consumer, the DLQ producer, the poison reader, lag;
+ *   main.c    - settings, metrics, health, start-up and the loop.
+ * The delivery guarantee is described in main.c. */
+#ifndef TALLY_COLLECTOR_H
+#define TALLY_COLLECTOR_H
+
+#include <librdkafka/rdkafka.h>
+#include <libpq-fe.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+#include "event.h"
+#include "hashindex.h"
+#include "keyplans.h"
+#include "metrics.h"
+#include "rollup.h"
+#include "store.h"
+
+/* The largest batch: TALLY_BATCH_MAX_EVENTS at most, plus what may still
+ * arrive while consumption is paused. */
+#define BATCH_MAX_EVENTS_LIMIT 200000
+#define BATCH_SPILL_EVENTS     100000
+/* So a batch's in-memory sums (rollup.c) can never overflow, whatever the
+ * events say: every event is within the per-event bounds. */
+_Static_assert((BATCH_MAX_EVENTS_LIMIT + BATCH_SPILL_EVENTS) * EVENT_MAX_BYTES_FIELD <
+                       INT64_MAX / 4 &&
+                   (BATCH_MAX_EVENTS_LIMIT + BATCH_SPILL_EVENTS) * EVENT_MAX_UNITS < INT64_MAX / 4,
+               "a batch's totals must fit in int64");
+
+/* Settings (main.c's table fills them; read-only afterwards). */
+typedef struct {
+    const char *database_url;
+    const char *kafka_brokers;
+    const char *kafka_topic;
+    const char *dlq_topic;
+    const char *kafka_group;
+    const char *metrics_addr;
+    const char *log_level_text;
+    const char *assignment_strategy;
+    long long batch_max_events;
+    long long batch_max_wait_ms;
+    long long lateness_days;
+    long long max_event_bytes;
+    long long key_refresh_ms;
+    long long session_timeout_ms;
+    long long stall_timeout_s;
+    const char *kafka_security_protocol;
+    const char *kafka_sasl_mechanism;
+    const char *kafka_sasl_username;
+    const char *kafka_sasl_password;
+    const char *kafka_ssl_ca_location;
+} collector_config;
+
+/* Why consumption is paused: what the last failed write attempt met. */
+typedef enum {
+    PAUSE_DATABASE,        /* PostgreSQL unavailable or failing */
+    PAUSE_DLQ,             /* the DLQ topic did not confirm rejected events */
+    PAUSE_POISON_REFETCH,  /* poison events could not be read again for the DLQ */
+    PAUSE__COUNT
+} pause_reason;
+extern const char *const pause_reason_names[PAUSE__COUNT];
+
+typedef struct {
+    metric *consumed, *counted, *duplicates, *batches, *batch_size, *batch_seconds, *lag,
+        *db_errors, *dlq_errors, *key_cache_size, *key_lookups, *last_commit, *paused,
+        *stalled_seconds;
+    metric *rejected[EVENT_ERR__COUNT];
+    metric *pause_reason[PAUSE__COUNT];
+} collector_metrics;
+
+typedef struct {
+    rd_kafka_message_t *message; /* owned */
+    event_error code;
+    char reason[200];
+} reject;
+
+typedef struct {
+    rd_kafka_message_t *message; /* owned */
+    usage_event event;
+} unresolved;
+
+typedef struct {
+    int32_t partition;
+    int64_t next_offset;
+} partition_mark;
+
+/* A valid event with a known key, waiting for the database to say whether
+ * its (source, id) is new. Its message is not kept (memory stays flat); its
+ * place in Kafka is, so a poison event can be read again for the DLQ. */
+typedef struct {
+    int32_t group;           /* its hourly group in the batch's rollup */
+    int32_t partition;
+    int64_t offset;
+    int64_t units, bytes;
+} staged_event;
+
+/* A staged event the database refused on its own (see isolate_poison). */
+typedef struct {
+    int32_t partition;
+    int64_t offset;
+    event_error code;
+    char reason[200];
+} poison;
+
+/* Everything consumed since the last batch was handed to the writer. */
+typedef struct {
+    size_t capacity;          /* staged events at most */
+    staged_event *events;
+    uint8_t *digests;         /* 16 bytes per staged event: the deduplication key */
+    int32_t *week_days;       /* per staged event: its event week, days since 1970 */
+    size_t event_count;
+    hashindex digest_index;   /* digest -> staged event */
+    rollup *rollup;
+    size_t in_batch_duplicates;
+    reject *rejects;
+    size_t reject_count, reject_cap;
+    unresolved *unresolved;   /* events whose key was not in the cache */
+    size_t unresolved_count, unresolved_cap;
+    poison *poisons;          /* staged events refused by the database, for the DLQ */
+    size_t poison_count, poison_cap;
+    uint64_t counted_earlier; /* events a failed isolation pass already committed */
+    partition_mark *marks;    /* next offset to commit, per partition */
+    size_t mark_count, mark_cap;
+    size_t consumed;
+    int64_t first_at;         /* when the first message of the batch arrived */
+    bool dlq_done;            /* rejects published and confirmed */
+} batch;
+
+/* Two batches alternate: one fills from Kafka while the other is written,
+ * so parsing and the database work overlap (and under load each write
+ * takes all that arrived during the previous one). */
+typedef struct {
+    const collector_config *cfg;
+    collector_metrics m;
+    rd_kafka_t *consumer;
+    rd_kafka_t *dlq;
+    store *db;
+    keyplans *keys;
+    batch batches[2];
+    batch *filling;
+    batch *writing;           /* NULL when no batch is being written */
+    bool writing_sent;        /* an exchange is in flight (else it waits to retry) */
+    bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
+    uint64_t writing_counted; /* new events found by phase A */
+    buf hourly[ROLLUP_HOURLY_COLUMNS];
+    buf counters[ROLLUP_COUNTER_COLUMNS];
+    int64_t writing_started;
+    int64_t writing_since;    /* when the batch being written was handed over (0: none) */
+    event_limits limits;
+    bool paused;
+    bool synchronous_commit;  /* during a revocation: commit offsets before returning */
+    bool caught_up;           /* the last poll found no message waiting */
+    bool ever_assigned;       /* the group has given this instance an assignment */
+    int64_t retry_at;
+    int64_t backoff_usec;
+    int dlq_failures;         /* delivery failures seen by the DLQ producer */
+} collector;
+
+/* Set by SIGTERM/SIGINT (and a fatal Kafka error): finish and stop. */
+extern volatile sig_atomic_t collector_stop_requested;
+
+/* ---- batch.c ---- */
+bool grow_array(void **items, size_t *cap, size_t count, size_t size);
+/* A batch that holds up to `capacity` staged events. */
+bool batch_init(batch *b, size_t capacity);
+void batch_clear(batch *b);
+void batch_destroy(batch *b);
+bool batch_empty(const batch *b);
+/* The staged event with this digest, or -1. */
+long batch_find_digest(const batch *b, const uint8_t digest[16]);
+/* Takes ownership of `message`. False only when memory or the batch's
+ * bounds run out (the caller then stops without acknowledging anything). */
+bool batch_add(collector *c, rd_kafka_message_t *message);
+bool add_reject(batch *b, rd_kafka_message_t *message, event_error code, const char *reason);
+bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
+                 const rd_kafka_message_t *message);
+bool add_poison(batch *b, size_t index, event_error code, const char *reason);
+/* Counts, from zero, the staged events whose digests `inserted` (phase A's
+ * result) lists as new into the batch's rollup; *fresh is how many. False
+ * when a total would overflow. */
+bool batch_count_new(batch *b, const PGresult *inserted, uint64_t *fresh);
+void copy_utf8(char *dst, size_t dst_size, const char *text);
+void flatten_lines(char *text);
+
+/* ---- writer.c ---- */
+void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque);
+bool dlq_produce(collector *c, const rd_kafka_message_t *m, event_error code,
+                 const char *reason, char *err, size_t err_size);
+bool dlq_confirm(collector *c, char *err, size_t err_size);
+void set_paused(collector *c, bool paused, pause_reason reason);
+void write_failed(collector *c, pause_reason reason, const char *err);
+void write_done(collector *c, uint64_t counted);
+void write_start(collector *c);
+void write_poll(collector *c, bool wait);
+void write_next(collector *c);
+bool write_all_now(collector *c);
+
+/* ---- poison.c ---- */
+void write_isolating(collector *c, const char *why);
+
+/* ---- kafka.c ---- */
+rd_kafka_t *make_consumer(collector *c);
+rd_kafka_t *make_dlq_producer(collector *c);
+rd_kafka_t *make_reader(collector *c, char *err, size_t err_size);
+void update_lag(collector *c);
+
+#endif

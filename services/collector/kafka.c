@@ -1,0 +1,265 @@
+/* The Kafka side: the group consumer and its rebalances, the DLQ producer,
+ * the reader of poison events, and the lag. */
+#include "collector.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "period.h"
+#include "timeutil.h"
+#include "utf8.h"
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *partitions, void *opaque)
+{
+    collector *c = opaque;
+    bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        log_info("assigned %d partition(s) (%s)", partitions->cnt,
+                 cooperative ? "cooperative" : "eager");
+        c->ever_assigned = true;
+        rd_kafka_error_t *aerr = NULL;
+        if (cooperative)
+            aerr = rd_kafka_incremental_assign(rk, partitions);
+        else
+            rd_kafka_assign(rk, partitions);
+        if (aerr) {
+            log_error("incremental assign: %s", rd_kafka_error_string(aerr));
+            rd_kafka_error_destroy(aerr);
+        }
+        if (c->paused && partitions->cnt > 0)
+            rd_kafka_pause_partitions(rk, partitions);
+        return;
+    }
+    if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        log_info("revoking %d partition(s)%s", partitions->cnt,
+                 rd_kafka_assignment_lost(rk) ? " (assignment lost)" : "");
+        /* Write what was consumed while these partitions are still ours, so
+         * the new owner starts after it. If that fails the batches are kept
+         * and written later: their events may then be processed by the new
+         * owner too, and the deduplication record counts them once, whoever
+         * commits first. */
+        if (!rd_kafka_assignment_lost(rk)) {
+            c->synchronous_commit = true;
+            write_all_now(c);
+            c->synchronous_commit = false;
+        }
+        if (cooperative) {
+            rd_kafka_error_t *uerr = rd_kafka_incremental_unassign(rk, partitions);
+            if (uerr) {
+                log_error("incremental unassign: %s", rd_kafka_error_string(uerr));
+                rd_kafka_error_destroy(uerr);
+            }
+        } else {
+            rd_kafka_assign(rk, NULL);
+        }
+        return;
+    }
+    log_error("rebalance failed: %s", rd_kafka_err2str(err));
+    rd_kafka_assign(rk, NULL);
+}
+
+static void on_kafka_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
+{
+    (void)rk;
+    if (level <= 3)
+        log_error("kafka %s: %s", facility, text);
+    else if (level <= 4)
+        log_warn("kafka %s: %s", facility, text);
+    else
+        log_debug("kafka %s: %s", facility, text);
+}
+
+static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+    (void)rk;
+    (void)opaque;
+    if (err == RD_KAFKA_RESP_ERR__FATAL) {
+        log_error("fatal Kafka error: %s; stopping", reason);
+        collector_stop_requested = 1;
+        return;
+    }
+    log_warn("Kafka: %s (%s)", reason, rd_kafka_err2name((rd_kafka_resp_err_t)err));
+}
+
+static bool set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
+{
+    char err[256];
+    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) != RD_KAFKA_CONF_OK) {
+        /* Never echo a secret's value. */
+        log_error("Kafka setting %s=%s: %s", name,
+                  strcmp(name, "sasl.password") == 0 ? "(hidden)" : value, err);
+        return false;
+    }
+    return true;
+}
+
+/* The brokers and how to reach them (TLS, SASL), for every client. */
+static bool set_connection(rd_kafka_conf_t *conf, const collector_config *cfg,
+                           const char *client_id)
+{
+    return set_conf(conf, "bootstrap.servers", cfg->kafka_brokers) &&
+           set_conf(conf, "client.id", client_id) &&
+           set_conf(conf, "security.protocol", cfg->kafka_security_protocol) &&
+           (cfg->kafka_sasl_mechanism == NULL ||
+            set_conf(conf, "sasl.mechanisms", cfg->kafka_sasl_mechanism)) &&
+           (cfg->kafka_sasl_username == NULL ||
+            set_conf(conf, "sasl.username", cfg->kafka_sasl_username)) &&
+           (cfg->kafka_sasl_password == NULL ||
+            set_conf(conf, "sasl.password", cfg->kafka_sasl_password)) &&
+           (cfg->kafka_ssl_ca_location == NULL ||
+            set_conf(conf, "ssl.ca.location", cfg->kafka_ssl_ca_location));
+}
+
+rd_kafka_t *make_consumer(collector *c)
+{
+    char session[24], queued[24];
+    snprintf(session, sizeof session, "%lld", c->cfg->session_timeout_ms);
+    /* What librdkafka pre-fetches is most of this process's memory: 20 MB of
+     * queued messages and 8 MB fetch responses keep the parser fed (measured:
+     * an 8 MB queue halves throughput) within the 100 MB budget. When the
+     * queue is full librdkafka 2.0 waits fetch.error.backoff.ms before
+     * fetching again; its default of 500 ms stalls a fast consumer. */
+    snprintf(queued, sizeof queued, "%lld", 20480LL);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    bool ok = set_connection(conf, c->cfg, "tally-collector") &&
+              set_conf(conf, "group.id", c->cfg->kafka_group) &&
+              /* Offsets are committed by us, after the database commit. */
+              set_conf(conf, "enable.auto.commit", "false") &&
+              set_conf(conf, "enable.auto.offset.store", "false") &&
+              /* A new group starts at the beginning: nothing published is skipped. */
+              set_conf(conf, "auto.offset.reset", "earliest") &&
+              set_conf(conf, "partition.assignment.strategy", c->cfg->assignment_strategy) &&
+              set_conf(conf, "session.timeout.ms", session) &&
+              set_conf(conf, "heartbeat.interval.ms",
+                       c->cfg->session_timeout_ms >= 9000 ? "3000" : "500") &&
+              set_conf(conf, "queued.max.messages.kbytes", queued) &&
+              set_conf(conf, "fetch.max.bytes", "8388608") &&
+              set_conf(conf, "fetch.error.backoff.ms", "10") &&
+              set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    char err[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    if (rk == NULL) {
+        log_error("creating the Kafka consumer: %s", err);
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    /* rd_kafka_new() took ownership of conf. */
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, c->cfg->kafka_topic, RD_KAFKA_PARTITION_UA);
+    rd_kafka_resp_err_t serr = rd_kafka_subscribe(rk, topics);
+    rd_kafka_topic_partition_list_destroy(topics);
+    if (serr) {
+        log_error("subscribing to %s: %s", c->cfg->kafka_topic, rd_kafka_err2str(serr));
+        rd_kafka_destroy(rk);
+        return NULL;
+    }
+    return rk;
+}
+
+rd_kafka_t *make_dlq_producer(collector *c)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    bool ok = set_connection(conf, c->cfg, "tally-collector-dlq") &&
+              /* A rejected event must not be lost or reordered on retries. */
+              set_conf(conf, "enable.idempotence", "true") && set_conf(conf, "acks", "all") &&
+              set_conf(conf, "linger.ms", "5") && set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_dr_msg_cb(conf, dlq_delivered);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    char err[512];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
+    if (rk == NULL) {
+        log_error("creating the DLQ producer: %s", err);
+        rd_kafka_conf_destroy(conf);
+    }
+    return rk;
+}
+
+/* A consumer that only reads given offsets again (poison events for the
+ * DLQ): it never subscribes or commits, so the group is untouched. */
+rd_kafka_t *make_reader(collector *c, char *err, size_t err_size)
+{
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char group[300];
+    snprintf(group, sizeof group, "%s-reread", c->cfg->kafka_group);
+    bool ok = set_connection(conf, c->cfg, "tally-collector-reread") &&
+              set_conf(conf, "group.id", group) && set_conf(conf, "enable.auto.commit", "false") &&
+              set_conf(conf, "enable.auto.offset.store", "false") &&
+              set_conf(conf, "log.queue", "false");
+    if (!ok) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, err_size, "configuring the poison reader failed");
+        return NULL;
+    }
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    char kerr[256];
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, err_size, "creating the poison reader: %s", kerr);
+        return NULL;
+    }
+    rd_kafka_poll_set_consumer(rk);
+    return rk;
+}
+
+/* Lag = high watermark - where this group is: our position on partitions we
+ * have read since assignment; the group's committed offset on the others (a
+ * restarted instance that is caught up must not report the whole log);
+ * the log start where nothing was ever committed (auto.offset.reset is
+ * earliest). A partition whose committed offset cannot be fetched in 200 ms
+ * is left out of this sample. */
+void update_lag(collector *c)
+{
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    rd_kafka_position(c->consumer, owned);
+    rd_kafka_topic_partition_list_t *unread = rd_kafka_topic_partition_list_new(owned->cnt);
+    for (int i = 0; i < owned->cnt; i++) {
+        if (owned->elems[i].offset < 0)
+            rd_kafka_topic_partition_list_add(unread, owned->elems[i].topic,
+                                              owned->elems[i].partition);
+    }
+    bool committed_known = unread->cnt == 0 || rd_kafka_committed(c->consumer, unread, 200) ==
+                                                   RD_KAFKA_RESP_ERR_NO_ERROR;
+    int64_t lag = 0;
+    for (int i = 0; i < owned->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &owned->elems[i];
+        int64_t low = 0, high = 0;
+        if (rd_kafka_get_watermark_offsets(c->consumer, p->topic, p->partition, &low, &high) !=
+                RD_KAFKA_RESP_ERR_NO_ERROR ||
+            high < 0)
+            continue;
+        int64_t position = p->offset;
+        if (position < 0) {
+            const rd_kafka_topic_partition_t *committed =
+                rd_kafka_topic_partition_list_find(unread, p->topic, p->partition);
+            if (!committed_known || committed == NULL || committed->err)
+                continue;
+            position = committed->offset >= 0 ? committed->offset : low;
+        }
+        if (high > position)
+            lag += high - position;
+    }
+    metrics_set(c->m.lag, (double)lag);
+    rd_kafka_topic_partition_list_destroy(unread);
+    rd_kafka_topic_partition_list_destroy(owned);
+}

@@ -1,0 +1,341 @@
+/* Writing a batch: unknown keys, rejects to the DLQ, the two-phase
+ * transaction (store.h), then the offsets; a failure pauses and retries. */
+#include "collector.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "period.h"
+#include "timeutil.h"
+#include "utf8.h"
+
+/* Looks up the keys the cache missed (a key created a moment ago is counted),
+ * then stages the events whose key exists and rejects the rest. */
+static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_size)
+{
+    if (b->unresolved_count == 0)
+        return true;
+    const char **ids = malloc(b->unresolved_count * sizeof *ids);
+    if (ids == NULL) {
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    for (size_t i = 0; i < b->unresolved_count; i++)
+        ids[i] = b->unresolved[i].event.subject;
+    metrics_add(c->m.key_lookups, 1);
+    bool ok = store_lookup_keys(c->db, ids, b->unresolved_count, c->keys, err, err_size);
+    free(ids);
+    if (!ok)
+        return false;
+    metrics_set(c->m.key_cache_size, (double)keyplans_size(c->keys));
+    for (size_t i = 0; i < b->unresolved_count; i++) {
+        unresolved *u = &b->unresolved[i];
+        const char *plan_id = keyplans_lookup(c->keys, u->event.subject);
+        if (plan_id != NULL) {
+            if (!stage_event(b, &u->event, plan_id, u->message)) {
+                snprintf(err, err_size, "batch bounds exceeded while staging");
+                return false;
+            }
+            rd_kafka_message_destroy(u->message);
+        } else {
+            char subject[101], reason[200];
+            copy_utf8(subject, sizeof subject, u->event.subject);
+            snprintf(reason, sizeof reason, "subject \"%s\" is not a known API key id", subject);
+            if (!add_reject(b, u->message, EVENT_ERR_UNKNOWN_KEY, reason)) {
+                snprintf(err, err_size, "out of memory");
+                return false;
+            }
+        }
+        u->message = NULL;
+    }
+    b->unresolved_count = 0;
+    return true;
+}
+
+void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
+{
+    (void)rk;
+    collector *c = opaque;
+    if (message->err) {
+        c->dlq_failures++;
+        log_warn("DLQ delivery failed: %s", rd_kafka_err2str(message->err));
+    }
+}
+
+/* Queues one rejected message for the DLQ, unchanged (value, key and
+ * headers), with the reason in added headers. */
+bool dlq_produce(collector *c, const rd_kafka_message_t *m, event_error code, const char *reason,
+                 char *err, size_t err_size)
+{
+    rd_kafka_headers_t *original = NULL;
+    rd_kafka_headers_t *headers =
+        rd_kafka_message_headers(m, &original) == RD_KAFKA_RESP_ERR_NO_ERROR
+            ? rd_kafka_headers_copy(original)
+            : rd_kafka_headers_new(5);
+    char partition[16], offset[24];
+    snprintf(partition, sizeof partition, "%d", (int)m->partition);
+    snprintf(offset, sizeof offset, "%lld", (long long)m->offset);
+    rd_kafka_header_add(headers, "tally-error-code", -1, event_error_code(code), -1);
+    rd_kafka_header_add(headers, "tally-error-message", -1, reason, -1);
+    rd_kafka_header_add(headers, "tally-source-topic", -1, rd_kafka_topic_name(m->rkt), -1);
+    rd_kafka_header_add(headers, "tally-source-partition", -1, partition, -1);
+    rd_kafka_header_add(headers, "tally-source-offset", -1, offset, -1);
+    rd_kafka_resp_err_t perr;
+    do {
+        perr = rd_kafka_producev(
+            c->dlq, RD_KAFKA_V_TOPIC(c->cfg->dlq_topic), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_VALUE(m->payload, m->len), RD_KAFKA_V_KEY(m->key, m->key_len),
+            RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
+        if (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+            rd_kafka_poll(c->dlq, 50);
+    } while (perr == RD_KAFKA_RESP_ERR__QUEUE_FULL);
+    if (perr != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        rd_kafka_headers_destroy(headers); /* not taken over on failure */
+        snprintf(err, err_size, "publishing to the DLQ topic %s: %s", c->cfg->dlq_topic,
+                 rd_kafka_err2str(perr));
+        return false;
+    }
+    return true;
+}
+
+/* Waits until the broker has confirmed everything queued for the DLQ. */
+bool dlq_confirm(collector *c, char *err, size_t err_size)
+{
+    rd_kafka_resp_err_t ferr = rd_kafka_flush(c->dlq, 10000);
+    if (ferr != RD_KAFKA_RESP_ERR_NO_ERROR || c->dlq_failures > 0) {
+        snprintf(err, err_size, "DLQ topic %s did not confirm %d rejected events (%s)",
+                 c->cfg->dlq_topic, c->dlq_failures, rd_kafka_err2str(ferr));
+        return false;
+    }
+    return true;
+}
+
+/* Publishes the batch's rejects to the DLQ and waits until the broker has
+ * them all. */
+static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
+{
+    if (b->dlq_done || b->reject_count == 0) {
+        b->dlq_done = true;
+        return true;
+    }
+    c->dlq_failures = 0;
+    for (size_t i = 0; i < b->reject_count; i++) {
+        const reject *r = &b->rejects[i];
+        if (!dlq_produce(c, r->message, r->code, r->reason, err, err_size))
+            return false;
+    }
+    if (!dlq_confirm(c, err, err_size))
+        return false;
+    b->dlq_done = true;
+    return true;
+}
+
+/* Commits the batch's offsets for the partitions this instance still owns.
+ * A failed commit is only logged: the database already holds the batch, so
+ * a replay from an older offset is deduplicated. */
+static void commit_offsets(collector *c, const batch *b)
+{
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return;
+    rd_kafka_topic_partition_list_t *offsets =
+        rd_kafka_topic_partition_list_new((int)b->mark_count);
+    for (size_t i = 0; i < b->mark_count; i++) {
+        if (rd_kafka_topic_partition_list_find(owned, c->cfg->kafka_topic, b->marks[i].partition))
+            rd_kafka_topic_partition_list_add(offsets, c->cfg->kafka_topic, b->marks[i].partition)
+                ->offset = b->marks[i].next_offset;
+    }
+    if (offsets->cnt > 0) {
+        rd_kafka_resp_err_t cerr =
+            rd_kafka_commit(c->consumer, offsets, c->synchronous_commit ? 0 : 1);
+        if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR)
+            log_warn("committing Kafka offsets: %s (the batch is in the database; a replay is "
+                     "deduplicated)",
+                     rd_kafka_err2str(cerr));
+    }
+    rd_kafka_topic_partition_list_destroy(offsets);
+    rd_kafka_topic_partition_list_destroy(owned);
+}
+
+void set_paused(collector *c, bool paused, pause_reason reason)
+{
+    for (int r = 0; r < PAUSE__COUNT; r++)
+        metrics_set(c->m.pause_reason[r], paused && r == (int)reason ? 1 : 0);
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        if (owned->cnt > 0) {
+            if (paused)
+                rd_kafka_pause_partitions(c->consumer, owned);
+            else
+                rd_kafka_resume_partitions(c->consumer, owned);
+        }
+        rd_kafka_topic_partition_list_destroy(owned);
+    }
+    if (c->paused != paused && paused)
+        log_info("consumption paused until the batch can be written (%s)",
+                 pause_reason_names[reason]);
+    else if (c->paused != paused)
+        log_info("consumption resumed");
+    c->paused = paused;
+    metrics_set(c->m.paused, paused ? 1 : 0);
+}
+
+/* The write failed: keep the batch, pause consumption and retry after a
+ * backoff (100 ms doubling to 5 s). Nothing was acknowledged to Kafka. */
+void write_failed(collector *c, pause_reason reason, const char *err)
+{
+    log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
+    c->writing_sent = false;
+    c->rollups_sent = false;
+    if (!store_is_connected(c->db))
+        store_disconnect(c->db);
+    c->backoff_usec = c->backoff_usec ? c->backoff_usec * 2 : 100 * 1000;
+    if (c->backoff_usec > 5 * USEC_PER_SEC)
+        c->backoff_usec = 5 * USEC_PER_SEC;
+    c->retry_at = time_now_usec() + c->backoff_usec;
+    set_paused(c, true, reason);
+}
+
+/* The batch is in the database: acknowledge it to Kafka and account for it.
+ * consumed = counted + duplicates + rejected, batch by batch; `counted` is
+ * what this attempt found new, to which what an earlier isolation pass
+ * committed is added. */
+void write_done(collector *c, uint64_t counted)
+{
+    batch *b = c->writing;
+    commit_offsets(c, b);
+    counted += b->counted_earlier;
+    uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
+    metrics_add(c->m.consumed, b->consumed);
+    metrics_add(c->m.counted, counted);
+    metrics_add(c->m.duplicates, duplicates);
+    for (size_t i = 0; i < b->reject_count; i++)
+        metrics_add(c->m.rejected[b->rejects[i].code], 1);
+    for (size_t i = 0; i < b->poison_count; i++)
+        metrics_add(c->m.rejected[b->poisons[i].code], 1);
+    metrics_add(c->m.batches, 1);
+    metrics_observe(c->m.batch_size, (double)b->consumed);
+    double seconds = (double)(time_now_usec() - c->writing_started) / 1e6;
+    metrics_observe(c->m.batch_seconds, seconds);
+    metrics_set(c->m.last_commit, (double)time_now_usec() / 1e6);
+    log_debug("batch written: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
+              "%.1f ms",
+              b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
+              b->reject_count + b->poison_count, seconds * 1000);
+    batch_clear(b);
+    c->writing = NULL;
+    c->writing_since = 0;
+    c->writing_sent = false;
+    c->rollups_sent = false;
+    c->backoff_usec = 0;
+    c->retry_at = 0;
+    if (c->paused)
+        set_paused(c, false, PAUSE_DATABASE);
+}
+
+/* Starts (or restarts) writing c->writing: unknown keys, DLQ, then the
+ * database statement, which is left in flight. */
+void write_start(collector *c)
+{
+    batch *b = c->writing;
+    char err[512];
+    c->writing_started = time_now_usec();
+    if (!resolve_unknown_keys(c, b, err, sizeof err)) {
+        metrics_add(c->m.db_errors, 1);
+        write_failed(c, PAUSE_DATABASE, err);
+        return;
+    }
+    if (!publish_rejects(c, b, err, sizeof err)) {
+        metrics_add(c->m.dlq_errors, 1);
+        write_failed(c, PAUSE_DLQ, err);
+        return;
+    }
+    if (b->event_count == 0) {
+        write_done(c, 0);
+        return;
+    }
+    if (!store_send_inserts(c->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
+        metrics_add(c->m.db_errors, 1);
+        write_failed(c, PAUSE_DATABASE, err);
+        return;
+    }
+    c->writing_sent = true;
+    c->rollups_sent = false;
+}
+
+/* Phase A answered with the digests never seen before: count exactly those
+ * events in the batch's rollup, and send phase B. */
+static void send_rollups(collector *c, PGresult *inserted)
+{
+    batch *b = c->writing;
+    char err[512];
+    uint64_t counted;
+    if (!batch_count_new(b, inserted, &counted)) {
+        write_isolating(c, "a batch total would overflow");
+        return;
+    }
+    c->writing_counted = counted;
+    if (!rollup_render(b->rollup, c->hourly, c->counters)) {
+        write_isolating(c, "rollup parameters exceed their buffers or a total would overflow");
+        return;
+    }
+    if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
+        metrics_add(c->m.db_errors, 1);
+        write_failed(c, PAUSE_DATABASE, err);
+        return;
+    }
+    c->rollups_sent = true;
+}
+
+/* Advances the write in flight; with `wait`, until it is done. */
+void write_poll(collector *c, bool wait)
+{
+    while (c->writing != NULL && c->writing_sent) {
+        PGresult *inserted = NULL;
+        char err[512];
+        switch (store_poll(c->db, wait, &inserted, err, sizeof err)) {
+        case STORE_PENDING:
+            return;
+        case STORE_DONE:
+            if (c->rollups_sent) {
+                write_done(c, c->writing_counted);
+                return;
+            }
+            send_rollups(c, inserted);
+            PQclear(inserted);
+            break; /* phase B is in flight now */
+        case STORE_FAILED:
+            metrics_add(c->m.db_errors, 1);
+            if (store_last_error(c->db) == STORE_ERROR_TRANSIENT)
+                write_failed(c, PAUSE_DATABASE, err);
+            else
+                write_isolating(c, err);
+            return;
+        }
+    }
+}
+
+/* Hands the filling batch to the writer (which must be idle). */
+void write_next(collector *c)
+{
+    c->writing = c->filling;
+    c->writing_since = time_now_usec();
+    c->filling = c->filling == &c->batches[0] ? &c->batches[1] : &c->batches[0];
+    write_start(c);
+}
+
+/* Writes everything consumed so far, synchronously, one attempt per batch.
+ * True when nothing is left unwritten. */
+bool write_all_now(collector *c)
+{
+    if (c->writing && !c->writing_sent)
+        write_start(c);
+    write_poll(c, true);
+    if (c->writing == NULL && !batch_empty(c->filling)) {
+        write_next(c);
+        write_poll(c, true);
+    }
+    return c->writing == NULL && batch_empty(c->filling);
+}
