@@ -47,6 +47,7 @@ typedef struct report {
     struct report *lane_next;
 } report;
 
+/* Frees a report (stolen) with its error text; NULL is fine. */
 void report_free(report *r);
 
 /* Takes the reporter's session-level advisory lock (one active reporter per
