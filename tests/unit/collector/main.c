@@ -5,7 +5,7 @@
 int main(void)
 {
     Suite *const suites[] = {
-        keycache_suite(),
+        keyplans_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

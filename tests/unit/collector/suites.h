@@ -4,6 +4,6 @@
 
 #include <check.h>
 
-Suite *keycache_suite(void);
+Suite *keyplans_suite(void);
 
 #endif
