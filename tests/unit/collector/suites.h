@@ -5,5 +5,6 @@
 #include <check.h>
 
 Suite *keyplans_suite(void);
+Suite *rollup_suite(void);
 
 #endif
