@@ -9,11 +9,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The UTF-8 helpers were once part of this module; code that still takes
- * them through event.h (the collector's main.c) keeps building. New code
- * includes utf8.h itself. */
-#include "utf8.h"
-
 #define EVENT_MAX_BYTES_DEFAULT   65536   /* a message value above this is too_large */
 #define EVENT_MAX_ID_LEN          256     /* id, source, type */
 #define EVENT_MAX_SUBJECT_LEN     128     /* API key ids */
