@@ -1,4 +1,4 @@
-/* Fuzz target: common/apimodel.c's body models, apimodel_plan_apply and
+/* Fuzz target: services/api/apimodel.c's body models, apimodel_plan_apply and
  * apimodel_key_apply, as tally-api calls them on POST and PATCH bodies.
  * Input: one control byte (bit 0: key rather than plan; bit 1: creating
  * rather than patching; bit 2: patch a fully set model rather than an

@@ -1,7 +1,7 @@
 /* Fuzz target: the canonical form of a gateway's request target and method
- * (common/apitext.c apitext_canonical_path, apitext_canonical_method), by
+ * (services/api/apitext.c apitext_canonical_path, apitext_canonical_method), by
  * which per-method throttles are keyed and matched, and the split of a
- * stored methodThrottles key (common/apimodel.c apimodel_method_key_split).
+ * stored methodThrottles key (services/api/apimodel.c apimodel_method_key_split).
  * The input bytes are the target (and the method, and the key).
  * Properties of a canonical path c = canon(x):
  *   - APITEXT_CANONICAL_SIZE(len) bytes hold it; it starts with '/';

@@ -1,7 +1,7 @@
 /* Fuzz target: the usage query's parameters as tally-api reads them from a
  * query string: each raw value percent-decoded by libmicrohttpd's unescape
- * step (common/apitext.c apitext_unescape), then from, to, granularity and
- * groupBy parsed (common/apimodel.c apimodel_usage_query_parse, called by
+ * step (services/api/apitext.c apitext_unescape), then from, to, granularity and
+ * groupBy parsed (services/api/apimodel.c apimodel_usage_query_parse, called by
  * services/api/usage.c), and the list parameters limit and position
  * (apimodel_parse_limit, apimodel_cursor_decode).
  * Input: byte 0 says which of the six parameters are present (bit i for
