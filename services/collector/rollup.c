@@ -68,7 +68,7 @@ static bool reserve(void **items, size_t *cap, size_t count, size_t size, size_t
 static bool map_init(index_map *m, size_t max_keys)
 {
     m->max_keys = max_keys;
-    m->key_cap = 1024;
+    m->key_cap = max_keys < 1024 ? max_keys : 1024;
     m->keys = malloc(m->key_cap * sizeof *m->keys);
     buf_init(&m->text, max_keys * 700);
     return m->keys != NULL && hashindex_init(&m->index, 512);
@@ -134,8 +134,10 @@ rollup *rollup_new(size_t max_groups)
     if (r == NULL)
         return NULL;
     r->max_groups = max_groups;
-    r->group_cap = 1024;
-    r->counter_cap = 1024;
+    /* Start small and grow; never past the limits (reserve enforces them
+     * from the first element on). */
+    r->group_cap = max_groups < 1024 ? max_groups : 1024;
+    r->counter_cap = max_groups * 3 < 1024 ? max_groups * 3 : 1024;
     r->groups = malloc(r->group_cap * sizeof *r->groups);
     r->counters = malloc(r->counter_cap * sizeof *r->counters);
     buf_init(&r->strings, max_groups * 700);

@@ -102,6 +102,18 @@ START_TEST(full_rollup_refuses_a_new_group)
 }
 END_TEST
 
+/* A limit under the first allocation is kept too. */
+START_TEST(small_rollup_keeps_its_limit)
+{
+    rollup *r = rollup_new(2);
+    ck_assert_ptr_nonnull(r);
+    ck_assert_int_eq(group_of(r, "a", "GET", "/a", MON_1230_USEC), 0);
+    ck_assert_int_eq(group_of(r, "b", "GET", "/a", MON_1230_USEC), 1);
+    ck_assert_int_eq(group_of(r, "c", "GET", "/a", MON_1230_USEC), -1);
+    rollup_free(r);
+}
+END_TEST
+
 START_TEST(render_gives_hourly_rows_and_period_counters)
 {
     rollup *r = rollup_new(16);
@@ -198,6 +210,7 @@ Suite *rollup_suite(void)
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, same_dimensions_and_hour_share_a_group);
     tcase_add_test(tc, full_rollup_refuses_a_new_group);
+    tcase_add_test(tc, small_rollup_keeps_its_limit);
     tcase_add_test(tc, render_gives_hourly_rows_and_period_counters);
     tcase_add_test(tc, empty_rollup_renders_empty_arrays);
     tcase_add_test(tc, add_refuses_int64_overflow);

@@ -11,6 +11,7 @@ int main(void)
         utf8_suite(),
         config_suite(),
         tokenbucket_suite(),
+        hashindex_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

@@ -10,5 +10,6 @@ Suite *event_suite(void);
 Suite *utf8_suite(void);
 Suite *config_suite(void);
 Suite *tokenbucket_suite(void);
+Suite *hashindex_suite(void);
 
 #endif
