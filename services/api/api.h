@@ -16,6 +16,8 @@
 
 #include "apimodel.h"
 #include "apiroute.h"
+#include "buf.h"
+#include "routes.h"
 
 #define API_MAX_BODY_BYTES (64u * 1024u)
 #define API_MAX_HEADERS 8
@@ -32,10 +34,11 @@ typedef struct {
     } headers[API_MAX_HEADERS];
 } api_response;
 
-typedef struct {
+typedef struct api_request {
     struct MHD_Connection *conn;  /* borrowed */
     const char *method;           /* borrowed from libmicrohttpd */
-    apiroute_op op;
+    const apiroute *route;        /* its row of api_routes, or NULL when unmatched */
+    bool on_worker;               /* the handler runs on a database worker */
     char id[APIROUTE_ID_MAX + 1]; /* the path's {id}, or "" */
     const char *body;             /* NUL-terminated; "" when there was none */
     size_t body_len;
@@ -139,15 +142,21 @@ bool auth_api_key_hash(api_request *req, uint8_t hash[32]);
 
 /* ---- handlers ---- */
 
-void plans_handle(api_request *req);   /* plans.c: the plan routes */
-void keys_handle(api_request *req);    /* keys.c: the key routes, attach / detach */
-void usage_handle(api_request *req);   /* usage.c: usage and quota, by id and /me */
-/* usage.c: GET /v1/keys/{id}/quota and GET /v1/me/quota (one path for
- * both) from the key cache, in memory; true when it replied, false when
- * the cache cannot answer for this key and usage_handle (the database)
- * must. */
-bool usage_quota_from_cache(api_request *req);
-void authorize_handle(api_request *req); /* authorize.c */
+/* Every route's handler is declared by its row in routes.h. */
+
+/* ---- the operations endpoints and request metrics (opsroutes.c) ---- */
+
+/* What the /metrics and /openapi.json handlers serve: `public_metrics`
+ * says whether they answer on TALLY_HTTP_ADDR at all (else 404, they are
+ * on the internal address); the OpenAPI text (NULL: none) is borrowed for
+ * the process's life. Called once before the server starts. */
+void opsroutes_init(bool public_metrics, const char *openapi_text, size_t openapi_len);
+/* Counts one answered request: its route (NULL: unmatched), status and
+ * time from its headers to the queued answer. */
+void opsroutes_observe(const apiroute *route, unsigned status, double seconds);
+/* The Prometheus text of every metric (requests by route and status, then
+ * the shared registry) into out; false when it does not fit. */
+bool opsroutes_render_metrics(buf *out);
 
 /* A key's JSON from a row of KEY_COLUMNS (keys.c), for reuse. */
 #define KEY_COLUMNS                                                                   \

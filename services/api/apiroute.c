@@ -1,75 +1,9 @@
+/* Route matching over a table of method + path pattern rows. */
 #include "apiroute.h"
 
 #include <string.h>
 
-/* Path shapes; "{id}" stands for one id segment. */
-typedef enum {
-    PATH_HEALTHZ,
-    PATH_READYZ,
-    PATH_METRICS,
-    PATH_OPENAPI,
-    PATH_PLANS,
-    PATH_PLAN,
-    PATH_KEYS,
-    PATH_KEY,
-    PATH_KEY_PLAN,
-    PATH_KEY_USAGE,
-    PATH_KEY_QUOTA,
-    PATH_ME_USAGE,
-    PATH_ME_QUOTA,
-    PATH_AUTHORIZE,
-    PATH__COUNT
-} path_shape;
-
-static const struct {
-    const char *segments[4]; /* NULL-terminated when shorter */
-    const char *allow;
-} shapes[PATH__COUNT] = {
-    [PATH_HEALTHZ] = {{"healthz", NULL}, "GET, HEAD"},
-    [PATH_READYZ] = {{"readyz", NULL}, "GET, HEAD"},
-    [PATH_METRICS] = {{"metrics", NULL}, "GET, HEAD"},
-    [PATH_OPENAPI] = {{"openapi.json", NULL}, "GET, HEAD"},
-    [PATH_PLANS] = {{"v1", "plans", NULL}, "GET, HEAD, POST"},
-    [PATH_PLAN] = {{"v1", "plans", "{id}", NULL}, "GET, HEAD, PATCH, DELETE"},
-    [PATH_KEYS] = {{"v1", "keys", NULL}, "GET, HEAD, POST"},
-    [PATH_KEY] = {{"v1", "keys", "{id}", NULL}, "GET, HEAD, PATCH, DELETE"},
-    [PATH_KEY_PLAN] = {{"v1", "keys", "{id}", "plan"}, "PUT, DELETE"},
-    [PATH_KEY_USAGE] = {{"v1", "keys", "{id}", "usage"}, "GET, HEAD"},
-    [PATH_KEY_QUOTA] = {{"v1", "keys", "{id}", "quota"}, "GET, HEAD"},
-    [PATH_ME_USAGE] = {{"v1", "me", "usage", NULL}, "GET, HEAD"},
-    [PATH_ME_QUOTA] = {{"v1", "me", "quota", NULL}, "GET, HEAD"},
-    [PATH_AUTHORIZE] = {{"v1", "authorize", NULL}, "GET, HEAD"},
-};
-
-static const struct {
-    path_shape shape;
-    const char *method;
-    apiroute_op op;
-    const char *label;
-    apiroute_auth auth;
-} operations[OP__COUNT] = {
-    {PATH_HEALTHZ, "GET", OP_HEALTHZ, "GET /healthz", AUTH_NONE},
-    {PATH_READYZ, "GET", OP_READYZ, "GET /readyz", AUTH_NONE},
-    {PATH_METRICS, "GET", OP_METRICS, "GET /metrics", AUTH_NONE},
-    {PATH_OPENAPI, "GET", OP_OPENAPI, "GET /openapi.json", AUTH_NONE},
-    {PATH_PLANS, "POST", OP_CREATE_PLAN, "POST /v1/plans", AUTH_ADMIN},
-    {PATH_PLANS, "GET", OP_LIST_PLANS, "GET /v1/plans", AUTH_ADMIN},
-    {PATH_PLAN, "GET", OP_GET_PLAN, "GET /v1/plans/{id}", AUTH_ADMIN},
-    {PATH_PLAN, "PATCH", OP_UPDATE_PLAN, "PATCH /v1/plans/{id}", AUTH_ADMIN},
-    {PATH_PLAN, "DELETE", OP_DELETE_PLAN, "DELETE /v1/plans/{id}", AUTH_ADMIN},
-    {PATH_KEYS, "POST", OP_CREATE_KEY, "POST /v1/keys", AUTH_ADMIN},
-    {PATH_KEYS, "GET", OP_LIST_KEYS, "GET /v1/keys", AUTH_ADMIN},
-    {PATH_KEY, "GET", OP_GET_KEY, "GET /v1/keys/{id}", AUTH_ADMIN},
-    {PATH_KEY, "PATCH", OP_UPDATE_KEY, "PATCH /v1/keys/{id}", AUTH_ADMIN},
-    {PATH_KEY, "DELETE", OP_DELETE_KEY, "DELETE /v1/keys/{id}", AUTH_ADMIN},
-    {PATH_KEY_PLAN, "PUT", OP_ATTACH_PLAN, "PUT /v1/keys/{id}/plan", AUTH_ADMIN},
-    {PATH_KEY_PLAN, "DELETE", OP_DETACH_PLAN, "DELETE /v1/keys/{id}/plan", AUTH_ADMIN},
-    {PATH_KEY_USAGE, "GET", OP_KEY_USAGE, "GET /v1/keys/{id}/usage", AUTH_ADMIN},
-    {PATH_KEY_QUOTA, "GET", OP_KEY_QUOTA, "GET /v1/keys/{id}/quota", AUTH_ADMIN},
-    {PATH_ME_USAGE, "GET", OP_ME_USAGE, "GET /v1/me/usage", AUTH_API_KEY},
-    {PATH_ME_QUOTA, "GET", OP_ME_QUOTA, "GET /v1/me/quota", AUTH_API_KEY},
-    {PATH_AUTHORIZE, "GET", OP_AUTHORIZE, "GET /v1/authorize", AUTH_GATEWAY},
-};
+#define ID_SEGMENT "{id}"
 
 bool apiroute_valid_id(const char *text, size_t len)
 {
@@ -85,59 +19,131 @@ bool apiroute_valid_id(const char *text, size_t len)
     return true;
 }
 
-/* Matches `path` against one shape; on success copies the id into `id`. */
-static bool shape_matches(path_shape shape, const char *path, char *id)
+/* Matches `path` against `pattern` segment by segment; on success copies
+ * the path's {id} (or "") into `id`. */
+static bool path_matches(const char *pattern, const char *path, char id[APIROUTE_ID_MAX + 1])
 {
-    const char *p = path;
     id[0] = '\0';
-    for (int s = 0; s < 4 && shapes[shape].segments[s] != NULL; s++) {
-        if (*p != '/')
+    while (*pattern != '\0') {
+        if (*pattern != '/' || *path != '/')
             return false;
-        p++;
-        const char *end = strchr(p, '/');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        const char *want = shapes[shape].segments[s];
-        if (strcmp(want, "{id}") == 0) {
-            if (!apiroute_valid_id(p, len))
+        pattern++;
+        path++;
+        size_t want = strcspn(pattern, "/");
+        size_t have = strcspn(path, "/");
+        if (want == strlen(ID_SEGMENT) && memcmp(pattern, ID_SEGMENT, want) == 0) {
+            if (!apiroute_valid_id(path, have))
                 return false;
-            memcpy(id, p, len);
-            id[len] = '\0';
-        } else if (strlen(want) != len || memcmp(want, p, len) != 0) {
+            memcpy(id, path, have);
+            id[have] = '\0';
+        } else if (want != have || memcmp(pattern, path, have) != 0) {
             return false;
         }
-        p += len;
+        pattern += want;
+        path += have;
     }
-    return *p == '\0';
+    return *path == '\0';
 }
 
-apiroute_result apiroute_find(const char *method, const char *path, apiroute_match *out)
+apiroute_result apiroute_find(const apiroute *routes, size_t count, const char *method,
+                              const char *path, apiroute_match *out)
 {
     if (strcmp(method, "HEAD") == 0)
         method = "GET";
-    for (int shape = 0; shape < PATH__COUNT; shape++) {
+    for (size_t i = 0; i < count; i++) {
         char id[APIROUTE_ID_MAX + 1];
-        if (!shape_matches((path_shape)shape, path, id))
+        if (!path_matches(routes[i].path, path, id))
             continue;
         memcpy(out->id, id, sizeof id);
-        out->allow = shapes[shape].allow;
-        for (int i = 0; i < OP__COUNT; i++) {
-            if (operations[i].shape == (path_shape)shape &&
-                strcmp(operations[i].method, method) == 0) {
-                out->op = operations[i].op;
+        out->route = NULL;
+        out->allow[0] = '\0';
+        /* Rows sharing this path are the same path: its methods are theirs. */
+        for (size_t j = i; j < count; j++) {
+            if (strcmp(routes[j].path, routes[i].path) == 0 &&
+                strcmp(routes[j].method, method) == 0) {
+                out->route = &routes[j];
                 return APIROUTE_FOUND;
             }
         }
+        apiroute_allow(routes, count, routes[i].path, out->allow, sizeof out->allow);
         return APIROUTE_METHOD_NOT_ALLOWED;
     }
     return APIROUTE_NOT_FOUND;
 }
 
-const char *apiroute_label(apiroute_op op)
+/* Appends ", " (unless first) and `method` to out (used bytes in *len);
+ * false when it does not fit. */
+static bool append_method(char *out, size_t size, size_t *len, const char *method)
 {
-    return (unsigned)op < OP__COUNT ? operations[op].label : "unmatched";
+    size_t separator = *len > 0 ? 2 : 0, add = strlen(method);
+    if (*len + separator + add + 1 > size)
+        return false;
+    memcpy(out + *len, ", ", separator);
+    memcpy(out + *len + separator, method, add + 1);
+    *len += separator + add;
+    return true;
 }
 
-apiroute_auth apiroute_auth_of(apiroute_op op)
+/* Whether a row before `row` with `path` has `row`'s method already. */
+static bool method_listed_before(const apiroute *routes, size_t row, const char *path)
 {
-    return (unsigned)op < OP__COUNT ? operations[op].auth : AUTH_ADMIN;
+    for (size_t i = 0; i < row; i++) {
+        if (strcmp(routes[i].path, path) == 0 && strcmp(routes[i].method, routes[row].method) == 0)
+            return true;
+    }
+    return false;
+}
+
+bool apiroute_allow(const apiroute *routes, size_t count, const char *path, char *out,
+                    size_t size)
+{
+    size_t len = 0;
+    bool has_get = false, fits = size > 0;
+    if (fits)
+        out[0] = '\0';
+    for (size_t i = 0; i < count && !has_get; i++)
+        has_get = strcmp(routes[i].path, path) == 0 && strcmp(routes[i].method, "GET") == 0;
+    if (has_get)
+        fits = fits && append_method(out, size, &len, "GET") &&
+               append_method(out, size, &len, "HEAD");
+    for (size_t i = 0; i < count && fits; i++) {
+        if (strcmp(routes[i].path, path) != 0 || strcmp(routes[i].method, "GET") == 0 ||
+            method_listed_before(routes, i, path))
+            continue;
+        fits = append_method(out, size, &len, routes[i].method);
+    }
+    return fits;
+}
+
+const char *apiroute_label(const apiroute *route)
+{
+    return route != NULL ? route->label : "unmatched";
+}
+
+const char *apiroute_auth_name(apiroute_auth auth)
+{
+    switch (auth) {
+    case AUTH_NONE:
+        return "none";
+    case AUTH_ADMIN:
+        return "admin";
+    case AUTH_API_KEY:
+        return "api-key";
+    case AUTH_GATEWAY:
+        return "gateway";
+    }
+    return "?";
+}
+
+const char *apiroute_runs_name(apiroute_runs runs)
+{
+    switch (runs) {
+    case APIROUTE_IN_MEMORY:
+        return "memory";
+    case APIROUTE_ON_WORKER:
+        return "worker";
+    case APIROUTE_MEMORY_FIRST:
+        return "memory-first";
+    }
+    return "?";
 }

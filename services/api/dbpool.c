@@ -171,7 +171,7 @@ PGconn *dbpool_acquire(api_request *req)
     int slot = take_slot(arrived + DBPOOL_WAIT_MS * (int64_t)1000);
     if (slot < 0) {
         log_warn("%s: no database connection came free within %d ms of the request's arrival",
-                 apiroute_label(req->op), DBPOOL_WAIT_MS);
+                 apiroute_label(req->route), DBPOOL_WAIT_MS);
         api_add_header(req, "Retry-After", "1");
         api_reply_error(req, 503, "database_busy",
                         "every database connection is busy; try again shortly");
@@ -181,7 +181,7 @@ PGconn *dbpool_acquire(api_request *req)
     PGconn *conn = connect_slot(slot, err, sizeof err);
     if (conn == NULL) {
         give_slot(slot, NULL);
-        log_error("%s: %s", apiroute_label(req->op), err);
+        log_error("%s: %s", apiroute_label(req->route), err);
         api_reply_error(req, 503, "database_unavailable",
                         "the database is unreachable; try again shortly");
         return NULL;

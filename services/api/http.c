@@ -28,7 +28,7 @@ void api_reply_json(api_request *req, unsigned status, json_t *body)
     if (text == NULL) {
         /* json_pack gives NULL for a value jansson refuses as well as when
          * memory runs out; say which step failed, and log it. */
-        log_error("%s: %s", apiroute_label(req->op),
+        log_error("%s: %s", apiroute_label(req->route),
                   body ? "cannot serialize the response" : "cannot build the response");
         static const char failed[] = "{\"error\":{\"code\":\"internal\",\"message\":"
                                      "\"the server could not build the response\"}}";
@@ -75,7 +75,7 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
 {
     char err[512];
     db_error(conn, res, what, err, sizeof err);
-    log_error("%s: %s", apiroute_label(req->op), err);
+    log_error("%s: %s", apiroute_label(req->route), err);
     if (db_connection_lost(conn))
         api_reply_error(req, 503, "database_unavailable",
                         "the database could not answer; try again shortly");

@@ -31,6 +31,7 @@
 #include "apitext.h"
 #include "db.h"
 #include "digest.h"
+#include "hashindex.h"
 #include "keyhash.h"
 #include "log.h"
 #include "metrics.h"
@@ -92,9 +93,8 @@ typedef struct {
     size_t key_count;
     plan_entry *plans;
     size_t plan_count;
-    uint32_t *by_hash; /* open addressing: index + 1, 0 empty */
-    uint32_t *by_id;
-    size_t slots;      /* power of two */
+    hashindex by_hash; /* keys by the stored form of their secret */
+    hashindex by_id;
     int64_t loaded_at;
 } snapshot;
 
@@ -187,60 +187,59 @@ static void free_snapshot(snapshot *snap)
     }
     free(snap->keys);
     free(snap->plans);
-    free(snap->by_hash);
-    free(snap->by_id);
+    hashindex_free(&snap->by_hash);
+    hashindex_free(&snap->by_id);
     free(snap);
+}
+
+static bool holds_hash(const void *entries, uint32_t index, const void *hash)
+{
+    const key_entry *keys = entries;
+    return memcmp(keys[index].hash, hash, sizeof keys[index].hash) == 0;
+}
+
+static bool holds_id(const void *entries, uint32_t index, const void *id)
+{
+    const key_entry *keys = entries;
+    return strcmp(keys[index].id, id) == 0;
+}
+
+static uint64_t id_hash(const char *id)
+{
+    return digest_fnv1a(id, strlen(id));
 }
 
 static const key_entry *find_by_hash(const snapshot *snap, const uint8_t hash[32])
 {
-    if (snap == NULL || snap->slots == 0)
+    if (snap == NULL)
         return NULL;
-    size_t mask = snap->slots - 1;
-    for (size_t i = value_hash_slot(hash) & mask;; i = (i + 1) & mask) {
-        uint32_t slot = snap->by_hash[i];
-        if (slot == 0)
-            return NULL;
-        const key_entry *key = &snap->keys[slot - 1];
-        if (memcmp(key->hash, hash, 32) == 0)
-            return key;
-    }
+    long found =
+        hashindex_find(&snap->by_hash, value_hash_slot(hash), holds_hash, snap->keys, hash);
+    return found >= 0 ? &snap->keys[found] : NULL;
 }
 
 static key_entry *find_by_id(snapshot *snap, const char *id)
 {
-    if (snap == NULL || snap->slots == 0)
+    if (snap == NULL)
         return NULL;
-    size_t mask = snap->slots - 1;
-    for (size_t i = digest_fnv1a(id, strlen(id)) & mask;; i = (i + 1) & mask) {
-        uint32_t slot = snap->by_id[i];
-        if (slot == 0)
-            return NULL;
-        key_entry *key = &snap->keys[slot - 1];
-        if (strcmp(key->id, id) == 0)
-            return key;
-    }
+    long found = hashindex_find(&snap->by_id, id_hash(id), holds_id, snap->keys, id);
+    return found >= 0 ? &snap->keys[found] : NULL;
 }
 
+/* Both indexes are sized for every key of the snapshot, which never
+ * grows: the adds cannot find them full. Of two keys with one hash (a
+ * duplicate value left in the old form, keyhash.h), the first loaded is
+ * the one found, as before the index was shared. */
 static bool index_snapshot(snapshot *snap)
 {
-    size_t slots = 16;
-    while (slots < snap->key_count * 2)
-        slots *= 2;
-    snap->slots = slots;
-    snap->by_hash = calloc(slots, sizeof *snap->by_hash);
-    snap->by_id = calloc(slots, sizeof *snap->by_id);
-    if (snap->by_hash == NULL || snap->by_id == NULL)
+    if (!hashindex_init(&snap->by_hash, snap->key_count) ||
+        !hashindex_init(&snap->by_id, snap->key_count))
         return false;
     for (size_t k = 0; k < snap->key_count; k++) {
-        size_t i = value_hash_slot(snap->keys[k].hash) & (slots - 1);
-        while (snap->by_hash[i] != 0)
-            i = (i + 1) & (slots - 1);
-        snap->by_hash[i] = (uint32_t)(k + 1);
-        i = digest_fnv1a(snap->keys[k].id, strlen(snap->keys[k].id)) & (slots - 1);
-        while (snap->by_id[i] != 0)
-            i = (i + 1) & (slots - 1);
-        snap->by_id[i] = (uint32_t)(k + 1);
+        const key_entry *key = &snap->keys[k];
+        if (!hashindex_add(&snap->by_hash, value_hash_slot(key->hash), (uint32_t)k) ||
+            !hashindex_add(&snap->by_id, id_hash(key->id), (uint32_t)k))
+            return false;
     }
     return true;
 }

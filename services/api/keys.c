@@ -55,7 +55,7 @@ static void key_not_found(api_request *req)
     api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->id);
 }
 
-static void create_key(api_request *req)
+void keys_create(api_request *req)
 {
     json_t *body = api_parse_body(req);
     if (body == NULL)
@@ -129,7 +129,7 @@ static void create_key(api_request *req)
         keycache_refresh_now();
 }
 
-static void list_keys(api_request *req)
+void keys_list(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", "customerId", "planId", NULL};
     if (!query_validate(req, allowed))
@@ -177,7 +177,7 @@ static void list_keys(api_request *req)
     dbpool_release(conn);
 }
 
-static void get_key(api_request *req)
+void keys_get(api_request *req)
 {
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
@@ -190,7 +190,7 @@ static void get_key(api_request *req)
     dbpool_release(conn);
 }
 
-static void update_key(api_request *req)
+void keys_update(api_request *req)
 {
     json_t *body = api_parse_body(req);
     if (body == NULL)
@@ -259,7 +259,7 @@ done:
         keycache_refresh_now();
 }
 
-static void delete_key(api_request *req)
+void keys_delete(api_request *req)
 {
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
@@ -321,31 +321,12 @@ static void set_plan(api_request *req, bool attach)
         keycache_refresh_now();
 }
 
-void keys_handle(api_request *req)
+void keys_attach_plan(api_request *req)
 {
-    switch (req->op) {
-    case OP_CREATE_KEY:
-        create_key(req);
-        break;
-    case OP_LIST_KEYS:
-        list_keys(req);
-        break;
-    case OP_GET_KEY:
-        get_key(req);
-        break;
-    case OP_UPDATE_KEY:
-        update_key(req);
-        break;
-    case OP_DELETE_KEY:
-        delete_key(req);
-        break;
-    case OP_ATTACH_PLAN:
-        set_plan(req, true);
-        break;
-    case OP_DETACH_PLAN:
-        set_plan(req, false);
-        break;
-    default:
-        break;
-    }
+    set_plan(req, true);
+}
+
+void keys_detach_plan(api_request *req)
+{
+    set_plan(req, false);
 }

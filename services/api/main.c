@@ -16,7 +16,6 @@
 #include <microhttpd.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,49 +117,8 @@ static const cfg_setting settings[] = {
      3600, "seconds a kept-alive connection may wait for its next request"},
 };
 
-/* ---- metrics ----------------------------------------------------------- */
-
-#define STATUS_MAX 600
-/* Requests by operation (OP__COUNT: unmatched) and status: rendered here,
- * not in the shared registry, because the pairs are many and sparse. */
-static _Atomic uint64_t request_counts[OP__COUNT + 1][STATUS_MAX];
-static metric *latency[OP__COUNT + 1];
-static char latency_labels[OP__COUNT + 1][64];
-static const double latency_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                        0.025,  0.05,    0.1,    0.25,  0.5,   1,     2.5};
 static char *openapi_text;
 static size_t openapi_len;
-
-static void register_metrics(void)
-{
-    for (int op = 0; op <= OP__COUNT; op++) {
-        snprintf(latency_labels[op], sizeof latency_labels[op], "route=\"%s\"",
-                 op < OP__COUNT ? apiroute_label((apiroute_op)op) : "unmatched");
-        latency[op] = metrics_histogram("tally_api_request_duration_seconds",
-                                        "time from request headers to the queued response",
-                                        latency_labels[op], latency_bounds,
-                                        sizeof latency_bounds / sizeof latency_bounds[0]);
-    }
-}
-
-static bool render_metrics(buf *out)
-{
-    if (!buf_append_str(out, "# HELP tally_api_requests_total requests answered, by route and "
-                             "status\n# TYPE tally_api_requests_total counter\n"))
-        return false;
-    for (int op = 0; op <= OP__COUNT; op++) {
-        for (int status = 0; status < STATUS_MAX; status++) {
-            uint64_t n = atomic_load_explicit(&request_counts[op][status], memory_order_relaxed);
-            if (n == 0)
-                continue;
-            if (!buf_appendf(out, "tally_api_requests_total{route=\"%s\",status=\"%d\"} %llu\n",
-                             op < OP__COUNT ? apiroute_label((apiroute_op)op) : "unmatched",
-                             status, (unsigned long long)n))
-                return false;
-        }
-    }
-    return metrics_render(out);
-}
 
 /* ---- the request ------------------------------------------------------- */
 
@@ -189,128 +147,26 @@ typedef struct {
     api_request req;
 } request_state;
 
-static void handle_ops(api_request *req)
-{
-    switch (req->op) {
-    case OP_HEALTHZ:
-        api_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
-        return;
-    case OP_METRICS: {
-        buf out;
-        buf_init(&out, 4u << 20);
-        if (!render_metrics(&out)) {
-            buf_free(&out);
-            api_reply_error(req, 500, "internal", "metrics too large");
-            return;
-        }
-        req->response.status = 200;
-        req->response.body = out.data ? out.data : strdup("");
-        req->response.body_len = out.len;
-        req->response.content_type = "text/plain; version=0.0.4";
-        return;
-    }
-    case OP_OPENAPI:
-        if (openapi_text == NULL) {
-            api_reply_error(req, 404, "not_found", "this server was started without --openapi-file");
-            return;
-        }
-        req->response.status = 200;
-        req->response.body = malloc(openapi_len + 1);
-        if (req->response.body == NULL) {
-            api_reply_error(req, 500, "internal", "out of memory");
-            return;
-        }
-        memcpy(req->response.body, openapi_text, openapi_len + 1);
-        req->response.body_len = openapi_len;
-        req->response.content_type = "application/json";
-        return;
-    default:
-        return;
-    }
-}
-
-static void readyz(api_request *req)
-{
-    char err[512];
-    if (dbpool_ping(err, sizeof err)) {
-        api_reply_json(req, 200, json_pack("{s:s}", "status", "ok"));
-    } else {
-        log_warn("readyz: %s", err);
-        api_reply_json(req, 503, json_pack("{s:s,s:s}", "status", "unavailable", "detail",
-                                           "the database is unreachable"));
-    }
-}
-
 /* Answers what needs only memory, on libmicrohttpd's thread; true when it
  * replied, false when the request is for the database workers. The admin
  * token is checked here (a digest and a comparison), so an unauthenticated
  * request never takes a worker. */
 static bool answer_in_memory(api_request *req)
 {
-    if (apiroute_auth_of(req->op) == AUTH_ADMIN && !auth_admin(req))
+    const apiroute *route = req->route;
+    if (route->auth == AUTH_ADMIN && !auth_admin(req))
         return true;
-    switch (req->op) {
-    case OP_METRICS:
-    case OP_OPENAPI:
-        if (!public_metrics) {
-            api_reply_error(req, 404, "not_found",
-                            "%s is served on the internal address (TALLY_METRICS_ADDR)",
-                            req->op == OP_METRICS ? "/metrics" : "/openapi.json");
-            return true;
-        }
-        handle_ops(req);
+    switch (route->runs) {
+    case APIROUTE_IN_MEMORY:
+        route->handle(req);
         return true;
-    case OP_HEALTHZ:
-        handle_ops(req);
-        return true;
-    case OP_AUTHORIZE:
-        authorize_handle(req);
-        return true;
-    case OP_KEY_QUOTA:
-    case OP_ME_QUOTA:
-        return usage_quota_from_cache(req);
-    default:
-        return false;
-    }
-}
-
-/* The routes that may wait on PostgreSQL; runs on a database worker. */
-static void answer_from_database(api_request *req)
-{
-    switch (req->op) {
-    case OP_READYZ:
-        readyz(req);
-        return;
-    case OP_CREATE_PLAN:
-    case OP_LIST_PLANS:
-    case OP_GET_PLAN:
-    case OP_UPDATE_PLAN:
-    case OP_DELETE_PLAN:
-        plans_handle(req);
-        return;
-    case OP_CREATE_KEY:
-    case OP_LIST_KEYS:
-    case OP_GET_KEY:
-    case OP_UPDATE_KEY:
-    case OP_DELETE_KEY:
-    case OP_ATTACH_PLAN:
-    case OP_DETACH_PLAN:
-        keys_handle(req);
-        return;
-    case OP_KEY_USAGE:
-    case OP_KEY_QUOTA:
-    case OP_ME_USAGE:
-    case OP_ME_QUOTA:
-        usage_handle(req);
-        return;
-    case OP_HEALTHZ:
-    case OP_METRICS:
-    case OP_OPENAPI:
-    case OP_AUTHORIZE:
-    case OP__COUNT:
+    case APIROUTE_MEMORY_FIRST:
+        route->handle(req);
+        return req->response.status != 0; /* unanswered: the worker runs it again */
+    case APIROUTE_ON_WORKER:
         break;
     }
-    api_reply_error(req, 404, "not_found", "no such route");
+    return false;
 }
 
 /* A database worker's job: the handler, then the connection is resumed and
@@ -321,7 +177,8 @@ static void answer_from_database(api_request *req)
 static void run_on_worker(void *arg)
 {
     request_state *state = arg;
-    answer_from_database(&state->req);
+    state->req.on_worker = true;
+    state->req.route->handle(&state->req);
     state->phase = PHASE_ANSWERED;
     MHD_resume_connection(state->req.conn); /* its lock publishes the answer */
 }
@@ -365,19 +222,15 @@ static enum MHD_Result send_response(request_state *state)
     enum MHD_Result ret = MHD_queue_response(req->conn, status, response);
     MHD_destroy_response(response);
 
-    int op = state->routed == APIROUTE_FOUND ? (int)req->op : OP__COUNT;
     double seconds = (double)(time_now_usec() - state->started_at) / 1e6;
-    if (status < STATUS_MAX)
-        atomic_fetch_add_explicit(&request_counts[op][status], 1, memory_order_relaxed);
-    metrics_observe(latency[op], seconds);
+    opsroutes_observe(req->route, status, seconds);
     if (status >= 500) {
         log_error("request method=%s route=\"%s\" status=%u ms=%.3f", req->method,
-                  op < OP__COUNT ? apiroute_label((apiroute_op)op) : "unmatched", status,
-                  seconds * 1e3);
+                  apiroute_label(req->route), status, seconds * 1e3);
     } else if (log_enabled(LOG_DEBUG)) {
         log_debug("request method=%s route=\"%s\" status=%u ms=%.3f key=%s", req->method,
-                  op < OP__COUNT ? apiroute_label((apiroute_op)op) : "unmatched", status,
-                  seconds * 1e3, req->key_id[0] ? req->key_id : "-");
+                  apiroute_label(req->route), status, seconds * 1e3,
+                  req->key_id[0] ? req->key_id : "-");
     }
     return ret;
 }
@@ -426,8 +279,8 @@ static enum MHD_Result start_request(request_state *state, struct MHD_Connection
     buf_init(&state->body, API_MAX_BODY_BYTES);
     state->req.conn = conn;
     state->req.method = method;
-    state->routed = apiroute_find(method, url, &state->match);
-    state->req.op = state->routed == APIROUTE_FOUND ? state->match.op : OP__COUNT;
+    state->routed = apiroute_find(api_routes, API_ROUTE_COUNT, method, url, &state->match);
+    state->req.route = state->routed == APIROUTE_FOUND ? state->match.route : NULL;
     memcpy(state->req.id, state->match.id, sizeof state->req.id);
     if (refuse_at_headers(state))
         return send_response(state);
@@ -730,16 +583,33 @@ static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
         MHD_OPTION_END);
 }
 
+/* `tally-api --list-routes`: the route table, one route a line: method,
+ * path, auth kind and where it runs, tab-separated (HEAD is served with
+ * each GET). The api suite checks docs/openapi.json against it. */
+static int list_routes(void)
+{
+    for (size_t i = 0; i < API_ROUTE_COUNT; i++) {
+        const apiroute *route = &api_routes[i];
+        printf("%s\t%s\t%s\t%s\n", route->method, route->path, apiroute_auth_name(route->auth),
+               apiroute_runs_name(route->runs));
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
     char err[600];
     log_level level;
+    if (argc == 2 && strcmp(argv[1], "--list-routes") == 0)
+        return list_routes();
     int started = cfg_start(
         "tally-api", "tally-api [--flag value ...]",
         "Serves Tally's HTTP API: plans and keys (admin bearer token), usage and remaining "
         "quota\n(by key id, or /v1/me with the key's own x-api-key), and GET /v1/authorize for "
         "gateways\n(nginx auth_request), over HTTP or HTTPS. Also /healthz and /readyz; /metrics and "
-        "/openapi.json\nare served on the internal TALLY_METRICS_ADDR. SIGTERM stops it cleanly.",
+        "/openapi.json\nare served on the internal TALLY_METRICS_ADDR. SIGTERM stops it "
+        "cleanly.\n"
+        "tally-api --list-routes prints its routes (method, path, auth, where it runs).",
         settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
     if (started >= 0)
         return started;
@@ -773,7 +643,7 @@ int main(int argc, char **argv)
     }
     log_init("api", level);
     auth_init(admin_token);
-    register_metrics();
+    opsroutes_init(public_metrics, openapi_text, openapi_len);
 
     /* Signals are taken by sigwait in this thread only: block them before
      * any thread starts, so every thread inherits the mask. */
@@ -804,7 +674,7 @@ int main(int argc, char **argv)
     }
     workers_started = true;
     if (metrics_addr[0] != '\0') {
-        ops_routes routes = {.metrics = render_metrics,
+        ops_routes routes = {.metrics = opsroutes_render_metrics,
                              .document_path = openapi_text ? "/openapi.json" : NULL,
                              .document = openapi_text,
                              .document_len = openapi_len};

@@ -133,7 +133,7 @@ static bool plan_params_fill(const apimodel_plan *plan, plan_params *p)
     return true;
 }
 
-static void create_plan(api_request *req)
+void plans_create(api_request *req)
 {
     json_t *body = api_parse_body(req);
     if (body == NULL)
@@ -186,7 +186,7 @@ static void create_plan(api_request *req)
     apimodel_plan_free(&plan);
 }
 
-static void list_plans(api_request *req)
+void plans_list(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", NULL};
     if (!query_validate(req, allowed))
@@ -225,7 +225,7 @@ static void not_found(api_request *req)
     api_reply_error(req, 404, "not_found", "no plan with id \"%s\"", req->id);
 }
 
-static void get_plan(api_request *req)
+void plans_get(api_request *req)
 {
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
@@ -238,7 +238,7 @@ static void get_plan(api_request *req)
     dbpool_release(conn);
 }
 
-static void update_plan(api_request *req)
+void plans_update(api_request *req)
 {
     json_t *body = api_parse_body(req);
     if (body == NULL)
@@ -300,7 +300,7 @@ done:
         keycache_refresh_now();
 }
 
-static void delete_plan(api_request *req)
+void plans_delete(api_request *req)
 {
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
@@ -323,27 +323,4 @@ static void delete_plan(api_request *req)
     dbpool_release(conn);
     if (req->response.status == 204)
         keycache_refresh_now();
-}
-
-void plans_handle(api_request *req)
-{
-    switch (req->op) {
-    case OP_CREATE_PLAN:
-        create_plan(req);
-        break;
-    case OP_LIST_PLANS:
-        list_plans(req);
-        break;
-    case OP_GET_PLAN:
-        get_plan(req);
-        break;
-    case OP_UPDATE_PLAN:
-        update_plan(req);
-        break;
-    case OP_DELETE_PLAN:
-        delete_plan(req);
-        break;
-    default:
-        break;
-    }
 }

@@ -55,10 +55,9 @@ static bool resolve_me_from_cache(api_request *req, const uint8_t stored[KEYHASH
  * `stored` (or `legacy`, the value's SHA-256, in a row still in the old
  * form: written since the start's conversion). False after replying
  * 401/403/404. */
-static bool resolve_key(api_request *req, PGconn *conn, const uint8_t stored[KEYHASH_LEN],
-                        const uint8_t legacy[KEYHASH_LEN])
+static bool resolve_key(api_request *req, PGconn *conn, bool me,
+                        const uint8_t stored[KEYHASH_LEN], const uint8_t legacy[KEYHASH_LEN])
 {
-    bool me = req->op == OP_ME_USAGE || req->op == OP_ME_QUOTA;
     char stored_hex[2 * KEYHASH_LEN + 1], legacy_hex[2 * KEYHASH_LEN + 1];
     PGresult *res;
     if (me) {
@@ -292,35 +291,36 @@ static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
 
 static const char *const no_args[] = {NULL};
 
-bool usage_quota_from_cache(api_request *req)
+/* GET /v1/keys/{id}/quota (me false) and GET /v1/me/quota (one path for
+ * both) from the key cache, in memory. Leaves the request unanswered when
+ * the cache cannot answer for this key: the database must. */
+static void quota_from_cache(api_request *req, bool me)
 {
     /* The cache holds every key (by id and by the hash of its secret), its
      * plan and its current counter as of the last reload (a second at
      * most): no database round trip. The admin route checks its query
      * first (the caller is trusted); /v1/me authenticates first, so that a
      * stranger learns nothing from a query's validation. */
-    bool me = req->op == OP_ME_QUOTA;
     uint8_t hash[32];
     if (!me)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id); /* for the log line */
     if (me ? !auth_api_key_hash(req, hash) : !api_check_query(req, no_args))
-        return true; /* replied 401 / 400 */
+        return; /* replied 401 / 400 */
     keycache_quota_facts facts;
     int64_t now = time_now_usec();
     if (!keycache_quota(me ? NULL : req->id, me ? hash : NULL, now, &facts))
-        return false; /* a key the cache does not know (yet): the database answers */
+        return; /* a key the cache does not know (yet): the database answers */
     snprintf(req->key_id, sizeof req->key_id, "%s", facts.key_id);
     if (me && !facts.enabled)
         api_reply_error(req, 403, "key_disabled", "the API key is disabled");
     else if (!me || api_check_query(req, no_args))
         quota_reply(req, &facts, now);
-    return true;
 }
 
-void usage_handle(api_request *req)
+/* Usage (is_usage) or quota from the database, by the path's id or (me)
+ * the x-api-key; on a database worker. */
+static void answer_from_database(api_request *req, bool is_usage, bool me)
 {
-    bool is_usage = req->op == OP_KEY_USAGE || req->op == OP_ME_USAGE;
-    bool me = req->op == OP_ME_USAGE || req->op == OP_ME_QUOTA;
     uint8_t stored[KEYHASH_LEN], legacy[KEYHASH_LEN];
     bool resolved = false;
     /* /v1/me: the cache first, before a connection is even taken. */
@@ -332,10 +332,10 @@ void usage_handle(api_request *req)
         return;
     /* The key first: a stranger learns nothing from a query's validation.
      * The admin quota query finds (or misses) the key itself: one round trip. */
-    bool admin_quota = req->op == OP_KEY_QUOTA;
+    bool admin_quota = !is_usage && !me;
     if (admin_quota)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
-    if (admin_quota || resolved || resolve_key(req, conn, stored, legacy)) {
+    if (admin_quota || resolved || resolve_key(req, conn, me, stored, legacy)) {
         static const char *const usage_args[] = {"from", "to", "granularity", "groupBy", NULL};
         if (!query_validate(req, is_usage ? usage_args : no_args)) {
             /* replied 400 */
@@ -353,4 +353,32 @@ void usage_handle(api_request *req)
         }
     }
     dbpool_release(conn);
+}
+
+void usage_key_usage(api_request *req)
+{
+    answer_from_database(req, true, false);
+}
+
+void usage_me_usage(api_request *req)
+{
+    answer_from_database(req, true, true);
+}
+
+/* The quota routes run on the HTTP thread first (routes.h): the cache
+ * answers most; what it cannot, a worker answers from the database. */
+void usage_key_quota(api_request *req)
+{
+    if (req->on_worker)
+        answer_from_database(req, false, false);
+    else
+        quota_from_cache(req, false);
+}
+
+void usage_me_quota(api_request *req)
+{
+    if (req->on_worker)
+        answer_from_database(req, false, true);
+    else
+        quota_from_cache(req, true);
 }

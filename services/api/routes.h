@@ -1,0 +1,61 @@
+/* tally-api's routes, in one table (docs/CONTRACT.md §4.3): dispatch, the
+ * 405 answers and their Allow header (apiroute.h), the metrics labels,
+ * `tally-api --list-routes` and, through it, the api suite's check against
+ * docs/openapi.json all follow from it.
+ *
+ * Adding a route is one row here and its handler,
+ *     void handler(api_request *req)
+ * defined in any file of services/api that includes api.h: the row declares
+ * the handler. A handler answers through api_reply_* (api.h); the {id} of
+ * the path is req->id. AUTH_ADMIN routes are authenticated before their
+ * handler runs. An APIROUTE_MEMORY_FIRST handler runs first on the HTTP
+ * thread (req->on_worker false), where it either answers or leaves the
+ * request unanswered to be run again on a worker.
+ *
+ * Rows of one path list its methods; the order of rows is the metrics'
+ * order. X(method, path, auth, runs, handler). */
+#ifndef TALLY_API_ROUTES_H
+#define TALLY_API_ROUTES_H
+
+#include "apiroute.h"
+
+/* clang-format off */
+#define API_ROUTES(X)                                                                         \
+    X("GET",    "/healthz",             AUTH_NONE,    APIROUTE_IN_MEMORY,    opsroutes_healthz) \
+    X("GET",    "/readyz",              AUTH_NONE,    APIROUTE_ON_WORKER,    opsroutes_readyz)  \
+    X("GET",    "/metrics",             AUTH_NONE,    APIROUTE_IN_MEMORY,    opsroutes_metrics) \
+    X("GET",    "/openapi.json",        AUTH_NONE,    APIROUTE_IN_MEMORY,    opsroutes_openapi) \
+    X("POST",   "/v1/plans",            AUTH_ADMIN,   APIROUTE_ON_WORKER,    plans_create)      \
+    X("GET",    "/v1/plans",            AUTH_ADMIN,   APIROUTE_ON_WORKER,    plans_list)        \
+    X("GET",    "/v1/plans/{id}",       AUTH_ADMIN,   APIROUTE_ON_WORKER,    plans_get)         \
+    X("PATCH",  "/v1/plans/{id}",       AUTH_ADMIN,   APIROUTE_ON_WORKER,    plans_update)      \
+    X("DELETE", "/v1/plans/{id}",       AUTH_ADMIN,   APIROUTE_ON_WORKER,    plans_delete)      \
+    X("POST",   "/v1/keys",             AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_create)       \
+    X("GET",    "/v1/keys",             AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_list)         \
+    X("GET",    "/v1/keys/{id}",        AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_get)          \
+    X("PATCH",  "/v1/keys/{id}",        AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_update)       \
+    X("DELETE", "/v1/keys/{id}",        AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_delete)       \
+    X("PUT",    "/v1/keys/{id}/plan",   AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_attach_plan)  \
+    X("DELETE", "/v1/keys/{id}/plan",   AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_detach_plan)  \
+    X("GET",    "/v1/keys/{id}/usage",  AUTH_ADMIN,   APIROUTE_ON_WORKER,    usage_key_usage)   \
+    X("GET",    "/v1/keys/{id}/quota",  AUTH_ADMIN,   APIROUTE_MEMORY_FIRST, usage_key_quota)   \
+    X("GET",    "/v1/me/usage",         AUTH_API_KEY, APIROUTE_ON_WORKER,    usage_me_usage)    \
+    X("GET",    "/v1/me/quota",         AUTH_API_KEY, APIROUTE_MEMORY_FIRST, usage_me_quota)    \
+    X("GET",    "/v1/authorize",        AUTH_GATEWAY, APIROUTE_IN_MEMORY,    authorize_handle)
+/* clang-format on */
+
+#define API_ROUTE_DECLARE(method, path, auth, runs, handler) \
+    void handler(struct api_request *req);
+API_ROUTES(API_ROUTE_DECLARE)
+#undef API_ROUTE_DECLARE
+
+enum {
+#define API_ROUTE_ONE(method, path, auth, runs, handler) +1
+    API_ROUTE_COUNT = 0 API_ROUTES(API_ROUTE_ONE)
+#undef API_ROUTE_ONE
+};
+
+/* The table, in the order above (routes.c). */
+extern const apiroute api_routes[API_ROUTE_COUNT];
+
+#endif
