@@ -1,6 +1,6 @@
 /* The key routes: POST/GET /v1/keys, GET/PATCH/DELETE /v1/keys/{id} and
  * PUT/DELETE /v1/keys/{id}/plan. A key's secret value is returned once, by
- * POST, and stored only as its SHA-256. */
+ * POST, and stored only in its keyed-hash form (keyhash.h). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

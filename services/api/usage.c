@@ -10,7 +10,22 @@
 #include "keycache.h"
 #include "keyhash.h"
 #include "period.h"
+#include "rollupcols.h"
 #include "timeutil.h"
+
+/* The measures of usage_hourly (rollupcols.h), summed: ", sum(requests),
+ * sum(units), sum(bytes)" after the bucket (and the group) in the SELECT
+ * list. Each answer item carries them under the columns' names, in this
+ * order: the contract's member names are the columns' (single words); a
+ * measure whose column is not a fit member name would need one of its own
+ * in rollupcols.h. */
+#define USAGE_SUM(id, column) ", sum(" column ")"
+#define USAGE_SUMS ROLLUP_MEASURES(USAGE_SUM)
+static const char *const measure_names[ROLLUP_MEASURE_COUNT] = {
+#define USAGE_MEASURE_NAME(id, column) [ROLLUP_MEASURE_##id] = column,
+    ROLLUP_MEASURES(USAGE_MEASURE_NAME)
+#undef USAGE_MEASURE_NAME
+};
 
 /* The most items a grouped series may hold (buckets x endpoints). */
 #define USAGE_ITEMS_MAX 20000
@@ -183,10 +198,10 @@ static json_t *item(int64_t start, int64_t end, const PGresult *res, int row, co
     json_t *out = json_object();
     json_object_set_new(out, "start", api_time_json(start));
     json_object_set_new(out, "end", api_time_json(end));
-    int base = g ? 3 : 1;
-    json_object_set_new(out, "requests", json_integer(row >= 0 ? api_field_int(res, row, base) : 0));
-    json_object_set_new(out, "units", json_integer(row >= 0 ? api_field_int(res, row, base + 1) : 0));
-    json_object_set_new(out, "bytes", json_integer(row >= 0 ? api_field_int(res, row, base + 2) : 0));
+    int first = g ? 3 : 1; /* the measures follow the bucket (and the group's columns) */
+    for (int m = 0; m < ROLLUP_MEASURE_COUNT; m++)
+        json_object_set_new(out, measure_names[m],
+                            json_integer(row >= 0 ? api_field_int(res, row, first + m) : 0));
     if (g) {
         json_object_set_new(out, "method", json_string(g->method));
         json_object_set_new(out, "endpoint", json_string(g->endpoint));
@@ -209,12 +224,12 @@ static void usage(api_request *req, PGconn *conn, const apimodel_usage_query *q)
     PGresult *res = api_exec(
         conn,
         q->group_by_endpoint
-            ? "SELECT extract(epoch from date_trunc($4, hour))::bigint, method, endpoint, "
-              "sum(requests), sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
+            ? "SELECT extract(epoch from date_trunc($4, hour))::bigint, method, endpoint"
+              USAGE_SUMS " FROM usage_hourly WHERE key_id = $1 "
               "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1, 2, 3 "
               "ORDER BY 1, method COLLATE \"C\", endpoint COLLATE \"C\" LIMIT $5::int"
-            : "SELECT extract(epoch from date_trunc($4, hour))::bigint, sum(requests), "
-              "sum(units), sum(bytes) FROM usage_hourly WHERE key_id = $1 "
+            : "SELECT extract(epoch from date_trunc($4, hour))::bigint" USAGE_SUMS
+              " FROM usage_hourly WHERE key_id = $1 "
               "AND hour >= $2::timestamptz AND hour < $3::timestamptz GROUP BY 1 ORDER BY 1",
         q->group_by_endpoint ? 5 : 4, params);
     if (!api_ok(res)) {
