@@ -71,12 +71,13 @@ static const cfg_setting settings[] = {
     /* also TALLY_STRIPE_API_KEY_FILE / --stripe-api-key-file, as every secret (config.h) */
     {"TALLY_STRIPE_API_KEY", "stripe-api-key", CFG_STRING, &api_key_env, NULL, false, true, 0, 0,
      "Stripe secret key (prefer the variable or the file: flags show in ps); never logged"},
-    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
-     0, "meter_events (Billing Meter Events) or usage_records (legacy subscription-item usage "
-     "records, action=increment)"},
+    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, STRIPE_MODE_NAME_METER_EVENTS,
+     false, false, 0, 0,
+     STRIPE_MODE_NAME_METER_EVENTS " (Billing Meter Events) or " STRIPE_MODE_NAME_USAGE_RECORDS
+     " (legacy subscription-item usage records, action=increment)"},
     {"TALLY_STRIPE_VERSION", "stripe-version", CFG_STRING, &api_version, "", false, false, 0, 0,
-     "Stripe-Version header; empty: the account's default for meter_events, 2025-02-24.acacia "
-     "for usage_records"},
+     "Stripe-Version header; empty: the account's default for " STRIPE_MODE_NAME_METER_EVENTS
+     ", " STRIPE_USAGE_RECORDS_VERSION " for " STRIPE_MODE_NAME_USAGE_RECORDS},
     {"TALLY_STRIPE_TIMEOUT_MS", "stripe-timeout-ms", CFG_INT, &timeout_ms, "30000", false, false,
      100, 600000, "a call without an answer after this long is retried (same identifier and "
      "idempotency key)"},
@@ -191,6 +192,17 @@ static bool check_namespace(char *err, size_t err_size)
                                          "0123456789_.-") != len) {
         snprintf(err, err_size, "TALLY_REPORT_NAMESPACE: at most 64 letters, digits, '_', '.' "
                                 "or '-'");
+        return false;
+    }
+    return true;
+}
+
+static bool check_api_version(char *err, size_t err_size)
+{
+    if (!stripe_version_valid(api_version)) {
+        snprintf(err, err_size, "TALLY_STRIPE_VERSION: at most %d letters, digits, '_', '.' or "
+                                "'-' (like 2025-02-24.acacia)",
+                 STRIPE_VERSION_MAX);
         return false;
     }
     return true;
@@ -471,12 +483,14 @@ static int run_daemon(void)
     char err[512], key[API_KEY_MAX + 1], base[600];
     stripe_mode mode;
     if (!stripe_parse_mode(mode_text, &mode)) {
-        log_error("TALLY_STRIPE_MODE: \"%s\" is neither meter_events nor usage_records",
+        log_error("TALLY_STRIPE_MODE: \"%s\" is neither " STRIPE_MODE_NAME_METER_EVENTS
+                  " nor " STRIPE_MODE_NAME_USAGE_RECORDS,
                   mode_text);
         return 2;
     }
     if (!load_api_key(key, sizeof key, err, sizeof err) ||
-        !check_api_base(base, sizeof base, err, sizeof err) || !check_namespace(err, sizeof err)) {
+        !check_api_base(base, sizeof base, err, sizeof err) || !check_namespace(err, sizeof err) ||
+        !check_api_version(err, sizeof err)) {
         log_error("%s", err);
         return 2;
     }
@@ -602,8 +616,9 @@ static const char *customer_filter;
 static const cfg_setting reconcile_settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
      "libpq connection string of the Tally database"},
-    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, "meter_events", false, false, 0,
-     0, "which target names the rows: the meter event name or the subscription item"},
+    {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, STRIPE_MODE_NAME_METER_EVENTS,
+     false, false, 0, 0,
+     "which target names the rows: the meter event name or the subscription item"},
     {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
      "debug, info, warn or error"},
     {NULL, "from", CFG_STRING, &from_text, NULL, false, false, 0, 0,
@@ -715,8 +730,9 @@ static int run_command(const char *command, int argc, char **argv)
         return status;
     log_init("reporter", level);
     if (strcmp(command, "reconcile") == 0 && !stripe_parse_mode(mode_text, &mode)) {
-        fprintf(stderr, "tally-reporter: TALLY_STRIPE_MODE: \"%s\" is neither meter_events nor "
-                        "usage_records\n",
+        fprintf(stderr,
+                "tally-reporter: TALLY_STRIPE_MODE: \"%s\" is neither " STRIPE_MODE_NAME_METER_EVENTS
+                " nor " STRIPE_MODE_NAME_USAGE_RECORDS "\n",
                 mode_text);
         return 2;
     }

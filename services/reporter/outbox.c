@@ -10,7 +10,7 @@
 
 /* The Stripe target of a (key k, plan p) in the mode given as $1. */
 #define TARGET_SQL                                                                       \
-    "CASE WHEN $1 = 'meter_event' THEN p.stripe_meter_event_name "                      \
+    "CASE WHEN $1 = '" STRIPE_MODE_COLUMN_METER_EVENTS "' THEN p.stripe_meter_event_name " \
     "     ELSE coalesce(k.stripe_subscription_item_id, p.stripe_subscription_item_id) END"
 
 static PGresult *run(PGconn *db, const char *sql, int nparams, const char *const *params,
@@ -185,8 +185,8 @@ bool outbox_load(PGconn *db, int64_t after_id, int limit, void (*take)(void *ctx
         r->target = memcpy(strings + lc, target, lt);
         r->identifier = memcpy(strings + lc + lt, identifier, li);
         r->id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
-        r->mode = strcmp(PQgetvalue(res, i, 1), "meter_event") == 0 ? STRIPE_MODE_METER_EVENTS
-                                                                   : STRIPE_MODE_USAGE_RECORDS;
+        if (!stripe_mode_from_column(PQgetvalue(res, i, 1), &r->mode))
+            r->mode = STRIPE_MODE_USAGE_RECORDS; /* the table's CHECK allows no other */
         r->hour = strtoll(PQgetvalue(res, i, 5), NULL, 10);
         r->quantity = strtoll(PQgetvalue(res, i, 6), NULL, 10);
         r->generation = (int)strtol(PQgetvalue(res, i, 7), NULL, 10);
@@ -415,7 +415,8 @@ bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *c
         db,
         "WITH fresh AS ("
         "  SELECT s.id, k.stripe_customer_id AS customer,"
-        "         CASE WHEN s.mode = 'meter_event' THEN p.stripe_meter_event_name"
+        "         CASE WHEN s.mode = '" STRIPE_MODE_COLUMN_METER_EVENTS "'"
+        "              THEN p.stripe_meter_event_name"
         "              ELSE coalesce(k.stripe_subscription_item_id,"
         "                            p.stripe_subscription_item_id) END AS target"
         "    FROM stripe_reports s JOIN api_keys k ON k.id = s.key_id"

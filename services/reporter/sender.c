@@ -1,16 +1,15 @@
 #include "sender.h"
 
 #include <curl/curl.h>
-#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/random.h>
 
 #include "buf.h"
 #include "digest.h"
+#include "hashindex.h"
 #include "log.h"
 #include "metrics.h"
 #include "timeutil.h"
@@ -33,7 +32,7 @@
  * reporting for millions of customers over months would otherwise keep one
  * forever for every customer it ever saw. */
 #define IDLE_LANES_KEPT 1024
-#define LANES_MIN_CAP 1024
+#define LANES_MIN_ROOM 512 /* an index of 1,024 slots */
 
 typedef struct lane {
     char *name;                 /* "<mode>\x1f<customer>\x1f<target>" */
@@ -47,11 +46,11 @@ typedef struct lane {
 typedef struct {
     CURL *easy;
     struct curl_slist *headers;
+    stripe_request request;     /* the call in flight (curl copies the body) */
     buf reply;
+    stripe_answer answer;       /* its headers as they arrive */
     report *r;
     lane *l;
-    long should_retry;          /* -1 absent, 0, 1 */
-    bool replayed;
     char curl_error[CURL_ERROR_SIZE];
     int64_t started_usec;
 } slot;
@@ -63,9 +62,11 @@ struct sender {
     slot *slots;
     int free_count;
     int *free_slots;
-    /* lanes: open addressing, grows at 50% */
+    /* lanes: each its own allocation (the ready and delayed lists link
+     * them), numbered 0..lane_count-1 in `lanes`, found by `lane_index` */
     lane **lanes;
-    size_t lane_cap, lane_count;
+    size_t lane_count, lane_room;
+    hashindex lane_index;
     lane *ready_head, *ready_tail;  /* may start now */
     lane *delayed;                  /* waiting for a backoff */
     /* dirty reports, written by the caller */
@@ -101,81 +102,123 @@ static void lane_free(lane *l)
     free(l);
 }
 
-/* Moves the lanes into a table of `cap` slots (a power of two), freeing the
- * unused ones when `drop_unused`. Linear probing leaves no holes to patch:
- * every kept lane is placed afresh. False (nothing changed) when out of
- * memory. */
-static bool lanes_rehash(sender *s, size_t cap, bool drop_unused)
+/* What lane_for looks up: a lane's name and its hash. */
+typedef struct {
+    const char *name;
+    uint64_t hash;
+} lane_key;
+
+static bool lane_matches(const void *entries, uint32_t index, const void *key)
 {
-    lane **fresh = calloc(cap, sizeof *fresh);
-    if (fresh == NULL)
+    const lane *l = ((lane *const *)entries)[index];
+    const lane_key *k = key;
+    return l->hash == k->hash && strcmp(l->name, k->name) == 0;
+}
+
+static uint64_t lane_hash(const void *entries, uint32_t index)
+{
+    return ((lane *const *)entries)[index]->hash;
+}
+
+/* An empty lane array with room for `room` lanes and its index. False
+ * (nothing allocated) when out of memory. */
+static bool lanes_alloc(size_t room, lane ***lanes, hashindex *index)
+{
+    *lanes = malloc(room * sizeof **lanes);
+    if (*lanes == NULL)
         return false;
-    size_t kept = 0;
-    for (size_t i = 0; i < s->lane_cap; i++) {
-        lane *l = s->lanes[i];
-        if (l == NULL)
-            continue;
-        if (drop_unused && lane_unused(l)) {
-            lane_free(l);
-            continue;
-        }
-        size_t j = l->hash & (cap - 1);
-        while (fresh[j])
-            j = (j + 1) & (cap - 1);
-        fresh[j] = l;
-        kept++;
+    if (!hashindex_init(index, room)) {
+        free(*lanes);
+        *lanes = NULL;
+        return false;
     }
-    free(s->lanes);
-    s->lanes = fresh;
-    s->lane_cap = cap;
-    s->lane_count = kept;
     return true;
 }
 
-static bool lanes_grow(sender *s)
+/* Room for one more lane: the index grows once half full, the array
+ * doubles when full. */
+static bool lanes_reserve(sender *s)
 {
-    return lanes_rehash(s, s->lane_cap ? s->lane_cap * 2 : LANES_MIN_CAP, false);
+    if (hashindex_full(&s->lane_index) && !hashindex_grow(&s->lane_index, lane_hash, s->lanes))
+        return false;
+    if (s->lane_count < s->lane_room)
+        return true;
+    lane **grown = realloc(s->lanes, s->lane_room * 2 * sizeof *grown);
+    if (grown == NULL)
+        return false;
+    s->lanes = grown;
+    s->lane_room *= 2;
+    return true;
 }
 
-/* Drops the unused lanes once they are many; the table shrinks to fit the
- * rest (at most half full). Costs one pass over the table, after at least
- * IDLE_LANES_KEPT new lanes. */
+/* Drops the unused lanes once they are many; the array and the index shrink
+ * to fit the rest (the index at most half full). Costs one pass over the
+ * lanes, after at least IDLE_LANES_KEPT new lanes. The kept lanes are
+ * indexed afresh before anything is freed, so running out of memory
+ * changes nothing. */
 static void lanes_trim(sender *s)
 {
     if (s->lane_count <= s->in_memory * 2 + IDLE_LANES_KEPT)
         return;
     size_t used = 0;
-    for (size_t i = 0; i < s->lane_cap; i++)
-        if (s->lanes[i] && !lane_unused(s->lanes[i]))
+    for (size_t i = 0; i < s->lane_count; i++)
+        if (!lane_unused(s->lanes[i]))
             used++;
-    size_t cap = LANES_MIN_CAP;
-    while (cap < (used + 1) * 2)
-        cap *= 2;
-    if (!lanes_rehash(s, cap, true))
+    size_t room = used + 1 < LANES_MIN_ROOM ? LANES_MIN_ROOM : used + 1;
+    lane **kept;
+    hashindex index;
+    bool ok = lanes_alloc(room, &kept, &index);
+    size_t count = 0;
+    for (size_t i = 0; ok && i < s->lane_count; i++) {
+        if (lane_unused(s->lanes[i]))
+            continue;
+        kept[count] = s->lanes[i];
+        ok = hashindex_add(&index, kept[count]->hash, (uint32_t)count);
+        count++;
+    }
+    if (!ok) {
+        if (kept) {
+            free(kept);
+            hashindex_free(&index);
+        }
         log_warn("out of memory trimming the reporter's lanes; trying again later");
+        return;
+    }
+    for (size_t i = 0; i < s->lane_count; i++)
+        if (lane_unused(s->lanes[i]))
+            lane_free(s->lanes[i]);
+    free(s->lanes);
+    hashindex_free(&s->lane_index);
+    s->lanes = kept;
+    s->lane_room = room;
+    s->lane_count = count;
+    s->lane_index = index;
 }
 
+/* The lane of `r`'s customer and target, made when it has none; NULL when
+ * out of memory. */
 static lane *lane_for(sender *s, const report *r)
 {
     char name[512];
     snprintf(name, sizeof name, "%s\x1f%s\x1f%s", stripe_mode_column(r->mode), r->customer,
              r->target);
-    uint64_t h = digest_fnv1a(name, strlen(name));
-    if ((s->lane_count + 1) * 2 > s->lane_cap && !lanes_grow(s))
+    lane_key key = {.name = name, .hash = digest_fnv1a(name, strlen(name))};
+    long found = hashindex_find(&s->lane_index, key.hash, lane_matches, s->lanes, &key);
+    if (found >= 0)
+        return s->lanes[found];
+    if (!lanes_reserve(s))
         return NULL;
-    size_t j = h & (s->lane_cap - 1);
-    for (; s->lanes[j]; j = (j + 1) & (s->lane_cap - 1)) {
-        if (s->lanes[j]->hash == h && strcmp(s->lanes[j]->name, name) == 0)
-            return s->lanes[j];
-    }
     lane *l = calloc(1, sizeof *l);
     if (l == NULL || (l->name = strdup(name)) == NULL) {
         free(l);
         return NULL;
     }
-    l->hash = h;
-    s->lanes[j] = l;
-    s->lane_count++;
+    l->hash = key.hash;
+    if (!hashindex_add(&s->lane_index, l->hash, (uint32_t)s->lane_count)) {
+        lane_free(l);
+        return NULL;
+    }
+    s->lanes[s->lane_count++] = l;
     return l;
 }
 
@@ -250,33 +293,12 @@ static size_t on_body(char *data, size_t size, size_t n, void *ctx)
     return len;
 }
 
-static bool header_is(const char *line, size_t len, const char *name, const char **value,
-                      size_t *value_len)
-{
-    size_t n = strlen(name);
-    if (len <= n || strncasecmp(line, name, n) != 0 || line[n] != ':')
-        return false;
-    const char *v = line + n + 1, *end = line + len;
-    while (v < end && (*v == ' ' || *v == '\t'))
-        v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' '))
-        end--;
-    *value = v;
-    *value_len = (size_t)(end - v);
-    return true;
-}
-
+/* Stripe's headers are read as they arrive; stripe.c says which matter. */
 static size_t on_header(char *line, size_t size, size_t n, void *ctx)
 {
     slot *sl = ctx;
-    size_t len = size * n;
-    const char *v;
-    size_t vlen;
-    if (header_is(line, len, "Stripe-Should-Retry", &v, &vlen))
-        sl->should_retry = vlen == 4 && strncasecmp(v, "true", 4) == 0 ? 1 : 0;
-    else if (header_is(line, len, "Idempotent-Replayed", &v, &vlen))
-        sl->replayed = vlen == 4 && strncasecmp(v, "true", 4) == 0;
-    return len;
+    stripe_answer_header(&sl->answer, line, size * n);
+    return size * n;
 }
 
 static void register_metrics(sender *s)
@@ -321,21 +343,21 @@ sender *sender_new(const sender_config *config, char *err, size_t err_size)
         return NULL;
     }
     s->cfg = *config;
-    size_t len = strlen("Authorization: Bearer ") + strlen(config->api_key) + 1;
-    s->auth_header = malloc(len);
+    s->auth_header = stripe_authorization(config->api_key);
     s->multi = curl_multi_init();
     s->slots = calloc((size_t)config->concurrency, sizeof *s->slots);
     s->free_slots = calloc((size_t)config->concurrency, sizeof *s->free_slots);
     if (s->auth_header == NULL || s->multi == NULL || s->slots == NULL || s->free_slots == NULL ||
-        !lanes_grow(s)) {
+        !lanes_alloc(LANES_MIN_ROOM, &s->lanes, &s->lane_index)) {
         snprintf(err, err_size, "out of memory");
         sender_free(s);
         return NULL;
     }
-    snprintf(s->auth_header, len, "Authorization: Bearer %s", config->api_key);
+    s->lane_room = LANES_MIN_ROOM;
     curl_multi_setopt(s->multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)config->concurrency);
     for (int i = 0; i < config->concurrency; i++) {
         slot *sl = &s->slots[i];
+        stripe_request_init(&sl->request);
         buf_init(&sl->reply, REPLY_MAX);
         sl->easy = curl_easy_init();
         if (sl->easy == NULL) {
@@ -392,18 +414,18 @@ void sender_free(sender *s)
             curl_easy_cleanup(sl->easy);
         }
         curl_slist_free_all(sl->headers);
+        stripe_request_free(&sl->request);
         buf_free(&sl->reply);
     }
-    for (size_t i = 0; i < s->lane_cap; i++) {
-        if (s->lanes[i]) {
-            free_lane_reports(s->lanes[i]);
-            lane_free(s->lanes[i]);
-        }
+    for (size_t i = 0; i < s->lane_count; i++) {
+        free_lane_reports(s->lanes[i]);
+        lane_free(s->lanes[i]);
     }
     for (size_t i = 0; i < s->dirty_count; i++)
         report_free(s->dirty[i]);
     free(s->dirty);
     free(s->lanes);
+    hashindex_free(&s->lane_index);
     if (s->multi)
         curl_multi_cleanup(s->multi);
     if (s->auth_header) {
@@ -545,30 +567,21 @@ static void note_failure(sender *s, int64_t now)
              (long long)(pause / USEC_PER_SEC));
 }
 
-typedef struct {
-    char type[64], code[64], message[400];
-} stripe_error;
-
-static void parse_error(const buf *reply, stripe_error *out)
+/* The report's error text for an answer (or for no answer). */
+static void record_answer_error(report *r, const stripe_verdict *v, long status,
+                                const char *transport_error)
 {
-    memset(out, 0, sizeof *out);
-    if (reply->len == 0)
-        return;
-    json_t *doc = json_loadb(reply->data, reply->len, 0, NULL);
-    json_t *e = json_object_get(doc, "error");
-    const char *type = json_string_value(json_object_get(e, "type"));
-    const char *code = json_string_value(json_object_get(e, "code"));
-    const char *message = json_string_value(json_object_get(e, "message"));
-    if (type)
-        snprintf(out->type, sizeof out->type, "%s", type);
-    if (code)
-        snprintf(out->code, sizeof out->code, "%s", code);
-    if (message)
-        snprintf(out->message, sizeof out->message, "%s", message);
-    cut_utf8_tail(out->type);
-    cut_utf8_tail(out->code);
-    cut_utf8_tail(out->message);
-    json_decref(doc);
+    if (v->outcome == STRIPE_AUTH_FAILED)
+        /* Stripe's message shows part of the key: keep only the code */
+        set_error(r, "HTTP %ld %s%s%s: Stripe refused the API key", status, v->type,
+                  v->code[0] ? "/" : "", v->code);
+    else if (status == 0)
+        set_error(r, "no answer: %s", transport_error);
+    else if (v->message[0])
+        set_error(r, "HTTP %ld %s%s%s: %s", status, v->type, v->code[0] ? "/" : "", v->code,
+                  v->message);
+    else
+        set_error(r, "HTTP %ld without a Stripe error body", status);
 }
 
 static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
@@ -579,34 +592,16 @@ static void handle_answer(sender *s, slot *sl, CURLcode result, int64_t now)
     if (result == CURLE_OK)
         curl_easy_getinfo(sl->easy, CURLINFO_RESPONSE_CODE, &status);
     metrics_observe(s->m_latency, (double)(now - sl->started_usec) / 1e6);
-    stripe_error e;
-    parse_error(&sl->reply, &e);
-    if (status >= 500 && sl->replayed)
-        r->replayed_failures++;
-    else if (status < 500)
-        r->replayed_failures = 0;
-    stripe_reply reply = {
-        .http_status = status,
-        .should_retry = (int)sl->should_retry,
-        .replayed = sl->replayed,
-        .error_type = e.type[0] ? e.type : NULL,
-        .error_message = e.message[0] ? e.message : NULL,
-        .replayed_failures = r->replayed_failures,
-    };
-    stripe_outcome outcome = stripe_classify(r->mode, &reply);
+    sl->answer.http_status = status;
+    sl->answer.body = sl->reply.data;
+    sl->answer.body_len = sl->reply.len;
+    stripe_verdict verdict;
+    stripe_classify(r->mode, &sl->answer, r->replayed_failures, &verdict);
+    stripe_outcome outcome = verdict.outcome;
+    r->replayed_failures = verdict.replayed_failures;
     r->last_http_status = (int)status;
-    if (outcome == STRIPE_AUTH_FAILED)
-        /* Stripe's message shows part of the key: keep only the code */
-        set_error(r, "HTTP %ld %s%s%s: Stripe refused the API key", status, e.type,
-                  e.code[0] ? "/" : "", e.code);
-    else if (status == 0)
-        set_error(r, "no answer: %s", sl->curl_error[0] ? sl->curl_error
-                                                        : curl_easy_strerror(result));
-    else if (e.message[0])
-        set_error(r, "HTTP %ld %s%s%s: %s", status, e.type, e.code[0] ? "/" : "", e.code,
-                  e.message);
-    else
-        set_error(r, "HTTP %ld without a Stripe error body", status);
+    record_answer_error(r, &verdict, status,
+                        sl->curl_error[0] ? sl->curl_error : curl_easy_strerror(result));
     if (outcome != STRIPE_RETRY && outcome != STRIPE_RATE_LIMITED && outcome != STRIPE_NEW_KEY)
         s->consecutive_failures = 0;
     if (outcome == STRIPE_ACCEPTED || outcome == STRIPE_DUPLICATE) {
@@ -720,65 +715,59 @@ static bool park_stale_report(sender *s, report *r, int64_t now)
     return true;
 }
 
-static bool build_request(sender *s, slot *sl, report *r)
+/* Appends a header line; when out of memory frees the whole list and
+ * returns NULL. */
+static struct curl_slist *append_header(struct curl_slist *list, const char *line)
 {
-    char url[1024], key_header[STRIPE_IDEMPOTENCY_KEY_MAX + 32], idem[STRIPE_IDEMPOTENCY_KEY_MAX + 1];
-    char number[32], stamp[32];
-    buf body;
-    buf_init(&body, 8192);
-    snprintf(number, sizeof number, "%lld", (long long)r->quantity);
-    snprintf(stamp, sizeof stamp, "%lld", (long long)r->hour);
-    bool ok;
-    if (r->mode == STRIPE_MODE_METER_EVENTS) {
-        snprintf(url, sizeof url, "%s/v1/billing/meter_events", s->cfg.api_base);
-        ok = stripe_form_add(&body, "event_name", r->target) &&
-             stripe_form_add(&body, "payload[stripe_customer_id]", r->customer) &&
-             stripe_form_add(&body, "payload[value]", number) &&
-             stripe_form_add(&body, "identifier", r->identifier) &&
-             stripe_form_add(&body, "timestamp", stamp);
-    } else {
-        char *item = curl_easy_escape(sl->easy, r->target, 0);
-        ok = item != NULL;
-        if (ok)
-            snprintf(url, sizeof url, "%s/v1/subscription_items/%s/usage_records",
-                     s->cfg.api_base, item);
-        curl_free(item);
-        ok = ok && stripe_form_add(&body, "quantity", number) &&
-             stripe_form_add(&body, "timestamp", stamp) &&
-             stripe_form_add(&body, "action", "increment");
+    struct curl_slist *next = curl_slist_append(list, line);
+    if (next == NULL)
+        curl_slist_free_all(list);
+    return next;
+}
+
+/* What `r` tells Stripe (stripe.c builds the call from it). */
+static stripe_usage usage_of(const report *r)
+{
+    stripe_usage u = {
+        .mode = r->mode,
+        .customer = r->customer,
+        .target = r->target,
+        .identifier = r->identifier,
+        .timestamp = r->hour,
+        .quantity = r->quantity,
+        .generation = r->generation,
+    };
+    return u;
+}
+
+/* Hands the call for `r` to the slot's curl handle: stripe.c's request,
+ * with the Authorization header and curl's "Expect:" (no 100-continue
+ * round trip) added. */
+static bool build_request(sender *s, slot *sl, const report *r)
+{
+    stripe_account account = {.api_base = s->cfg.api_base, .api_version = s->cfg.api_version};
+    stripe_usage usage = usage_of(r);
+    char err[128];
+    if (!stripe_request_build(&account, &usage, &sl->request, err, sizeof err)) {
+        log_warn("report %lld: could not build the request: %s", (long long)r->id, err);
+        return false;
     }
-    ok = ok && stripe_idempotency_key(r->identifier, r->generation, idem, sizeof idem);
-    snprintf(key_header, sizeof key_header, "Idempotency-Key: %s", idem);
     curl_slist_free_all(sl->headers);
     sl->headers = NULL;
-    struct curl_slist *h = NULL;
-    const char *fixed[] = {s->auth_header, "Content-Type: application/x-www-form-urlencoded",
-                           key_header, "Expect:"};
-    for (size_t i = 0; ok && i < sizeof fixed / sizeof fixed[0]; i++) {
-        struct curl_slist *next = curl_slist_append(h, fixed[i]);
-        ok = next != NULL;
-        h = next ? next : h;
-    }
-    /* Usage records exist only up to 2025-02-24.acacia: pin it unless told */
-    const char *api_version = s->cfg.api_version[0]                  ? s->cfg.api_version
-                              : r->mode == STRIPE_MODE_USAGE_RECORDS ? "2025-02-24.acacia"
-                                                                     : "";
-    if (ok && api_version[0]) {
-        char version[128];
-        snprintf(version, sizeof version, "Stripe-Version: %s", api_version);
-        struct curl_slist *next = curl_slist_append(h, version);
-        ok = next != NULL;
-        h = next ? next : h;
+    struct curl_slist *h = curl_slist_append(NULL, s->auth_header);
+    for (int i = 0; h && i < sl->request.header_count; i++)
+        h = append_header(h, sl->request.headers[i]);
+    h = h ? append_header(h, "Expect:") : NULL;
+    if (h == NULL) {
+        log_warn("report %lld: could not build the request: out of memory", (long long)r->id);
+        return false;
     }
     sl->headers = h;
-    if (ok) {
-        curl_easy_setopt(sl->easy, CURLOPT_URL, url);
-        curl_easy_setopt(sl->easy, CURLOPT_HTTPHEADER, sl->headers);
-        curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDSIZE, (long)body.len);
-        curl_easy_setopt(sl->easy, CURLOPT_COPYPOSTFIELDS, body.data);
-    }
-    buf_free(&body);
-    return ok;
+    curl_easy_setopt(sl->easy, CURLOPT_URL, sl->request.url);
+    curl_easy_setopt(sl->easy, CURLOPT_HTTPHEADER, sl->headers);
+    curl_easy_setopt(sl->easy, CURLOPT_POSTFIELDSIZE, (long)sl->request.body.len);
+    curl_easy_setopt(sl->easy, CURLOPT_COPYPOSTFIELDS, sl->request.body.data);
+    return true;
 }
 
 /* Starts the head of `l` in a free slot. */
@@ -791,13 +780,11 @@ static void start_call(sender *s, lane *l, int64_t now)
     }
     slot *sl = &s->slots[s->free_slots[--s->free_count]];
     buf_reset(&sl->reply);
-    sl->should_retry = -1;
-    sl->replayed = false;
+    stripe_answer_init(&sl->answer);
     sl->curl_error[0] = '\0';
     if (!build_request(s, sl, r)) {
         s->free_count++;
         r->ready_usec = now + USEC_PER_SEC;
-        log_warn("report %lld: could not build the request (out of memory?)", (long long)r->id);
         lane_schedule(s, l, now);
         return;
     }
@@ -950,10 +937,8 @@ void sender_drop_queued(sender *s)
 {
     if (s->in_flight > 0 || s->dirty_count > 0)
         return; /* only once everything in flight is answered and written */
-    for (size_t i = 0; i < s->lane_cap; i++) {
+    for (size_t i = 0; i < s->lane_count; i++) {
         lane *l = s->lanes[i];
-        if (l == NULL)
-            continue;
         free_lane_reports(l);
         l->head = l->tail = NULL;
         l->scheduled = false;

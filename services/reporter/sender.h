@@ -1,8 +1,10 @@
 /* The sending half of the reporter: reports queued in lanes (one lane per
  * Stripe customer and target, at most one call in flight per lane), sent
  * with libcurl's multi interface under a concurrency bound and a request
- * rate ceiling, each answer classified by stripe.c. Single-threaded:
- * the reporter's main loop calls sender_run() between database work. */
+ * rate ceiling. What each call carries and what each answer means are
+ * stripe.c's: this module only moves the bytes and schedules. Single-
+ * threaded: the reporter's main loop calls sender_run() between database
+ * work. */
 #ifndef TALLY_REPORTER_SENDER_H
 #define TALLY_REPORTER_SENDER_H
 
