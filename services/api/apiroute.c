@@ -19,28 +19,34 @@ bool apiroute_valid_id(const char *text, size_t len)
     return true;
 }
 
-/* Matches `path` against `pattern` segment by segment; on success copies
- * the path's {id} (or "") into `id`. */
+/* Whether `pattern` starts with an {id} segment (it is at a segment's start). */
+static bool at_id_segment(const char *pattern)
+{
+    size_t len = strlen(ID_SEGMENT);
+    return strncmp(pattern, ID_SEGMENT, len) == 0 && (pattern[len] == '/' || pattern[len] == '\0');
+}
+
+/* Matches `path` against `pattern`; on success copies the path's {id} (or
+ * "") into `id`. Literal text is compared byte by byte, so that a path
+ * fails on its first differing byte: every request is tried against the
+ * rows in turn, authorize's among them. */
 static bool path_matches(const char *pattern, const char *path, char id[APIROUTE_ID_MAX + 1])
 {
     id[0] = '\0';
+    bool segment_start = false;
     while (*pattern != '\0') {
-        if (*pattern != '/' || *path != '/')
-            return false;
-        pattern++;
-        path++;
-        size_t want = strcspn(pattern, "/");
-        size_t have = strcspn(path, "/");
-        if (want == strlen(ID_SEGMENT) && memcmp(pattern, ID_SEGMENT, want) == 0) {
+        if (segment_start && *pattern == '{' && at_id_segment(pattern)) {
+            size_t have = strcspn(path, "/");
             if (!apiroute_valid_id(path, have))
                 return false;
             memcpy(id, path, have);
             id[have] = '\0';
-        } else if (want != have || memcmp(pattern, path, have) != 0) {
-            return false;
+            pattern += strlen(ID_SEGMENT);
+            path += have;
+        } else if (*pattern++ != *path++) {
+            return false; /* also when the path ends first: its NUL differs */
         }
-        pattern += want;
-        path += have;
+        segment_start = pattern[-1] == '/';
     }
     return *path == '\0';
 }

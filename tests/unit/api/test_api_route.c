@@ -57,7 +57,8 @@ START_TEST(unknown_paths_are_not_found)
         "", "/", "/v1", "/v1/", "/v1/plans/", "/v1/plans//", "/v1/plans/a/b", "/v1/keys/k/plan/x",
         "/v1/keys//usage", "/V1/plans", "/v1/plans?x", "/v1/me", "/v1/me/", "/v1/keys/a b",
         "/v1/keys/a%2Fb", "/v1/keys/a\"b", "/healthz/", "//healthz", "/v1/me/usage/key_1",
-        "/v1/plans/\xc3\xa9",
+        "/v1/plans/\xc3\xa9", "/v1/plansx", "/v1/plan", "/v1/keys/k/planx", "/v1/keys/k/quot",
+        "/healthzz", "/v1/authorize/", "/v1/authorizex", "/v1/keys/{id}", "/v1/keys/k/",
     };
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         apiroute_match m;
