@@ -7,12 +7,12 @@
  * PostgreSQL (admin, usage, a quota the cache cannot answer, /readyz) is
  * handed to a few database workers (workers.c) while its connection is
  * suspended, so that a slow query never delays an authorize request queued
- * on the same libmicrohttpd thread. /metrics and /openapi.json are served
+ * on the same libmicrohttpd thread. Each route's row in routes.h says where
+ * it runs and who may call it. /metrics and /openapi.json are served
  * on an internal address by common/ops.c; hostile clients are bounded by a
  * per-address connection limit, short request timeouts and limits on the
  * request line and headers (on_request_line, refuse_at_headers). */
 #include <errno.h>
-#include <jansson.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <signal.h>
@@ -28,7 +28,6 @@
 #include "keycache.h"
 #include "keyhash.h"
 #include "log.h"
-#include "metrics.h"
 #include "ops.h"
 #include "timeutil.h"
 
