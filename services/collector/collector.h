@@ -166,9 +166,6 @@ typedef struct {
     int dlq_failures;         /* delivery failures seen by the DLQ producer */
 } collector;
 
-/* Set by SIGTERM/SIGINT (and a fatal Kafka error): finish and stop. */
-extern volatile sig_atomic_t collector_stop_requested;
-
 /* ---- batch.c ---- */
 bool grow_array(void **items, size_t *cap, size_t count, size_t size);
 /* A batch that holds up to `capacity` staged events. */

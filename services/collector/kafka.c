@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "stopsignal.h"
 #include "period.h"
 #include "timeutil.h"
 #include "utf8.h"
@@ -78,7 +79,7 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
     (void)opaque;
     if (err == RD_KAFKA_RESP_ERR__FATAL) {
         log_error("fatal Kafka error: %s; stopping", reason);
-        collector_stop_requested = 1;
+        stopsignal_request();
         return;
     }
     log_warn("Kafka: %s (%s)", reason, rd_kafka_err2name((rd_kafka_resp_err_t)err));

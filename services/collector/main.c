@@ -29,6 +29,7 @@
 #include "collector.h"
 #include "config.h"
 #include "log.h"
+#include "stopsignal.h"
 #include "ops.h"
 #include "timeutil.h"
 
@@ -156,25 +157,11 @@ static void register_metrics(collector_metrics *m)
 
 /* ---- signals ----------------------------------------------------------- */
 
-volatile sig_atomic_t collector_stop_requested;
 static volatile sig_atomic_t last_loop_at;    /* seconds; read by /healthz */
 static volatile sig_atomic_t stalled_seconds; /* read by /healthz */
 /* The metrics /healthz reads (gauges are safe to read from its thread). */
 static const collector_metrics *health_metrics;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    if (collector_stop_requested) {
-        /* A second signal: exit now. Nothing unwritten was acknowledged, so
-         * the events of the current batches are simply read again later. */
-        static const char msg[] = "second signal: exiting at once\n";
-        ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)ignored;
-        _exit(130);
-    }
-    collector_stop_requested = 1;
-}
 /* ---- main -------------------------------------------------------------- */
 
 static const char *current_pause_reason(void)
@@ -248,12 +235,7 @@ int main(int argc, char **argv)
      * letting glibc raise its threshold and hold them in the heap. */
     mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    stopsignal_install();
     last_loop_at = (sig_atomic_t)time(NULL);
 
     collector c;
@@ -283,7 +265,7 @@ int main(int argc, char **argv)
         return 1;
     }
     /* The database must be reachable once before consuming anything. */
-    for (int64_t backoff = 100000; !collector_stop_requested;) {
+    for (int64_t backoff = 100000; !stopsignal_requested();) {
         if (store_ensure_connected(c.db, err, sizeof err))
             break;
         log_warn("%s; retrying in %lld ms", err, (long long)(backoff / 1000));
@@ -291,7 +273,7 @@ int main(int argc, char **argv)
         last_loop_at = (sig_atomic_t)time(NULL);
         backoff = backoff * 2 > 5 * USEC_PER_SEC ? 5 * USEC_PER_SEC : backoff * 2;
     }
-    if (collector_stop_requested) {
+    if (stopsignal_requested()) {
         ops_stop(ops);
         return 0;
     }
@@ -311,7 +293,7 @@ int main(int argc, char **argv)
     int64_t next_maintenance = time_now_usec() + 3600 * USEC_PER_SEC;
     int64_t next_lag = 0;
     int64_t last_db_check = 0;
-    while (!collector_stop_requested) {
+    while (!stopsignal_requested()) {
         int64_t now = time_now_usec();
         /* Checking the database costs a system call: while messages keep
          * coming, do it every half millisecond rather than per message. */

@@ -31,6 +31,7 @@
 #include "config.h"
 #include "db.h"
 #include "log.h"
+#include "stopsignal.h"
 #include "metrics.h"
 #include "ops.h"
 #include "outbox.h"
@@ -108,23 +109,8 @@ static const cfg_setting settings[] = {
      "exit: 0 when nothing is left pending or parked, 1 otherwise, 2 when it could not run"},
 };
 
-static volatile sig_atomic_t stop_requested;
 static volatile sig_atomic_t last_loop_at;
 static volatile sig_atomic_t db_up;
-
-static void on_signal(int sig)
-{
-    (void)sig;
-    if (stop_requested) {
-        /* Reports in flight are in the outbox: they are sent again with the
-         * same identifiers after the restart. */
-        static const char msg[] = "second signal: exiting at once\n";
-        ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)ignored;
-        _exit(130);
-    }
-    stop_requested = 1;
-}
 
 static bool health(char *detail, size_t detail_size)
 {
@@ -343,7 +329,7 @@ static bool ensure_lock(reporter *rp, int64_t now)
     rp->exhausted = false;
     if (sender_in_memory(rp->snd) == 0)
         rp->cursor = 0;
-    sender_hold(rp->snd, stop_requested);
+    sender_hold(rp->snd, stopsignal_requested());
     return true;
 }
 
@@ -532,7 +518,7 @@ static int run_daemon(void)
     while (true) {
         int64_t now = time_now_usec();
         last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
-        if (stop_requested)
+        if (stopsignal_requested())
             sender_hold(rp.snd, true);
         if (ensure_db(&rp, now)) {
             if (!rp.locked && !ensure_lock(&rp, now) && once && rp.standby_logged) {
@@ -541,14 +527,14 @@ static int run_daemon(void)
                 status = 2;
                 break;
             }
-            if (rp.locked && !stop_requested && now >= rp.next_cycle_usec &&
+            if (rp.locked && !stopsignal_requested() && now >= rp.next_cycle_usec &&
                 !(once && rp.planned_once)) {
                 plan(&rp, now);
                 rp.next_cycle_usec = now + interval_s * USEC_PER_SEC;
                 if (send_started == 0)
                     send_started = time_now_usec();
             }
-            if (rp.locked && rp.db && !stop_requested)
+            if (rp.locked && rp.db && !stopsignal_requested())
                 load(&rp);
             if (rp.db)
                 flush(&rp, false);
@@ -558,7 +544,7 @@ static int run_daemon(void)
             break;
         }
         bool drained = sender_idle(rp.snd) && sender_in_flight(rp.snd) == 0;
-        if (stop_requested && sender_in_flight(rp.snd) == 0)
+        if (stopsignal_requested() && sender_in_flight(rp.snd) == 0)
             break;
         if (once && rp.planned_once && rp.exhausted && drained)
             break;
@@ -797,12 +783,7 @@ int main(int argc, char **argv)
     if (status >= 0)
         return status;
     log_init("reporter", level);
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    stopsignal_install();
     last_loop_at = (sig_atomic_t)time(NULL);
     return run_daemon();
 }
