@@ -114,6 +114,29 @@ static bool set_connection(rd_kafka_conf_t *conf, const collector_config *cfg,
             set_conf(conf, "ssl.ca.location", cfg->kafka_ssl_ca_location));
 }
 
+/* A new client of `type` from `conf` (taken over either way), which is set
+ * only when `configured`; with Tally's log and error callbacks. NULL with
+ * err filled on failure. */
+static rd_kafka_t *new_client(collector *c, rd_kafka_type_t type, rd_kafka_conf_t *conf,
+                              bool configured, const char *what, char *err, size_t err_size)
+{
+    if (!configured) {
+        rd_kafka_conf_destroy(conf);
+        snprintf(err, err_size, "configuring the %s failed (see the log)", what);
+        return NULL;
+    }
+    rd_kafka_conf_set_opaque(conf, c);
+    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
+    char kerr[256];
+    rd_kafka_t *rk = rd_kafka_new(type, conf, kerr, sizeof kerr);
+    if (rk == NULL) {
+        rd_kafka_conf_destroy(conf); /* not taken over on failure */
+        snprintf(err, err_size, "creating the %s: %s", what, kerr);
+    }
+    return rk;
+}
+
 rd_kafka_t *make_consumer(collector *c)
 {
     char session[24], queued[24];
@@ -140,22 +163,13 @@ rd_kafka_t *make_consumer(collector *c)
               set_conf(conf, "fetch.max.bytes", "8388608") &&
               set_conf(conf, "fetch.error.backoff.ms", "10") &&
               set_conf(conf, "log.queue", "false");
-    if (!ok) {
-        rd_kafka_conf_destroy(conf);
-        return NULL;
-    }
-    rd_kafka_conf_set_opaque(conf, c);
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
-    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     char err[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof err);
+    rd_kafka_t *rk = new_client(c, RD_KAFKA_CONSUMER, conf, ok, "Kafka consumer", err, sizeof err);
     if (rk == NULL) {
-        log_error("creating the Kafka consumer: %s", err);
-        rd_kafka_conf_destroy(conf);
+        log_error("%s", err);
         return NULL;
     }
-    /* rd_kafka_new() took ownership of conf. */
     rd_kafka_poll_set_consumer(rk);
     rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, c->cfg->kafka_topic, RD_KAFKA_PARTITION_UA);
@@ -176,20 +190,11 @@ rd_kafka_t *make_dlq_producer(collector *c)
               /* A rejected event must not be lost or reordered on retries. */
               set_conf(conf, "enable.idempotence", "true") && set_conf(conf, "acks", "all") &&
               set_conf(conf, "linger.ms", "5") && set_conf(conf, "log.queue", "false");
-    if (!ok) {
-        rd_kafka_conf_destroy(conf);
-        return NULL;
-    }
-    rd_kafka_conf_set_opaque(conf, c);
     rd_kafka_conf_set_dr_msg_cb(conf, dlq_delivered);
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
-    rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     char err[512];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof err);
-    if (rk == NULL) {
-        log_error("creating the DLQ producer: %s", err);
-        rd_kafka_conf_destroy(conf);
-    }
+    rd_kafka_t *rk = new_client(c, RD_KAFKA_PRODUCER, conf, ok, "DLQ producer", err, sizeof err);
+    if (rk == NULL)
+        log_error("%s", err);
     return rk;
 }
 
@@ -204,20 +209,10 @@ rd_kafka_t *make_reader(collector *c, char *err, size_t err_size)
               set_conf(conf, "group.id", group) && set_conf(conf, "enable.auto.commit", "false") &&
               set_conf(conf, "enable.auto.offset.store", "false") &&
               set_conf(conf, "log.queue", "false");
-    if (!ok) {
-        rd_kafka_conf_destroy(conf);
-        snprintf(err, err_size, "configuring the poison reader failed");
-        return NULL;
-    }
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
-    char kerr[256];
-    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, kerr, sizeof kerr);
-    if (rk == NULL) {
-        rd_kafka_conf_destroy(conf);
-        snprintf(err, err_size, "creating the poison reader: %s", kerr);
-        return NULL;
-    }
-    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_t *rk =
+        new_client(c, RD_KAFKA_CONSUMER, conf, ok, "poison reader", err, err_size);
+    if (rk != NULL)
+        rd_kafka_poll_set_consumer(rk);
     return rk;
 }
 

@@ -20,6 +20,7 @@
 #include <malloc.h>
 #include <libpq-fe.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,22 +102,63 @@ static const double batch_size_bounds[] = {1,    10,    100,   500,   1000,  250
 static const double batch_seconds_bounds[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                               0.1,   0.25,   0.5,   1,    2.5,   5};
 
+/* The collector's single-valued metrics: where each goes, and what it is. */
+static const struct {
+    size_t offset; /* of its metric * in collector_metrics */
+    bool gauge;    /* else a counter */
+    const char *name, *help;
+} scalar_metrics[] = {
+#define SCALAR(field, gauge, name, help) {offsetof(collector_metrics, field), gauge, name, help}
+    SCALAR(consumed, false, "tally_collector_events_consumed_total",
+           "Kafka messages consumed (counted + duplicates + rejected)"),
+    SCALAR(counted, false, "tally_collector_events_counted_total",
+           "events counted into the rollups for the first time"),
+    SCALAR(duplicates, false, "tally_collector_events_duplicate_total",
+           "valid events whose (source, id) was already counted"),
+    SCALAR(batches, false, "tally_collector_batches_total", "batches committed"),
+    SCALAR(lag, true, "tally_collector_consumer_lag",
+           "messages behind the high watermark, summed over assigned partitions"),
+    SCALAR(db_errors, false, "tally_collector_db_errors_total",
+           "failed database operations (each is retried)"),
+    SCALAR(dlq_errors, false, "tally_collector_dlq_errors_total",
+           "failed DLQ publications (each is retried)"),
+    SCALAR(key_cache_size, true, "tally_collector_key_cache_keys", "API keys in the cache"),
+    SCALAR(key_lookups, false, "tally_collector_key_cache_miss_lookups_total",
+           "database look-ups made for keys missing from the cache"),
+    SCALAR(last_commit, true, "tally_collector_last_commit_timestamp_seconds",
+           "when the last batch was committed"),
+    SCALAR(paused, true, "tally_collector_paused",
+           "1 while consumption is paused because a batch cannot be written"),
+    SCALAR(stalled_seconds, true, "tally_collector_stalled_seconds",
+           "how long the batch being written has waited (0 when none waits); /healthz fails "
+           "past TALLY_STALL_TIMEOUT_S"),
+#undef SCALAR
+};
+
 static void register_metrics(collector_metrics *m)
 {
-    m->consumed =
-        metrics_counter("tally_collector_events_consumed_total",
-                        "Kafka messages consumed (counted + duplicates + rejected)", NULL);
-    m->counted = metrics_counter("tally_collector_events_counted_total",
-                                 "events counted into the rollups for the first time", NULL);
-    m->duplicates = metrics_counter("tally_collector_events_duplicate_total",
-                                    "valid events whose (source, id) was already counted", NULL);
-    static char labels[EVENT_ERR__COUNT][48];
-    for (int e = 1; e < EVENT_ERR__COUNT; e++) {
-        snprintf(labels[e], sizeof labels[e], "code=\"%s\"", event_error_code((event_error)e));
-        m->rejected[e] = metrics_counter("tally_collector_events_rejected_total",
-                                         "events published to the DLQ, by error code", labels[e]);
+    for (size_t i = 0; i < sizeof scalar_metrics / sizeof scalar_metrics[0]; i++) {
+        metric **slot = (metric **)((char *)m + scalar_metrics[i].offset);
+        *slot = scalar_metrics[i].gauge
+                    ? metrics_gauge(scalar_metrics[i].name, scalar_metrics[i].help, NULL)
+                    : metrics_counter(scalar_metrics[i].name, scalar_metrics[i].help, NULL);
     }
-    m->batches = metrics_counter("tally_collector_batches_total", "batches committed", NULL);
+    static char code_labels[EVENT_ERR__COUNT][48];
+    for (int e = 1; e < EVENT_ERR__COUNT; e++) {
+        snprintf(code_labels[e], sizeof code_labels[e], "code=\"%s\"",
+                 event_error_code((event_error)e));
+        m->rejected[e] = metrics_counter("tally_collector_events_rejected_total",
+                                         "events published to the DLQ, by error code",
+                                         code_labels[e]);
+    }
+    static char reason_labels[PAUSE__COUNT][48];
+    for (int r = 0; r < PAUSE__COUNT; r++) {
+        snprintf(reason_labels[r], sizeof reason_labels[r], "reason=\"%s\"",
+                 pause_reason_names[r]);
+        m->pause_reason[r] = metrics_gauge(
+            "tally_collector_pause_reason",
+            "1 for the reason consumption is paused now (0 for the others)", reason_labels[r]);
+    }
     m->batch_size = metrics_histogram("tally_collector_batch_events", "events per committed batch",
                                       NULL, batch_size_bounds,
                                       sizeof batch_size_bounds / sizeof batch_size_bounds[0]);
@@ -124,35 +166,6 @@ static void register_metrics(collector_metrics *m)
         "tally_collector_batch_commit_seconds",
         "time to write a batch (DLQ, database transaction, offset commit)", NULL,
         batch_seconds_bounds, sizeof batch_seconds_bounds / sizeof batch_seconds_bounds[0]);
-    m->lag =
-        metrics_gauge("tally_collector_consumer_lag",
-                      "messages behind the high watermark, summed over assigned partitions", NULL);
-    m->db_errors = metrics_counter("tally_collector_db_errors_total",
-                                   "failed database operations (each is retried)", NULL);
-    m->dlq_errors = metrics_counter("tally_collector_dlq_errors_total",
-                                    "failed DLQ publications (each is retried)", NULL);
-    m->key_cache_size =
-        metrics_gauge("tally_collector_key_cache_keys", "API keys in the cache", NULL);
-    m->key_lookups =
-        metrics_counter("tally_collector_key_cache_miss_lookups_total",
-                        "database look-ups made for keys missing from the cache", NULL);
-    m->last_commit = metrics_gauge("tally_collector_last_commit_timestamp_seconds",
-                                   "when the last batch was committed", NULL);
-    m->paused =
-        metrics_gauge("tally_collector_paused",
-                      "1 while consumption is paused because a batch cannot be written", NULL);
-    for (int r = 0; r < PAUSE__COUNT; r++) {
-        static char reason_labels[PAUSE__COUNT][48];
-        snprintf(reason_labels[r], sizeof reason_labels[r], "reason=\"%s\"", pause_reason_names[r]);
-        m->pause_reason[r] = metrics_gauge(
-            "tally_collector_pause_reason",
-            "1 for the reason consumption is paused now (0 for the others)", reason_labels[r]);
-    }
-    m->stalled_seconds = metrics_gauge(
-        "tally_collector_stalled_seconds",
-        "how long the batch being written has waited (0 when none waits); /healthz fails past "
-        "TALLY_STALL_TIMEOUT_S",
-        NULL);
 }
 
 /* ---- signals ----------------------------------------------------------- */

@@ -169,12 +169,10 @@ void write_isolating(collector *c, const char *why)
     c->rollups_sent = false;
     b->poison_count = 0;
     if (isolate_range(c, 0, b->event_count, b->event_count > 1, err, sizeof err) == PART_FAILED) {
-        metrics_add(c->m.db_errors, 1);
         write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_poisons(c, b, err, sizeof err)) {
-        metrics_add(c->m.dlq_errors, 1);
         write_failed(c, PAUSE_POISON_REFETCH, err);
         return;
     }

@@ -250,18 +250,25 @@ static bool fill_cache(PGresult *res, keyplans *cache, char *err, size_t err_siz
     return true;
 }
 
+/* Adds the keys of a key query's result (cleared here) to `cache`. */
+static bool take_keys(store *st, PGresult *res, const char *what, keyplans *cache, char *err,
+                      size_t err_size)
+{
+    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+    if (!ok)
+        db_error(st->conn, res, what, err, err_size);
+    else
+        ok = fill_cache(res, cache, err, err_size);
+    PQclear(res);
+    return ok;
+}
+
 bool store_load_keys(store *st, keyplans *cache, char *err, size_t err_size)
 {
     if (!store_ensure_connected(st, err, err_size))
         return false;
     PGresult *res = PQexec(st->conn, "SELECT id, coalesce(plan_id, '') FROM api_keys");
-    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-    if (!ok)
-        db_error(st->conn, res, "loading API keys", err, err_size);
-    else
-        ok = fill_cache(res, cache, err, err_size);
-    PQclear(res);
-    return ok;
+    return take_keys(st, res, "loading API keys", cache, err, err_size);
 }
 
 bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans *cache,
@@ -280,12 +287,7 @@ bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans
     PGresult *res = PQexecParams(
         st->conn, "SELECT id, coalesce(plan_id, '') FROM api_keys WHERE id = ANY ($1::text[])", 1,
         NULL, params, NULL, NULL, 0);
-    bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
-    if (!ok)
-        db_error(st->conn, res, "looking up unknown API keys", err, err_size);
-    else
-        ok = fill_cache(res, cache, err, err_size);
-    PQclear(res);
+    bool ok = take_keys(st, res, "looking up unknown API keys", cache, err, err_size);
     buf_free(&array);
     return ok;
 }

@@ -182,10 +182,12 @@ void set_paused(collector *c, bool paused, pause_reason reason)
     metrics_set(c->m.paused, paused ? 1 : 0);
 }
 
-/* The write failed: keep the batch, pause consumption and retry after a
- * backoff (100 ms doubling to 5 s). Nothing was acknowledged to Kafka. */
+/* The write failed: count the error, keep the batch, pause consumption and
+ * retry after a backoff (100 ms doubling to 5 s). Nothing was acknowledged
+ * to Kafka. */
 void write_failed(collector *c, pause_reason reason, const char *err)
 {
+    metrics_add(reason == PAUSE_DATABASE ? c->m.db_errors : c->m.dlq_errors, 1);
     log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
     c->writing_sent = false;
     c->rollups_sent = false;
@@ -243,12 +245,10 @@ void write_start(collector *c)
     char err[512];
     c->writing_started = time_now_usec();
     if (!resolve_unknown_keys(c, b, err, sizeof err)) {
-        metrics_add(c->m.db_errors, 1);
         write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_rejects(c, b, err, sizeof err)) {
-        metrics_add(c->m.dlq_errors, 1);
         write_failed(c, PAUSE_DLQ, err);
         return;
     }
@@ -257,7 +257,6 @@ void write_start(collector *c)
         return;
     }
     if (!store_send_inserts(c->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
-        metrics_add(c->m.db_errors, 1);
         write_failed(c, PAUSE_DATABASE, err);
         return;
     }
@@ -282,7 +281,6 @@ static void send_rollups(collector *c, PGresult *inserted)
         return;
     }
     if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
-        metrics_add(c->m.db_errors, 1);
         write_failed(c, PAUSE_DATABASE, err);
         return;
     }
@@ -307,11 +305,12 @@ void write_poll(collector *c, bool wait)
             PQclear(inserted);
             break; /* phase B is in flight now */
         case STORE_FAILED:
-            metrics_add(c->m.db_errors, 1);
-            if (store_last_error(c->db) == STORE_ERROR_TRANSIENT)
+            if (store_last_error(c->db) == STORE_ERROR_TRANSIENT) {
                 write_failed(c, PAUSE_DATABASE, err);
-            else
+            } else {
+                metrics_add(c->m.db_errors, 1);
                 write_isolating(c, err);
+            }
             return;
         }
     }
