@@ -185,6 +185,25 @@ def test_stall_turns_health_red(s):
     collector.stop()
 
 
+def test_dlq_reason_cut_on_a_character(s):
+    """The DLQ reason names an unknown subject cut to 100 bytes: on a
+    character boundary, never in the middle of a UTF-8 sequence."""
+    broker = s.broker(2)
+    collector = s.collector(broker, "it-utf8-cut")
+    subject = "a" + "\u00e9" * 63  # 127 bytes; byte 100 falls inside an e-acute
+    ev = event("utf8-cut", subject, "it-utf8-cut")
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC, [("k", enc(ev))])
+    wait_until("the event rejected", lambda: collector.metrics().rejected == 1, 60)
+    messages = lib.kcat_consume_all(broker.bootstrap, DLQ)
+    check(len(messages) == 1, "expected 1 DLQ message, got %d" % len(messages))
+    reason = messages[0]["headers"].get("tally-error-message", "")
+    check(messages[0]["headers"].get("tally-error-code") == "unknown_key",
+          "code %r" % messages[0]["headers"].get("tally-error-code"))
+    check("\ufffd" not in reason and "a\u00e9\u00e9" in reason,
+          "reason is cut inside a character: %r" % reason)
+    collector.stop()
+
+
 def test_partition_windows_agree(s):
     """Creating and dropping event_ids partitions use one window: right after
     the coming weeks are created nothing is expired, for every weekday the
@@ -219,6 +238,7 @@ def test_sigterm_before_first_assignment(s):
 TESTS = [
     ("poison_events_dead_lettered", test_poison_events_dead_lettered),
     ("stall_turns_health_red", test_stall_turns_health_red),
+    ("dlq_reason_cut_on_a_character", test_dlq_reason_cut_on_a_character),
     ("partition_windows_agree", test_partition_windows_agree),
     ("sigterm_before_first_assignment", test_sigterm_before_first_assignment),
 ]
