@@ -5,7 +5,7 @@ health endpoints turn unhealthy when a batch waits too long; one window for
 creating and dropping event_ids partitions; a collector stopped before its
 first assignment exits 0."""
 
-import signal as _signal
+import os
 import subprocess
 import time
 import urllib.error
@@ -204,6 +204,59 @@ def test_dlq_reason_cut_on_a_character(s):
     collector.stop()
 
 
+def test_database_socket_above_fd_setsize(s):
+    """With descriptors 3..1100 taken (a busy process), the collector's
+    PostgreSQL socket is numbered past select()'s FD_SETSIZE (1024): waiting
+    on it (at SIGTERM, the last batches are written synchronously) must be
+    safe; select() with FD_SET there overflows its fd_set."""
+    broker = s.broker(2)
+    keys = lib.keys_on_distinct_partitions("t12-key-", 2, 2)
+    s.db.add_keys(keys)
+    port = lib.free_port()
+    argv = [s.asan_bin("tally-collector"), "--database-url", s.ctx.db_url,
+            "--kafka-brokers", broker.bootstrap, "--kafka-group", "it-fds",
+            "--metrics-addr", "127.0.0.1:%d" % port, "--session-timeout-ms", "3000",
+            # small batches: the next fills while one is written, and the loop
+            # then waits on the database socket
+            "--batch-max-events", "20"]
+    hold_fds = ('ulimit -n 4096 && for i in $(seq 3 1100); do eval "exec $i</dev/null"; done'
+                ' && exec "$@"')
+    proc = lib.Proc(s.registry, "collector-fds", ["bash", "-c", hold_fds, "bash"] + argv,
+                    s.path("collector-fds.log"))
+
+    def counted():
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+                m = lib.Metrics(lib.parse_metrics(r.read().decode()))
+                return m.counted
+        except OSError:
+            check(proc.alive(), "the collector exited: %s" % proc.log_tail())
+            return 0
+
+    lib.kcat_produce_lines(broker.bootstrap, TOPIC,
+                           [(keys[0], enc(event("fd-0", keys[0], "it-fds")))])
+    wait_until("the first event counted", lambda: counted() == 1, 60)
+    def socket_fd(n):
+        try:
+            return os.readlink("/proc/%d/fd/%s" % (proc.pid, n)).startswith("socket:")
+        except OSError:  # closed meanwhile
+            return False
+
+    high = [int(n) for n in os.listdir("/proc/%d/fd" % proc.pid)
+            if int(n) > 1100 and socket_fd(n)]
+    check(high, "internal: no socket above descriptor 1100 in the collector")
+    # SIGTERM while events flow: the batches left are written synchronously,
+    # waiting on the socket.
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-fds", rate=5000)
+    wait_until("events arriving", lambda: counted() > 2000, 60)
+    rc, _, killed = proc.terminate(30)
+    run.stop()
+    report = lib.sanitizer_report(proc.log_text())
+    check(report is None, "sanitizer report:\n%s" % report)
+    check(not killed and rc == 0, "exit status %s after SIGTERM: %s" % (rc, proc.log_tail()))
+
+
 def test_partition_windows_agree(s):
     """Creating and dropping event_ids partitions use one window: right after
     the coming weeks are created nothing is expired, for every weekday the
@@ -239,6 +292,7 @@ TESTS = [
     ("poison_events_dead_lettered", test_poison_events_dead_lettered),
     ("stall_turns_health_red", test_stall_turns_health_red),
     ("dlq_reason_cut_on_a_character", test_dlq_reason_cut_on_a_character),
+    ("database_socket_above_fd_setsize", test_database_socket_above_fd_setsize),
     ("partition_windows_agree", test_partition_windows_agree),
     ("sigterm_before_first_assignment", test_sigterm_before_first_assignment),
 ]
