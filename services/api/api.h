@@ -63,23 +63,54 @@ void api_reply_db_error(api_request *req, PGconn *conn, const PGresult *res, con
 /* Parses the body as one JSON object (duplicates refused); NULL after
  * replying 400. New reference. */
 json_t *api_parse_body(api_request *req);
-/* Runs `sql` with $1 = req->id and returns its first row's result (owned by
- * the caller), or NULL after replying: the database error (`what` says what
- * was being done), or 404 "no <kind> with id ..." when there is no row. */
-PGresult *api_fetch_one(api_request *req, PGconn *conn, const char *sql, const char *what,
-                        const char *kind);
-/* BEGIN on conn; false after replying the database error. */
-bool api_begin(api_request *req, PGconn *conn);
-/* COMMIT on conn, then replies 200 with row_json(res, 0) (res borrowed), or
- * the database error (`what`) when the commit fails. */
-void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const char *what,
-                      json_t *(*row_json)(const PGresult *res, int row));
-/* Replies 200 with one page of a list: {"items": [row_json of the first
- * `limit` rows], "position": <cursor after the last shown id>} where the
- * query fetched limit + 1 rows to know whether another page follows; the
- * position is left out on the last page. `id_column` holds each row's id. */
-void api_reply_page(api_request *req, const PGresult *res, int limit, int id_column,
-                    json_t *(*row_json)(const PGresult *res, int row));
+
+/* Whole routes over one table's rows (keys.c, plans.c). Their errors say
+ * what failed in the kind's words ("key", "plan"): a missing row is 404 "no
+ * <kind> with id ...", and the database errors log "reading a <kind>",
+ * "updating a <kind>", "committing a <kind> update" or "deleting a <kind>". */
+
+/* GET of one row by id: runs `sql` ($1 = req->id) on a pooled connection
+ * and replies 200 with row_json of its first row, or 404. */
+void api_reply_one(api_request *req, const char *sql, const char *kind,
+                   json_t *(*row_json)(const PGresult *res, int row));
+/* DELETE of one row by id: runs `sql` ($1 = req->id) on a pooled connection
+ * and replies 204, or 404 when no row went. A foreign-key violation (rows
+ * still refer to it) is `in_use`'s to answer when given, else a database
+ * error like any other. */
+void api_reply_delete(api_request *req, const char *sql, const char *kind,
+                      void (*in_use)(api_request *req));
+
+/* A list route (GET /v1/keys, /v1/plans), declared once in its file. */
+typedef struct {
+    /* $1: the id the page starts after (NULL for the first page); $2: the
+     * rows to fetch (the page's limit + 1, to know whether another follows);
+     * any further parameters are the route's own filters. */
+    const char *sql;
+    int id_column; /* each row's id, for the next page's position */
+    json_t *(*row_json)(const PGresult *res, int row);
+    const char *what; /* for the database error: "listing keys" */
+} api_list;
+/* Runs list->sql with `params` on a pooled connection and replies 200 with
+ * one page: {"items": [row_json of the first `limit` rows], "position":
+ * <cursor after the last shown id>}, the position left out on the last
+ * page; or the database error. */
+void api_reply_list(api_request *req, const api_list *list, int limit, int count,
+                    const char *const *params);
+
+/* A PATCH route (a JSON merge patch of one row), declared once in its file. */
+typedef struct {
+    const char *kind;       /* "key", for the errors' words */
+    const char *select_sql; /* the row by $1 = req->id, locked (FOR UPDATE) */
+    /* Merges `body` into the stored `row` (borrowed) and writes it back:
+     * true with *written the result of an UPDATE ... RETURNING the row
+     * (owned by the caller, checked there), or false after replying. */
+    bool (*write)(api_request *req, PGconn *conn, const PGresult *row, const json_t *body,
+                  PGresult **written);
+    json_t *(*row_json)(const PGresult *res, int row);
+} api_update;
+/* Reads the body, then in one transaction locks the row, writes the merge
+ * and commits; replies 200 with the row as written, or the error. */
+void api_reply_update(api_request *req, const api_update *update);
 /* The query argument `name` (borrowed), or NULL. */
 const char *api_query(api_request *req, const char *name);
 /* Refuses (400) any query argument not in the NULL-terminated `allowed`

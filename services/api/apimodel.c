@@ -255,6 +255,29 @@ static bool apply_nullable(const json_t *value, const char *field, size_t max, b
     return true;
 }
 
+/* A description: text of 0..APIMODEL_DESCRIPTION_MAX bytes over any number
+ * of lines; null empties it. */
+static bool apply_description(const json_t *value, char *out, apimodel_error *err)
+{
+    if (json_is_null(value)) {
+        out[0] = '\0';
+        return true;
+    }
+    return take_string(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true, out, err);
+}
+
+/* The refusal of a member `name` that a body of `kinds` ("plans", "keys")
+ * may not set: one of the fields the server sets on every row, or one it
+ * does not have. Always false. */
+static bool refuse_member(const char *name, const char *kinds, apimodel_error *err)
+{
+    if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
+        strcmp(name, "updatedAt") == 0)
+        return fail(err, "read_only_field", "%s is set by the server", name);
+    return fail(err, "unknown_field", "%s have no member \"%.*s\"", kinds,
+                (int)apitext_utf8_prefix(name, 60), name);
+}
+
 static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error *err)
 {
     if (!json_is_object(value))
@@ -309,10 +332,7 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                 return false;
             seen_name = true;
         } else if (strcmp(name, "description") == 0) {
-            if (is_null)
-                plan->description[0] = '\0';
-            else if (!take_string(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true,
-                                  plan->description, err))
+            if (!apply_description(value, plan->description, err))
                 return false;
         } else if (strcmp(name, "quota") == 0) {
             if (is_null)
@@ -346,12 +366,8 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
             if (!apply_nullable(value, "stripeSubscriptionItemId", APIMODEL_SUBSCRIPTION_ITEM_MAX,
                                 &plan->has_subscription_item, plan->subscription_item, err))
                 return false;
-        } else if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
-                   strcmp(name, "updatedAt") == 0) {
-            return fail(err, "read_only_field", "%s is set by the server", name);
         } else {
-            return fail(err, "unknown_field", "plans have no member \"%.*s\"",
-                        (int)apitext_utf8_prefix(name, 60), name);
+            return refuse_member(name, "plans", err);
         }
     }
     if (creating && !seen_name)
@@ -376,10 +392,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
             if (!take_string(value, "name", 0, APIMODEL_NAME_MAX, false, key->name, err))
                 return false;
         } else if (strcmp(name, "description") == 0) {
-            if (json_is_null(value))
-                key->description[0] = '\0';
-            else if (!take_string(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true,
-                                  key->description, err))
+            if (!apply_description(value, key->description, err))
                 return false;
         } else if (strcmp(name, "customerId") == 0) {
             if (!apply_nullable(value, "customerId", APIMODEL_CUSTOMER_ID_MAX,
@@ -422,12 +435,8 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
         } else if (strcmp(name, "planId") == 0) {
             return fail(err, "read_only_field",
                         "planId is changed with PUT or DELETE /v1/keys/{id}/plan");
-        } else if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
-                   strcmp(name, "updatedAt") == 0) {
-            return fail(err, "read_only_field", "%s is set by the server", name);
         } else {
-            return fail(err, "unknown_field", "keys have no member \"%.*s\"",
-                        (int)apitext_utf8_prefix(name, 60), name);
+            return refuse_member(name, "keys", err);
         }
     }
     return true;

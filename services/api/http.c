@@ -1,4 +1,5 @@
-/* Building responses and reading requests for the handlers. */
+/* Building responses and reading requests for the handlers, and the
+ * routes that read, list, change or delete one table's rows (api.h). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -182,8 +183,9 @@ json_t *api_time_json(int64_t usec)
     return json_string(time_format_rfc3339(usec, text, sizeof text));
 }
 
-void api_reply_page(api_request *req, const PGresult *res, int limit, int id_column,
-                    json_t *(*row_json)(const PGresult *res, int row))
+/* One page of a list's rows, fetched limit + 1 (api_reply_list). */
+static void reply_page(api_request *req, const PGresult *res, int limit, int id_column,
+                       json_t *(*row_json)(const PGresult *res, int row))
 {
     int rows = PQntuples(res);
     int shown = rows > limit ? limit : rows;
@@ -199,22 +201,89 @@ void api_reply_page(api_request *req, const PGresult *res, int limit, int id_col
     api_reply_json(req, 200, page);
 }
 
-PGresult *api_fetch_one(api_request *req, PGconn *conn, const char *sql, const char *what,
-                        const char *kind)
+void api_reply_list(api_request *req, const api_list *list, int limit, int count,
+                    const char *const *params)
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    PGresult *res = api_exec(conn, list->sql, count, params);
+    if (!api_ok(res))
+        api_reply_db_error(req, conn, res, list->what);
+    else
+        reply_page(req, res, limit, list->id_column, list->row_json);
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+/* A database error's `what` in a kind's words (api.h): "<doing> a <kind><after>". */
+#define WHAT_MAX 64
+static const char *what_of(char what[WHAT_MAX], const char *doing, const char *kind,
+                           const char *after)
+{
+    snprintf(what, WHAT_MAX, "%s a %s%s", doing, kind, after);
+    return what;
+}
+
+static void reply_not_found(api_request *req, const char *kind)
+{
+    api_reply_error(req, 404, "not_found", "no %s with id \"%s\"", kind, req->id);
+}
+
+/* Runs `sql` with $1 = req->id and returns its first row's result (owned by
+ * the caller), or NULL after replying: the database error ("reading a
+ * <kind>"), or 404 when there is no row. */
+static PGresult *fetch_one(api_request *req, PGconn *conn, const char *sql, const char *kind)
 {
     const char *params[] = {req->id};
     PGresult *res = api_exec(conn, sql, 1, params);
+    char what[WHAT_MAX];
     if (!api_ok(res))
-        api_reply_db_error(req, conn, res, what);
+        api_reply_db_error(req, conn, res, what_of(what, "reading", kind, ""));
     else if (PQntuples(res) == 0)
-        api_reply_error(req, 404, "not_found", "no %s with id \"%s\"", kind, req->id);
+        reply_not_found(req, kind);
     else
         return res;
     PQclear(res);
     return NULL;
 }
 
-bool api_begin(api_request *req, PGconn *conn)
+void api_reply_one(api_request *req, const char *sql, const char *kind,
+                   json_t *(*row_json)(const PGresult *res, int row))
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    PGresult *res = fetch_one(req, conn, sql, kind);
+    if (res != NULL)
+        api_reply_json(req, 200, row_json(res, 0));
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+void api_reply_delete(api_request *req, const char *sql, const char *kind,
+                      void (*in_use)(api_request *req))
+{
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return;
+    const char *params[] = {req->id};
+    PGresult *res = api_exec(conn, sql, 1, params);
+    char what[WHAT_MAX];
+    if (api_ok(res) && strcmp(PQcmdTuples(res), "0") == 0)
+        reply_not_found(req, kind);
+    else if (api_ok(res))
+        api_reply_empty(req, 204);
+    else if (in_use != NULL && strcmp(db_sqlstate(res), "23503") == 0) /* foreign_key_violation */
+        in_use(req);
+    else
+        api_reply_db_error(req, conn, res, what_of(what, "deleting", kind, ""));
+    PQclear(res);
+    dbpool_release(conn);
+}
+
+/* BEGIN on conn; false after replying the database error. */
+static bool begin(api_request *req, PGconn *conn)
 {
     PGresult *res = PQexec(conn, "BEGIN");
     bool ok = api_ok(res);
@@ -224,8 +293,10 @@ bool api_begin(api_request *req, PGconn *conn)
     return ok;
 }
 
-void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const char *what,
-                      json_t *(*row_json)(const PGresult *res, int row))
+/* COMMIT on conn, then 200 with row_json(res, 0) (res borrowed), or the
+ * database error (`what`) when the commit fails. */
+static void commit_reply(api_request *req, PGconn *conn, const PGresult *res, const char *what,
+                         json_t *(*row_json)(const PGresult *res, int row))
 {
     PGresult *commit = PQexec(conn, "COMMIT");
     if (!api_ok(commit))
@@ -233,6 +304,43 @@ void api_commit_reply(api_request *req, PGconn *conn, const PGresult *res, const
     else
         api_reply_json(req, 200, row_json(res, 0));
     PQclear(commit);
+}
+
+/* The transaction of api_reply_update on conn; what is not committed is
+ * rolled back when the connection goes back to the pool. */
+static void update_in_transaction(api_request *req, PGconn *conn, const api_update *update,
+                                  const json_t *body)
+{
+    if (!begin(req, conn))
+        return;
+    PGresult *row = fetch_one(req, conn, update->select_sql, update->kind);
+    if (row == NULL)
+        return;
+    PGresult *written = NULL;
+    bool merged = update->write(req, conn, row, body, &written);
+    PQclear(row);
+    if (!merged)
+        return;
+    char what[WHAT_MAX];
+    if (!api_ok(written) || PQntuples(written) != 1)
+        api_reply_db_error(req, conn, written, what_of(what, "updating", update->kind, ""));
+    else
+        commit_reply(req, conn, written, what_of(what, "committing", update->kind, " update"),
+                     update->row_json);
+    PQclear(written);
+}
+
+void api_reply_update(api_request *req, const api_update *update)
+{
+    json_t *body = api_parse_body(req);
+    if (body == NULL)
+        return;
+    PGconn *conn = dbpool_acquire(req);
+    if (conn != NULL) {
+        update_in_transaction(req, conn, update, body);
+        dbpool_release(conn); /* rolls back what was not committed */
+    }
+    json_decref(body);
 }
 
 /* ---- the request's headers as a whole ---------------------------------- */

@@ -132,18 +132,19 @@ void keys_create(api_request *req)
 void keys_list(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", "customerId", "planId", NULL};
-    if (!query_validate(req, allowed))
+    static const api_list list = {
+        .sql = "SELECT " KEY_COLUMNS " FROM api_keys k "
+               "WHERE ($1::text IS NULL OR k.id > $1) "
+               "AND ($3::text IS NULL OR k.customer_id = $3) "
+               "AND ($4::text IS NULL OR k.plan_id = $4) "
+               "ORDER BY k.id LIMIT $2::int",
+        .id_column = COL_ID,
+        .row_json = keys_row_json,
+        .what = "listing keys",
+    };
+    query_page page;
+    if (!query_read_page(req, allowed, &page))
         return;
-    int limit;
-    apimodel_error err;
-    char after[APIMODEL_ID_MAX + 1] = "";
-    const char *position = api_query(req, "position");
-    if (!apimodel_parse_limit(api_query(req, "limit"), &limit, &err) ||
-        (position != NULL && position[0] != '\0' &&
-         !apimodel_cursor_decode(position, after, sizeof after, &err))) {
-        api_reply_error(req, 400, err.code, "%s", err.message);
-        return;
-    }
     const char *customer = api_query(req, "customerId");
     const char *plan = api_query(req, "planId");
     if ((customer && strlen(customer) > APIMODEL_CUSTOMER_ID_MAX) ||
@@ -155,84 +156,50 @@ void keys_list(api_request *req)
         api_reply_error(req, 400, "invalid_parameter", "planId is not a valid id");
         return;
     }
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    char limit_text[16];
-    snprintf(limit_text, sizeof limit_text, "%d", limit + 1);
-    const char *params[] = {after[0] ? after : NULL, limit_text, customer, plan};
-    PGresult *res = api_exec(conn,
-                             "SELECT " KEY_COLUMNS " FROM api_keys k "
-                             "WHERE ($1::text IS NULL OR k.id > $1) "
-                             "AND ($3::text IS NULL OR k.customer_id = $3) "
-                             "AND ($4::text IS NULL OR k.plan_id = $4) "
-                             "ORDER BY k.id LIMIT $2::int",
-                             4, params);
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "listing keys");
-    } else {
-        api_reply_page(req, res, limit, COL_ID, keys_row_json);
-    }
-    PQclear(res);
-    dbpool_release(conn);
+    const char *params[] = {page.after[0] ? page.after : NULL, page.fetch, customer, plan};
+    api_reply_list(req, &list, page.limit, 4, params);
 }
 
 void keys_get(api_request *req)
 {
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    PGresult *res = api_fetch_one(req, conn, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1",
-                                  "reading a key", "key");
-    if (res != NULL)
-        api_reply_json(req, 200, keys_row_json(res, 0));
-    PQclear(res);
-    dbpool_release(conn);
+    api_reply_one(req, "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1", "key",
+                  keys_row_json);
 }
 
-void keys_update(api_request *req)
+/* The model of a stored key (row 0 of KEY_COLUMNS), for a merge patch. */
+static void key_from_row(const PGresult *res, apimodel_key *key)
 {
-    json_t *body = api_parse_body(req);
-    if (body == NULL)
-        return;
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL) {
-        json_decref(body);
-        return;
-    }
-    PGresult *res = NULL;
-    if (!api_begin(req, conn))
-        goto done;
-    res = api_fetch_one(req, conn,
-                        "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1 FOR UPDATE",
-                        "reading a key", "key");
-    if (res == NULL)
-        goto done;
-    apimodel_key key;
-    apimodel_key_init(&key);
-    snprintf(key.name, sizeof key.name, "%s", api_field(res, 0, COL_NAME));
-    snprintf(key.description, sizeof key.description, "%s", api_field(res, 0, COL_DESCRIPTION));
+    apimodel_key_init(key);
+    snprintf(key->name, sizeof key->name, "%s", api_field(res, 0, COL_NAME));
+    snprintf(key->description, sizeof key->description, "%s", api_field(res, 0, COL_DESCRIPTION));
     if (api_field(res, 0, COL_CUSTOMER)) {
-        key.has_customer_id = true;
-        snprintf(key.customer_id, sizeof key.customer_id, "%s", api_field(res, 0, COL_CUSTOMER));
+        key->has_customer_id = true;
+        snprintf(key->customer_id, sizeof key->customer_id, "%s", api_field(res, 0, COL_CUSTOMER));
     }
     if (api_field(res, 0, COL_STRIPE_CUSTOMER)) {
-        key.has_stripe_customer_id = true;
-        snprintf(key.stripe_customer_id, sizeof key.stripe_customer_id, "%s",
+        key->has_stripe_customer_id = true;
+        snprintf(key->stripe_customer_id, sizeof key->stripe_customer_id, "%s",
                  api_field(res, 0, COL_STRIPE_CUSTOMER));
     }
     if (api_field(res, 0, COL_SUBSCRIPTION_ITEM)) {
-        key.has_subscription_item = true;
-        snprintf(key.subscription_item, sizeof key.subscription_item, "%s",
+        key->has_subscription_item = true;
+        snprintf(key->subscription_item, sizeof key->subscription_item, "%s",
                  api_field(res, 0, COL_SUBSCRIPTION_ITEM));
     }
-    key.enabled = strcmp(api_field(res, 0, COL_ENABLED), "t") == 0;
+    key->enabled = strcmp(api_field(res, 0, COL_ENABLED), "t") == 0;
+}
+
+/* api_update's write for keys: the merge of `body` into the stored key. */
+static bool write_key(api_request *req, PGconn *conn, const PGresult *row, const json_t *body,
+                      PGresult **written)
+{
+    apimodel_key key;
     apimodel_error err;
+    key_from_row(row, &key);
     if (!apimodel_key_apply(&key, body, false, &err)) {
         api_reply_error(req, 400, err.code, "%s", err.message);
-        goto done;
+        return false;
     }
-    PQclear(res);
     const char *params[] = {req->id,
                             key.name,
                             key.description,
@@ -240,40 +207,31 @@ void keys_update(api_request *req)
                             key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
                             key.enabled ? "true" : "false",
                             key.has_subscription_item ? key.subscription_item : NULL};
-    res = api_exec(conn,
-                   "UPDATE api_keys AS k SET name = $2, description = $3, customer_id = $4, "
-                   "stripe_customer_id = $5, enabled = $6::boolean, "
-                   "stripe_subscription_item_id = $7, updated_at = now() "
-                   "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
-                   7, params);
-    if (!api_ok(res) || PQntuples(res) != 1) {
-        api_reply_db_error(req, conn, res, "updating a key");
-        goto done;
-    }
-    api_commit_reply(req, conn, res, "committing a key update", keys_row_json);
-done:
-    PQclear(res);
-    dbpool_release(conn);
-    json_decref(body);
+    *written = api_exec(conn,
+                        "UPDATE api_keys AS k SET name = $2, description = $3, customer_id = $4, "
+                        "stripe_customer_id = $5, enabled = $6::boolean, "
+                        "stripe_subscription_item_id = $7, updated_at = now() "
+                        "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
+                        7, params);
+    return true;
+}
+
+void keys_update(api_request *req)
+{
+    static const api_update update = {
+        .kind = "key",
+        .select_sql = "SELECT " KEY_COLUMNS " FROM api_keys k WHERE k.id = $1 FOR UPDATE",
+        .write = write_key,
+        .row_json = keys_row_json,
+    };
+    api_reply_update(req, &update);
     if (req->response.status == 200)
         keycache_refresh_now();
 }
 
 void keys_delete(api_request *req)
 {
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    const char *params[] = {req->id};
-    PGresult *res = api_exec(conn, "DELETE FROM api_keys WHERE id = $1", 1, params);
-    if (!api_ok(res))
-        api_reply_db_error(req, conn, res, "deleting a key");
-    else if (strcmp(PQcmdTuples(res), "0") == 0)
-        key_not_found(req);
-    else
-        api_reply_empty(req, 204);
-    PQclear(res);
-    dbpool_release(conn);
+    api_reply_delete(req, "DELETE FROM api_keys WHERE id = $1", "key", NULL);
     if (req->response.status == 204)
         keycache_refresh_now();
 }

@@ -5,7 +5,6 @@
 
 #include "api.h"
 #include "query.h"
-#include "db.h"
 
 #define PLAN_COLUMNS                                                                        \
     "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
@@ -189,138 +188,86 @@ void plans_create(api_request *req)
 void plans_list(api_request *req)
 {
     static const char *const allowed[] = {"limit", "position", NULL};
-    if (!query_validate(req, allowed))
+    static const api_list list = {
+        .sql = "SELECT " PLAN_COLUMNS " FROM plans WHERE ($1::text IS NULL OR id > $1) "
+               "ORDER BY id LIMIT $2::int",
+        .id_column = COL_ID,
+        .row_json = row_json,
+        .what = "listing plans",
+    };
+    query_page page;
+    if (!query_read_page(req, allowed, &page))
         return;
-    int limit;
-    apimodel_error err;
-    char after[APIMODEL_ID_MAX + 1] = "";
-    const char *position = api_query(req, "position");
-    if (!apimodel_parse_limit(api_query(req, "limit"), &limit, &err) ||
-        (position != NULL && position[0] != '\0' &&
-         !apimodel_cursor_decode(position, after, sizeof after, &err))) {
-        api_reply_error(req, 400, err.code, "%s", err.message);
-        return;
-    }
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    char limit_text[16];
-    snprintf(limit_text, sizeof limit_text, "%d", limit + 1);
-    const char *params[] = {after[0] ? after : NULL, limit_text};
-    PGresult *res = api_exec(conn,
-                             "SELECT " PLAN_COLUMNS " FROM plans WHERE ($1::text IS NULL OR id > $1) "
-                             "ORDER BY id LIMIT $2::int",
-                             2, params);
-    if (!api_ok(res)) {
-        api_reply_db_error(req, conn, res, "listing plans");
-    } else {
-        api_reply_page(req, res, limit, COL_ID, row_json);
-    }
-    PQclear(res);
-    dbpool_release(conn);
-}
-
-static void not_found(api_request *req)
-{
-    api_reply_error(req, 404, "not_found", "no plan with id \"%s\"", req->id);
+    const char *params[] = {page.after[0] ? page.after : NULL, page.fetch};
+    api_reply_list(req, &list, page.limit, 2, params);
 }
 
 void plans_get(api_request *req)
 {
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    PGresult *res = api_fetch_one(req, conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1",
-                                  "reading a plan", "plan");
-    if (res != NULL)
-        api_reply_json(req, 200, row_json(res, 0));
-    PQclear(res);
-    dbpool_release(conn);
+    api_reply_one(req, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1", "plan", row_json);
+}
+
+/* api_update's write for plans: the merge of `body` into the stored plan. */
+static bool write_plan(api_request *req, PGconn *conn, const PGresult *row, const json_t *body,
+                       PGresult **written)
+{
+    apimodel_plan plan = {0};
+    plan_params p = {0};
+    apimodel_error err;
+    bool merged = false;
+    if (!row_model(row, 0, &plan))
+        api_reply_error(req, 500, "internal", "out of memory");
+    else if (!apimodel_plan_apply(&plan, body, false, &err))
+        api_reply_error(req, 400, err.code, "%s", err.message);
+    else if (!plan_params_fill(&plan, &p))
+        api_reply_error(req, 500, "internal", "out of memory");
+    else
+        merged = true;
+    if (merged) {
+        const char *params[PLAN_PARAMS + 1] = {req->id};
+        memcpy(params + 1, p.values, sizeof p.values);
+        *written = api_exec(conn,
+                            "UPDATE plans SET name = $2, description = $3, quota_limit = $4, "
+                            "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
+                            "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
+                            "stripe_meter_event_name = $10, stripe_subscription_item_id = $11, "
+                            "updated_at = now(), "
+                            /* the offset's first period starts over when the quota changes */
+                            "quota_set_at = CASE WHEN (quota_limit, quota_period, quota_offset) "
+                            "IS DISTINCT FROM ($4::bigint, $5::text, $6::bigint) THEN now() "
+                            "ELSE quota_set_at END WHERE id = $1 "
+                            "RETURNING " PLAN_COLUMNS,
+                            PLAN_PARAMS + 1, params);
+    }
+    apimodel_plan_free(&plan);
+    free(p.methods);
+    return merged;
 }
 
 void plans_update(api_request *req)
 {
-    json_t *body = api_parse_body(req);
-    if (body == NULL)
-        return;
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL) {
-        json_decref(body);
-        return;
-    }
-    apimodel_plan plan = {0};
-    plan_params p = {0};
-    PGresult *res = NULL;
-    if (!api_begin(req, conn))
-        goto done;
-    res = api_fetch_one(req, conn, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1 FOR UPDATE",
-                        "reading a plan", "plan");
-    if (res == NULL)
-        goto done;
-    apimodel_error err;
-    if (!row_model(res, 0, &plan)) {
-        api_reply_error(req, 500, "internal", "out of memory");
-        goto done;
-    }
-    if (!apimodel_plan_apply(&plan, body, false, &err)) {
-        api_reply_error(req, 400, err.code, "%s", err.message);
-        goto done;
-    }
-    if (!plan_params_fill(&plan, &p)) {
-        api_reply_error(req, 500, "internal", "out of memory");
-        goto done;
-    }
-    PQclear(res);
-    const char *params[PLAN_PARAMS + 1] = {req->id};
-    memcpy(params + 1, p.values, sizeof p.values);
-    res = api_exec(conn,
-                   "UPDATE plans SET name = $2, description = $3, quota_limit = $4, "
-                   "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
-                   "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
-                   "stripe_meter_event_name = $10, stripe_subscription_item_id = $11, "
-                   "updated_at = now(), "
-                   /* the offset's first period starts over when the quota changes */
-                   "quota_set_at = CASE WHEN (quota_limit, quota_period, quota_offset) "
-                   "IS DISTINCT FROM ($4::bigint, $5::text, $6::bigint) THEN now() "
-                   "ELSE quota_set_at END WHERE id = $1 "
-                   "RETURNING " PLAN_COLUMNS,
-                   PLAN_PARAMS + 1, params);
-    if (!api_ok(res) || PQntuples(res) != 1) {
-        api_reply_db_error(req, conn, res, "updating a plan");
-        goto done;
-    }
-    api_commit_reply(req, conn, res, "committing a plan update", row_json);
-done:
-    PQclear(res);
-    dbpool_release(conn); /* rolls back what was not committed */
-    apimodel_plan_free(&plan);
-    free(p.methods);
-    json_decref(body);
+    static const api_update update = {
+        .kind = "plan",
+        .select_sql = "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1 FOR UPDATE",
+        .write = write_plan,
+        .row_json = row_json,
+    };
+    api_reply_update(req, &update);
     if (req->response.status == 200)
         keycache_refresh_now();
 }
 
+/* A plan that keys still name cannot go (api_keys.plan_id refers to it). */
+static void plan_in_use(api_request *req)
+{
+    api_reply_error(req, 409, "plan_in_use",
+                    "plan \"%s\" still has keys; detach them first (DELETE /v1/keys/{id}/plan)",
+                    req->id);
+}
+
 void plans_delete(api_request *req)
 {
-    PGconn *conn = dbpool_acquire(req);
-    if (conn == NULL)
-        return;
-    const char *params[] = {req->id};
-    PGresult *res = api_exec(conn, "DELETE FROM plans WHERE id = $1", 1, params);
-    if (api_ok(res)) {
-        if (strcmp(PQcmdTuples(res), "0") == 0)
-            not_found(req);
-        else
-            api_reply_empty(req, 204);
-    } else if (strcmp(db_sqlstate(res), "23503") == 0) { /* foreign_key_violation */
-        api_reply_error(req, 409, "plan_in_use",
-                        "plan \"%s\" still has keys; detach them first (DELETE /v1/keys/{id}/plan)",
-                        req->id);
-    } else {
-        api_reply_db_error(req, conn, res, "deleting a plan");
-    }
-    PQclear(res);
-    dbpool_release(conn);
+    api_reply_delete(req, "DELETE FROM plans WHERE id = $1", "plan", plan_in_use);
     if (req->response.status == 204)
         keycache_refresh_now();
 }

@@ -1,5 +1,5 @@
 /* Query arguments: the shared check plus the refusal of "?name" without
- * '=' (query.h). */
+ * '=', and the paging arguments of the list routes (query.h). */
 #include "query.h"
 
 #include <stdio.h>
@@ -37,4 +37,21 @@ bool query_validate(api_request *req, const char *const *allowed)
                     "query parameter \"%s\" has no value: write %s=<value>", search.bare,
                     search.bare);
     return false;
+}
+
+bool query_read_page(api_request *req, const char *const *allowed, query_page *page)
+{
+    if (!query_validate(req, allowed))
+        return false;
+    apimodel_error err;
+    const char *position = api_query(req, "position");
+    page->after[0] = '\0';
+    if (!apimodel_parse_limit(api_query(req, "limit"), &page->limit, &err) ||
+        (position != NULL && position[0] != '\0' &&
+         !apimodel_cursor_decode(position, page->after, sizeof page->after, &err))) {
+        api_reply_error(req, 400, err.code, "%s", err.message);
+        return false;
+    }
+    snprintf(page->fetch, sizeof page->fetch, "%d", page->limit + 1);
+    return true;
 }
