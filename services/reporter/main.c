@@ -64,9 +64,21 @@ static long long timeout_ms, interval_s, concurrency, lookback_days;
 static double rate_limit, settle_s;
 static bool once;
 
+/* The settings the daemon and every operator command take: one row each. */
+#define DATABASE_URL_SETTING                                                                  \
+    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0, \
+     "libpq connection string of the Tally database"}
+#define LOG_LEVEL_SETTING                                                                     \
+    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0, \
+     "debug, info, warn or error"}
+#define SETTING_COUNT(table) (sizeof table / sizeof table[0])
+/* Said when TALLY_STRIPE_MODE is neither spelling; takes the text. */
+#define BAD_MODE_FORMAT                                                                     \
+    "TALLY_STRIPE_MODE: \"%s\" is neither " STRIPE_MODE_NAME_METER_EVENTS " nor "           \
+    STRIPE_MODE_NAME_USAGE_RECORDS
+
 static const cfg_setting settings[] = {
-    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
-     "libpq connection string of the Tally database"},
+    DATABASE_URL_SETTING,
     {"TALLY_STRIPE_API_BASE", "stripe-api-base", CFG_STRING, &api_base, "https://api.stripe.com",
      false, false, 0, 0, "Stripe's base URL (a stand-in's in tests)"},
     /* also TALLY_STRIPE_API_KEY_FILE / --stripe-api-key-file, as every secret (config.h) */
@@ -102,8 +114,7 @@ static const cfg_setting settings[] = {
      "other's duplicates"},
     {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9102", false,
      false, 0, 0, "where GET /metrics and GET /healthz listen"},
-    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
-     "debug, info, warn or error"},
+    LOG_LEVEL_SETTING,
     {NULL, "once", CFG_BOOL, &once, "false", false, false, 0, 0,
      "run one cycle (plan, send everything pending, retrying each report up to 8 times) and "
      "exit: 0 when nothing is left pending or parked, 1 otherwise, 2 when it could not run"},
@@ -469,9 +480,7 @@ static int run_daemon(void)
     char err[512], key[API_KEY_MAX + 1], base[600];
     stripe_mode mode;
     if (!stripe_parse_mode(mode_text, &mode)) {
-        log_error("TALLY_STRIPE_MODE: \"%s\" is neither " STRIPE_MODE_NAME_METER_EVENTS
-                  " nor " STRIPE_MODE_NAME_USAGE_RECORDS,
-                  mode_text);
+        log_error(BAD_MODE_FORMAT, mode_text);
         return 2;
     }
     if (!load_api_key(key, sizeof key, err, sizeof err) ||
@@ -599,50 +608,49 @@ static bool json_out, requeue_all;
 static long long limit_rows, requeue_id;
 static const char *customer_filter;
 
+#define JSON_SETTING {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"}
+
 static const cfg_setting reconcile_settings[] = {
-    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
-     "libpq connection string of the Tally database"},
+    DATABASE_URL_SETTING,
     {"TALLY_STRIPE_MODE", "stripe-mode", CFG_STRING, &mode_text, STRIPE_MODE_NAME_METER_EVENTS,
      false, false, 0, 0,
      "which target names the rows: the meter event name or the subscription item"},
-    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
-     "debug, info, warn or error"},
+    LOG_LEVEL_SETTING,
     {NULL, "from", CFG_STRING, &from_text, NULL, false, false, 0, 0,
      "first hour to include (RFC 3339 or YYYY-MM-DD); default: all"},
     {NULL, "to", CFG_STRING, &to_text, NULL, false, false, 0, 0,
      "end of the range, exclusive (RFC 3339 or YYYY-MM-DD); default: all"},
-    {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"},
+    JSON_SETTING,
 };
 
 static const cfg_setting parked_settings[] = {
-    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
-     "libpq connection string of the Tally database"},
-    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
-     "debug, info, warn or error"},
+    DATABASE_URL_SETTING,
+    LOG_LEVEL_SETTING,
     {NULL, "limit", CFG_INT, &limit_rows, "100", false, false, 1, 100000, "rows at most"},
-    {NULL, "json", CFG_BOOL, &json_out, "false", false, false, 0, 0, "print JSON"},
+    JSON_SETTING,
 };
 
 static const cfg_setting resolve_settings[] = {
-    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
-     "libpq connection string of the Tally database"},
-    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
-     "debug, info, warn or error"},
+    DATABASE_URL_SETTING,
+    LOG_LEVEL_SETTING,
     {NULL, "id", CFG_INT, &requeue_id, NULL, true, false, 1, 9e18,
      "the parked report Stripe did count"},
 };
 
 static const cfg_setting requeue_settings[] = {
-    {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &database_url, NULL, true, true, 0, 0,
-     "libpq connection string of the Tally database"},
-    {"TALLY_LOG_LEVEL", "log-level", CFG_STRING, &log_level_text, "info", false, false, 0, 0,
-     "debug, info, warn or error"},
+    DATABASE_URL_SETTING,
+    LOG_LEVEL_SETTING,
     {NULL, "id", CFG_INT, &requeue_id, "0", false, false, 0, 9e18, "the parked report to requeue"},
     {NULL, "all", CFG_BOOL, &requeue_all, "false", false, false, 0, 0,
      "requeue every parked report (of --customer, when given)"},
     {NULL, "customer", CFG_STRING, &customer_filter, NULL, false, false, 0, 0,
      "only this Stripe customer's parked reports"},
 };
+
+/* reconcile's mode and range, as its check read them (a bound NULL: open). */
+static stripe_mode reconcile_mode = STRIPE_MODE_METER_EVENTS;
+static char from_buf[TIME_RFC3339_LEN], to_buf[TIME_RFC3339_LEN];
+static const char *from_bound, *to_bound;
 
 /* RFC 3339 or a date, normalised for SQL; NULL stays NULL. */
 static bool parse_bound(const char *name, const char *text, char *out, size_t size,
@@ -662,6 +670,111 @@ static bool parse_bound(const char *name, const char *text, char *out, size_t si
     return true;
 }
 
+static bool check_reconcile(void)
+{
+    if (!stripe_parse_mode(mode_text, &reconcile_mode)) {
+        fprintf(stderr, "tally-reporter: " BAD_MODE_FORMAT "\n", mode_text);
+        return false;
+    }
+    return parse_bound("from", from_text, from_buf, sizeof from_buf, &from_bound) &&
+           parse_bound("to", to_text, to_buf, sizeof to_buf, &to_bound);
+}
+
+static int run_reconcile(PGconn *db, char *err, size_t err_size)
+{
+    long long differ = 0;
+    if (!outbox_reconcile(db, reconcile_mode, from_bound, to_bound, json_out, stdout, &differ,
+                          err, err_size))
+        return 2;
+    if (!json_out)
+        printf("%lld row(s) differ\n", differ);
+    return differ > 0 ? 1 : 0;
+}
+
+static int run_parked(PGconn *db, char *err, size_t err_size)
+{
+    long long shown = 0;
+    if (!outbox_list_parked(db, (int)limit_rows, json_out, stdout, &shown, err, err_size))
+        return 2;
+    if (!json_out)
+        printf("%lld parked report(s) shown\n", shown);
+    return 0;
+}
+
+static int run_resolve(PGconn *db, char *err, size_t err_size)
+{
+    long long resolved = 0;
+    if (!outbox_resolve(db, requeue_id, &resolved, err, err_size))
+        return 2;
+    printf(resolved == 1 ? "report %lld resolved as accepted\n"
+                         : "report %lld is not parked: nothing changed\n",
+           requeue_id);
+    return resolved == 1 ? 0 : 1;
+}
+
+static bool check_requeue(void)
+{
+    if ((requeue_id > 0) == requeue_all) {
+        fprintf(stderr, "tally-reporter requeue: give --id N or --all (see --help)\n");
+        return false;
+    }
+    return true;
+}
+
+static int run_requeue(PGconn *db, char *err, size_t err_size)
+{
+    long long requeued = 0;
+    if (!outbox_requeue(db, requeue_id, customer_filter, &requeued, err, err_size))
+        return 2;
+    printf("%lld report(s) requeued\n", requeued);
+    return 0;
+}
+
+/* An operator command: one row, from which its --help, its settings and
+ * what it runs all follow. */
+typedef struct {
+    const char *name, *usage, *about;
+    const cfg_setting *settings;
+    size_t setting_count;
+    /* Checks the settings before connecting; false: exit 2 (it said why).
+     * NULL: nothing to check. */
+    bool (*check)(void);
+    /* Runs on `db` and says what it did: the exit status, 0 or 1; 2 with
+     * `err` filled when the database failed. */
+    int (*run)(PGconn *db, char *err, size_t err_size);
+} command;
+
+static const command commands[] = {
+    {"reconcile", "tally-reporter reconcile [--from T] [--to T] [--json]",
+     "Per Stripe customer and meter (or subscription item): units counted, accepted by Stripe, "
+     "still\npending, parked. Exit status 0 when counted = accepted + pending for every row, 1 "
+     "when\nany row differs (parked or unreported units, or more accepted than counted), 2 on "
+     "errors.",
+     reconcile_settings, SETTING_COUNT(reconcile_settings), check_reconcile, run_reconcile},
+    {"parked", "tally-reporter parked [--limit N] [--json]",
+     "Lists the reports Stripe refused for good, with Stripe's message.", parked_settings,
+     SETTING_COUNT(parked_settings), NULL, run_parked},
+    {"requeue", "tally-reporter requeue (--id N | --all) [--customer cus_...]",
+     "Sends parked reports again (after fixing what Stripe refused): each in its own mode, "
+     "the\ncustomer and target read again from its key and plan, the same identifier, a new "
+     "idempotency\nkey. The running reporter sends them at its next cycle.",
+     requeue_settings, SETTING_COUNT(requeue_settings), check_requeue, run_requeue},
+    {"resolve", "tally-reporter resolve --id N",
+     "Marks a parked report as accepted without sending it, once an operator has checked in "
+     "Stripe\nthat it was counted (a usage record whose saved failure kept being replayed, or "
+     "one left\nunconfirmed for 23 hours). Its units then count as delivered; nothing is sent.",
+     resolve_settings, SETTING_COUNT(resolve_settings), NULL, run_resolve},
+};
+
+/* The command named `name`; NULL when there is none. */
+static const command *find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
 static PGconn *connect_or_say(void)
 {
     char err[512];
@@ -671,95 +784,24 @@ static PGconn *connect_or_say(void)
     return db;
 }
 
-static int run_command(const char *command, int argc, char **argv)
+static int run_command(const command *cmd, int argc, char **argv)
 {
     log_level level;
     char program[64];
-    snprintf(program, sizeof program, "tally-reporter %s", command);
-    char err[512];
-    stripe_mode mode = STRIPE_MODE_METER_EVENTS;
-    int status;
-    if (strcmp(command, "reconcile") == 0) {
-        status = cfg_start(
-            program, "tally-reporter reconcile [--from T] [--to T] [--json]",
-            "Per Stripe customer and meter (or subscription item): units counted, accepted by "
-            "Stripe, still\npending, parked. Exit status 0 when counted = accepted + pending "
-            "for every row, 1 when\nany row differs (parked or unreported units, or more "
-            "accepted than counted), 2 on errors.",
-            reconcile_settings, sizeof reconcile_settings / sizeof reconcile_settings[0], argc,
-            argv, &log_level_text, &level);
-    } else if (strcmp(command, "parked") == 0) {
-        status = cfg_start(program, "tally-reporter parked [--limit N] [--json]",
-                           "Lists the reports Stripe refused for good, with Stripe's message.",
-                           parked_settings, sizeof parked_settings / sizeof parked_settings[0],
+    snprintf(program, sizeof program, "tally-reporter %s", cmd->name);
+    int status = cfg_start(program, cmd->usage, cmd->about, cmd->settings, cmd->setting_count,
                            argc, argv, &log_level_text, &level);
-    } else if (strcmp(command, "resolve") == 0) {
-        status = cfg_start(
-            program, "tally-reporter resolve --id N",
-            "Marks a parked report as accepted without sending it, once an operator has "
-            "checked in Stripe\nthat it was counted (a usage record whose saved failure kept "
-            "being replayed, or one left\nunconfirmed for 23 hours). Its units then count as "
-            "delivered; nothing is sent.",
-            resolve_settings, sizeof resolve_settings / sizeof resolve_settings[0], argc, argv,
-            &log_level_text, &level);
-    } else {
-        status = cfg_start(
-            program, "tally-reporter requeue (--id N | --all) [--customer cus_...]",
-            "Sends parked reports again (after fixing what Stripe refused): each in its own "
-            "mode, the\ncustomer and target read again from its key and plan, the same "
-            "identifier, a new idempotency\nkey. The running reporter sends them at its next "
-            "cycle.",
-            requeue_settings, sizeof requeue_settings / sizeof requeue_settings[0], argc, argv,
-            &log_level_text, &level);
-    }
     if (status >= 0)
         return status;
     log_init("reporter", level);
-    if (strcmp(command, "reconcile") == 0 && !stripe_parse_mode(mode_text, &mode)) {
-        fprintf(stderr,
-                "tally-reporter: TALLY_STRIPE_MODE: \"%s\" is neither " STRIPE_MODE_NAME_METER_EVENTS
-                " nor " STRIPE_MODE_NAME_USAGE_RECORDS "\n",
-                mode_text);
-        return 2;
-    }
-    char from_buf[TIME_RFC3339_LEN], to_buf[TIME_RFC3339_LEN];
-    const char *from = NULL, *to = NULL;
-    if (strcmp(command, "requeue") == 0 && (requeue_id > 0) == requeue_all) {
-        fprintf(stderr, "tally-reporter requeue: give --id N or --all (see --help)\n");
-        return 2;
-    }
-    if (!parse_bound("from", from_text, from_buf, sizeof from_buf, &from) ||
-        !parse_bound("to", to_text, to_buf, sizeof to_buf, &to))
+    if (cmd->check && !cmd->check())
         return 2;
     PGconn *db = connect_or_say();
     if (db == NULL)
         return 2;
-    long long n = 0;
-    bool ok;
-    if (strcmp(command, "reconcile") == 0) {
-        ok = outbox_reconcile(db, mode, from, to, json_out, stdout, &n, err, sizeof err);
-        status = !ok ? 2 : n > 0 ? 1 : 0;
-        if (ok && !json_out)
-            printf("%lld row(s) differ\n", n);
-    } else if (strcmp(command, "parked") == 0) {
-        ok = outbox_list_parked(db, (int)limit_rows, json_out, stdout, &n, err, sizeof err);
-        status = ok ? 0 : 2;
-        if (ok && !json_out)
-            printf("%lld parked report(s) shown\n", n);
-    } else if (strcmp(command, "resolve") == 0) {
-        ok = outbox_resolve(db, requeue_id, &n, err, sizeof err);
-        status = !ok ? 2 : n == 1 ? 0 : 1;
-        if (ok)
-            printf(n == 1 ? "report %lld resolved as accepted\n"
-                          : "report %lld is not parked: nothing changed\n",
-                   requeue_id);
-    } else {
-        ok = outbox_requeue(db, requeue_id, customer_filter, &n, err, sizeof err);
-        status = ok ? 0 : 2;
-        if (ok)
-            printf("%lld report(s) requeued\n", n);
-    }
-    if (!ok)
+    char err[512];
+    status = cmd->run(db, err, sizeof err);
+    if (status == 2)
         fprintf(stderr, "tally-reporter: %s\n", err);
     PQfinish(db);
     return status;
@@ -767,19 +809,23 @@ static int run_command(const char *command, int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc > 1 && (strcmp(argv[1], "reconcile") == 0 || strcmp(argv[1], "parked") == 0 ||
-                     strcmp(argv[1], "requeue") == 0 || strcmp(argv[1], "resolve") == 0))
-        return run_command(argv[1], argc - 1, argv + 1);
+    const command *cmd = argc > 1 ? find_command(argv[1]) : NULL;
+    if (cmd)
+        return run_command(cmd, argc - 1, argv + 1);
     log_level level;
     int status = cfg_start(
-        "tally-reporter", "tally-reporter [--once] [--flag value ...] | reconcile | parked | requeue | resolve",
+        "tally-reporter",
+        "tally-reporter [--once] [--flag value ...] | reconcile | parked | requeue | resolve",
         "Reports the units the collector counted to Stripe as idempotent increments per key / "
         "plan / hour,\nthrough an outbox in PostgreSQL: nothing lost, nothing billed twice. "
-        "Subcommands (each has --help):\n  reconcile  counted vs reported per customer and "
-        "meter\n  parked     reports Stripe refused for good\n  requeue    send parked "
-        "reports again\n  resolve    mark a parked report Stripe did count as accepted\nSIGTERM lets calls in flight finish, records them and exits; a second "
-        "signal exits at once.",
-        settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
+        "Subcommands (each has --help):\n"
+        "  reconcile  counted vs reported per customer and meter\n"
+        "  parked     reports Stripe refused for good\n"
+        "  requeue    send parked reports again\n"
+        "  resolve    mark a parked report Stripe did count as accepted\n"
+        "SIGTERM lets calls in flight finish, records them and exits; a second signal exits at "
+        "once.",
+        settings, SETTING_COUNT(settings), argc, argv, &log_level_text, &level);
     if (status >= 0)
         return status;
     log_init("reporter", level);

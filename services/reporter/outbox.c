@@ -8,9 +8,10 @@
 #include "buf.h"
 #include "db.h"
 
-/* The Stripe target of a (key k, plan p) in the mode given as $1. */
-#define TARGET_SQL                                                                       \
-    "CASE WHEN $1 = '" STRIPE_MODE_COLUMN_METER_EVENTS "' THEN p.stripe_meter_event_name " \
+/* The Stripe target of a (key k, plan p) in the mode the SQL expression
+ * `mode` gives (a stripe_reports.mode value). */
+#define TARGET_SQL(mode)                                                                       \
+    "CASE WHEN " mode " = '" STRIPE_MODE_COLUMN_METER_EVENTS "' THEN p.stripe_meter_event_name " \
     "     ELSE coalesce(k.stripe_subscription_item_id, p.stripe_subscription_item_id) END"
 
 static PGresult *run(PGconn *db, const char *sql, int nparams, const char *const *params,
@@ -23,6 +24,18 @@ static PGresult *run(PGconn *db, const char *sql, int nparams, const char *const
         return NULL;
     }
     return res;
+}
+
+/* Runs a statement that changes rows; *count: how many it changed. */
+static bool run_change(PGconn *db, const char *sql, int nparams, const char *const *params,
+                       const char *what, long long *count, char *err, size_t err_size)
+{
+    PGresult *res = run(db, sql, nparams, params, PGRES_COMMAND_OK, what, err, err_size);
+    if (res == NULL)
+        return false;
+    *count = strtoll(PQcmdTuples(res), NULL, 10);
+    PQclear(res);
+    return true;
 }
 
 bool outbox_try_lock(PGconn *db, bool *held, char *err, size_t err_size)
@@ -70,7 +83,7 @@ static const char plan_sql[] =
     "   GROUP BY 1, 2, 3"
     "), due AS ("
     "  SELECT c.key_id, c.plan_id, c.hour, c.units, k.stripe_customer_id AS customer,"
-    "         " TARGET_SQL " AS target"
+    "         " TARGET_SQL("$1") " AS target"
     "    FROM counted c JOIN api_keys k ON k.id = c.key_id JOIN plans p ON p.id = c.plan_id"
     "   WHERE k.stripe_customer_id IS NOT NULL"
     "     AND (c.changed_at <= now() - make_interval(secs => $3::float8)"
@@ -316,7 +329,7 @@ static const char reconcile_sql[] =
     "      ON r.key_id = c.key_id AND r.plan_id = c.plan_id AND r.hour = c.hour"
     "), buckets AS ("
     "  SELECT coalesce(k.stripe_customer_id, j.customer) AS customer,"
-    "         coalesce(" TARGET_SQL ", j.target) AS target,"
+    "         coalesce(" TARGET_SQL("$1") ", j.target) AS target,"
     "         j.counted, j.accepted, j.pending, j.parked"
     "    FROM joined j LEFT JOIN api_keys k ON k.id = j.key_id"
     "    LEFT JOIN plans p ON p.id = j.plan_id"
@@ -402,40 +415,32 @@ bool outbox_list_parked(PGconn *db, int limit, bool json, FILE *out, long long *
     return json ? print_json(list, out, err, err_size) : true;
 }
 
+/* Each report keeps its mode; its customer and target are read again. It
+ * gets a new id: a running reporter loads pending reports in id order from
+ * where it stopped, so it sees the report at its next cycle. */
+static const char requeue_sql[] =
+    "WITH fresh AS ("
+    "  SELECT s.id, k.stripe_customer_id AS customer, " TARGET_SQL("s.mode") " AS target"
+    "    FROM stripe_reports s JOIN api_keys k ON k.id = s.key_id"
+    "    JOIN plans p ON p.id = s.plan_id"
+    "   WHERE s.status = 'parked' AND ($1::bigint IS NULL OR s.id = $1::bigint)"
+    "     AND ($2::text IS NULL OR s.stripe_customer_id = $2::text)"
+    ") UPDATE stripe_reports s SET status = 'pending', attempts = 0,"
+    "         id = nextval(pg_get_serial_sequence('stripe_reports', 'id')),"
+    "         stripe_customer_id = f.customer, target = f.target,"
+    "         idempotency_generation = s.idempotency_generation + 1,"
+    "         next_attempt_at = now(), done_at = NULL, first_sent_at = NULL,"
+    "         last_error = 'requeued by an operator after: ' || coalesce(s.last_error, '')"
+    "    FROM fresh f WHERE s.id = f.id AND f.customer IS NOT NULL AND f.target IS NOT NULL";
+
 bool outbox_requeue(PGconn *db, long long id, const char *customer, long long *count, char *err,
                     size_t err_size)
 {
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", id);
     const char *params[] = {id > 0 ? idtext : NULL, customer};
-    /* Each report keeps its mode; its customer and target are read again. It
-     * gets a new id: a running reporter loads pending reports in id order
-     * from where it stopped, so it sees the report at its next cycle. */
-    PGresult *res = run(
-        db,
-        "WITH fresh AS ("
-        "  SELECT s.id, k.stripe_customer_id AS customer,"
-        "         CASE WHEN s.mode = '" STRIPE_MODE_COLUMN_METER_EVENTS "'"
-        "              THEN p.stripe_meter_event_name"
-        "              ELSE coalesce(k.stripe_subscription_item_id,"
-        "                            p.stripe_subscription_item_id) END AS target"
-        "    FROM stripe_reports s JOIN api_keys k ON k.id = s.key_id"
-        "    JOIN plans p ON p.id = s.plan_id"
-        "   WHERE s.status = 'parked' AND ($1::bigint IS NULL OR s.id = $1::bigint)"
-        "     AND ($2::text IS NULL OR s.stripe_customer_id = $2::text)"
-        ") UPDATE stripe_reports s SET status = 'pending', attempts = 0,"
-        "         id = nextval(pg_get_serial_sequence('stripe_reports', 'id')),"
-        "         stripe_customer_id = f.customer, target = f.target,"
-        "         idempotency_generation = s.idempotency_generation + 1,"
-        "         next_attempt_at = now(), done_at = NULL, first_sent_at = NULL,"
-        "         last_error = 'requeued by an operator after: ' || coalesce(s.last_error, '')"
-        "    FROM fresh f WHERE s.id = f.id AND f.customer IS NOT NULL AND f.target IS NOT NULL",
-        2, params, PGRES_COMMAND_OK, "requeueing parked reports", err, err_size);
-    if (res == NULL)
-        return false;
-    *count = strtoll(PQcmdTuples(res), NULL, 10);
-    PQclear(res);
-    return true;
+    return run_change(db, requeue_sql, 2, params, "requeueing parked reports", count, err,
+                      err_size);
 }
 
 bool outbox_resolve(PGconn *db, long long id, long long *count, char *err, size_t err_size)
@@ -443,15 +448,10 @@ bool outbox_resolve(PGconn *db, long long id, long long *count, char *err, size_
     char idtext[32];
     snprintf(idtext, sizeof idtext, "%lld", id);
     const char *params[] = {idtext};
-    PGresult *res = run(db,
-                        "UPDATE stripe_reports SET status = 'accepted', done_at = now(),"
-                        "       last_error = 'resolved by an operator (counted in Stripe) after: '"
-                        "                    || coalesce(last_error, '')"
-                        " WHERE id = $1::bigint AND status = 'parked'",
-                        1, params, PGRES_COMMAND_OK, "resolving a parked report", err, err_size);
-    if (res == NULL)
-        return false;
-    *count = strtoll(PQcmdTuples(res), NULL, 10);
-    PQclear(res);
-    return true;
+    return run_change(db,
+                      "UPDATE stripe_reports SET status = 'accepted', done_at = now(),"
+                      "       last_error = 'resolved by an operator (counted in Stripe) after: '"
+                      "                    || coalesce(last_error, '')"
+                      " WHERE id = $1::bigint AND status = 'parked'",
+                      1, params, "resolving a parked report", count, err, err_size);
 }

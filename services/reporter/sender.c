@@ -770,6 +770,15 @@ static bool build_request(sender *s, slot *sl, const report *r)
     return true;
 }
 
+/* Gives the slot of an answered call back to the free ones. */
+static void slot_release(sender *s, slot *sl)
+{
+    sl->r = NULL;
+    sl->l = NULL;
+    s->free_slots[s->free_count++] = (int)(sl - s->slots);
+    s->in_flight--;
+}
+
 /* Starts the head of `l` in a free slot. */
 static void start_call(sender *s, lane *l, int64_t now)
 {
@@ -804,9 +813,7 @@ static void start_call(sender *s, lane *l, int64_t now)
     if (mc != CURLM_OK) {
         log_error("curl_multi_add_handle: %s", curl_multi_strerror(mc));
         handle_answer(s, sl, CURLE_FAILED_INIT, now);
-        sl->r = NULL;
-        s->free_slots[s->free_count++] = (int)(sl - s->slots);
-        s->in_flight--;
+        slot_release(s, sl);
     }
 }
 
@@ -881,10 +888,7 @@ void sender_run(sender *s, int max_wait_ms)
         CURLcode result = msg->data.result;
         curl_multi_remove_handle(s->multi, msg->easy_handle);
         handle_answer(s, sl, result, now);
-        sl->r = NULL;
-        sl->l = NULL;
-        s->free_slots[s->free_count++] = (int)(sl - s->slots);
-        s->in_flight--;
+        slot_release(s, sl);
     }
     metrics_set(s->m_in_flight, (double)s->in_flight);
     metrics_set(s->m_lanes, (double)s->lane_count);

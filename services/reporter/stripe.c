@@ -10,38 +10,59 @@
 
 /* ---- modes --------------------------------------------------------------- */
 
+/* One row a mode: its setting's spelling and its stripe_reports.mode value,
+ * so that each lookup below is one loop over one list. */
+static const struct {
+    stripe_mode mode;
+    const char *name;   /* TALLY_STRIPE_MODE */
+    const char *column; /* stripe_reports.mode */
+} modes[] = {
+    {STRIPE_MODE_METER_EVENTS, STRIPE_MODE_NAME_METER_EVENTS, STRIPE_MODE_COLUMN_METER_EVENTS},
+    {STRIPE_MODE_USAGE_RECORDS, STRIPE_MODE_NAME_USAGE_RECORDS, STRIPE_MODE_COLUMN_USAGE_RECORDS},
+};
+#define MODE_COUNT (sizeof modes / sizeof modes[0])
+
+/* Sets *out to the mode whose name (or, with `by_column`, column value) is
+ * `text`; false when none is. */
+static bool mode_of_text(const char *text, bool by_column, stripe_mode *out)
+{
+    for (size_t i = 0; i < MODE_COUNT; i++) {
+        if (strcmp(text, by_column ? modes[i].column : modes[i].name) == 0) {
+            *out = modes[i].mode;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* The row of `mode`; the last one (usage records) for a value outside the
+ * enum, as the names always read. */
+static size_t mode_row(stripe_mode mode)
+{
+    size_t i = 0;
+    while (i < MODE_COUNT - 1 && modes[i].mode != mode)
+        i++;
+    return i;
+}
+
 bool stripe_parse_mode(const char *text, stripe_mode *out)
 {
-    if (strcmp(text, STRIPE_MODE_NAME_METER_EVENTS) == 0)
-        *out = STRIPE_MODE_METER_EVENTS;
-    else if (strcmp(text, STRIPE_MODE_NAME_USAGE_RECORDS) == 0)
-        *out = STRIPE_MODE_USAGE_RECORDS;
-    else
-        return false;
-    return true;
+    return mode_of_text(text, false, out);
 }
 
 const char *stripe_mode_name(stripe_mode mode)
 {
-    return mode == STRIPE_MODE_METER_EVENTS ? STRIPE_MODE_NAME_METER_EVENTS
-                                            : STRIPE_MODE_NAME_USAGE_RECORDS;
+    return modes[mode_row(mode)].name;
 }
 
 const char *stripe_mode_column(stripe_mode mode)
 {
-    return mode == STRIPE_MODE_METER_EVENTS ? STRIPE_MODE_COLUMN_METER_EVENTS
-                                            : STRIPE_MODE_COLUMN_USAGE_RECORDS;
+    return modes[mode_row(mode)].column;
 }
 
 bool stripe_mode_from_column(const char *column, stripe_mode *out)
 {
-    if (strcmp(column, STRIPE_MODE_COLUMN_METER_EVENTS) == 0)
-        *out = STRIPE_MODE_METER_EVENTS;
-    else if (strcmp(column, STRIPE_MODE_COLUMN_USAGE_RECORDS) == 0)
-        *out = STRIPE_MODE_USAGE_RECORDS;
-    else
-        return false;
-    return true;
+    return mode_of_text(column, true, out);
 }
 
 /* ---- requests ------------------------------------------------------------ */
