@@ -29,21 +29,6 @@ void hashindex_clear(hashindex *ix)
     ix->used = 0;
 }
 
-long hashindex_find(const hashindex *ix, uint64_t hash, hashindex_match_fn match,
-                    const void *entries, const void *key)
-{
-    if (ix->slot_count == 0)
-        return -1;
-    size_t mask = ix->slot_count - 1;
-    for (size_t i = hash & mask;; i = (i + 1) & mask) {
-        uint32_t slot = ix->slots[i];
-        if (slot == 0)
-            return -1;
-        if (match(entries, slot - 1, key))
-            return (long)(slot - 1);
-    }
-}
-
 bool hashindex_full(const hashindex *ix)
 {
     return (ix->used + 1) * 2 > ix->slot_count;
