@@ -4,12 +4,15 @@
 #include <string.h>
 #include <unistd.h>
 
-static volatile sig_atomic_t requested;
+static volatile sig_atomic_t requested; /* by a signal or by the program */
+static volatile sig_atomic_t signals;   /* stop signals received */
 
 static void on_signal(int sig)
 {
     (void)sig;
-    if (requested) {
+    /* Only a second signal exits at once: a stop the program asked for
+     * itself still gets its graceful first SIGTERM. */
+    if (signals++ > 0) {
         static const char msg[] = "second signal: exiting at once\n";
         ssize_t ignored = write(STDERR_FILENO, msg, sizeof msg - 1);
         (void)ignored;

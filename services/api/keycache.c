@@ -322,7 +322,10 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
                         "LEFT JOIN usage_counters c ON c.key_id = k.id "
                         "AND c.period = p.quota_period AND c.period_start = "
                         "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
-                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END",
+                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
+                        /* One value stored in both forms (a legacy row written by
+                         * hand): the same key wins at every reload. */
+                        "ORDER BY k.value_hash_form = 'hmac-sha256' DESC, k.id",
                         3, NULL, params, NULL, NULL, 0);
     if (!api_ok(keys)) {
         db_error(cache->conn, keys, "loading keys", err, err_size);

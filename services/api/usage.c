@@ -82,7 +82,8 @@ static bool resolve_key(api_request *req, PGconn *conn, bool me,
         res = api_exec(conn,
                        "SELECT id, enabled FROM api_keys WHERE (value_hash = decode($1, 'hex') "
                        "AND value_hash_form = 'hmac-sha256') OR (value_hash = decode($2, 'hex') "
-                       "AND value_hash_form = 'sha256')",
+                       "AND value_hash_form = 'sha256') "
+                       "ORDER BY value_hash_form = 'hmac-sha256' DESC, id LIMIT 1",
                        2, params);
     } else {
         const char *params[] = {req->id};

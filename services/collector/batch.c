@@ -197,9 +197,10 @@ bool batch_add(collector *c, rd_kafka_message_t *message)
         b->unresolved[b->unresolved_count++] = (unresolved){message, ev};
         return true;
     }
-    bool ok = stage_event(b, &ev, plan_id, message);
+    if (!stage_event(b, &ev, plan_id, message))
+        return false; /* the message stays the caller's */
     rd_kafka_message_destroy(message);
-    return ok;
+    return true;
 }
 
 bool add_poison(batch *b, size_t index, event_error code, const char *reason)

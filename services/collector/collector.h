@@ -66,6 +66,7 @@ typedef enum {
     PAUSE_DATABASE,        /* PostgreSQL unavailable or failing */
     PAUSE_DLQ,             /* the DLQ topic did not confirm rejected events */
     PAUSE_POISON_REFETCH,  /* poison events could not be read again for the DLQ */
+    PAUSE_REFUSES_ALL,     /* PostgreSQL refused every event of a batch: not the events' fault */
     PAUSE__COUNT
 } pause_reason;
 extern const char *const pause_reason_names[PAUSE__COUNT];

@@ -208,6 +208,10 @@ rd_kafka_t *make_reader(collector *c, char *err, size_t err_size)
     bool ok = set_connection(conf, c->cfg, "tally-collector-reread") &&
               set_conf(conf, "group.id", group) && set_conf(conf, "enable.auto.commit", "false") &&
               set_conf(conf, "enable.auto.offset.store", "false") &&
+              /* An offset retention removed: start at the oldest kept, and
+               * say when the end is reached, so the missing are known. */
+              set_conf(conf, "auto.offset.reset", "earliest") &&
+              set_conf(conf, "enable.partition.eof", "true") &&
               set_conf(conf, "log.queue", "false");
     rd_kafka_t *rk =
         new_client(c, RD_KAFKA_CONSUMER, conf, ok, "poison reader", err, err_size);

@@ -95,7 +95,8 @@ static const cfg_setting settings[] = {
 
 /* ---- metrics ----------------------------------------------------------- */
 
-const char *const pause_reason_names[PAUSE__COUNT] = {"database", "dlq", "poison_refetch"};
+const char *const pause_reason_names[PAUSE__COUNT] = {"database", "dlq", "poison_refetch",
+                                                     "database_refuses_all"};
 
 static const double batch_size_bounds[] = {1,    10,    100,   500,   1000,  2500,
                                            5000, 10000, 25000, 50000, 100000};
@@ -370,10 +371,15 @@ int main(int argc, char **argv)
                     log_warn("consumer: %s", rd_kafka_message_errstr(message));
                 rd_kafka_message_destroy(message);
             } else if (!batch_add(&c, message)) {
-                log_error("out of memory or batch bounds exceeded; stopping without "
+                /* The message was not taken, but its offset may already be
+                 * marked: writing now could acknowledge it unwritten. Exit
+                 * as a crash would (nothing committed past the database,
+                 * every event read again by the next owner), status 1 so
+                 * the supervisor restarts us. */
+                log_error("out of memory or batch bounds exceeded; exiting without "
                           "acknowledging the current batches");
-                rd_kafka_message_destroy(message);
-                break;
+                fflush(NULL);
+                _exit(1);
             }
         }
         if (now >= next_lag) {

@@ -114,7 +114,10 @@ static bool republish_partition(collector *c, rd_kafka_t *reader, const poison *
         rd_kafka_message_t *m = rd_kafka_consumer_poll(reader, 100);
         if (m == NULL)
             continue;
-        for (; !m->err && next < count && p[next].offset < m->offset; next++)
+        /* Offsets passed over, or the partition's end reached without them:
+         * retention removed them. */
+        bool at_end = m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF;
+        for (; next < count && (at_end || (!m->err && p[next].offset < m->offset)); next++)
             log_error("poison event at partition %d offset %lld is no longer in %s; not sent "
                       "to the DLQ",
                       (int)p[next].partition, (long long)p[next].offset, c->cfg->kafka_topic);
@@ -155,6 +158,24 @@ static bool publish_poisons(collector *c, batch *b, char *err, size_t err_size)
     return ok && dlq_confirm(c, err, err_size);
 }
 
+/* A batch of at least this many events that PostgreSQL refuses whole, each
+ * event on its own and none for an overflow, is taken for a refusal of
+ * everything (a missing event_ids partition, a constraint that no event
+ * meets): dead-lettering it would send all traffic to the DLQ in silence,
+ * so the batch is kept and retried and /healthz turns red instead. */
+#define REFUSES_ALL_MIN_EVENTS 20
+
+static bool refuses_everything(const batch *b)
+{
+    if (b->event_count < REFUSES_ALL_MIN_EVENTS || b->poison_count < b->event_count)
+        return false;
+    for (size_t i = 0; i < b->poison_count; i++) {
+        if (b->poisons[i].code == EVENT_ERR_COUNTER_OVERFLOW)
+            return false; /* an overflow is the events' own */
+    }
+    return true;
+}
+
 void write_isolating(collector *c, const char *why)
 {
     batch *b = c->writing;
@@ -170,6 +191,16 @@ void write_isolating(collector *c, const char *why)
     b->poison_count = 0;
     if (isolate_range(c, 0, b->event_count, b->event_count > 1, err, sizeof err) == PART_FAILED) {
         write_failed(c, PAUSE_DATABASE, err);
+        return;
+    }
+    if (refuses_everything(b)) {
+        char systemic[700];
+        snprintf(systemic, sizeof systemic,
+                 "PostgreSQL refused each of the batch's %zu events on its own (%.400s); "
+                 "not dead-lettering a whole batch",
+                 b->event_count, b->poisons[0].reason);
+        b->poison_count = 0;
+        write_failed(c, PAUSE_REFUSES_ALL, systemic);
         return;
     }
     if (!publish_poisons(c, b, err, sizeof err)) {

@@ -13,6 +13,30 @@
 
 /* Looks up the keys the cache missed (a key created a moment ago is counted),
  * then stages the events whose key exists and rejects the rest. */
+/* Stages the event if its key now exists, else rejects it; either way the
+ * batch takes its message. */
+static bool resolve_one(batch *b, unresolved *u, const keyplans *keys, char *err,
+                        size_t err_size)
+{
+    const char *plan_id = keyplans_lookup(keys, u->event.subject);
+    if (plan_id != NULL) {
+        if (!stage_event(b, &u->event, plan_id, u->message)) {
+            snprintf(err, err_size, "batch bounds exceeded while staging");
+            return false;
+        }
+        rd_kafka_message_destroy(u->message);
+        return true;
+    }
+    char subject[101], reason[200];
+    copy_utf8(subject, sizeof subject, u->event.subject);
+    snprintf(reason, sizeof reason, "subject \"%s\" is not a known API key id", subject);
+    if (!add_reject(b, u->message, EVENT_ERR_UNKNOWN_KEY, reason)) {
+        snprintf(err, err_size, "out of memory");
+        return false;
+    }
+    return true;
+}
+
 static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_size)
 {
     if (b->unresolved_count == 0)
@@ -30,28 +54,16 @@ static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_s
     if (!ok)
         return false;
     metrics_set(c->m.key_cache_size, (double)keyplans_size(c->keys));
-    for (size_t i = 0; i < b->unresolved_count; i++) {
-        unresolved *u = &b->unresolved[i];
-        const char *plan_id = keyplans_lookup(c->keys, u->event.subject);
-        if (plan_id != NULL) {
-            if (!stage_event(b, &u->event, plan_id, u->message)) {
-                snprintf(err, err_size, "batch bounds exceeded while staging");
-                return false;
-            }
-            rd_kafka_message_destroy(u->message);
-        } else {
-            char subject[101], reason[200];
-            copy_utf8(subject, sizeof subject, u->event.subject);
-            snprintf(reason, sizeof reason, "subject \"%s\" is not a known API key id", subject);
-            if (!add_reject(b, u->message, EVENT_ERR_UNKNOWN_KEY, reason)) {
-                snprintf(err, err_size, "out of memory");
-                return false;
-            }
-        }
-        u->message = NULL;
+    size_t done = 0;
+    for (; done < b->unresolved_count; done++) {
+        if (!resolve_one(b, &b->unresolved[done], c->keys, err, err_size))
+            break;
     }
-    b->unresolved_count = 0;
-    return true;
+    /* Keep only what is left (after a failure, for the retry). */
+    memmove(b->unresolved, b->unresolved + done,
+            (b->unresolved_count - done) * sizeof *b->unresolved);
+    b->unresolved_count -= done;
+    return b->unresolved_count == 0;
 }
 
 void dlq_delivered(rd_kafka_t *rk, const rd_kafka_message_t *message, void *opaque)
@@ -187,7 +199,8 @@ void set_paused(collector *c, bool paused, pause_reason reason)
  * to Kafka. */
 void write_failed(collector *c, pause_reason reason, const char *err)
 {
-    metrics_add(reason == PAUSE_DATABASE ? c->m.db_errors : c->m.dlq_errors, 1);
+    bool database = reason == PAUSE_DATABASE || reason == PAUSE_REFUSES_ALL;
+    metrics_add(database ? c->m.db_errors : c->m.dlq_errors, 1);
     log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
     c->writing_sent = false;
     c->rollups_sent = false;
@@ -244,6 +257,9 @@ void write_start(collector *c)
     batch *b = c->writing;
     char err[512];
     c->writing_started = time_now_usec();
+    /* Poison found by an earlier attempt is found again if still refused;
+     * counted_earlier stays: those parts are committed. */
+    b->poison_count = 0;
     if (!resolve_unknown_keys(c, b, err, sizeof err)) {
         write_failed(c, PAUSE_DATABASE, err);
         return;

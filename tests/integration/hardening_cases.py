@@ -150,6 +150,32 @@ def poison_run(s, broker, keys, pa, pb, pc, hour, t_event, expected):
            % (len(poison), len(messages), summary["unique"] + valid_extra))
 
 
+def test_refusal_of_everything_pauses(s):
+    """When PostgreSQL refuses every event of a batch, each on its own (here a
+    constraint no row meets; in life a missing partition), that is not the
+    events' fault: nothing goes to the DLQ, consumption pauses with reason
+    database_refuses_all, and once the cause is gone every event is counted."""
+    broker = s.broker(2)
+    key = "t13-key"
+    s.db.add_keys([key])
+    collector = s.collector(broker, "it-refuse-all")
+    s.db.execute("ALTER TABLE usage_hourly ADD CONSTRAINT t13_refuse_all CHECK (requests < 0)")
+    try:
+        events = [event("all-%d" % i, key, "it-refuse-all") for i in range(40)]
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(key, enc(e)) for e in events])
+        wait_until("consumption paused: database_refuses_all",
+                   lambda: collector.metrics().get(
+                       'tally_collector_pause_reason{reason="database_refuses_all"}') == 1, 60,
+                   on_timeout=lambda: collector.metrics().brief())
+        check(collector.metrics().rejected == 0, "events were dead-lettered")
+    finally:
+        s.db.execute("ALTER TABLE usage_hourly DROP CONSTRAINT t13_refuse_all")
+    wait_until("all 40 counted", lambda: collector.metrics().counted == 40, 60,
+               on_timeout=lambda: collector.metrics().brief())
+    check(not lib.kcat_consume_all(broker.bootstrap, DLQ), "the DLQ is not empty")
+    collector.stop()
+
+
 def test_stall_turns_health_red(s):
     """A batch that cannot be written (its rows locked by another session)
     turns /healthz and /readyz to 503 after TALLY_STALL_TIMEOUT_S, with
@@ -290,6 +316,7 @@ def test_sigterm_before_first_assignment(s):
 
 TESTS = [
     ("poison_events_dead_lettered", test_poison_events_dead_lettered),
+    ("refusal_of_everything_pauses", test_refusal_of_everything_pauses),
     ("stall_turns_health_red", test_stall_turns_health_red),
     ("dlq_reason_cut_on_a_character", test_dlq_reason_cut_on_a_character),
     ("database_socket_above_fd_setsize", test_database_socket_above_fd_setsize),
