@@ -1,12 +1,10 @@
 /* A batch: what was consumed since the last one was handed to the writer. */
 #include "collector.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "digest.h"
-#include "log.h"
 #include "period.h"
 #include "timeutil.h"
 #include "utf8.h"

@@ -3,14 +3,10 @@
 #include "collector.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
 #include "stopsignal.h"
-#include "period.h"
-#include "timeutil.h"
-#include "utf8.h"
 
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *partitions, void *opaque)

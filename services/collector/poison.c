@@ -5,9 +5,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "period.h"
 #include "timeutil.h"
-#include "utf8.h"
 
 /* A batch the database refused for its data (store_last_error: a total out
  * of bigint's range, a constraint) would be refused again on every retry and
@@ -188,7 +186,6 @@ void write_isolating(collector *c, const char *why)
     store_disconnect(c->db); /* whatever the pipeline left: start afresh */
     c->writing_sent = false;
     c->rollups_sent = false;
-    b->poison_count = 0;
     if (isolate_range(c, 0, b->event_count, b->event_count > 1, err, sizeof err) == PART_FAILED) {
         write_failed(c, PAUSE_DATABASE, err);
         return;
@@ -199,7 +196,6 @@ void write_isolating(collector *c, const char *why)
                  "PostgreSQL refused each of the batch's %zu events on its own (%.400s); "
                  "not dead-lettering a whole batch",
                  b->event_count, b->poisons[0].reason);
-        b->poison_count = 0;
         write_failed(c, PAUSE_REFUSES_ALL, systemic);
         return;
     }

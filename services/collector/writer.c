@@ -7,9 +7,7 @@
 #include <string.h>
 
 #include "log.h"
-#include "period.h"
 #include "timeutil.h"
-#include "utf8.h"
 
 /* Looks up the keys the cache missed (a key created a moment ago is counted),
  * then stages the events whose key exists and rejects the rest. */
@@ -257,8 +255,9 @@ void write_start(collector *c)
     batch *b = c->writing;
     char err[512];
     c->writing_started = time_now_usec();
-    /* Poison found by an earlier attempt is found again if still refused;
-     * counted_earlier stays: those parts are committed. */
+    /* Every attempt starts with no poison (write_isolating finds it again
+     * if it is still refused); counted_earlier stays: those parts are
+     * committed. */
     b->poison_count = 0;
     if (!resolve_unknown_keys(c, b, err, sizeof err)) {
         write_failed(c, PAUSE_DATABASE, err);
