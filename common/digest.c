@@ -120,8 +120,7 @@ void digest_sha256(const void *data, size_t len, uint8_t out[DIGEST_SHA256_LEN])
     digest_sha256_final(&ctx, out);
 }
 
-void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
-                        uint8_t out[DIGEST_SHA256_LEN])
+void digest_hmac_key_init(digest_hmac_key *k, const void *key, size_t key_len)
 {
     enum { BLOCK = 64 };
     uint8_t block_key[BLOCK] = {0};
@@ -130,20 +129,14 @@ void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_
     else if (key_len > 0)
         memcpy(block_key, key, key_len);
     uint8_t pad[BLOCK];
-    uint8_t inner[DIGEST_SHA256_LEN];
-    digest_sha256_ctx ctx;
     for (int i = 0; i < BLOCK; i++)
         pad[i] = (uint8_t)(block_key[i] ^ 0x36);
-    digest_sha256_init(&ctx);
-    digest_sha256_update(&ctx, pad, BLOCK);
-    digest_sha256_update(&ctx, data, len);
-    digest_sha256_final(&ctx, inner);
+    digest_sha256_init(&k->inner);
+    digest_sha256_update(&k->inner, pad, BLOCK);
     for (int i = 0; i < BLOCK; i++)
         pad[i] = (uint8_t)(block_key[i] ^ 0x5c);
-    digest_sha256_init(&ctx);
-    digest_sha256_update(&ctx, pad, BLOCK);
-    digest_sha256_update(&ctx, inner, sizeof inner);
-    digest_sha256_final(&ctx, out);
+    digest_sha256_init(&k->outer);
+    digest_sha256_update(&k->outer, pad, BLOCK);
     /* The key's derivatives do not outlive the call on the stack. */
     volatile uint8_t *wipe = block_key;
     for (int i = 0; i < BLOCK; i++)
@@ -151,6 +144,26 @@ void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_
     wipe = pad;
     for (int i = 0; i < BLOCK; i++)
         wipe[i] = 0;
+}
+
+void digest_hmac_sha256_keyed(const digest_hmac_key *k, const void *data, size_t len,
+                              uint8_t out[DIGEST_SHA256_LEN])
+{
+    uint8_t inner[DIGEST_SHA256_LEN];
+    digest_sha256_ctx ctx = k->inner;
+    digest_sha256_update(&ctx, data, len);
+    digest_sha256_final(&ctx, inner);
+    ctx = k->outer;
+    digest_sha256_update(&ctx, inner, sizeof inner);
+    digest_sha256_final(&ctx, out);
+}
+
+void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len,
+                        uint8_t out[DIGEST_SHA256_LEN])
+{
+    digest_hmac_key k;
+    digest_hmac_key_init(&k, key, key_len);
+    digest_hmac_sha256_keyed(&k, data, len, out);
 }
 
 void digest_event(const char *source, const char *id, uint8_t out[16])

@@ -13,8 +13,8 @@
 /* The longest x-api-key looked at: a stored secret is at most 256 bytes. */
 #define API_KEY_HEADER_MAX 256
 
-static uint8_t secret[KEYHASH_SECRET_MAX];
-static size_t secret_len;
+/* Only the secret's HMAC schedule is kept, not the secret itself. */
+static digest_hmac_key secret_key;
 
 bool keyhash_init(const char *text, char *err, size_t err_size)
 {
@@ -26,14 +26,13 @@ bool keyhash_init(const char *text, char *err, size_t err_size)
                  KEYHASH_SECRET_MIN, KEYHASH_SECRET_MAX);
         return false;
     }
-    memcpy(secret, text, len);
-    secret_len = len;
+    digest_hmac_key_init(&secret_key, text, len);
     return true;
 }
 
 void keyhash_of_legacy(const uint8_t sha256[KEYHASH_LEN], uint8_t out[KEYHASH_LEN])
 {
-    digest_hmac_sha256(secret, secret_len, sha256, KEYHASH_LEN, out);
+    digest_hmac_sha256_keyed(&secret_key, sha256, KEYHASH_LEN, out);
 }
 
 void keyhash_of_value(const char *value, size_t len, uint8_t out[KEYHASH_LEN])

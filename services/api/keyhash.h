@@ -22,7 +22,7 @@
 #define KEYHASH_SECRET_MAX 1024
 #define KEYHASH_LEN 32
 
-/* Keeps a copy of the secret (borrowed; from the settings, where
+/* Keeps the secret's HMAC schedule (the text is borrowed; from the settings, where
  * TALLY_KEY_HMAC_SECRET_FILE may name a file holding it). False with err
  * (which never quotes it) when it is shorter than KEYHASH_SECRET_MIN or
  * longer than KEYHASH_SECRET_MAX bytes. */
