@@ -12,7 +12,12 @@ packages=(
   postgresql postgresql-client
   kcat             # a real Kafka client, used by the tests
   python3          # integration-test and benchmark drivers (stdlib only)
-  wrk nginx-light  # benchmarks: load generator and the nginx yardstick
+  wrk nginx-light  # the gateway recipe (auth_request), benchmarks' load generator
+  rsyslog rsyslog-kafka  # the gateway's access log into Kafka (imfile + omkafka)
+  prometheus       # alert rules (promtool test rules) and a real scrape test
+  chromium         # dashboards, tested in a real headless browser
+  awscli python3-boto3  # the AWS usage-plan API, driven by AWS's own clients
+  podman runc debootstrap docker-compose uidmap slirp4netns fuse-overlayfs  # the image test
   procps util-linux iproute2 curl ca-certificates openssl  # openssl: test certificates
 )
 
