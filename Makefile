@@ -170,6 +170,8 @@ test: deps
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/api/run.py --asan-bin build/asan/bin
 	python3 tests/e2e/run.py --bin build/bin
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool test rules deploy/prometheus/rules_test.yml
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
