@@ -93,6 +93,9 @@ class Stack:
     def __init__(self, tmp, bin_dir):
         self.dir = os.path.join(tmp, "stack")
         self.bin_dir = bin_dir
+        self.db_url = self.brokers = None
+
+    def up(self):
         self._run("up", "--fast")
         env = {}
         with open(os.path.join(self.dir, "env")) as f:
@@ -293,6 +296,7 @@ TESTS = [targets_up, rules_evaluate, healthy_system_is_quiet, stopped_collector_
 def start_system(system, tmp, bin_dir):
     """Fills `system` as it goes, so that a failed start is still cleaned up."""
     system.stack = Stack(tmp, bin_dir)
+    system.stack.up()
     system.stack.migrate()
     scope = Scope(tmp, bin_dir, system.stack.db_url)
     system.scope = scope
