@@ -170,6 +170,10 @@ test: deps
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/api/run.py --asan-bin build/asan/bin
 	python3 tests/e2e/run.py --bin build/bin
+	promtool check config deploy/prometheus/prometheus.yml deploy/prometheus/prometheus-compose.yml
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules_test.yml
+	python3 tests/prometheus/run.py --bin build/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
