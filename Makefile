@@ -23,7 +23,7 @@ COMMON_LIB  := $(BUILD)/lib/libtally-common.a
 # Each service's folder, less its main.c, is a static library that its
 # binary and its unit tests link; the folders are wildcards, so a new .c file
 # needs no change here. The tools are one binary per folder.
-SERVICES := collector api reporter
+SERVICES := collector api reporter ingest
 TOOLS    := devbroker loadgen
 SVC_SRC   = $(filter-out services/$(1)/main.c,$(wildcard services/$(1)/*.c))
 SVC_LIB   = $(BUILD)/lib/libtally-$(1).a
