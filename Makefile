@@ -102,10 +102,10 @@ asan:
 	  all $(UNIT_DIRS:%=build/asan/bin/unit-%)
 
 # ---- fuzzing: libFuzzer targets (tests/fuzz/*.c, one binary each) --------
-# clang instruments the common sources and the api's text and model modules
-# (the apimodel, query and canonpath targets' subject) for coverage, ASan
-# and UBSan; they go into an archive so each target links only the modules
-# it calls.
+# clang instruments the common sources, the api's text and model modules
+# (the apimodel, query and canonpath targets' subject) and ingest's batch
+# splitter (the batch target's) for coverage, ASan and UBSan; they go into
+# an archive so each target links only the modules it calls.
 # `make fuzz` runs every target for FUZZ_SECONDS on a temporary copy of its
 # seed corpus (tests/fuzz/corpus/<name>); crashes, timeouts and failed
 # properties go to FUZZ_FINDINGS (git-ignored) and fail the run.
@@ -120,13 +120,14 @@ FUZZ_TARGETS  ?= $(FUZZ_NAMES)
 # Every sanitizer report aborts, so libFuzzer saves the input that caused it.
 FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS    = $(WARN) $(DEFS) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Icommon \
-                 -Iservices/api $(PKG_CFLAGS)
-FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c
+                 -Iservices/api -Iservices/ingest $(PKG_CFLAGS)
+FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c \
+                 services/ingest/ingestbody.c
 FUZZ_LIB      := $(FUZZ_DIR)/libtally-fuzz.a
 # Kept after linking, so that a rebuild compiles only what changed.
 .SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
 
-$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h services/api/*.h tests/fuzz/*.h)
+$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h services/api/*.h services/ingest/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
 
