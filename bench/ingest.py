@@ -12,6 +12,7 @@ rejected), or the run fails.
 import datetime
 import os
 import re
+import resource
 import subprocess
 import time
 import urllib.request
@@ -89,9 +90,12 @@ def run_wrk(url, args, seconds, label):
     cmd = [wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
            "--timeout", "10s", "-s", WRK_SCRIPT, url, "--"] + args
     t0 = time.monotonic()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                        timeout=seconds + 60, env=clean_env())
     wall = time.monotonic() - t0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
     out = r.stdout
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
     pcts = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
@@ -100,8 +104,17 @@ def run_wrk(url, args, seconds, label):
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     return {"rps": float(rps.group(1)), "p50": pcts.get("50"), "p99": pcts["99"], "wall": wall,
+            "wrk_cores": wrk_cpu / wall,
             "non2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": sock.group(1) if sock else None}
+
+
+def broker_pid(ctx):
+    try:
+        with open(ctx.path("devbroker.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return -1
 
 
 def wait_counted(ctx, expected, timeout_s=300):
@@ -147,9 +160,11 @@ def run(ctx, opts):
     before = settled_accepted(metrics_port)
     load_before = background_cpu()
     cpu0 = proc_cpu_seconds(proc.pid)
+    broker0 = proc_cpu_seconds(broker_pid(ctx))
     log(f"measuring: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{RUN_SECONDS}s")
     res = run_wrk(url, [TOKEN, event_time, keys_path, "run", str(BATCH)], RUN_SECONDS, "run")
     ingest_cpu = proc_cpu_seconds(proc.pid) - cpu0
+    broker_cpu = proc_cpu_seconds(broker_pid(ctx)) - broker0
     # Only what was answered while wrk ran counts for the figure; what it
     # left in flight is counted by the collector's check below.
     after = accepted(metrics_port)
@@ -170,7 +185,8 @@ def run(ctx, opts):
              f"{res['rps']:.0f} requests/s x {BATCH}); warm-up {warm['rps'] * BATCH:.0f} events/s")
     fig.note(f"latency         p50 {res['p50']}, p99 {res['p99']} per request of {BATCH} events "
              f"(answered after the broker's acknowledgement)")
-    fig.note(f"tally-ingest    {ingest_cpu / res['wall']:.2f} cores during the run")
+    fig.note(f"CPU             tally-ingest {ingest_cpu / res['wall']:.2f} cores, dev broker "
+             f"{broker_cpu / res['wall']:.2f}, wrk {res['wrk_cores']:.2f} during the run")
     fig.note(f"answers         {statuses}")
     fig.note(f"counted         {counted_db} by the collector of {total} accepted in all "
              f"(duplicates {duplicates}, rejected {rejected}; caught up in {took:.0f} s)")

@@ -144,9 +144,15 @@ static rd_kafka_conf_t *producer_conf(const producer_settings *s, producer *p, c
               /* Bounds how long a request waits for its report: past it the
                * delivery fails and the client gets 503 (and retries). */
               kafkaconf_set(conf, "message.timeout.ms", timeout, err, err_size) &&
-              /* Concurrent requests' events share produce requests. */
+              /* Concurrent requests' events for one partition share a produce
+               * request. */
               kafkaconf_set(conf, "linger.ms", linger, err, err_size) &&
               kafkaconf_set(conf, "queue.buffering.max.messages", queue, err, err_size) &&
+              /* librdkafka 2.0 sends one small ProduceRequest per partition,
+               * up to five at once, and a request waits for its slowest
+               * partition: no small write of ours may wait for the broker's
+               * delayed ACK. */
+              kafkaconf_set(conf, "socket.nagle.disable", "true", err, err_size) &&
               kafkaconf_set(conf, "log.queue", "false", err, err_size);
     if (!ok) {
         rd_kafka_conf_destroy(conf);
