@@ -152,8 +152,8 @@ fuzz: fuzz-build
 deps:
 	@tools/install-deps.sh
 
-# Builds and runs the four unit-test binaries (unit-common, unit-api,
-# unit-collector, unit-reporter); stops at the first that fails.
+# Builds and runs the unit-test binaries (unit-common, unit-api,
+# unit-collector, unit-reporter, unit-ingest); stops at the first that fails.
 unit: $(UNIT_BINS)
 	$(foreach t,$(UNIT_BINS),$(t) &&) true
 

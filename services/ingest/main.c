@@ -40,7 +40,7 @@ static const cfg_setting settings[] = {
     {"TALLY_INGEST_ADDR", "ingest-addr", CFG_STRING, &listen_addr, "127.0.0.1:8081", false,
      false, 0, 0, "where POST /v1/events listens (host:port)"},
     {"TALLY_INGEST_TOKEN", "ingest-token", CFG_STRING, &ingest_token, NULL, true, true, 0, 0,
-     "bearer token producers send (or TALLY_INGEST_TOKEN_FILE); not the admin token"},
+     "bearer token producers send; not the admin token"},
     {"TALLY_INGEST_MAX_BATCH_EVENTS", "max-batch-events", CFG_INT, &max_batch_events, "1000",
      false, false, 1, 10000, "events a batch may hold (more: 413 too_many_events)"},
     {"TALLY_INGEST_MAX_BODY_BYTES", "max-body-bytes", CFG_INT, &max_body_bytes, "1048576", false,
