@@ -26,6 +26,9 @@
 
 /* ---- settings ---------------------------------------------------------- */
 
+/* A guessable token would let anyone bill anyone's keys. */
+#define INGEST_TOKEN_MIN 16
+
 static kafkaconf_connection kafka;
 static const char *kafka_topic, *listen_addr, *ingest_token, *metrics_addr, *log_level_text;
 static long long max_batch_events, max_body_bytes, lateness_days, max_event_bytes;
@@ -40,7 +43,8 @@ static const cfg_setting settings[] = {
     {"TALLY_INGEST_ADDR", "ingest-addr", CFG_STRING, &listen_addr, "127.0.0.1:8081", false,
      false, 0, 0, "where POST /v1/events listens (host:port)"},
     {"TALLY_INGEST_TOKEN", "ingest-token", CFG_STRING, &ingest_token, NULL, true, true, 0, 0,
-     "bearer token producers send; not the admin token"},
+     "bearer token producers send (at least 16 characters; never logged); not the admin "
+     "token"},
     {"TALLY_INGEST_MAX_BATCH_EVENTS", "max-batch-events", CFG_INT, &max_batch_events, "1000",
      false, false, 1, 10000, "events a batch may hold (more: 413 too_many_events)"},
     {"TALLY_INGEST_MAX_BODY_BYTES", "max-body-bytes", CFG_INT, &max_body_bytes, "1048576", false,
@@ -150,6 +154,11 @@ int main(int argc, char **argv)
         settings, sizeof settings / sizeof settings[0], argc, argv, &log_level_text, &level);
     if (status >= 0)
         return status;
+    if (strlen(ingest_token) < INGEST_TOKEN_MIN) {
+        fprintf(stderr, "tally-ingest: TALLY_INGEST_TOKEN (--ingest-token) must be at least %d "
+                        "characters\n", INGEST_TOKEN_MIN);
+        return 2;
+    }
     log_init("ingest", level);
     stopsignal_install();
 

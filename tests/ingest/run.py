@@ -228,6 +228,17 @@ def token_required(s):
 
 
 @test
+def short_token_refused_at_start(s):
+    cp = subprocess.run([s.asan_bin("tally-ingest")], stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, timeout=30,
+                        env=clean_env({"TALLY_INGEST_TOKEN": "too-short",
+                                       "TALLY_KAFKA_BROKERS": s.broker.bootstrap}))
+    out = cp.stdout.decode("utf-8", "replace")
+    check(cp.returncode == 2 and "at least 16 characters" in out, "%d %r" % (cp.returncode, out))
+    check("too-short" not in out, "the token was echoed")
+
+
+@test
 def content_type_checked(s):
     for ctype in ("application/json", "text/plain", None, "application/cloudevents"):
         status, _, doc = s.post(event("t-type", "1"), ctype)
