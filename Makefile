@@ -23,7 +23,7 @@ COMMON_LIB  := $(BUILD)/lib/libtally-common.a
 # Each service's folder, less its main.c, is a static library that its
 # binary and its unit tests link; the folders are wildcards, so a new .c file
 # needs no change here. The tools are one binary per folder.
-SERVICES := collector api reporter
+SERVICES := collector api reporter ingest
 TOOLS    := devbroker loadgen
 SVC_SRC   = $(filter-out services/$(1)/main.c,$(wildcard services/$(1)/*.c))
 SVC_LIB   = $(BUILD)/lib/libtally-$(1).a
@@ -102,10 +102,10 @@ asan:
 	  all $(UNIT_DIRS:%=build/asan/bin/unit-%)
 
 # ---- fuzzing: libFuzzer targets (tests/fuzz/*.c, one binary each) --------
-# clang instruments the common sources and the api's text and model modules
-# (the apimodel, query and canonpath targets' subject) for coverage, ASan
-# and UBSan; they go into an archive so each target links only the modules
-# it calls.
+# clang instruments the common sources, the api's text and model modules
+# (the apimodel, query and canonpath targets' subject) and ingest's batch
+# splitter (the batch target's) for coverage, ASan and UBSan; they go into
+# an archive so each target links only the modules it calls.
 # `make fuzz` runs every target for FUZZ_SECONDS on a temporary copy of its
 # seed corpus (tests/fuzz/corpus/<name>); crashes, timeouts and failed
 # properties go to FUZZ_FINDINGS (git-ignored) and fail the run.
@@ -120,13 +120,14 @@ FUZZ_TARGETS  ?= $(FUZZ_NAMES)
 # Every sanitizer report aborts, so libFuzzer saves the input that caused it.
 FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS    = $(WARN) $(DEFS) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Icommon \
-                 -Iservices/api $(PKG_CFLAGS)
-FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c
+                 -Iservices/api -Iservices/ingest $(PKG_CFLAGS)
+FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c \
+                 services/ingest/ingestbody.c
 FUZZ_LIB      := $(FUZZ_DIR)/libtally-fuzz.a
 # Kept after linking, so that a rebuild compiles only what changed.
 .SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
 
-$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h services/api/*.h tests/fuzz/*.h)
+$(FUZZ_DIR)/obj/%.o: %.c $(wildcard common/*.h services/api/*.h services/ingest/*.h tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
 
@@ -151,8 +152,8 @@ fuzz: fuzz-build
 deps:
 	@tools/install-deps.sh
 
-# Builds and runs the four unit-test binaries (unit-common, unit-api,
-# unit-collector, unit-reporter); stops at the first that fails.
+# Builds and runs the unit-test binaries (unit-common, unit-api,
+# unit-collector, unit-reporter, unit-ingest); stops at the first that fails.
 unit: $(UNIT_BINS)
 	$(foreach t,$(UNIT_BINS),$(t) &&) true
 
@@ -174,6 +175,7 @@ test: deps
 	promtool check rules deploy/prometheus/rules.yml
 	promtool test rules deploy/prometheus/rules_test.yml
 	python3 tests/prometheus/run.py --bin build/bin
+	python3 tests/ingest/run.py --bin build/bin --asan-bin build/asan/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

@@ -25,6 +25,9 @@ static const char *const known_variables[] = {
     "TALLY_KAFKA_SSL_CA_LOCATION", "TALLY_PUBLIC_METRICS", "TALLY_TLS_CERT_FILE",
     "TALLY_TLS_KEY_FILE", "TALLY_HTTP_PER_IP_LIMIT", "TALLY_HTTP_REQUEST_TIMEOUT_S",
     "TALLY_HTTP_IDLE_TIMEOUT_S",
+    /* tally-ingest */
+    "TALLY_INGEST_ADDR", "TALLY_INGEST_TOKEN", "TALLY_INGEST_MAX_BATCH_EVENTS",
+    "TALLY_INGEST_MAX_BODY_BYTES", "TALLY_INGEST_PRODUCE_TIMEOUT_MS",
 };
 
 /* A secret setting NAME may instead be given as NAME_FILE (environment) or

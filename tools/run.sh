@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the whole local system on embedded defaults. Starts the local
 # PostgreSQL and dev broker (tools/stack.sh, state in .tally/), migrates,
-# seeds demo plans and keys, starts tally-collector, tally-api, the Stripe
+# seeds demo plans and keys, starts tally-collector, tally-api, tally-ingest
+# (POST /v1/events), the Stripe
 # stand-in (tests/stripe/standin.py, a fresh test key each run),
 # tally-reporter against it and tally-loadgen with realistic traffic, and
 # prints a live summary until Ctrl-C, which stops everything it started.
@@ -24,10 +25,10 @@ logs=$state/logs
 run_dir=$state/run
 # Start order; stopped in reverse (the load generator before the collector,
 # the reporter before its stand-in).
-program_names=(collector api standin reporter loadgen)
+program_names=(collector api ingest standin reporter loadgen)
 # What each program's command line holds (after a rebuild, /proc/PID/exe of
 # an old process says "(deleted)", so the command line is the stable mark).
-declare -A program_mark=([collector]=tally-collector [api]=tally-api
+declare -A program_mark=([collector]=tally-collector [api]=tally-api [ingest]=tally-ingest
   [standin]=tests/stripe/standin.py [reporter]=tally-reporter [loadgen]=tally-loadgen
   [script]=run.sh)
 declare -A started_pid=()
@@ -166,6 +167,8 @@ PY
 metrics_addr=127.0.0.1:$(free_port 9101)
 api_addr=127.0.0.1:$(free_port 8080)
 api_metrics=127.0.0.1:$(free_port 9100)
+ingest_addr=127.0.0.1:$(free_port 8081)
+ingest_metrics=127.0.0.1:$(free_port 9103)
 
 mkdir -p "$logs"
 stop_earlier_run
@@ -181,6 +184,9 @@ tools/migrate.sh
 # stored nowhere but in this shell (the database keeps only digests).
 secret() { head -c 64 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c "$1"; }
 admin_token=$(secret 32)
+# POST /v1/events's bearer token: fresh each run, given to tally-ingest in
+# its environment (never on a command line, where ps would show it).
+ingest_token=$(secret 32)
 # The api's key HMAC secret must outlive a run (the stored key digests
 # depend on it): made once, kept in the state directory, readable by us only,
 # and given to the api as a file.
@@ -234,6 +240,9 @@ TALLY_METRICS_ADDR=$metrics_addr start_program collector "$bin/tally-collector"
 : >"$logs/api.log"
 TALLY_ADMIN_TOKEN=$admin_token TALLY_HTTP_ADDR=$api_addr TALLY_METRICS_ADDR=$api_metrics \
   TALLY_KEY_HMAC_SECRET_FILE=$key_hmac_secret_file start_program api "$bin/tally-api"
+: >"$logs/ingest.log"
+TALLY_INGEST_TOKEN=$ingest_token TALLY_INGEST_ADDR=$ingest_addr TALLY_METRICS_ADDR=$ingest_metrics \
+  start_program ingest "$bin/tally-ingest"
 
 # The Stripe stand-in on a free loopback port (it prints the address it got),
 # accepting any cus_... customer and the meter api_calls.
@@ -276,6 +285,12 @@ Tally is running (Ctrl-C stops everything):
                      curl -H "x-api-key: ${key_secret[key_pro_acme]}" 'http://$api_addr/v1/me/usage?granularity=hour'
                      curl -i -H "x-api-key: ${key_secret[key_free_bob]}" -H 'X-Original-Method: GET' \\
                           -H 'X-Original-URI: /v1/items' http://$api_addr/v1/authorize
+  ingest (HTTP)      http://$ingest_addr/v1/events   ingest token: $ingest_token
+                     curl -i -H "Authorization: Bearer $ingest_token" \\
+                          -H 'Content-Type: application/cloudevents+json' http://$ingest_addr/v1/events \\
+                          -d '{"specversion":"1.0","id":"demo-'\$RANDOM'","source":"curl","type":"api.request",
+                               "subject":"key_pro_acme","time":"'\$(date -u +%Y-%m-%dT%H:%M:%SZ)'"}'
+                     metrics http://$ingest_metrics/metrics
   key secrets        key_free_alice ${key_secret[key_free_alice]}   key_free_bob ${key_secret[key_free_bob]}
                      key_pro_acme ${key_secret[key_pro_acme]}   key_ent_globex ${key_secret[key_ent_globex]}
   api metrics        http://$api_metrics/metrics

@@ -21,6 +21,7 @@
 #include "buf.h"
 #include "event.h"
 #include "hashindex.h"
+#include "kafkaconf.h"
 #include "keyplans.h"
 #include "metrics.h"
 #include "rollup.h"
@@ -40,7 +41,7 @@ _Static_assert((BATCH_MAX_EVENTS_LIMIT + BATCH_SPILL_EVENTS) * EVENT_MAX_BYTES_F
 /* Settings (main.c's table fills them; read-only afterwards). */
 typedef struct {
     const char *database_url;
-    const char *kafka_brokers;
+    kafkaconf_connection kafka; /* brokers, TLS, SASL */
     const char *kafka_topic;
     const char *dlq_topic;
     const char *kafka_group;
@@ -54,11 +55,6 @@ typedef struct {
     long long key_refresh_ms;
     long long session_timeout_ms;
     long long stall_timeout_s;
-    const char *kafka_security_protocol;
-    const char *kafka_sasl_mechanism;
-    const char *kafka_sasl_username;
-    const char *kafka_sasl_password;
-    const char *kafka_ssl_ca_location;
 } collector_config;
 
 /* Why consumption is paused: what the last failed write attempt met. */

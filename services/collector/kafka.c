@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kafkaconf.h"
 #include "log.h"
 #include "stopsignal.h"
 
@@ -83,31 +84,22 @@ static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *op
 
 static bool set_conf(rd_kafka_conf_t *conf, const char *name, const char *value)
 {
-    char err[256];
-    if (rd_kafka_conf_set(conf, name, value, err, sizeof err) != RD_KAFKA_CONF_OK) {
-        /* Never echo a secret's value. */
-        log_error("Kafka setting %s=%s: %s", name,
-                  strcmp(name, "sasl.password") == 0 ? "(hidden)" : value, err);
-        return false;
-    }
-    return true;
+    char err[512];
+    if (kafkaconf_set(conf, name, value, err, sizeof err))
+        return true;
+    log_error("%s", err);
+    return false;
 }
 
 /* The brokers and how to reach them (TLS, SASL), for every client. */
 static bool set_connection(rd_kafka_conf_t *conf, const collector_config *cfg,
                            const char *client_id)
 {
-    return set_conf(conf, "bootstrap.servers", cfg->kafka_brokers) &&
-           set_conf(conf, "client.id", client_id) &&
-           set_conf(conf, "security.protocol", cfg->kafka_security_protocol) &&
-           (cfg->kafka_sasl_mechanism == NULL ||
-            set_conf(conf, "sasl.mechanisms", cfg->kafka_sasl_mechanism)) &&
-           (cfg->kafka_sasl_username == NULL ||
-            set_conf(conf, "sasl.username", cfg->kafka_sasl_username)) &&
-           (cfg->kafka_sasl_password == NULL ||
-            set_conf(conf, "sasl.password", cfg->kafka_sasl_password)) &&
-           (cfg->kafka_ssl_ca_location == NULL ||
-            set_conf(conf, "ssl.ca.location", cfg->kafka_ssl_ca_location));
+    char err[512];
+    if (kafkaconf_set_connection(conf, &cfg->kafka, client_id, err, sizeof err))
+        return true;
+    log_error("%s", err);
+    return false;
 }
 
 /* A new client of `type` from `conf` (taken over either way), which is set

@@ -41,7 +41,7 @@ static collector_config config;
 static const cfg_setting settings[] = {
     {"TALLY_DATABASE_URL", "database-url", CFG_STRING, &config.database_url, NULL, true, true, 0, 0,
      "libpq connection string of the Tally database"},
-    {"TALLY_KAFKA_BROKERS", "kafka-brokers", CFG_STRING, &config.kafka_brokers, NULL, true, false,
+    {"TALLY_KAFKA_BROKERS", "kafka-brokers", CFG_STRING, &config.kafka.brokers, NULL, true, false,
      0, 0, "Kafka bootstrap servers, host:port[,host:port...]"},
     {"TALLY_KAFKA_TOPIC", "kafka-topic", CFG_STRING, &config.kafka_topic, "usage-events", false,
      false, 0, 0, "topic the usage events are read from"},
@@ -72,19 +72,7 @@ static const cfg_setting settings[] = {
      false, 5, 86400,
      "/healthz and /readyz answer 503 once consumed events have waited this long "
      "without being written (database or DLQ unavailable), so an orchestrator can act"},
-    {"TALLY_KAFKA_SECURITY_PROTOCOL", "kafka-security-protocol", CFG_STRING,
-     &config.kafka_security_protocol, "plaintext", false, false, 0, 0,
-     "plaintext, ssl, sasl_plaintext or sasl_ssl"},
-    {"TALLY_KAFKA_SASL_MECHANISM", "kafka-sasl-mechanism", CFG_STRING, &config.kafka_sasl_mechanism,
-     NULL, false, false, 0, 0, "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with sasl_*)"},
-    {"TALLY_KAFKA_SASL_USERNAME", "kafka-sasl-username", CFG_STRING, &config.kafka_sasl_username,
-     NULL, false, false, 0, 0, "SASL user name"},
-    {"TALLY_KAFKA_SASL_PASSWORD", "kafka-sasl-password", CFG_STRING, &config.kafka_sasl_password,
-     NULL, false, true, 0, 0, "SASL password (or TALLY_KAFKA_SASL_PASSWORD_FILE)"},
-    {"TALLY_KAFKA_SSL_CA_LOCATION", "kafka-ssl-ca-location", CFG_STRING,
-     &config.kafka_ssl_ca_location, NULL, false, false, 0, 0,
-     "CA certificate file the brokers' certificates are verified "
-     "against (ssl, sasl_ssl; default: the system's store)"},
+    KAFKACONF_SETTINGS(config.kafka),
     {NULL, "assignment-strategy", CFG_STRING, &config.assignment_strategy, "cooperative-sticky",
      false, false, 0, 0, "Kafka partition assignment: cooperative-sticky, range or roundrobin"},
     {NULL, "session-timeout-ms", CFG_INT, &config.session_timeout_ms, "10000", false, false, 1000,
@@ -300,7 +288,7 @@ int main(int argc, char **argv)
         return 1;
     }
     log_info("consuming %s as group %s from %s (batches of up to %lld events or %lld ms)",
-             config.kafka_topic, config.kafka_group, config.kafka_brokers, config.batch_max_events,
+             config.kafka_topic, config.kafka_group, config.kafka.brokers, config.batch_max_events,
              config.batch_max_wait_ms);
 
     int64_t next_key_refresh = time_now_usec() + config.key_refresh_ms * 1000;

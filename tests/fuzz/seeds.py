@@ -165,6 +165,21 @@ def canonpath_seeds():
     return [t.encode("utf-8") for t in texts]
 
 
+def batch_seeds():
+    # POST /v1/events batch bodies (tally-ingest): arrays of events as
+    # gateways send them, with the whitespace, nesting and strings that
+    # must not split an event, and the broken shapes refused whole.
+    one = event().decode()
+    texts = [
+        "[]", " [ ] ", "[" + one + "]", "[" + one + "," + one + "]",
+        "[\n  " + one + " ,\n  " + event(id="e2").decode() + "\n]\n",
+        '[{"a":"],}\\"{["},{"b":[[],{}]}]', '[1,"x",null,true,[1,[2]],{"k":{}}]',
+        "[" + one, "[1,,2]", "[1,]", "[,1]", "[1] x", "[][]", "{}", "", "[{]}", '["\\"]',
+        "[" + ",".join([one] * 70) + "]",
+    ]
+    return [t.encode("utf-8") for t in texts]
+
+
 def write(target, seeds):
     folder = os.path.join(HERE, "corpus", target)
     os.makedirs(folder, exist_ok=True)
@@ -180,3 +195,4 @@ if __name__ == "__main__":
     write("apimodel", apimodel_seeds())
     write("query", query_seeds())
     write("canonpath", canonpath_seeds())
+    write("batch", batch_seeds())

@@ -1,0 +1,202 @@
+"""The ingestion benchmark (bench/run.py --only ingest): POST /v1/events,
+batches of 100 new events, from wrk (bench/ingest.lua, keep-alive) to
+tally-ingest, which produces them to the dev broker with acks=all and
+answers each request once every event of it is acknowledged. The figure
+ingest_events_per_s is the events tally-ingest counted as accepted during
+the timed run (tally_ingest_events_accepted_total) divided by its wall
+time. Then tally-collector reads the topic: every accepted event must be
+counted, exactly once (usage_hourly's requests = accepted, nothing
+rejected), or the run fails.
+"""
+
+import datetime
+import os
+import re
+import resource
+import subprocess
+import time
+import urllib.request
+
+from common import (REPO, BenchError, Figures, background_cpu, clean_env, find_tool, free_ports,
+                    log, proc_cpu_seconds, scrape, stop_process, tail, wait_until_ready)
+
+REQUIRES = ("tally-ingest", "tally-collector", "tally-devbroker")
+TOPIC = "usage-events"
+KEY_COUNT = 100
+BATCH = 100
+TOKEN = "bench-ingest-token-6c1d9e"
+WRK_THREADS = 2
+WRK_CONNECTIONS = 64
+WARMUP_SECONDS = 3
+RUN_SECONDS = 15
+TARGET_EVENTS_PER_S = 50_000
+WRK_SCRIPT = os.path.join(REPO, "bench", "ingest.lua")
+
+
+def seed_keys(ctx):
+    ctx.psql(None, args=["-f", "-"], stdin=f"""
+INSERT INTO api_keys (id, value_hash, name)
+SELECT 'ingest_key_' || lpad(i::text, 3, '0'),
+       sha256(convert_to('ingest-secret-' || i, 'UTF8')), 'ingest key ' || i
+  FROM generate_series(0, {KEY_COUNT - 1}) AS i;
+""")
+    path = ctx.path("ingest-keys.txt")
+    with open(path, "w") as f:
+        for i in range(KEY_COUNT):
+            f.write(f"ingest_key_{i:03d}\n")
+    return path
+
+
+def start_ingest(ctx):
+    port, metrics_port = free_ports(2)
+    log_path = ctx.path("logs", "ingest.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    env = clean_env({"TALLY_KAFKA_BROKERS": ctx.brokers, "TALLY_INGEST_TOKEN": TOKEN})
+    cmd = [ctx.bin("tally-ingest"), "--ingest-addr", f"127.0.0.1:{port}",
+           "--metrics-addr", f"127.0.0.1:{metrics_port}", "--kafka-topic", TOPIC,
+           "--log-level", "warn"] + os.environ.get("BENCH_INGEST_ARGS", "").split()
+    proc = ctx.spawn("tally-ingest", cmd, env, log_path)
+
+    def ready():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    wait_until_ready("tally-ingest", proc, [log_path], ready, 30)
+    return proc, port, metrics_port
+
+
+def accepted(metrics_port):
+    return int(scrape(metrics_port).get("tally_ingest_events_accepted_total", 0))
+
+
+def settled_accepted(metrics_port):
+    """The accepted count once the requests wrk left in flight when it
+    stopped are answered (the count holds still for a second)."""
+    last = accepted(metrics_port)
+    while True:
+        time.sleep(1.0)
+        now = accepted(metrics_port)
+        if now == last:
+            return now
+        last = now
+
+
+def run_wrk(url, args, seconds, label):
+    wrk = find_tool("wrk")
+    if not wrk:
+        raise BenchError("wrk not found (apt-get install wrk)")
+    cmd = [wrk, f"-t{WRK_THREADS}", f"-c{WRK_CONNECTIONS}", f"-d{seconds}s", "--latency",
+           "--timeout", "10s", "-s", WRK_SCRIPT, url, "--"] + args
+    t0 = time.monotonic()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       timeout=seconds + 60, env=clean_env())
+    wall = time.monotonic() - t0
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
+    out = r.stdout
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    pcts = dict(re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.M))
+    if r.returncode != 0 or not rps or "99" not in pcts:
+        raise BenchError(f"wrk ({label}) failed (exit {r.returncode}):\n{out}")
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"rps": float(rps.group(1)), "p50": pcts.get("50"), "p99": pcts["99"], "wall": wall,
+            "wrk_cores": wrk_cpu / wall,
+            "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "socket_errors": sock.group(1) if sock else None}
+
+
+def broker_pid(ctx):
+    try:
+        with open(ctx.path("devbroker.pid")) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return -1
+
+
+def wait_counted(ctx, expected, timeout_s=300):
+    """Runs the collector until usage_hourly holds `expected` requests."""
+    (metrics_port,) = free_ports(1)
+    log_path = ctx.path("logs", "collector.log")
+    env = clean_env({"TALLY_DATABASE_URL": ctx.database_url, "TALLY_KAFKA_BROKERS": ctx.brokers})
+    cmd = [ctx.bin("tally-collector"), "--metrics-addr", f"127.0.0.1:{metrics_port}",
+           "--kafka-topic", TOPIC, "--session-timeout-ms", "6000"]
+    proc = ctx.spawn("tally-collector", cmd, env, log_path)
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise BenchError(f"tally-collector exited ({proc.returncode}):\n{tail(log_path)}")
+        try:
+            m = scrape(metrics_port)
+        except OSError:
+            m = {}
+        counted = int(m.get("tally_collector_events_counted_total", 0))
+        if counted >= expected:
+            time.sleep(1.0)  # a double count would show now
+            m = scrape(metrics_port)
+            break
+        if time.monotonic() - t0 > timeout_s:
+            raise BenchError(f"the collector counted {counted} of {expected} in {timeout_s} s")
+        time.sleep(0.2)
+    stop_process("tally-collector", proc)
+    ctx.forget(proc)
+    return m, time.monotonic() - t0
+
+
+def run(ctx, opts):
+    fig = Figures("ingest: POST /v1/events, batches of 100, into the dev broker (acks=all)")
+    started = time.monotonic()
+    keys_path = seed_keys(ctx)
+    proc, port, metrics_port = start_ingest(ctx)
+    url = f"http://127.0.0.1:{port}"
+    event_time = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.000Z")
+    log(f"warming up: wrk {WARMUP_SECONDS} s")
+    warm = run_wrk(url, [TOKEN, event_time, keys_path, "warm", str(BATCH)], WARMUP_SECONDS,
+                   "warm-up")
+    before = settled_accepted(metrics_port)
+    load_before = background_cpu()
+    cpu0 = proc_cpu_seconds(proc.pid)
+    broker0 = proc_cpu_seconds(broker_pid(ctx))
+    log(f"measuring: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} -d{RUN_SECONDS}s")
+    res = run_wrk(url, [TOKEN, event_time, keys_path, "run", str(BATCH)], RUN_SECONDS, "run")
+    ingest_cpu = proc_cpu_seconds(proc.pid) - cpu0
+    broker_cpu = proc_cpu_seconds(broker_pid(ctx)) - broker0
+    # Only what was answered while wrk ran counts for the figure; what it
+    # left in flight is counted by the collector's check below.
+    after = accepted(metrics_port)
+    total = settled_accepted(metrics_port)
+    events_per_s = (after - before) / res["wall"]
+    statuses = scrape(metrics_port, "tally_ingest_requests_total")
+    log(f"accepted {after - before} events in {res['wall']:.1f} s; now counting them")
+    stop_process("tally-ingest", proc)
+    ctx.forget(proc)
+
+    m, took = wait_counted(ctx, total)
+    counted_db = int(ctx.psql("SELECT coalesce(sum(requests), 0) FROM usage_hourly").strip())
+    rejected = int(m.get("tally_collector_events_rejected_total", 0))
+    duplicates = int(m.get("tally_collector_events_duplicate_total", 0))
+
+    fig.add("ingest_events_per_s", f"{events_per_s:.0f}", "events/s")
+    fig.note(f"accepted        {after - before} events in {res['wall']:.1f} s (wrk: "
+             f"{res['rps']:.0f} requests/s x {BATCH}); warm-up {warm['rps'] * BATCH:.0f} events/s")
+    fig.note(f"latency         p50 {res['p50']}, p99 {res['p99']} per request of {BATCH} events "
+             f"(answered after the broker's acknowledgement)")
+    fig.note(f"CPU             tally-ingest {ingest_cpu / res['wall']:.2f} cores, dev broker "
+             f"{broker_cpu / res['wall']:.2f}, wrk {res['wrk_cores']:.2f} during the run")
+    fig.note(f"answers         {statuses}")
+    fig.note(f"counted         {counted_db} by the collector of {total} accepted in all "
+             f"(duplicates {duplicates}, rejected {rejected}; caught up in {took:.0f} s)")
+    fig.note_other_load(f"{load_before:.2f} cores busy before the run", load_before)
+    fig.target(f"ingest_events_per_s >= {TARGET_EVENTS_PER_S:,}",
+               events_per_s >= TARGET_EVENTS_PER_S)
+    if res["non2xx"] or warm["non2xx"]:
+        fig.problems.append(f"wrk saw {res['non2xx'] + warm['non2xx']} answers other than 2xx")
+    if counted_db != total or rejected:
+        fig.problems.append(f"the collector counted {counted_db} of {total} accepted events "
+                            f"({rejected} rejected): every accepted event must count once")
+    fig.note_duration(started, "warm-up, run and the collector's catch-up")
+    return fig
