@@ -245,7 +245,8 @@ static enum MHD_Result send_response(request_state *state)
     MHD_destroy_response(response);
 
     double seconds = (double)(time_now_usec() - state->started_at) / 1e6;
-    opsroutes_observe(req->route, status, seconds);
+    if (!state->on->aws) /* the request metrics are by /v1 route (opsroutes.c) */
+        opsroutes_observe(req->route, status, seconds);
     if (status >= 500) {
         log_error("request method=%s route=\"%s\" status=%u ms=%.3f", req->method,
                   apiroute_label(req->route), status, seconds * 1e3);
