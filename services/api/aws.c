@@ -162,6 +162,15 @@ void aws_reply_error(api_request *req, unsigned status, const char *type, const 
     vsnprintf(message, sizeof message, fmt, ap);
     va_end(ap);
     apitext_utf8_sanitize(message);
+    /* One error type: this error may replace an earlier one (a /v1
+     * handler's, said again in AWS's words). */
+    api_response *r = &req->response;
+    for (int i = 0; i < r->header_count; i++) {
+        if (strcmp(r->headers[i].name, "x-amzn-ErrorType") == 0) {
+            r->headers[i] = r->headers[--r->header_count];
+            break;
+        }
+    }
     api_add_header(req, "x-amzn-ErrorType", "%s", type);
     api_reply_json(req, status, json_pack("{s:s}", "message", message));
 }
@@ -441,7 +450,9 @@ unsigned aws_call(api_request *req, apiroute_handler handler, const char *id, js
         aws_reply_error(req, 500, "ServiceUnavailableException", "out of memory");
         return 500;
     }
-    snprintf(req->id, sizeof req->id, "%s", id ? id : "");
+    char wanted[sizeof req->id]; /* id may be req->id itself */
+    snprintf(wanted, sizeof wanted, "%s", id ? id : "");
+    memcpy(req->id, wanted, sizeof wanted);
     req->body = text ? text : "";
     req->body_len = text ? strlen(text) : 0;
     handler(req);

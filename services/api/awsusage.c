@@ -183,7 +183,7 @@ static void reply_usage(api_request *req, PGconn *conn, const plan_quota *quota,
                                     "::bigint, sum(units) FROM usage_hourly "
                                     "WHERE key_id = ANY($1::text[]) AND hour >= $2::timestamptz "
                                     "AND hour < $3::timestamptz GROUP BY 1, 2 "
-                                    "ORDER BY 1 COLLATE \"C\", 2",
+                                    "ORDER BY key_id COLLATE \"C\", 2",
                                     3, params)
                          : NULL;
     PGresult *adjustments =
@@ -192,7 +192,7 @@ static void reply_usage(api_request *req, PGconn *conn, const plan_quota *quota,
                                 "adjustment FROM quota_adjustments WHERE key_id = ANY($1::text[]) "
                                 "AND period = $4 AND period_start >= $2::timestamptz "
                                 "AND period_start < $3::timestamptz "
-                                "ORDER BY 1 COLLATE \"C\", 2",
+                                "ORDER BY key_id COLLATE \"C\", 2",
                                 4, params)
                      : NULL;
     if (ids == NULL) {
