@@ -121,7 +121,8 @@ FUZZ_TARGETS  ?= $(FUZZ_NAMES)
 FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_CFLAGS    = $(WARN) $(DEFS) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Icommon \
                  -Iservices/api $(PKG_CFLAGS)
-FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c
+FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c \
+                 services/api/sigv4.c
 FUZZ_LIB      := $(FUZZ_DIR)/libtally-fuzz.a
 # Kept after linking, so that a rebuild compiles only what changed.
 .SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
