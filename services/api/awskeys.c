@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "apitext.h"
 #include "aws.h"
 
 #define INVALID_KEY "Invalid API Key identifier specified"
@@ -258,8 +259,9 @@ typedef struct {
 static void warn(import_result *result, int line, const char *what)
 {
     if (json_array_size(result->warnings) < IMPORT_WARNINGS_MAX) {
-        char text[200];
-        snprintf(text, sizeof text, "line %d: %s", line, what);
+        char text[360];
+        snprintf(text, sizeof text, "line %d: %.300s", line, what);
+        apitext_utf8_sanitize(text); /* a cut may split a character */
         json_array_append_new(result->warnings, json_string(text));
     }
 }
@@ -291,8 +293,21 @@ static json_t *import_body(char fields[][IMPORT_FIELD_MAX + 1], size_t count,
         json_object_set_new(body, "planId", json_string(value[CSV_PLANS]));
     if (body != NULL && value[CSV_CUSTOMER][0] != '\0')
         json_object_set_new(body, "customerId", json_string(value[CSV_CUSTOMER]));
-    if (body == NULL)
+    if (body == NULL) {
         warn(result, line, "a field is not valid UTF-8");
+        return NULL;
+    }
+    /* The key model's own checks now, so that failonwarnings refuses the
+     * file before any key of it is created. */
+    apimodel_key key;
+    apimodel_error err;
+    apimodel_key_init(&key);
+    if (!apimodel_key_apply(&key, body, true, &err)) {
+        warn(result, line, err.message);
+        json_decref(body);
+        body = NULL;
+    }
+    memset(key.value, 0, sizeof key.value);
     return body;
 }
 
