@@ -343,6 +343,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (state->too_large) {
         api_reply_error(req, 413, "body_too_large", "request bodies are limited to %u bytes",
                         API_MAX_BODY_BYTES);
+    } else if (state->on->aws && !aws_authenticate(req, state->target ? state->target : "")) {
+        /* Refused: nothing unsigned or badly signed is answered, not even
+         * whether a path exists (AWS answers unknown paths so too). */
     } else if (state->routed == APIROUTE_NOT_FOUND) {
         api_reply_error(req, 404, "not_found", "no route for %.*s",
                         (int)apitext_utf8_prefix(url, 200), url);
@@ -350,8 +353,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         api_add_header(req, "Allow", "%s", state->match.allow);
         api_reply_error(req, 405, "method_not_allowed", "%.*s is not allowed here; allowed: %s",
                         (int)apitext_utf8_prefix(method, 20), method, state->match.allow);
-    } else if (state->on->aws && !aws_authenticate(req, state->target ? state->target : "")) {
-        /* refused: no unsigned or badly signed request is served */
     } else if (!answer_in_memory(req)) {
         hand_to_worker(state);
         return MHD_YES;

@@ -391,6 +391,9 @@ def test_events_and_dashboard(s):
     pairs = usage["items"][acme]
     wanted = [[s.expected[acme].get(day, 0), 100 - s.expected[acme].get(day, 0)] for day in reversed(window)]
     check(pairs == wanted, "get_usage pairs %r, expected %r" % (pairs, wanted))
+    # Without keyId: every key of the plan.
+    every = s.boto().get_usage(usagePlanId=s.ids["plan123"], startDate=window[0], endDate=window[0])
+    check(sorted(every["items"]) == sorted([acme, legacy]), "get_usage of the plan: %r" % every["items"])
     return "%d events; dashboard printed %r" % (total, cp.stdout.decode().strip())
 
 
@@ -528,6 +531,11 @@ def test_update_usage_then_authorize(s):
     status, quota = s.admin("GET", "/v1/keys/%s/quota" % acme)
     check(status == 200 and quota["remaining"] == 2 and quota["limit"] == 2 + used_today,
           "/v1/keys/{id}/quota after UpdateUsage: %r" % quota)
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+    conn.request("GET", "/v1/me/quota", headers={"x-api-key": value})
+    me = json.loads(conn.getresponse().read().decode())
+    conn.close()
+    check(me["remaining"] == 2, "/v1/me/quota after UpdateUsage: %r" % me)
     results = [s.authorize(value) for _ in range(3)]
     check(results == [204, 204, 429], "authorize after remaining=2: %r" % results)
     s.boto().update_usage(usagePlanId=s.ids["plan123"], keyId=acme,
@@ -591,6 +599,12 @@ def test_signature_refusals(s):
     count = s.psql("SELECT count(*) FROM api_keys")
     status, kind, _ = s.raw("GET", "/usageplans")
     check(status == 403 and kind == "MissingAuthenticationTokenException", "unsigned: %s %s" % (status, kind))
+    status, kind, _ = s.raw("GET", "/v1/plans")
+    check(status == 403 and kind == "MissingAuthenticationTokenException",
+          "unsigned, unknown path: %s %s" % (status, kind))
+    status, kind, msg = s.raw("GET", "/v1/plans", b"", s.signed("GET", "/v1/plans"))
+    check(status == 404 and kind == "NotFoundException" and set(msg) == {"message"},
+          "signed, unknown path: %s %s %s" % (status, kind, msg))
     headers = s.signed("POST", "/apikeys", body)
     status, kind, msg = s.raw("POST", "/apikeys", body.replace(b"tampered", b"tampereD"), headers)
     check(status == 403 and kind == "InvalidSignatureException", "tampered body: %s %s %s" % (status, kind, msg))
