@@ -122,7 +122,7 @@ FUZZ_SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omi
 FUZZ_CFLAGS    = $(WARN) $(DEFS) -O1 -g $(FUZZ_SAN) -fsanitize=fuzzer-no-link -Icommon \
                  -Iservices/api -Iservices/ingest $(PKG_CFLAGS)
 FUZZ_API_SRC  := services/api/apimodel.c services/api/apitext.c services/api/apiroute.c \
-                 services/ingest/ingestbody.c
+                 services/api/sigv4.c services/ingest/ingestbody.c
 FUZZ_LIB      := $(FUZZ_DIR)/libtally-fuzz.a
 # Kept after linking, so that a rebuild compiles only what changed.
 .SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_DIR)/obj/tests/fuzz/%.o)
@@ -176,6 +176,7 @@ test: deps
 	promtool test rules deploy/prometheus/rules_test.yml
 	python3 tests/prometheus/run.py --bin build/bin
 	python3 tests/ingest/run.py --bin build/bin --asan-bin build/asan/bin
+	python3 tests/aws/run.py --bin build/bin --asan-bin build/asan/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

@@ -28,6 +28,8 @@ static const char *const known_variables[] = {
     /* tally-ingest */
     "TALLY_INGEST_ADDR", "TALLY_INGEST_TOKEN", "TALLY_INGEST_MAX_BATCH_EVENTS",
     "TALLY_INGEST_MAX_BODY_BYTES", "TALLY_INGEST_PRODUCE_TIMEOUT_MS",
+    /* tally-api's AWS usage-plan listener */
+    "TALLY_AWS_ADDR", "TALLY_AWS_CREDENTIALS", "TALLY_AWS_CREDENTIALS_FILE", "TALLY_AWS_REGION",
 };
 
 /* A secret setting NAME may instead be given as NAME_FILE (environment) or

@@ -17,6 +17,7 @@ packages=(
   prometheus       # alert rules (promtool test rules) and a real scrape test
   chromium         # dashboards, tested in a real headless browser
   awscli python3-boto3  # the AWS usage-plan API, driven by AWS's own clients
+  faketime         # the AWS suite: the aws CLI signing with a clock 20 minutes slow
   podman runc debootstrap docker-compose uidmap slirp4netns fuse-overlayfs  # the image test
   procps util-linux iproute2 curl ca-certificates openssl  # openssl: test certificates
 )

@@ -44,6 +44,7 @@ typedef struct api_request {
     size_t body_len;
     int64_t received_at;          /* usec (time_now_usec) when its headers arrived */
     char key_id[APIROUTE_ID_MAX + 1]; /* the key the request acted as or for, for the log */
+    bool aws;                     /* on the AWS listener: errors in AWS's shape (aws.h) */
     api_response response;
 } api_request;
 
@@ -195,6 +196,15 @@ bool opsroutes_render_metrics(buf *out);
     "k.plan_id, (extract(epoch from k.created_at) * 1000000)::bigint, "               \
     "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id"
 json_t *keys_row_json(const PGresult *res, int row);
+
+/* A plan's JSON from a row of PLAN_COLUMNS (plans.c), for reuse (aws*.c). */
+#define PLAN_COLUMNS                                                                        \
+    "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
+    "throttle_burst_limit, method_throttles::text, stripe_meter_event_name, "               \
+    "(extract(epoch from created_at) * 1000000)::bigint, "                                  \
+    "(extract(epoch from updated_at) * 1000000)::bigint, stripe_subscription_item_id"
+#define PLAN_COLUMN_COUNT 13
+json_t *plans_row_json(const PGresult *res, int row);
 
 /* Random ids and secrets from getrandom (random.c). `prefix` + `length`
  * base62 characters into out; false when the system cannot give randomness. */

@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "apitext.h"
+#include "aws.h"
 #include "db.h"
 #include "log.h"
 #include "timeutil.h"
@@ -50,6 +51,10 @@ void api_reply_error(api_request *req, unsigned status, const char *code, const 
     /* The message may quote the client's bytes (a path, a name), cut short
      * by a precision or by the buffer: jansson takes only valid UTF-8. */
     apitext_utf8_sanitize(message);
+    if (req->aws) { /* the AWS listener's wire format (aws.h) */
+        aws_reply_error(req, status, aws_error_type(status), "%s", message);
+        return;
+    }
     json_t *body = json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", message);
     api_reply_json(req, status, body);
 }

@@ -85,6 +85,7 @@ typedef struct {
     int64_t used;         /* counter units of the plan's period at load */
     int64_t used_period;  /* that period's start */
     int64_t used_updated_at; /* the counter's updated_at, or 0 when there was none */
+    int64_t quota_adjustment; /* quota_adjustments of used_period (UpdateUsage), or 0 */
     key_state *state;     /* owned by the snapshot that holds it */
 } key_entry;
 
@@ -317,10 +318,16 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
                         "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
                         "coalesce(c.units, 0), "
                         "(extract(epoch from c.updated_at) * 1000000)::bigint, "
-                        "k.value_hash_form FROM api_keys k "
+                        "k.value_hash_form, coalesce(a.adjustment, 0) FROM api_keys k "
                         "LEFT JOIN plans p ON p.id = k.plan_id "
                         "LEFT JOIN usage_counters c ON c.key_id = k.id "
                         "AND c.period = p.quota_period AND c.period_start = "
+                        "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
+                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
+                        /* The key's own quota change for the same period (AWS's
+                         * UpdateUsage, migration 007). */
+                        "LEFT JOIN quota_adjustments a ON a.key_id = k.id "
+                        "AND a.period = p.quota_period AND a.period_start = "
                         "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
                         "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
                         /* One value stored in both forms (a legacy row written by
@@ -386,6 +393,7 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         }
         k->used = api_field_int(keys, r, 4);
         k->used_updated_at = api_field(keys, r, 5) != NULL ? api_field_int(keys, r, 5) : 0;
+        k->quota_adjustment = api_field_int(keys, r, 7);
         k->used_period = k->plan >= 0 && snap->plans[k->plan].has_quota
                              ? start_at[snap->plans[k->plan].quota_period]
                              : 0;
@@ -750,6 +758,9 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
             atomic_load_explicit(&state->allowed_total, memory_order_relaxed), current);
         limit = period_limit(plan->quota_limit, plan->quota_offset, plan->quota_period,
                              plan->quota_set_at, now);
+        /* The adjustment belongs to the period it was loaded for. */
+        if (key->used_period == current)
+            limit = keycache_adjusted_limit(limit, key->quota_adjustment);
         period_end_at = period_end(plan->quota_period, now);
     }
     int m = match_method(plan, method, uri);
@@ -789,6 +800,14 @@ done:
     metrics_add(m_outcomes[out->outcome], 1);
 }
 
+int64_t keycache_adjusted_limit(int64_t limit, int64_t adjustment)
+{
+    int64_t total;
+    if (__builtin_add_overflow(limit, adjustment, &total))
+        return adjustment > 0 ? INT64_MAX : 0;
+    return total > 0 ? total : 0;
+}
+
 bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
                     keycache_quota_facts *out)
 {
@@ -818,6 +837,7 @@ bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
         out->quota_period = plan->quota_period;
         out->quota_set_at = plan->quota_set_at;
         out->used = key->used;
+        out->quota_adjustment = key->quota_adjustment;
     }
     out->has_plan = plan != NULL;
     if (plan != NULL)

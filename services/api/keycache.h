@@ -61,6 +61,7 @@ typedef struct {
     int64_t quota_limit, quota_offset, quota_set_at;
     period_kind quota_period;
     int64_t used;   /* the counter's units for the current period */
+    int64_t quota_adjustment; /* the key's own change of this period's limit (migration 007) */
     int64_t as_of;  /* the counter's updated_at, or the load's time without one */
 } keycache_quota_facts;
 /* The key is named by `key_id` or, when that is NULL, by `hash` (the
@@ -70,6 +71,9 @@ typedef struct {
  * failing) or from an earlier quota period. */
 bool keycache_quota(const char *key_id, const uint8_t *hash, int64_t now,
                     keycache_quota_facts *out);
+/* A period's limit with a key's adjustment (AWS's UpdateUsage) added,
+ * never below 0. */
+int64_t keycache_adjusted_limit(int64_t limit, int64_t adjustment);
 
 /* What the cache knows of the key whose stored form is `hash` (for
  * /v1/me/usage, so that only keys it does not know cost a query). */

@@ -23,6 +23,7 @@
 
 #include "api.h"
 #include "apitext.h"
+#include "aws.h"
 #include "buf.h"
 #include "config.h"
 #include "keycache.h"
@@ -50,6 +51,9 @@ static const char *tls_key_file;
 static long long per_ip_connections;
 static long long request_timeout_s;
 static long long idle_timeout_s;
+static const char *aws_addr;
+static const char *aws_credentials;
+static const char *aws_region;
 
 #define ADMIN_TOKEN_MIN 16
 /* libmicrohttpd's connection limit; the workers' queue holds one job per
@@ -114,6 +118,16 @@ static const cfg_setting settings[] = {
      "connection's first request"},
     {"TALLY_HTTP_IDLE_TIMEOUT_S", "idle-timeout", CFG_INT, &idle_timeout_s, "60", false, false, 1,
      3600, "seconds a kept-alive connection may wait for its next request"},
+    /* The AWS API Gateway usage-plan API (aws.h) on its own address, so
+     * that its paths and SigV4 never mix with /v1 and the admin token. */
+    {"TALLY_AWS_ADDR", "aws-addr", CFG_STRING, &aws_addr, "", false, false, 0, 0,
+     "address of the AWS API Gateway usage-plan API (aws CLI, boto3; SigV4); empty: off"},
+    {"TALLY_AWS_CREDENTIALS", "aws-credentials", CFG_STRING, &aws_credentials, "", false, true,
+     0, 0,
+     "SigV4 credentials the AWS API accepts: ACCESS_KEY_ID:SECRET pairs, one a line or "
+     "','-separated (several, to rotate one); also TALLY_AWS_CREDENTIALS_FILE; never logged"},
+    {"TALLY_AWS_REGION", "aws-region", CFG_STRING, &aws_region, "us-east-1", false, false, 0, 0,
+     "the region AWS API requests must be signed for (the clients' AWS_DEFAULT_REGION)"},
 };
 
 static char *openapi_text;
@@ -134,8 +148,17 @@ typedef enum {
     URI_CUT_SHORT, /* a NUL byte inside */
 } uri_verdict;
 
+/* A listener's routes: the /v1 table, or the AWS one (every request
+ * SigV4-verified, errors in AWS's shape). The daemons' closure. */
+typedef struct {
+    bool aws;
+} listener;
+static const listener v1_listener = {false}, aws_listener = {true};
+
 typedef struct {
     int64_t started_at;
+    const listener *on;
+    char *target;       /* AWS listener: the request target as sent (SigV4 signs it) */
     bool started;       /* on_request has seen its headers */
     uri_verdict uri;    /* judged by on_request_line */
     request_phase phase;
@@ -222,7 +245,8 @@ static enum MHD_Result send_response(request_state *state)
     MHD_destroy_response(response);
 
     double seconds = (double)(time_now_usec() - state->started_at) / 1e6;
-    opsroutes_observe(req->route, status, seconds);
+    if (!state->on->aws) /* the request metrics are by /v1 route (opsroutes.c) */
+        opsroutes_observe(req->route, status, seconds);
     if (status >= 500) {
         log_error("request method=%s route=\"%s\" status=%u ms=%.3f", req->method,
                   apiroute_label(req->route), status, seconds * 1e3);
@@ -278,7 +302,10 @@ static enum MHD_Result start_request(request_state *state, struct MHD_Connection
     buf_init(&state->body, API_MAX_BODY_BYTES);
     state->req.conn = conn;
     state->req.method = method;
-    state->routed = apiroute_find(api_routes, API_ROUTE_COUNT, method, url, &state->match);
+    state->req.aws = state->on->aws;
+    state->routed = state->on->aws
+                        ? aws_route_find(method, url, &state->match, state->req.key_id)
+                        : apiroute_find(api_routes, API_ROUTE_COUNT, method, url, &state->match);
     state->req.route = state->routed == APIROUTE_FOUND ? state->match.route : NULL;
     memcpy(state->req.id, state->match.id, sizeof state->req.id);
     if (refuse_at_headers(state))
@@ -291,13 +318,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *upload_data, size_t *upload_data_size,
                                   void **req_cls)
 {
-    (void)cls;
     (void)version;
     request_state *state = *req_cls; /* usually made by on_request_line */
     if (state == NULL) {
         state = calloc(1, sizeof *state);
         if (state == NULL)
             return MHD_NO;
+        state->on = cls;
         *req_cls = state;
     }
     if (!state->started)
@@ -316,6 +343,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (state->too_large) {
         api_reply_error(req, 413, "body_too_large", "request bodies are limited to %u bytes",
                         API_MAX_BODY_BYTES);
+    } else if (state->on->aws && !aws_authenticate(req, state->target ? state->target : "")) {
+        /* Refused: nothing unsigned or badly signed is answered, not even
+         * whether a path exists (AWS answers unknown paths so too). */
     } else if (state->routed == APIROUTE_NOT_FOUND) {
         api_reply_error(req, 404, "not_found", "no route for %.*s",
                         (int)apitext_utf8_prefix(url, 200), url);
@@ -367,7 +397,6 @@ static bool uri_cut_short(const char *uri, size_t len)
 
 static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    (void)cls;
     MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned)request_timeout_s);
     if (uri == NULL)
         uri = "";
@@ -394,6 +423,10 @@ static void *on_request_line(void *cls, const char *uri, struct MHD_Connection *
     if (state == NULL)
         return NULL; /* on_request tries again, and says no if it fails */
     state->uri = verdict;
+    state->on = cls;
+    /* Before libmicrohttpd decodes it in place: SigV4 signs it as sent. */
+    if (state->on->aws && verdict == URI_FINE)
+        state->target = strdup(uri);
     return state; /* on_request's *req_cls, freed by on_completed */
 }
 
@@ -407,6 +440,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
     if (state == NULL)
         return;
     buf_free(&state->body);
+    free(state->target);
     free(state->req.response.body);
     free(state);
     *req_cls = NULL;
@@ -552,7 +586,7 @@ static long http_threads(void)
 
 /* The public HTTP(S) daemon. Suspend/resume: the database routes run on
  * the workers (see the top). */
-static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
+static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr, const listener *on)
 {
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     if (addr->ss_family == AF_INET6)
@@ -567,7 +601,7 @@ static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
     else
         tls_options[0].option = MHD_OPTION_END; /* no TLS options without MHD_USE_TLS */
     return MHD_start_daemon(
-        flags, 0, NULL, NULL, on_request, NULL,
+        flags, 0, NULL, NULL, on_request, (void *)on,
         MHD_OPTION_SOCK_ADDR, (const struct sockaddr *)addr,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)http_threads(),
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
@@ -577,7 +611,7 @@ static struct MHD_Daemon *start_http(const struct sockaddr_storage *addr)
         /* The request timeout; kept-alive connections get the idle one. */
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)request_timeout_s,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, NULL,
+        MHD_OPTION_URI_LOG_CALLBACK, on_request_line, (void *)on,
         MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL, MHD_OPTION_ARRAY, tls_options,
         MHD_OPTION_END);
 }
@@ -634,6 +668,14 @@ int main(int argc, char **argv)
         fprintf(stderr, "tally-api: TALLY_METRICS_ADDR (--metrics-addr): %s\n", err);
         return 2;
     }
+    struct sockaddr_storage aws_sockaddr;
+    socklen_t aws_sockaddr_len;
+    if (aws_addr[0] != '\0' &&
+        (!ops_parse_listen_addr(aws_addr, &aws_sockaddr, &aws_sockaddr_len, err, sizeof err) ||
+         !aws_init(aws_credentials, aws_region, err, sizeof err))) {
+        fprintf(stderr, "tally-api: TALLY_AWS_ADDR (--aws-addr): %s\n", err);
+        return 2;
+    }
     if (!load_openapi(err, sizeof err) || !load_tls(err, sizeof err)) {
         fprintf(stderr, "tally-api: %s\n", err);
         free(openapi_text);
@@ -654,7 +696,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;
-    struct MHD_Daemon *daemon = NULL;
+    struct MHD_Daemon *daemon = NULL, *aws_daemon = NULL;
     keycache *cache = NULL;
     ops_server *ops = NULL;
     bool workers_started = false;
@@ -683,10 +725,18 @@ int main(int argc, char **argv)
             goto done;
         }
     }
-    daemon = start_http(&addr);
+    daemon = start_http(&addr, &v1_listener);
     if (daemon == NULL) {
         log_error("cannot listen on %s (address in use?)", http_addr);
         goto done;
+    }
+    if (aws_addr[0] != '\0') {
+        aws_daemon = start_http(&aws_sockaddr, &aws_listener);
+        if (aws_daemon == NULL) {
+            log_error("TALLY_AWS_ADDR: cannot listen on %s (address in use?)", aws_addr);
+            goto done;
+        }
+        log_info("AWS usage-plan API on %s (SigV4, region %s)", aws_addr, aws_region);
     }
     log_info("listening on %s (%s; %lld threads, %lld database workers, %lld database "
              "connections; metrics on %s)",
@@ -706,6 +756,9 @@ done:
         workers_stop();
     if (daemon)
         MHD_stop_daemon(daemon);
+    if (aws_daemon)
+        MHD_stop_daemon(aws_daemon);
+    aws_free();
     ops_stop(ops);
     keycache_stop(cache);
     dbpool_destroy();

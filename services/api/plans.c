@@ -6,12 +6,6 @@
 #include "api.h"
 #include "query.h"
 
-#define PLAN_COLUMNS                                                                        \
-    "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
-    "throttle_burst_limit, method_throttles::text, stripe_meter_event_name, "               \
-    "(extract(epoch from created_at) * 1000000)::bigint, "                                  \
-    "(extract(epoch from updated_at) * 1000000)::bigint, stripe_subscription_item_id"
-
 enum {
     COL_ID,
     COL_NAME,
@@ -27,6 +21,7 @@ enum {
     COL_UPDATED,
     COL_SUBSCRIPTION_ITEM,
 };
+_Static_assert(COL_SUBSCRIPTION_ITEM + 1 == PLAN_COLUMN_COUNT, "PLAN_COLUMNS and its columns");
 
 static json_t *row_json(const PGresult *res, int row)
 {
@@ -270,4 +265,9 @@ void plans_delete(api_request *req)
     api_reply_delete(req, "DELETE FROM plans WHERE id = $1", "plan", plan_in_use);
     if (req->response.status == 204)
         keycache_refresh_now();
+}
+
+json_t *plans_row_json(const PGresult *res, int row)
+{
+    return row_json(res, row);
 }

@@ -118,8 +118,9 @@ static void quota_reply(api_request *req, const keycache_quota_facts *f, int64_t
     }
     json_t *answer = json_pack("{s:s,s:s}", "keyId", req->key_id, "planId", f->plan_id);
     if (f->has_quota) {
-        int64_t limit = period_limit(f->quota_limit, f->quota_offset, f->quota_period,
-                                     f->quota_set_at, now);
+        int64_t limit = keycache_adjusted_limit(
+            period_limit(f->quota_limit, f->quota_offset, f->quota_period, f->quota_set_at, now),
+            f->quota_adjustment);
         int64_t used = f->used;
         json_object_set_new(answer, "period", json_string(period_name(f->quota_period)));
         json_object_set_new(answer, "limit", json_integer(limit));
@@ -151,10 +152,13 @@ static void quota(api_request *req, PGconn *conn)
         conn,
         "SELECT k.plan_id, p.quota_limit, p.quota_period, p.quota_offset, "
         "(extract(epoch from p.quota_set_at) * 1000000)::bigint, coalesce(c.units, 0), "
-        "(extract(epoch from c.updated_at) * 1000000)::bigint "
+        "(extract(epoch from c.updated_at) * 1000000)::bigint, coalesce(a.adjustment, 0) "
         "FROM api_keys k LEFT JOIN plans p ON p.id = k.plan_id "
         "LEFT JOIN usage_counters c ON c.key_id = k.id AND c.period = p.quota_period "
         "AND c.period_start = CASE p.quota_period WHEN 'DAY' THEN $2::timestamptz "
+        "WHEN 'WEEK' THEN $3::timestamptz ELSE $4::timestamptz END "
+        "LEFT JOIN quota_adjustments a ON a.key_id = k.id AND a.period = p.quota_period "
+        "AND a.period_start = CASE p.quota_period WHEN 'DAY' THEN $2::timestamptz "
         "WHEN 'WEEK' THEN $3::timestamptz ELSE $4::timestamptz END WHERE k.id = $1",
         4, params);
     /* asOf says how fresh `used` is: when the collector last wrote the
@@ -176,6 +180,7 @@ static void quota(api_request *req, PGconn *conn)
             f.quota_offset = api_field_int(res, 0, 3);
             f.quota_set_at = api_field_int(res, 0, 4);
             f.used = api_field_int(res, 0, 5);
+            f.quota_adjustment = api_field_int(res, 0, 7);
         }
         f.as_of = api_field(res, 0, 6) != NULL ? api_field_int(res, 0, 6) : read_at;
         quota_reply(req, &f, now);

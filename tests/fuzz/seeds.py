@@ -165,6 +165,25 @@ def canonpath_seeds():
     return [t.encode("utf-8") for t in texts]
 
 
+def sigv4_seeds():
+    # Authorization, method, path, query, then headers: the AWS suite's
+    # get-vanilla and header-value-trim requests, and what the aws CLI sends.
+    auth = ("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, "
+            "SignedHeaders=%s, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31")
+    texts = [
+        "\n".join([auth % "host;x-amz-date", "GET", "", "", "Host:example.amazonaws.com",
+                   "X-Amz-Date:20150830T123600Z"]),
+        "\n".join([auth % "host;my-header1;my-header2;x-amz-date", "GET", "", "Param2=value2&Param1=value1",
+                   "Host:example.amazonaws.com", "My-Header1: value1", "My-Header2: \"a   b   c\"",
+                   "X-Amz-Date:20150830T123600Z"]),
+        "\n".join([auth % "content-type;host;x-amz-date", "PATCH", "usageplans/pln_1/keys/key_1/usage",
+                   "position=cGxu%5FzE&limit=2&a&=b&%E1%88%B4=bar", "Host:127.0.0.1:8080",
+                   "Content-Type:application/json", "X-Amz-Date:20261128T120000Z"]),
+        "\n".join([auth % "host", "GET", "example space/%2F%zz", "x=%41%", "host:a", "host:b"]),
+    ]
+    return [t.encode("utf-8") for t in texts]
+
+
 def batch_seeds():
     # POST /v1/events batch bodies (tally-ingest): arrays of events as
     # gateways send them, with the whitespace, nesting and strings that
@@ -196,3 +215,4 @@ if __name__ == "__main__":
     write("query", query_seeds())
     write("canonpath", canonpath_seeds())
     write("batch", batch_seeds())
+    write("sigv4", sigv4_seeds())
