@@ -7,8 +7,8 @@
 # the migrate job completes and every Tally service (collector, api,
 # reporter) becomes healthy through the compose file's own healthchecks,
 # stops them (each must exit 0 on SIGTERM), then tears everything down.
-# Not part of `make test` (about two minutes; needs ports 8080, 9100, 9101
-# and 9102 free on the host). Run as root, from anywhere:
+# Not part of `make test` (about two minutes; needs ports 9101 and 9102 free
+# on the host). Run as root, from anywhere:
 #
 #   deploy/compose-smoke.sh [--keep DIR]    # --keep: leave logs in DIR
 #
@@ -18,10 +18,13 @@
 #   before compose starts. kafka-init: `true` (the dev broker creates the
 #   topics itself). Their images (apache/kafka, postgres) cannot be pulled
 #   without a registry.
-# - collector, api, reporter, migrate: `network_mode: host`, so they reach
-#   the stack on 127.0.0.1; the listen addresses move from 0.0.0.0 to
+# - collector, reporter, migrate: `network_mode: host`, so they reach the
+#   stack on 127.0.0.1; their listen addresses move from 0.0.0.0 to
 #   127.0.0.1 (same ports, so the compose file's healthchecks run as
 #   written). The reporter talks to a Stripe stand-in started here.
+# - api: slirp4netns (host networking refuses its published port), reaching
+#   the stack's PostgreSQL as 10.0.2.2, through a second database_url
+#   secret; published on a free port (API_PORT), which the script calls.
 # - No systemd here, so podman runs no healthcheck on its own: a loop runs
 #   `podman healthcheck run` on the project's containers every 2 s, which
 #   updates the status docker-compose waits for.
@@ -34,7 +37,7 @@ started=$SECONDS
 say() { echo "compose-smoke: $*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
 
-for port in 8080 9100 9101 9102; do
+for port in 9101 9102; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     die "port $port is in use on this host (the Tally services listen on it)"
   fi
@@ -97,12 +100,14 @@ export DOCKER_HOST="unix://$work/podman.sock"
 # URL is the host stack's; postgres_password is unused by the placeholder).
 mkdir -m 700 "$work/secrets"
 printf '%s\n' "$database_url" >"$work/secrets/database_url"
+printf '%s\n' "${database_url/host=127.0.0.1/host=10.0.2.2}" >"$work/secrets/database_url_via_slirp"
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secrets/postgres_password"
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secrets/admin_token"
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/secrets/key_hmac_secret"
 printf '%s\n' "$stripe_key" >"$work/secrets/stripe_api_key"
 chmod 444 "$work/secrets"/*
-export SECRETS_DIR="$work/secrets" STRIPE_API_BASE="$stripe_url"
+api_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export SECRETS_DIR="$work/secrets" STRIPE_API_BASE="$stripe_url" API_PORT=$api_port
 
 cat >"$work/override.yml" <<EOF
 # Written by deploy/compose-smoke.sh: the host's stack in place of kafka and
@@ -129,15 +134,21 @@ services:
     environment:
       TALLY_KAFKA_BROKERS: "$brokers"
       TALLY_METRICS_ADDR: "127.0.0.1:9101"
+  # The api publishes a port, which host networking refuses: slirp4netns
+  # instead, whose 10.0.2.2 is the host's loopback (the stack's PostgreSQL).
   api:
-    network_mode: host
+    network_mode: "slirp4netns:allow_host_loopback=true"
     environment:
-      TALLY_HTTP_ADDR: "127.0.0.1:8080"
-      TALLY_METRICS_ADDR: "127.0.0.1:9100"
+      TALLY_DATABASE_URL_FILE: /run/secrets/database_url_via_slirp
+    secrets:
+      - database_url_via_slirp
   reporter:
     network_mode: host
     environment:
       TALLY_METRICS_ADDR: "127.0.0.1:9102"
+secrets:
+  database_url_via_slirp:
+    file: $work/secrets/database_url_via_slirp
 EOF
 
 # podman runs no healthcheck on its own without systemd: run them for it.
@@ -178,6 +189,9 @@ for service in collector api reporter; do
   say "$service: healthy (uid $uid)"
 done
 up_took=$((SECONDS - up_started))
+curl -fsS --max-time 5 "http://127.0.0.1:$api_port/healthz" >/dev/null \
+  || die "the api's published port $api_port does not answer /healthz"
+say "api: answers on its published port $api_port"
 
 say "docker-compose stop: every Tally service must exit 0"
 "${compose[@]}" stop >"$work/stop.log" 2>&1 || die "docker-compose stop"
