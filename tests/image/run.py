@@ -30,9 +30,11 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -380,16 +382,43 @@ def count_answer_report(ctx):
     return "%d requests, %d units counted, answered and in the ledger" % (requests, units)
 
 
+def scripted_server(answers):
+    """A loopback server giving each connection the next of `answers`
+    (bytes; None closes without a word); returns its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        with server:
+            for answer in answers:
+                conn, _ = server.accept()
+                with conn:
+                    conn.settimeout(10)
+                    conn.recv(4096)
+                    if answer is not None:
+                        conn.sendall(answer)
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
 def healthchecks_fail_honestly(ctx):
     # Against a port nobody serves, and a 404.
     rc, out = one_shot_healthcheck(ctx.podman, "http://127.0.0.1:%d/healthz" % free_port())
     check(rc == 1 and "unhealthy" in out, "no listener: exit %d, %r" % (rc, out))
     rc, out = one_shot_healthcheck(ctx.podman, ctx.stripe_url + "/no-such-route")
     check(rc == 1 and "unhealthy" in out, "a 404: exit %d, %r" % (rc, out))
+    # A 503, something that is not HTTP, a connection closed at once, a 204.
+    answers = [b"HTTP/1.1 503 Service Unavailable\r\n\r\n", b"SSH-2.0-x\r\n", None,
+               b"HTTP/1.0 204 No Content\r\n\r\n"]
+    port = scripted_server(answers)
+    got = [one_shot_healthcheck(ctx.podman, "http://127.0.0.1:%d/healthz" % port)[0]
+           for _ in answers]
+    check(got == [1, 1, 1, 0], "503, not HTTP, closed, 204: exit statuses %s" % got)
     rc, out = one_shot_healthcheck(ctx.podman, "http://127.0.0.1:%d/healthz"
                                    % ctx.ports["collector"])
     check(rc == 0 and "healthy" in out, "running collector: exit %d, %r" % (rc, out))
-    return "refused and 404 fail, a running collector passes"
+    return "refused, 404, 503, not HTTP and closed fail; 204 and a running collector pass"
 
 
 def stop_cleanly(ctx):

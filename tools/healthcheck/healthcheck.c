@@ -65,17 +65,24 @@ static bool healthcheck_parse_url(const char *text, healthcheck_url *url)
     if (host_len == 0 || host_len >= sizeof url->host || port_len >= sizeof url->port ||
         (port != NULL && port_len == 0) || strlen(path) >= sizeof url->path)
         return false;
+    long port_number = 0;
     for (size_t i = 0; i < port_len; i++) {
         if (port[i] < '0' || port[i] > '9')
             return false;
+        port_number = port_number * 10 + (port[i] - '0');
     }
+    if (port != NULL && (port_number < 1 || port_number > 65535))
+        return false;
     for (const char *p = path; *p; p++) {
         if (*p <= ' ' || *p == 0x7f) /* a request line holds no spaces or controls */
             return false;
     }
     memcpy(url->host, host, host_len);
     url->host[host_len] = '\0';
-    snprintf(url->port, sizeof url->port, "%.*s", (int)port_len, port_len ? port : "80");
+    if (port_len == 0)
+        snprintf(url->port, sizeof url->port, "80");
+    else
+        snprintf(url->port, sizeof url->port, "%.*s", (int)port_len, port);
     snprintf(url->path, sizeof url->path, "%s", *path ? path : "/");
     return true;
 }
@@ -224,7 +231,8 @@ static int healthcheck_probe(const healthcheck_url *url, long long timeout_ms)
     if (!healthcheck_send(fd, request, (size_t)length, deadline_ms)) {
         printf("unhealthy: sending the request failed or timed out\n");
     } else if (!healthcheck_read_status_line(fd, line, sizeof line, deadline_ms)) {
-        printf("unhealthy: no HTTP status line within %lld ms\n", timeout_ms);
+        printf("unhealthy: no HTTP status line (connection closed, or %lld ms passed)\n",
+               timeout_ms);
     } else {
         int code = healthcheck_status_code(line);
         if (code >= 200 && code <= 299) {
