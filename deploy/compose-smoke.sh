@@ -67,7 +67,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "building tally:local (deploy/image.sh build)"
-env -u DOCKER_HOST "$root/deploy/image.sh" build >"$work/build.log" 2>&1 \
+env -u DOCKER_HOST IMAGE_ENGINE=podman "$root/deploy/image.sh" build >"$work/build.log" 2>&1 \
   || { tail -n 20 "$work/build.log" >&2; die "image build"; }
 
 say "starting the host's stack (tools/stack.sh) and a Stripe stand-in"

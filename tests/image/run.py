@@ -227,7 +227,7 @@ def build(ctx, log_dir):
     log_path = os.path.join(log_dir, "build.log")
     with open(log_path, "wb") as log:
         cp = subprocess.run([os.path.join(REPO, "deploy", "image.sh"), "build"],
-                            env=clean_env({"IMAGE_TAG": IMAGE}), stdout=log,
+                            env=clean_env({"IMAGE_TAG": IMAGE, "IMAGE_ENGINE": "podman"}), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900)
     with open(log_path, encoding="utf-8", errors="replace") as f:
         tail = "\n".join(f.read().splitlines()[-25:])
