@@ -24,7 +24,7 @@ COMMON_LIB  := $(BUILD)/lib/libtally-common.a
 # binary and its unit tests link; the folders are wildcards, so a new .c file
 # needs no change here. The tools are one binary per folder.
 SERVICES := collector api reporter ingest
-TOOLS    := devbroker loadgen
+TOOLS    := devbroker loadgen migrate healthcheck
 SVC_SRC   = $(filter-out services/$(1)/main.c,$(wildcard services/$(1)/*.c))
 SVC_LIB   = $(BUILD)/lib/libtally-$(1).a
 BINARIES := $(SERVICES) $(TOOLS)
@@ -177,6 +177,8 @@ test: deps
 	python3 tests/prometheus/run.py --bin build/bin
 	python3 tests/ingest/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/aws/run.py --bin build/bin --asan-bin build/asan/bin
+	python3 tests/migrate/run.py
+	python3 tests/image/run.py
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
@@ -196,6 +198,13 @@ migrate:
 
 bench: deps all
 	python3 bench/run.py --bin build/bin
+
+# The container image tally:local (deploy/Dockerfile) with docker or podman;
+# makes the Debian base image with debootstrap when none can be pulled. See
+# deploy/README.md.
+.PHONY: image
+image:
+	deploy/image.sh build
 
 clean:
 	rm -rf build
