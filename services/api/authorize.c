@@ -25,6 +25,38 @@ unsigned authorize_wire_status(unsigned status, bool gateway)
     return AUTHORIZE_GATEWAY_REFUSAL;
 }
 
+bool authorize_percent_encode(const char *in, char *out, size_t out_size)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (const unsigned char *c = (const unsigned char *)in; *c != '\0'; c++) {
+        bool unreserved = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') ||
+                          (*c >= '0' && *c <= '9') || strchr("-._~", *c) != NULL;
+        size_t need = unreserved ? 1 : 3;
+        if (n + need >= out_size)
+            return false;
+        if (unreserved) {
+            out[n++] = (char)*c;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*c >> 4];
+            out[n++] = hex[*c & 15];
+        }
+    }
+    if (n >= out_size)
+        return false;
+    out[n] = '\0';
+    return true;
+}
+
+/* The customer header of an allowed gateway answer (authorize.h). */
+static void add_customer(api_request *req, const char *customer_id)
+{
+    char encoded[sizeof req->response.headers[0].value];
+    if (customer_id[0] != '\0' && authorize_percent_encode(customer_id, encoded, sizeof encoded))
+        api_add_header(req, AUTHORIZE_CUSTOMER_HEADER, "%s", encoded);
+}
+
 /* Turns the plain refusal already in req->response into the gateway's:
  * the real status and `code` (static) go in headers (a 403 too, so that
  * nginx reads every refusal the same way), the status becomes 403. The body stays (nginx drops a subrequest's body). */
@@ -95,4 +127,6 @@ void authorize_handle(api_request *req)
     const char *code = answer(req, &decision);
     if (gateway && code != NULL)
         answer_for_gateway(req, code);
+    else if (gateway)
+        add_customer(req, decision.customer_id);
 }

@@ -8,6 +8,7 @@
 #define TALLY_API_AUTHORIZE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 /* The request header that asks for the gateway answer, and its one value. */
 #define AUTHORIZE_GATEWAY_HEADER "X-Tally-Gateway"
@@ -16,6 +17,10 @@
  * code a plain answer would have carried. */
 #define AUTHORIZE_STATUS_HEADER "X-Tally-Status"
 #define AUTHORIZE_ERROR_HEADER "X-Tally-Error"
+/* On an allowed gateway answer: the key's customer id, percent-encoded
+ * (authorize_percent_encode); absent when the key has none or when it does
+ * not fit in a header value (api.h, 159 bytes once encoded). */
+#define AUTHORIZE_CUSTOMER_HEADER "X-Tally-Customer-Id"
 /* The status every refusal has in the gateway answer. */
 #define AUTHORIZE_GATEWAY_REFUSAL 403u
 
@@ -27,5 +32,10 @@ bool authorize_gateway_requested(const char *value);
  * answer, AUTHORIZE_GATEWAY_REFUSAL in the gateway answer for every status
  * that is not a success. */
 unsigned authorize_wire_status(unsigned status, bool gateway);
+/* `in` with every byte outside RFC 3986's unreserved set (letters, digits,
+ * "-._~") written as %XX, into out (NUL-terminated); false, with out
+ * unspecified, when it does not fit in out_size. Safe in a header value
+ * whatever the customer id holds (no CR, LF or non-ASCII bytes). */
+bool authorize_percent_encode(const char *in, char *out, size_t out_size);
 
 #endif

@@ -1025,11 +1025,15 @@ def authorize_gateway_answer(s):
     refused(s.call("GET", "/v1/authorize", key="unknown-key-value-123456789", headers=gw),
             401, "unauthorized")
     plan = make_plan(s, name="GatewayBurst", throttle={"rateLimit": 0.01, "burstLimit": 2})
-    k = make_key(s, planId=plan["id"])
+    k = make_key(s, planId=plan["id"], customerId="acme corp/1")
     for want in (2, 1):
         r = expect(s.call("GET", "/v1/authorize", key=k["value"], headers=gw), 204)
         check(r.header("X-Tally-Status") is None and rate_headers(r) ==
               ("2", str(want - 1), r.header("X-RateLimit-Reset"), k["id"]), repr(r.headers))
+        # The customer id, percent-encoded, only in the gateway answer.
+        check(r.header("X-Tally-Customer-Id") == "acme%20corp%2F1", repr(r.headers))
+    r = expect(authorize(s, make_key(s, planId=plan["id"], customerId="c")["value"]), 204)
+    check(r.header("X-Tally-Customer-Id") is None, "plain answer changed: %r" % r.headers)
     r = s.call("GET", "/v1/authorize", key=k["value"], headers=gw)
     refused(r, 429, "throttled")
     check(int(r.header("Retry-After")) >= 1 and rate_headers(r)[:2] == ("2", "0") and

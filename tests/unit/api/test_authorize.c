@@ -34,6 +34,24 @@ START_TEST(gateway_answer_refuses_with_403_only)
 }
 END_TEST
 
+START_TEST(customer_id_is_percent_encoded)
+{
+    char out[32];
+    ck_assert(authorize_percent_encode("cus_AZaz09-._~", out, sizeof out));
+    ck_assert_str_eq(out, "cus_AZaz09-._~");
+    ck_assert(authorize_percent_encode("a b\r\n\xc3\xa9%", out, sizeof out));
+    ck_assert_str_eq(out, "a%20b%0D%0A%C3%A9%25");
+    ck_assert(authorize_percent_encode("", out, sizeof out));
+    ck_assert_str_eq(out, "");
+    /* Exactly full (9 bytes + NUL) fits; one more byte does not. */
+    char small[10];
+    ck_assert(authorize_percent_encode("abcdef%", small, sizeof small));
+    ck_assert_str_eq(small, "abcdef%25");
+    ck_assert(!authorize_percent_encode("abcdefg%", small, sizeof small));
+    ck_assert(!authorize_percent_encode("abcdefghij", small, sizeof small));
+}
+END_TEST
+
 Suite *api_authorize_suite(void)
 {
     Suite *s = suite_create("api_authorize");
@@ -41,6 +59,7 @@ Suite *api_authorize_suite(void)
     tcase_add_test(tc, gateway_answer_only_for_nginx);
     tcase_add_test(tc, plain_answer_keeps_every_status);
     tcase_add_test(tc, gateway_answer_refuses_with_403_only);
+    tcase_add_test(tc, customer_id_is_percent_encoded);
     suite_add_tcase(s, tc);
     return s;
 }
