@@ -20,8 +20,11 @@ against PostgreSQL's COPY), api (bench/api.py: GET /v1/authorize against
 nginx's limit_req, and GET /v1/keys/{id}/quota, under wrk; bench/api.lua,
 bench/nginx-yardstick.conf) and reporter (bench/reporter.py: one
 `tally-reporter --once` cycle: 10,000 customers x 24 hours of usage to the
-Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s). What they
-share is in bench/common.py.
+Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s) and gateway
+(bench/gateway.py: the nginx recipe of deploy/gateway/ with auth_request to
+tally-api against the same nginx without auth, and the usage freshness at
+5,000 requests/s; bench/gateway.lua). What they share is in
+bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -39,6 +42,7 @@ import time
 # the path).
 import api
 import collector
+import gateway
 import reporter
 from common import REPO, BenchError, Context, log
 
@@ -47,6 +51,7 @@ BENCHMARKS = {
     "collector": collector,
     "api": api,
     "reporter": reporter,
+    "gateway": gateway,
 }
 
 

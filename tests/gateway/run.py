@@ -25,10 +25,10 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import gateway as gw  # noqa: E402
-from gateway import Failure, check  # noqa: E402
+import gwstack as gw  # noqa: E402
+from gwstack import Failure, check  # noqa: E402
 
-import lib  # noqa: E402  (tests/integration, put on the path by gateway)
+import lib  # noqa: E402  (tests/integration, put on the path by gwstack)
 
 
 class Suite:

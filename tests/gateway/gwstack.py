@@ -81,8 +81,9 @@ def wait_http(url, proc, timeout=30):
 
 
 class Api:
-    def __init__(self, registry, tmp, bin_dir, db_url, refresh_ms=200):
+    def __init__(self, registry, tmp, bin_dir, db_url, refresh_ms=200, name="api"):
         self.registry, self.tmp, self.bin_dir, self.db_url = registry, tmp, bin_dir, db_url
+        self.name = name
         self.refresh_ms = refresh_ms
         self.port = free_port()
         self.metrics_port = free_port()
@@ -96,8 +97,9 @@ class Api:
                          "TALLY_HTTP_ADDR": "127.0.0.1:%d" % self.port,
                          "TALLY_METRICS_ADDR": "127.0.0.1:%d" % self.metrics_port,
                          "TALLY_KEY_REFRESH_MS": str(self.refresh_ms)})
-        self.proc = lib.Proc(self.registry, "api", [os.path.join(self.bin_dir, "tally-api")],
-                             os.path.join(self.tmp, "api.log"), env=env)
+        self.proc = lib.Proc(self.registry, self.name,
+                             [os.path.join(self.bin_dir, "tally-api")],
+                             os.path.join(self.tmp, self.name + ".log"), env=env)
         wait_http("http://127.0.0.1:%d/healthz" % self.port, self.proc)
 
     def stop(self):
