@@ -258,8 +258,10 @@ class Client:
     def __init__(self, port, timeout=30):
         self.port, self.timeout, self.conn = port, timeout, None
 
-    def get(self, path, key=None, method="GET"):
-        headers = {"x-api-key": key} if key is not None else {}
+    def get(self, path, key=None, method="GET", headers=None):
+        headers = dict(headers or {})
+        if key is not None:
+            headers["x-api-key"] = key
         for attempt in range(2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port,

@@ -16,7 +16,9 @@ Run time: about 50 s (a clean rsyslog stop during an outage takes 11)."""
 import argparse
 import collections
 import datetime
+import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -99,8 +101,23 @@ def allowed_reaches_upstream_with_key_id(s):
     # The plan's throttle (no quota): its burst, the tokens left, seconds to full.
     check(rate_headers(r)[:2] == ("100000", "99999") and r.header("X-RateLimit-Reset"),
           "rate headers on an allowed answer: %r" % r)
-    r = s.request("/items/42", s.key_b, "/items/{id}")
-    check(r.status == 200 and r.json()["keyId"] == s.key_b["id"], repr(r))
+    # A client cannot pose as another key or customer upstream.
+    r = s.client.get("/items/42", key=s.key_b["value"],
+                     headers={"X-Tally-Key-Id": "spoofed", "X-Tally-Customer-Id": "spoofed"})
+    s.allowed[(s.key_b["id"], "/items/{id}")] += 1
+    check(r.status == 200 and r.json()["keyId"] == s.key_b["id"] and
+          r.json()["customerId"] == "cust_b", repr(r))
+    # The usage event as nginx wrote it (the collector's parser takes it:
+    # the exactly-once test below finds no rejected event).
+    time.sleep(0.2)
+    event = json.loads(s.nginx.usage_lines()[-1])
+    check(event["specversion"] == "1.0" and len(event["id"]) == 32 and
+          event["source"] == gw.SOURCE and event["type"] == "api.request" and
+          event["subject"] == s.key_b["id"], "event %r" % event)
+    check(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)",
+                       event["time"]), "time %r" % event["time"])
+    check(event["data"] == {"method": "GET", "endpoint": "/items/{id}", "status": 200,
+                            "bytes": len(r.body.encode()), "units": 1}, "data %r" % event)
 
 
 @test
