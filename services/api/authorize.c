@@ -59,7 +59,8 @@ static void add_customer(api_request *req, const char *customer_id)
 
 /* Turns the plain refusal already in req->response into the gateway's:
  * the real status and `code` (static) go in headers (a 403 too, so that
- * nginx reads every refusal the same way), the status becomes 403. The body stays (nginx drops a subrequest's body). */
+ * nginx reads every refusal the same way), the status becomes 403. The
+ * body stays (nginx drops a subrequest's body). */
 static void answer_for_gateway(api_request *req, const char *code)
 {
     unsigned status = req->response.status;

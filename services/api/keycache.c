@@ -377,7 +377,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         if (k->id == NULL)
             goto oom;
         snap->key_count++;
-        if (api_field(keys, r, 7) != NULL && (k->customer_id = strdup(PQgetvalue(keys, r, 7))) == NULL)
+        const char *customer_id = api_field(keys, r, 7);
+        if (customer_id != NULL && (k->customer_id = strdup(customer_id)) == NULL)
             goto oom;
         k->enabled = strcmp(PQgetvalue(keys, r, 2), "t") == 0;
         k->plan = -1;
