@@ -20,10 +20,13 @@ against PostgreSQL's COPY), api (bench/api.py: GET /v1/authorize against
 nginx's limit_req, and GET /v1/keys/{id}/quota, under wrk; bench/api.lua,
 bench/nginx-yardstick.conf) and reporter (bench/reporter.py: one
 `tally-reporter --once` cycle: 10,000 customers x 24 hours of usage to the
-Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s) and ingest
+Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s), ingest
 (bench/ingest.py: POST /v1/events batches of 100 from wrk, bench/ingest.lua,
 through tally-ingest to the dev broker, every event then counted by the
-collector). What they share is in bench/common.py.
+collector) and gateway (bench/gateway.py: the nginx recipe of
+deploy/gateway/ with auth_request to tally-api against the same nginx
+without auth, and the usage freshness at 5,000 requests/s;
+bench/gateway.lua). What they share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -42,6 +45,7 @@ import time
 import api
 import collector
 import ingest
+import gateway
 import reporter
 from common import REPO, BenchError, Context, log
 
@@ -51,6 +55,7 @@ BENCHMARKS = {
     "api": api,
     "reporter": reporter,
     "ingest": ingest,
+    "gateway": gateway,
 }
 
 

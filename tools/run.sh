@@ -25,12 +25,13 @@ logs=$state/logs
 run_dir=$state/run
 # Start order; stopped in reverse (the load generator before the collector,
 # the reporter before its stand-in).
-program_names=(collector api ingest standin reporter loadgen)
+program_names=(collector api ingest gateway_rsyslog gateway_nginx standin reporter loadgen gateway_traffic)
 # What each program's command line holds (after a rebuild, /proc/PID/exe of
 # an old process says "(deleted)", so the command line is the stable mark).
 declare -A program_mark=([collector]=tally-collector [api]=tally-api [ingest]=tally-ingest
   [standin]=tests/stripe/standin.py [reporter]=tally-reporter [loadgen]=tally-loadgen
-  [script]=run.sh)
+  [gateway_rsyslog]=deploy/gateway/rsyslog/tally.conf [gateway_nginx]=gateway/nginx/conf/nginx.conf
+  [gateway_traffic]=deploy/gateway/demo-traffic.sh [script]=run.sh)
 declare -A started_pid=()
 
 # Writes to the terminal and to $logs/run.log. A closed terminal (EIO) or a
@@ -244,6 +245,32 @@ TALLY_ADMIN_TOKEN=$admin_token TALLY_HTTP_ADDR=$api_addr TALLY_METRICS_ADDR=$api
 TALLY_INGEST_TOKEN=$ingest_token TALLY_INGEST_ADDR=$ingest_addr TALLY_METRICS_ADDR=$ingest_metrics \
   start_program ingest "$bin/tally-ingest"
 
+# The gateway (deploy/gateway/, README "Putting Tally behind nginx"): nginx
+# with the shipped recipe, its example addresses replaced by free ports,
+# enforcing plans with auth_request to the api above, and rsyslog publishing
+# its usage log to the dev broker. Its own directory under the state one.
+gateway_addr=127.0.0.1:$(free_port 8000)
+gateway_app=127.0.0.1:$(free_port 8001)
+gateway_dir=$root/$state/gateway
+[[ "$state" = /* ]] && gateway_dir=$state/gateway
+mkdir -p "$gateway_dir/nginx/conf" "$gateway_dir/nginx/logs" "$gateway_dir/nginx/temp" \
+  "$gateway_dir/rsyslog"
+# nginx's workers run as nobody when started as root: they must reach it.
+chmod 0755 "$gateway_dir" "$gateway_dir/nginx"
+cp deploy/gateway/nginx/*.conf "$gateway_dir/nginx/conf/"
+sed -i -e "s|server 127.0.0.1:8080;|server $api_addr;|" -e "s|listen 127.0.0.1:8000;|listen $gateway_addr;|" \
+  -e "s|127.0.0.1:8001|$gateway_app|g" "$gateway_dir/nginx/conf/nginx.conf"
+gateway_usage_log=$gateway_dir/nginx/logs/tally-usage.log
+touch "$gateway_usage_log"
+: >"$logs/gateway_rsyslog.log"
+GATEWAY_USAGE_LOG=$gateway_usage_log GATEWAY_RSYSLOG_WORK_DIR=$gateway_dir/rsyslog \
+  GATEWAY_KAFKA_BROKERS=$TALLY_KAFKA_BROKERS GATEWAY_KAFKA_TOPIC=usage-events \
+  start_program gateway_rsyslog rsyslogd -n -f "$root/deploy/gateway/rsyslog/tally.conf" \
+  -i "$gateway_dir/rsyslog/rsyslogd.pid"
+: >"$logs/gateway_nginx.log"
+start_program gateway_nginx nginx -e "$logs/gateway_nginx.log" -p "$gateway_dir/nginx" \
+  -c "$gateway_dir/nginx/conf/nginx.conf" -g 'daemon off;'
+
 # The Stripe stand-in on a free loopback port (it prints the address it got),
 # accepting any cus_... customer and the meter api_calls.
 : >"$logs/standin.log"
@@ -276,6 +303,17 @@ start_program loadgen "$bin/tally-loadgen" \
   --rate 200 --duration 86400 --dup-ratio 0.05 --late-ratio 0.02 --source gw-demo \
   --log-level warn
 
+# Part of the demo traffic goes through the gateway: Bob's 30 requests a
+# second are past his Free plan's throttle (10/s, burst 20), so the edge
+# answers 429 to some, and his daily quota of 1,000 runs out within a
+# minute; Acme's 5 a second all pass. Every allowed one is counted
+# (rsyslog -> Kafka -> collector) and reported.
+gateway_answers=$logs/gateway_answers.log
+: >"$gateway_answers"
+start_program gateway_traffic deploy/gateway/demo-traffic.sh "http://$gateway_addr" \
+  "$gateway_answers" "key_free_bob:${key_secret[key_free_bob]}:30" \
+  "key_pro_acme:${key_secret[key_pro_acme]}:5"
+
 cat <<INFO
 
 Tally is running (Ctrl-C stops everything):
@@ -293,6 +331,9 @@ Tally is running (Ctrl-C stops everything):
                      metrics http://$ingest_metrics/metrics
   key secrets        key_free_alice ${key_secret[key_free_alice]}   key_free_bob ${key_secret[key_free_bob]}
                      key_pro_acme ${key_secret[key_pro_acme]}   key_ent_globex ${key_secret[key_ent_globex]}
+  gateway (nginx)    http://$gateway_addr   (auth_request to the api; usage log -> rsyslog -> Kafka)
+                     curl -i -H "x-api-key: ${key_secret[key_pro_acme]}" http://$gateway_addr/items/42
+                     usage log $gateway_usage_log   answers $gateway_answers
   api metrics        http://$api_metrics/metrics
   collector metrics  http://$metrics_addr/metrics   health http://$metrics_addr/healthz
   reporter metrics   http://$reporter_metrics/metrics   health http://$reporter_metrics/healthz
@@ -359,6 +400,8 @@ SELECT k.id, p.name, p.quota_period, coalesce(c.units, 0), p.quota_limit,
        AND c.period_start = date_trunc(lower(p.quota_period), now())
  ORDER BY k.id;
 SQL
+  awk '{n[$1 " " $2]++} END {for (k in n) {split(k, a, " "); printf "  gateway: %-14s %s x %d\n", a[1], a[2], n[k]}}' \
+    "$gateway_answers" 2>/dev/null | sort || true
   printf '  Stripe: %s calls, %s reports accepted, %s pending, %s parked (reporter)\n' \
     "$(counter tally_reporter_calls_total "$reporter_metrics")" \
     "$(counter tally_reporter_reports_accepted_total "$reporter_metrics")" \

@@ -80,6 +80,7 @@ typedef struct {
 typedef struct {
     uint8_t hash[32];
     char *id;
+    char *customer_id; /* NULL when the key has none */
     bool enabled;
     int plan; /* index into plans, or -1 */
     int64_t used;         /* counter units of the plan's period at load */
@@ -180,6 +181,7 @@ static void free_snapshot(snapshot *snap)
         return;
     for (size_t i = 0; i < snap->key_count; i++) {
         free(snap->keys[i].id);
+        free(snap->keys[i].customer_id);
         free_state(snap->keys[i].state);
     }
     for (size_t i = 0; i < snap->plan_count; i++) {
@@ -318,7 +320,7 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
                         "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
                         "coalesce(c.units, 0), "
                         "(extract(epoch from c.updated_at) * 1000000)::bigint, "
-                        "k.value_hash_form, coalesce(a.adjustment, 0) FROM api_keys k "
+                        "k.value_hash_form, coalesce(a.adjustment, 0), k.customer_id FROM api_keys k "
                         "LEFT JOIN plans p ON p.id = k.plan_id "
                         "LEFT JOIN usage_counters c ON c.key_id = k.id "
                         "AND c.period = p.quota_period AND c.period_start = "
@@ -382,6 +384,9 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         if (k->id == NULL)
             goto oom;
         snap->key_count++;
+        const char *customer_id = api_field(keys, r, 8);
+        if (customer_id != NULL && (k->customer_id = strdup(customer_id)) == NULL)
+            goto oom;
         k->enabled = strcmp(PQgetvalue(keys, r, 2), "t") == 0;
         k->plan = -1;
         const char *plan_id = api_field(keys, r, 3);
@@ -739,6 +744,8 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
     }
     metrics_add(m_hits, 1);
     snprintf(out->key_id, sizeof out->key_id, "%s", key->id);
+    snprintf(out->customer_id, sizeof out->customer_id, "%s",
+             key->customer_id != NULL ? key->customer_id : "");
     const plan_entry *plan = key->plan >= 0 ? &snap->plans[key->plan] : NULL;
     if (!key->enabled || plan == NULL) {
         out->outcome = key->enabled ? AUTHZ_NO_PLAN : AUTHZ_DISABLED;

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "apimodel.h"
 #include "apiroute.h"
 #include "period.h"
 
@@ -31,6 +32,7 @@ typedef enum {
 typedef struct {
     authz_outcome outcome;
     char key_id[APIROUTE_ID_MAX + 1];
+    char customer_id[APIMODEL_CUSTOMER_ID_MAX + 1]; /* "" when the key has none */
     /* X-RateLimit-*: the quota when the plan has one, else the throttle
      * bucket, else all 0 (no limit applies). */
     int64_t limit, remaining, reset_seconds;

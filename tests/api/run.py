@@ -1009,6 +1009,44 @@ def authorize_quota(s):
     check(statuses == [204, 429, 429], "after raising the limit: %r" % statuses)
 
 
+@test
+def authorize_gateway_answer(s):
+    """X-Tally-Gateway: nginx turns every refusal into a 403 (nginx's
+    auth_request passes only 2xx, 401 and 403) with the real status and code
+    in X-Tally-Status and X-Tally-Error; an allowed answer is unchanged."""
+    gw = {"X-Tally-Gateway": "nginx", "X-Original-Method": "GET", "X-Original-URI": "/items"}
+
+    def refused(r, status, code):
+        check(r.status == 403 and r.header("X-Tally-Status") == str(status) and
+              r.header("X-Tally-Error") == code, "want 403 carrying %d %s: %r %r"
+              % (status, code, r, r.headers))
+
+    refused(s.call("GET", "/v1/authorize", headers=gw), 401, "unauthorized")
+    refused(s.call("GET", "/v1/authorize", key="unknown-key-value-123456789", headers=gw),
+            401, "unauthorized")
+    plan = make_plan(s, name="GatewayBurst", throttle={"rateLimit": 0.01, "burstLimit": 2})
+    k = make_key(s, planId=plan["id"], customerId="acme corp/1")
+    for want in (2, 1):
+        r = expect(s.call("GET", "/v1/authorize", key=k["value"], headers=gw), 204)
+        check(r.header("X-Tally-Status") is None and rate_headers(r) ==
+              ("2", str(want - 1), r.header("X-RateLimit-Reset"), k["id"]), repr(r.headers))
+        # The customer id, percent-encoded, only in the gateway answer.
+        check(r.header("X-Tally-Customer-Id") == "acme%20corp%2F1", repr(r.headers))
+    r = expect(authorize(s, make_key(s, planId=plan["id"], customerId="c")["value"]), 204)
+    check(r.header("X-Tally-Customer-Id") is None, "plain answer changed: %r" % r.headers)
+    r = s.call("GET", "/v1/authorize", key=k["value"], headers=gw)
+    refused(r, 429, "throttled")
+    check(int(r.header("Retry-After")) >= 1 and rate_headers(r)[:2] == ("2", "0") and
+          r.header("X-Tally-Key-Id") == k["id"], repr(r.headers))
+    # Without the header (or with another value) the same refusal is the plain 429.
+    expect(authorize(s, k["value"]), 429, "throttled")
+    r = s.call("GET", "/v1/authorize", key=k["value"], headers=dict(gw, **{"X-Tally-Gateway": "x"}))
+    check(r.status == 429 and r.header("X-Tally-Status") is None, repr(r))
+    expect(s.call("PATCH", "/v1/keys/{id}", ids={"id": k["id"]}, admin=True,
+                  body={"enabled": False}), 200)
+    refused(s.call("GET", "/v1/authorize", key=k["value"], headers=gw), 403, "key_disabled")
+
+
 def cache_refreshes(s):
     r = expect(s.ops("/metrics"), 200)
     m = re.search(r"^tally_api_key_cache_refreshes_total(?:\{\})? (\S+)$", r.raw, re.M)

@@ -106,7 +106,8 @@ class Demo:
         stripe = re.search(r"Stripe stand-in\s+(http://\S+) \(test key (\w+);", text)
         reporter = re.search(r"reporter metrics\s+http://(\S+)/metrics", text)
         collector = re.search(r"collector metrics\s+http://(\S+)/metrics", text)
-        if not (api and stripe and reporter and collector):
+        gateway = re.search(r"gateway \(nginx\)\s+http://(\S+)", text)
+        if not (api and stripe and reporter and collector and gateway):
             return None
         STANDIN_KEYS.add(stripe.group(2))
         env = {}
@@ -117,6 +118,7 @@ class Demo:
                     env[m.group(1)] = m.group(2)
         return {"api": api.group(1), "token": api.group(2), "stripe": stripe.group(1),
                 "reporter": reporter.group(1), "collector": collector.group(1),
+                "gateway": gateway.group(1),
                 "brokers": env["TALLY_KAFKA_BROKERS"], "db": env["TALLY_DATABASE_URL"]}
 
     def ports(self):
@@ -124,7 +126,7 @@ class Demo:
         PostgreSQL, the broker)."""
         out = set()
         for addr in (self.info["api"], self.info["reporter"], self.info["collector"],
-                     self.info["stripe"].split("//")[1]):
+                     self.info["stripe"].split("//")[1], self.info["gateway"]):
             out.add(int(addr.rsplit(":", 1)[1]))
         out.add(int(self.info["brokers"].split(",")[0].rsplit(":", 1)[1]))
         m = re.search(r"port=(\d+)|:(\d+)/", self.info["db"])
@@ -179,7 +181,8 @@ def our_standin(pid):
 
 def demo_like_processes(state, bin_dir):
     """{pid: args} of running processes that look like the demo's: Tally
-    binaries, our Stripe stand-ins, and PostgreSQL on the state directory."""
+    binaries, our Stripe stand-ins, and PostgreSQL, the gateway's nginx and
+    rsyslog and its demo traffic on the state directory."""
     out = subprocess.run(["ps", "-eo", "pid=,args="], stdout=subprocess.PIPE,
                          universal_newlines=True).stdout
     found = {}
@@ -187,7 +190,8 @@ def demo_like_processes(state, bin_dir):
         pid, _, args = line.strip().partition(" ")
         if (os.path.join(bin_dir, "tally-") in args
                 or ("tests/stripe/standin.py" in args and our_standin(int(pid)))
-                or (state in args and "postgres" in args)):
+                or (state in args and any(name in args for name in (
+                    "postgres", "nginx", "rsyslogd", "demo-traffic.sh")))):
             found[int(pid)] = args
     return found
 
@@ -252,7 +256,7 @@ def scenario(demo, tmp, bin_dir):
     check(st == 200, "attach: %s %s" % (st, body))
 
     # 300 events from tally-loadgen, 20 from kcat (2 units each) and one of
-    # those re-sent: 320 requests counted.
+    # those re-sent, 5 requests through the gateway: 325 requests counted.
     summary_path = os.path.join(tmp, "loadgen.json")
     cp = subprocess.run([os.path.join(bin_dir, "tally-loadgen"), "--brokers", info["brokers"],
                          "--keys", key["id"], "--count", "300", "--seed", "7", "--source",
@@ -267,14 +271,21 @@ def scenario(demo, tmp, bin_dir):
                "type": "api.request", "subject": key["id"], "time": stamp,
                "data": {"method": "GET", "endpoint": "/v1/e2e", "units": 2}} for i in range(20)]
     kcat_events(info["brokers"], [dict(ev) for ev in events] + [events[3]], tmp)
-    expected_requests, expected_units = 320, loadgen_units + 40
+    # And 5 requests through the gateway (nginx auth_request -> usage log ->
+    # rsyslog -> Kafka), one unit each.
+    for _ in range(5):
+        req = urllib.request.Request("http://%s/items" % info["gateway"],
+                                     headers={"x-api-key": key["value"]})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            check(r.status == 200, "gateway answered %d" % r.status)
+    expected_requests, expected_units = 325, loadgen_units + 45
 
     def usage():
         st, body, _ = api.call("GET", "/v1/keys/%s/usage?granularity=day" % key["id"])
         check(st == 200, "usage: %s %s" % (st, body))
         return sum(i["requests"] for i in body["items"]), sum(i["units"] for i in body["items"])
 
-    wait_until("the collector to count 320 requests", lambda: usage() == (
+    wait_until("the collector to count 325 requests", lambda: usage() == (
         expected_requests, expected_units), 60, interval=0.5,
         on_timeout=lambda: "usage %s" % (usage(),))
 

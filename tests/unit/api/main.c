@@ -9,6 +9,7 @@ int main(void)
         api_model_suite(),
         api_text_suite(),
         api_sigv4_suite(),
+        api_authorize_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

@@ -8,5 +8,6 @@ Suite *api_route_suite(void);
 Suite *api_model_suite(void);
 Suite *api_text_suite(void);
 Suite *api_sigv4_suite(void);
+Suite *api_authorize_suite(void);
 
 #endif
