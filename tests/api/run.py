@@ -744,7 +744,9 @@ def quota(s):
     s.psql("INSERT INTO api_keys (id, value_hash, plan_id) VALUES "
            "('key_direct_quota', sha256('direct-quota-secret-0123456789'), '%s')" % plan["id"])
     put_counter(s, "key_direct_quota", "DAY", iso(today), 3, updated_at=iso(written))
-    q = admin_quota("key_direct_quota")
+    # The cache may have loaded the key between the two statements (used 0):
+    # the next reload brings the counter.
+    q = eventually(lambda: admin_quota("key_direct_quota"), lambda q: q["used"] != 0)
     check(q["used"] == 3 and q["limit"] == 50 and utc(q["asOf"]) == written, repr(q))
     # A plan without a quota, and no plan.
     free = make_plan(s, name="NoQuota")
