@@ -741,12 +741,14 @@ def quota(s):
     check(r.status == 204 and r.header("X-RateLimit-Limit") == "75", repr(r.headers))
     # The database answers for a key the cache has not loaded yet (created
     # straight in the database): same shape, same numbers.
-    s.psql("INSERT INTO api_keys (id, value_hash, plan_id) VALUES "
-           "('key_direct_quota', sha256('direct-quota-secret-0123456789'), '%s')" % plan["id"])
-    put_counter(s, "key_direct_quota", "DAY", iso(today), 3, updated_at=iso(written))
-    # The cache may have loaded the key between the two statements (used 0):
-    # the next reload brings the counter.
-    q = eventually(lambda: admin_quota("key_direct_quota"), lambda q: q["used"] != 0)
+    # Key and counter in one transaction: a cache reload between two
+    # statements would hold the key with nothing counted until the next one.
+    s.psql("BEGIN; INSERT INTO api_keys (id, value_hash, plan_id) VALUES "
+           "('key_direct_quota', sha256('direct-quota-secret-0123456789'), '%s'); "
+           "INSERT INTO usage_counters (key_id, period, period_start, requests, units, bytes, "
+           "updated_at) VALUES ('key_direct_quota', 'DAY', '%s', 3, 3, 0, '%s'); COMMIT"
+           % (plan["id"], iso(today), iso(written)))
+    q = admin_quota("key_direct_quota")
     check(q["used"] == 3 and q["limit"] == 50 and utc(q["asOf"]) == written, repr(q))
     # A plan without a quota, and no plan.
     free = make_plan(s, name="NoQuota")
