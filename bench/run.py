@@ -20,8 +20,10 @@ against PostgreSQL's COPY), api (bench/api.py: GET /v1/authorize against
 nginx's limit_req, and GET /v1/keys/{id}/quota, under wrk; bench/api.lua,
 bench/nginx-yardstick.conf) and reporter (bench/reporter.py: one
 `tally-reporter --once` cycle: 10,000 customers x 24 hours of usage to the
-Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s). What they
-share is in bench/common.py.
+Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s) and alerts
+(bench/alerts.py: a threshold-crossing event produced to Kafka -> the signed
+webhook at a local receiver, under 20,000 events/s of background traffic).
+What they share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -37,6 +39,7 @@ import time
 
 # The benchmark modules beside this file (Python puts its folder first on
 # the path).
+import alerts
 import api
 import collector
 import reporter
@@ -47,6 +50,7 @@ BENCHMARKS = {
     "collector": collector,
     "api": api,
     "reporter": reporter,
+    "alerts": alerts,
 }
 
 
