@@ -230,10 +230,14 @@ def run(ctx, opts):
                     time.sleep(0.1)
                 if not receiver.snapshot():
                     n = ctx.psql("SELECT count(*) FROM quota_alerts").strip()
+                    units = ctx.psql("SELECT coalesce(sum(units), 0) FROM usage_counters "
+                                     "WHERE key_id LIKE 'bench_probe_%' AND period = "
+                                     "'MONTH'").strip()
                     raise BenchError(
                         f"no webhook arrived 10 s after the first probe ({n} quota_alerts "
-                        "rows): this build's collector writes no threshold alerts (issue "
-                        "#12's detection); BENCH_ALERTS_DIRECT=1 measures the webhook half")
+                        f"rows; the probes' units counted so far: {units}): this build's "
+                        "collector writes no threshold alerts (issue #12's detection); "
+                        "BENCH_ALERTS_DIRECT=1 measures the webhook half")
             time.sleep(max(0.0, next_at - time.monotonic()))
         deadline = time.time() + ARRIVAL_TIMEOUT_S
         while time.time() < deadline:
