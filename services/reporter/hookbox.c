@@ -221,6 +221,8 @@ bool hookbox_record(PGconn *db, const hookbox_outcome *outcomes, size_t count, c
 {
     if (count == 0)
         return true;
+    if (count == 1)
+        return record_one(db, outcomes, err, err_size); /* one statement: its own transaction */
     if (!db_exec(db, "BEGIN", "recording webhook attempts", err, err_size))
         return false;
     for (size_t i = 0; i < count; i++)
