@@ -193,8 +193,14 @@ static bool transfer_prepare(hooks *h, transfer *t, char *err, size_t err_size)
         return false;
     }
     snprintf(header, sizeof header, "Tally-Signature: %s", signature);
-    char event_header[160];
-    snprintf(event_header, sizeof event_header, "Tally-Event-Id: %s", d->alert.event_id);
+    /* The event id goes into a header only when it is a plain token (the
+     * migration's are "evt_" and hex): never a line break from a row. */
+    char event_header[160] = "Expect:";
+    size_t id_len = strlen(d->alert.event_id);
+    if (id_len <= 128 && strspn(d->alert.event_id, "abcdefghijklmnopqrstuvwxyz"
+                                                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:-") ==
+                             id_len)
+        snprintf(event_header, sizeof event_header, "Tally-Event-Id: %s", d->alert.event_id);
     const char *lines[] = {"Content-Type: application/json", header, event_header, "Expect:"};
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
         struct curl_slist *next = curl_slist_append(t->headers, lines[i]);
