@@ -507,6 +507,10 @@ def check_refused_parked_and_resend(sys_, rx, cases):
                                      {"eventId": cases["refused"]})
         check(status == 202 and body["status"] == "pending" and body["attempts"] == 0,
               "resend: %s %s" % (status, body))
+        with open(os.path.join(REPO, "docs", "openapi.json")) as f:
+            documented = json.load(f)["components"]["schemas"]["WebhookResendQueued"]
+        check(set(body) == set(documented["properties"]) == set(documented["required"]),
+              "resend answer fields %s" % sorted(body))
         sys_.wait_status("refused", cases["refused"], "delivered", 20)
         check(event_ids(late_rx.got("hook")) == [cases["refused"]],
               "resend: received %s" % event_ids(late_rx.got("hook")))
@@ -533,6 +537,13 @@ def check_delivery_log(sys_, cases):
           "log item: %s" % item)
     check([a["httpStatus"] for a in item["attemptLog"]] == [200, 500, 500],
           "log attempts (newest first): %s" % item["attemptLog"])
+    # The answers carry exactly what docs/openapi.json says.
+    with open(os.path.join(REPO, "docs", "openapi.json")) as f:
+        schemas = json.load(f)["components"]["schemas"]
+    for name, value in (("WebhookDelivery", item), ("WebhookAttempt", item["attemptLog"][0])):
+        check(set(value) == set(schemas[name]["properties"]) >= set(schemas[name]["required"]),
+              "%s fields %s, documented %s" % (name, sorted(value),
+                                               sorted(schemas[name]["properties"])))
     status, page = sys_.api_call("GET", "/v1/webhooks/refused/deliveries?status=delivered")
     check(status == 200 and [i["eventId"] for i in page["items"]] == [cases["refused"]],
           "log by status: %s %s" % (status, page))
