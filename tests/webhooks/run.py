@@ -356,6 +356,13 @@ class System:
                 report = lib.sanitizer_report(f.read().decode("utf-8", "replace"))
             check(report is None, "%s: %s" % (os.path.basename(log), report))
 
+    def check_no_secrets_logged(self):
+        """Every endpoint's signing secrets start with whsec_: none in any log."""
+        for log in self.logs:
+            with open(log, "rb") as f:
+                check(b"whsec_" not in f.read(), "%s shows a signing secret"
+                      % os.path.basename(log))
+
 
 def event_ids(requests):
     return [json.loads(r["body"])["id"] for r in requests]
@@ -681,6 +688,7 @@ def main():
         step("clean stop", sys_.stop_reporter)
         sys_.api.terminate()
         step("no sanitizer report", sys_.check_sanitizers)
+        step("no secret in a log", sys_.check_no_secrets_logged)
         if took is not None:
             print("healthy endpoint: 10 deliveries in %.2f s beside a dead one" % took)
     except KeyboardInterrupt:
