@@ -50,6 +50,7 @@ struct hooks {
     pthread_t thread;
     bool started;
     atomic_bool stop;
+    _Atomic int64_t last_loop_usec; /* read by the metrics thread's /healthz */
     PGconn *db;
     bool locked;
     int64_t next_connect_usec, connect_backoff_usec, next_lock_usec, next_claim_usec,
@@ -111,6 +112,7 @@ hooks *hooks_new(const hooks_config *config, char *err, size_t err_size)
     h->config = *config;
     h->jitter_seed = (unsigned)time_now_usec() ^ (unsigned)getpid();
     atomic_init(&h->stop, false);
+    atomic_init(&h->last_loop_usec, 0);
     register_metrics(h);
     return h;
 }
@@ -489,6 +491,7 @@ static void *run(void *arg)
         if (stopping && h->in_flight_count == 0)
             break;
         int64_t now = time_now_usec();
+        atomic_store(&h->last_loop_usec, now);
         if (ensure_db(h, now)) {
             ensure_lock(h, now);
             /* Outcomes first: nothing new is claimed over unrecorded ones. */
@@ -517,8 +520,15 @@ static void *run(void *arg)
     return NULL;
 }
 
+double hooks_idle_seconds(const hooks *h)
+{
+    int64_t last = atomic_load(&h->last_loop_usec);
+    return last ? (double)(time_now_usec() - last) / 1e6 : 0;
+}
+
 bool hooks_start(hooks *h, char *err, size_t err_size)
 {
+    atomic_store(&h->last_loop_usec, time_now_usec());
     int rc = pthread_create(&h->thread, NULL, run, h);
     if (rc != 0) {
         snprintf(err, err_size, "webhooks: pthread_create: %s", strerror(rc));

@@ -32,6 +32,9 @@ typedef struct hooks hooks;
 hooks *hooks_new(const hooks_config *config, char *err, size_t err_size);
 /* Starts the delivery thread. */
 bool hooks_start(hooks *h, char *err, size_t err_size);
+/* Seconds since the delivery loop last went round (for /healthz); 0
+ * before it started. */
+double hooks_idle_seconds(const hooks *h);
 /* Stops claiming, lets attempts in flight finish (each within its
  * timeout), records their outcomes and joins the thread; then frees `h`
  * (stolen). NULL is fine. */

@@ -152,13 +152,18 @@ static const cfg_setting settings[] = {
 
 static volatile sig_atomic_t last_loop_at;
 static volatile sig_atomic_t db_up;
+/* The webhook sender, for /healthz; NULL when webhooks are off. Set before
+ * the metrics endpoint starts. */
+static hooks *health_webhooks;
 
 static bool health(char *detail, size_t detail_size)
 {
     long long idle = (long long)(time(NULL) - last_loop_at);
-    snprintf(detail, detail_size, "main loop ran %llds ago; database %s", idle,
-             db_up ? "connected" : "unavailable");
-    return idle < 120;
+    double hooks_idle = health_webhooks ? hooks_idle_seconds(health_webhooks) : 0;
+    snprintf(detail, detail_size, "main loop ran %llds ago; database %s%s", idle,
+             db_up ? "connected" : "unavailable",
+             hooks_idle >= 120 ? "; webhook loop stalled" : "");
+    return idle < 120 && hooks_idle < 120;
 }
 
 /* ---- settings ------------------------------------------------------------ */
@@ -574,6 +579,7 @@ static int run_daemon(void)
         sender_free(rp.snd);
         return 2;
     }
+    health_webhooks = webhooks;
     ops_server *ops = ops_start(metrics_addr, health, err, sizeof err);
     if (ops == NULL) {
         log_error("TALLY_METRICS_ADDR: %s", err);
@@ -662,8 +668,8 @@ static int run_daemon(void)
         log_warn("%zu outcomes could not be written; those reports are sent again (same "
                  "identifiers) on the next start",
                  unwritten);
+    ops_stop(ops); /* /healthz reads the webhook sender: stopped first */
     hooks_stop(webhooks); /* attempts in flight finish and are recorded */
-    ops_stop(ops);
     sender_free(rp.snd);
     if (rp.db)
         PQfinish(rp.db);

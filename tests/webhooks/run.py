@@ -630,6 +630,9 @@ def check_metrics(sys_):
           and m.get("tally_webhook_sender_active") == 1
           and "tally_webhook_deliveries_pending" in m,
           "metrics: delivered %s failed %s count %s" % (delivered, failed, count))
+    with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % sys_.reporter_metrics_port,
+                                timeout=10) as r:
+        check(r.status == 200, "reporter /healthz: %d" % r.status)
     # the gauge is read every 5 s: wait for it to show the 410's parked delivery
     lib.wait_until("the parked gauge",
                    lambda: sys_.metrics().get("tally_webhook_deliveries_parked", 0) >= 1, 12)
