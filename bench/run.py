@@ -23,10 +23,12 @@ bench/nginx-yardstick.conf) and reporter (bench/reporter.py: one
 Stripe stand-in, tests/stripe/standin.py, at 1,000 calls/s), ingest
 (bench/ingest.py: POST /v1/events batches of 100 from wrk, bench/ingest.lua,
 through tally-ingest to the dev broker, every event then counted by the
-collector) and gateway (bench/gateway.py: the nginx recipe of
+collector), gateway (bench/gateway.py: the nginx recipe of
 deploy/gateway/ with auth_request to tally-api against the same nginx
 without auth, and the usage freshness at 5,000 requests/s;
-bench/gateway.lua). What they share is in bench/common.py.
+bench/gateway.lua) and alerts (bench/alerts.py: a threshold-crossing
+event produced to Kafka -> the signed webhook at a local receiver, under
+20,000 events/s of background traffic). What they share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -42,6 +44,7 @@ import time
 
 # The benchmark modules beside this file (Python puts its folder first on
 # the path).
+import alerts
 import api
 import collector
 import ingest
@@ -56,6 +59,7 @@ BENCHMARKS = {
     "reporter": reporter,
     "ingest": ingest,
     "gateway": gateway,
+    "alerts": alerts,
 }
 
 

@@ -30,6 +30,11 @@ static const char *const known_variables[] = {
     "TALLY_INGEST_MAX_BODY_BYTES", "TALLY_INGEST_PRODUCE_TIMEOUT_MS",
     /* tally-api's AWS usage-plan listener */
     "TALLY_AWS_ADDR", "TALLY_AWS_CREDENTIALS", "TALLY_AWS_CREDENTIALS_FILE", "TALLY_AWS_REGION",
+    /* tally-reporter's webhook delivery (issue #12) */
+    "TALLY_WEBHOOKS", "TALLY_WEBHOOK_TIMEOUT_MS", "TALLY_WEBHOOK_CONCURRENCY",
+    "TALLY_WEBHOOK_ENDPOINT_CONCURRENCY", "TALLY_WEBHOOK_POLL_MS", "TALLY_WEBHOOK_RETRY_BASE_MS",
+    "TALLY_WEBHOOK_RETRY_MAX_DELAY_MS", "TALLY_WEBHOOK_RETRY_WINDOW_S",
+    "TALLY_WEBHOOK_ALLOW_NETWORKS",
 };
 
 /* A secret setting NAME may instead be given as NAME_FILE (environment) or

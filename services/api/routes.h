@@ -41,7 +41,9 @@
     X("GET",    "/v1/keys/{id}/quota",  AUTH_ADMIN,   APIROUTE_MEMORY_FIRST, usage_key_quota)   \
     X("GET",    "/v1/me/usage",         AUTH_API_KEY, APIROUTE_ON_WORKER,    usage_me_usage)    \
     X("GET",    "/v1/me/quota",         AUTH_API_KEY, APIROUTE_MEMORY_FIRST, usage_me_quota)    \
-    X("GET",    "/v1/authorize",        AUTH_GATEWAY, APIROUTE_IN_MEMORY,    authorize_handle)
+    X("GET",    "/v1/authorize",        AUTH_GATEWAY, APIROUTE_IN_MEMORY,    authorize_handle)  \
+    X("GET",    "/v1/webhooks/{id}/deliveries", AUTH_ADMIN, APIROUTE_ON_WORKER, hookdeliveries_list) \
+    X("POST",   "/v1/webhooks/{id}/resend", AUTH_ADMIN,   APIROUTE_ON_WORKER,  hookdeliveries_resend)
 /* clang-format on */
 
 #define API_ROUTE_DECLARE(method, path, auth, runs, handler) \

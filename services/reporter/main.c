@@ -30,6 +30,7 @@
 
 #include "config.h"
 #include "db.h"
+#include "hooks.h"
 #include "log.h"
 #include "stopsignal.h"
 #include "metrics.h"
@@ -63,6 +64,10 @@ static const char *database_url, *api_base, *api_key_env, *mode_text,
 static long long timeout_ms, interval_s, concurrency, lookback_days;
 static double rate_limit, settle_s;
 static bool once;
+static bool webhooks_on;
+static const char *webhook_allow_text;
+static long long webhook_timeout_ms, webhook_concurrency, webhook_per_endpoint, webhook_poll_ms,
+    webhook_retry_base_ms, webhook_retry_max_ms, webhook_retry_window_s;
 
 /* The settings the daemon and every operator command take: one row each. */
 #define DATABASE_URL_SETTING                                                                  \
@@ -114,6 +119,31 @@ static const cfg_setting settings[] = {
      "other's duplicates"},
     {"TALLY_METRICS_ADDR", "metrics-addr", CFG_STRING, &metrics_addr, "127.0.0.1:9102", false,
      false, 0, 0, "where GET /metrics and GET /healthz listen"},
+    /* Webhook delivery (hooks.h; README "Webhooks"): a thread of its own. */
+    {"TALLY_WEBHOOKS", "webhooks", CFG_BOOL, &webhooks_on, "true", false, false, 0, 0,
+     "deliver the quota alerts' webhooks (not with --once)"},
+    {"TALLY_WEBHOOK_TIMEOUT_MS", "webhook-timeout-ms", CFG_INT, &webhook_timeout_ms, "10000",
+     false, false, 100, 120000, "an attempt without a full answer after this long (connecting "
+     "included) failed and is retried"},
+    {"TALLY_WEBHOOK_CONCURRENCY", "webhook-concurrency", CFG_INT, &webhook_concurrency, "32",
+     false, false, 1, 512, "webhook attempts in flight at most"},
+    {"TALLY_WEBHOOK_ENDPOINT_CONCURRENCY", "webhook-endpoint-concurrency", CFG_INT,
+     &webhook_per_endpoint, "2", false, false, 1, 64,
+     "webhook attempts in flight to one endpoint at most (a slow or dead one holds no more)"},
+    {"TALLY_WEBHOOK_POLL_MS", "webhook-poll-ms", CFG_INT, &webhook_poll_ms, "250", false, false,
+     10, 60000, "how often the outbox is looked at for due deliveries"},
+    {"TALLY_WEBHOOK_RETRY_BASE_MS", "webhook-retry-base-ms", CFG_INT, &webhook_retry_base_ms,
+     "60000", false, false, 100, 86400000, "delay after the first failed attempt; doubled "
+     "after each next one, +-20 % jitter"},
+    {"TALLY_WEBHOOK_RETRY_MAX_DELAY_MS", "webhook-retry-max-delay-ms", CFG_INT,
+     &webhook_retry_max_ms, "21600000", false, false, 100, 604800000,
+     "the longest delay between two attempts (6 h)"},
+    {"TALLY_WEBHOOK_RETRY_WINDOW_S", "webhook-retry-window-s", CFG_INT, &webhook_retry_window_s,
+     "259200", false, false, 0, 2592000, "a delivery is parked once its retry delays add up to "
+     "more than this (3 days, like Stripe)"},
+    {"TALLY_WEBHOOK_ALLOW_NETWORKS", "webhook-allow-networks", CFG_STRING, &webhook_allow_text,
+     "", false, false, 0, 0, "address classes webhooks may connect to beyond public ones, "
+     "comma-separated: loopback, private, link-local, metadata (default none)"},
     LOG_LEVEL_SETTING,
     {NULL, "once", CFG_BOOL, &once, "false", false, false, 0, 0,
      "run one cycle (plan, send everything pending, retrying each report up to 8 times) and "
@@ -122,13 +152,18 @@ static const cfg_setting settings[] = {
 
 static volatile sig_atomic_t last_loop_at;
 static volatile sig_atomic_t db_up;
+/* The webhook sender, for /healthz; NULL when webhooks are off. Set before
+ * the metrics endpoint starts. */
+static hooks *health_webhooks;
 
 static bool health(char *detail, size_t detail_size)
 {
     long long idle = (long long)(time(NULL) - last_loop_at);
-    snprintf(detail, detail_size, "main loop ran %llds ago; database %s", idle,
-             db_up ? "connected" : "unavailable");
-    return idle < 120;
+    double hooks_idle = health_webhooks ? hooks_idle_seconds(health_webhooks) : 0;
+    snprintf(detail, detail_size, "main loop ran %llds ago; database %s%s", idle,
+             db_up ? "connected" : "unavailable",
+             hooks_idle >= 120 ? "; webhook loop stalled" : "");
+    return idle < 120 && hooks_idle < 120;
 }
 
 /* ---- settings ------------------------------------------------------------ */
@@ -475,6 +510,32 @@ static void print_summary(reporter *rp, double seconds, double send_seconds,
     fflush(stdout);
 }
 
+/* The webhook sender from its settings (not started); NULL with err. */
+static hooks *new_webhooks(char *err, size_t err_size)
+{
+    hooks_config hc = {
+        .database_url = database_url,
+        .timeout_ms = (long)webhook_timeout_ms,
+        .concurrency = (int)webhook_concurrency,
+        .per_endpoint = (int)webhook_per_endpoint,
+        .poll_ms = (int)webhook_poll_ms,
+        .schedule = {.base_ms = webhook_retry_base_ms,
+                     .cap_ms = webhook_retry_max_ms > webhook_retry_base_ms
+                                   ? webhook_retry_max_ms
+                                   : webhook_retry_base_ms,
+                     .window_ms = webhook_retry_window_s * 1000},
+    };
+    if (!hookaddr_parse_allow(webhook_allow_text, &hc.allow, err, err_size))
+        return NULL;
+    hooks *h = hooks_new(&hc, err, err_size);
+    if (h)
+        log_info("webhooks: at most %lld in flight (%lld per endpoint), %lld ms per attempt, "
+                 "retried for %lld s (%d attempts at most)",
+                 webhook_concurrency, webhook_per_endpoint, webhook_timeout_ms,
+                 webhook_retry_window_s, hookwire_max_attempts(&hc.schedule));
+    return h;
+}
+
 static int run_daemon(void)
 {
     char err[512], key[API_KEY_MAX + 1], base[600];
@@ -512,9 +573,24 @@ static int run_daemon(void)
         log_error("%s", err);
         return 2;
     }
+    hooks *webhooks = NULL;
+    if (webhooks_on && !once && (webhooks = new_webhooks(err, sizeof err)) == NULL) {
+        log_error("%s", err);
+        sender_free(rp.snd);
+        return 2;
+    }
+    health_webhooks = webhooks;
     ops_server *ops = ops_start(metrics_addr, health, err, sizeof err);
     if (ops == NULL) {
         log_error("TALLY_METRICS_ADDR: %s", err);
+        hooks_stop(webhooks);
+        sender_free(rp.snd);
+        return 2;
+    }
+    if (webhooks && !hooks_start(webhooks, err, sizeof err)) {
+        log_error("%s", err);
+        ops_stop(ops);
+        hooks_stop(webhooks);
         sender_free(rp.snd);
         return 2;
     }
@@ -592,7 +668,8 @@ static int run_daemon(void)
         log_warn("%zu outcomes could not be written; those reports are sent again (same "
                  "identifiers) on the next start",
                  unwritten);
-    ops_stop(ops);
+    ops_stop(ops); /* /healthz reads the webhook sender: stopped first */
+    hooks_stop(webhooks); /* attempts in flight finish and are recorded */
     sender_free(rp.snd);
     if (rp.db)
         PQfinish(rp.db);

@@ -6,6 +6,7 @@ int main(void)
 {
     Suite *const suites[] = {
         stripe_suite(),
+        hookwire_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

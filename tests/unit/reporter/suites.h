@@ -5,5 +5,6 @@
 #include <check.h>
 
 Suite *stripe_suite(void);
+Suite *hookwire_suite(void);
 
 #endif
