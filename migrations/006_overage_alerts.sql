@@ -121,12 +121,12 @@ CREATE TRIGGER quota_alerts_fan_out AFTER INSERT ON quota_alerts
 -- The start of the quota period containing `t`: UTC day, ISO week (Monday
 -- 00:00 UTC) or calendar month, as period_start() in common/period.c.
 CREATE FUNCTION tally_period_start(period text, t timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN date_trunc(lower(period), t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
 
 -- The exclusive end of the period starting at `start`.
 CREATE FUNCTION tally_period_end(period text, start timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ((start AT TIME ZONE 'UTC') + ('1 ' || lower(period))::interval) AT TIME ZONE 'UTC';
 
 -- The limit in force for the period starting at `start`, as period_limit()
@@ -135,14 +135,14 @@ RETURN ((start AT TIME ZONE 'UTC') + ('1 ' || lower(period))::interval) AT TIME 
 CREATE FUNCTION tally_quota_limit_in_force(quota_limit bigint, quota_offset bigint,
                                            quota_period text, quota_set_at timestamptz,
                                            start timestamptz) RETURNS bigint
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN tally_period_start(quota_period, quota_set_at) = start
             THEN greatest(quota_limit - quota_offset, 0) ELSE quota_limit END;
 
 -- The units at which `threshold` percent of `quota_limit` is reached:
 -- ceil(limit * threshold / 100), in numeric (10^15 * 100000 leaves bigint).
 CREATE FUNCTION tally_threshold_units(quota_limit bigint, threshold integer) RETURNS numeric
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN ceil(quota_limit::numeric * threshold / 100);
 
 -- Raises the alerts of counters that moved from old_units to new_units
@@ -167,18 +167,26 @@ LANGUAGE sql VOLATILE AS $$
                                   period_end, threshold, quota_limit, used, enforcement)
         SELECT CASE WHEN t.threshold = 100 THEN 'quota.exhausted'
                     ELSE 'quota.threshold_reached' END,
-               c.key_id, k.customer_id, p.id, c.period, c.period_start,
+               c.key_id, l.customer_id, l.plan_id, c.period, c.period_start,
                tally_period_end(c.period, c.period_start), t.threshold, l.quota_limit,
-               c.new_units, p.quota_enforcement
+               c.new_units, l.enforcement
           FROM unnest(key_ids, periods, period_starts, old_units, new_units)
                    AS c (key_id, period, period_start, old_units, new_units)
-          JOIN api_keys k ON k.id = c.key_id
-          JOIN plans p ON p.id = k.plan_id AND p.quota_period = c.period
-          CROSS JOIN LATERAL (SELECT tally_quota_limit_in_force(p.quota_limit, p.quota_offset,
-                                         p.quota_period, p.quota_set_at, c.period_start))
-                   AS l (quota_limit)
-          CROSS JOIN LATERAL unnest(coalesce(k.alert_thresholds, p.alert_thresholds))
-                   AS t (threshold)
+          -- each counter's key by its primary key, then its plan, when of
+          -- the counter's period kind; LIMIT 1 (one key per id anyway) keeps
+          -- the planner, which cannot see the arrays' length, from
+          -- flattening this into a scan of every key of a plan per counter
+          CROSS JOIN LATERAL (
+              SELECT k.customer_id, coalesce(k.alert_thresholds, p.alert_thresholds),
+                     p.id, p.quota_enforcement,
+                     tally_quota_limit_in_force(p.quota_limit, p.quota_offset, p.quota_period,
+                                                p.quota_set_at, c.period_start)
+                FROM api_keys k JOIN plans p ON p.id = k.plan_id
+               WHERE k.id = c.key_id AND p.quota_period = c.period
+                 AND c.new_units > c.old_units
+               LIMIT 1) AS l (customer_id, thresholds, plan_id,
+                                                      enforcement, quota_limit)
+          CROSS JOIN LATERAL unnest(l.thresholds) AS t (threshold)
          WHERE c.old_units < tally_threshold_units(l.quota_limit, t.threshold)
            AND tally_threshold_units(l.quota_limit, t.threshold) <= c.new_units
          ORDER BY c.key_id, c.period, c.period_start, t.threshold

@@ -193,8 +193,14 @@ bool opsroutes_render_metrics(buf *out);
 #define KEY_COLUMNS                                                                   \
     "k.id, k.name, k.description, k.customer_id, k.stripe_customer_id, k.enabled, "   \
     "k.plan_id, (extract(epoch from k.created_at) * 1000000)::bigint, "               \
-    "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id"
+    "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id, " \
+    "k.alert_thresholds::text"
 json_t *keys_row_json(const PGresult *res, int row);
+
+/* For /v1/me routes on a worker (usage.c): resolves the x-api-key into
+ * req->key_id, from the key cache or else the database (a connection
+ * taken and given back here). False after replying 401, 403 or 503. */
+bool usage_me_resolve(api_request *req);
 
 /* Random ids and secrets from getrandom (random.c). `prefix` + `length`
  * base62 characters into out; false when the system cannot give randomness. */

@@ -1,6 +1,7 @@
 /* GET /v1/authorize, for nginx auth_request and other gateways: 204 allowed,
  * 401 missing or unknown key, 403 disabled or planless key, 429 throttled or
- * over quota (with Retry-After). Every answer for a known key carries the
+ * over quota (with Retry-After; a soft quota allows past its limit with
+ * X-Tally-Quota: overage, and refuses from its ceiling). Every answer for a known key carries the
  * X-RateLimit-* headers and X-Tally-Key-Id (docs/CONTRACT.md §4.6).
  * Answered from the key cache alone. */
 #include <string.h>
@@ -28,6 +29,8 @@ void authorize_handle(api_request *req)
     }
     switch (decision.outcome) {
     case AUTHZ_ALLOWED:
+        if (decision.overage) /* a soft quota, past its limit: billed as overage */
+            api_add_header(req, "X-Tally-Quota", "overage");
         api_reply_empty(req, 204);
         return;
     case AUTHZ_UNKNOWN_KEY:
