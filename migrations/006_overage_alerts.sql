@@ -187,7 +187,10 @@ LANGUAGE sql VOLATILE AS $$
                LIMIT 1) AS l (customer_id, thresholds, plan_id,
                                                       enforcement, quota_limit)
           CROSS JOIN LATERAL unnest(l.thresholds) AS t (threshold)
-         WHERE c.old_units < tally_threshold_units(l.quota_limit, t.threshold)
+         -- counters of a period kind no plan counts are skipped before any
+         -- key is looked up (a hashed set of at most three kinds)
+         WHERE c.period IN (SELECT quota_period FROM plans WHERE quota_period IS NOT NULL)
+           AND c.old_units < tally_threshold_units(l.quota_limit, t.threshold)
            AND tally_threshold_units(l.quota_limit, t.threshold) <= c.new_units
          ORDER BY c.key_id, c.period, c.period_start, t.threshold
         ON CONFLICT DO NOTHING
