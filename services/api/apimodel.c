@@ -288,7 +288,8 @@ void apimodel_thresholds_text(const apimodel_thresholds *t, char *out, size_t si
     size_t len = 0;
     len += (size_t)snprintf(out + len, size - len, "{");
     for (int i = 0; i < t->count && len < size; i++)
-        len += (size_t)snprintf(out + len, size - len, "%s%d", i > 0 ? "," : "", (int)t->percent[i]);
+        len += (size_t)snprintf(out + len, size - len, "%s%d", i > 0 ? "," : "",
+                                (int)t->percent[i]);
     if (len < size)
         snprintf(out + len, size - len, "}");
 }

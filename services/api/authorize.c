@@ -1,8 +1,9 @@
 /* GET /v1/authorize, for nginx auth_request and other gateways: 204 allowed,
  * 401 missing or unknown key, 403 disabled or planless key, 429 throttled or
  * over quota (with Retry-After; a soft quota allows past its limit with
- * X-Tally-Quota: overage, and refuses from its ceiling). Every answer for a known key carries the
- * X-RateLimit-* headers and X-Tally-Key-Id (docs/CONTRACT.md §4.6).
+ * X-Tally-Quota: overage, and refuses from its ceiling). Every answer for a
+ * known key carries the X-RateLimit-* headers and X-Tally-Key-Id
+ * (docs/CONTRACT.md §4.6).
  * Answered from the key cache alone. */
 #include <string.h>
 

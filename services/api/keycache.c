@@ -721,7 +721,8 @@ static bool quota_refuses(const plan_entry *plan, int64_t used, int64_t limit)
 {
     if (!plan->quota_soft)
         return true;
-    return plan->ceiling_percent > 0 && used >= apimodel_percent_units(limit, plan->ceiling_percent);
+    return plan->ceiling_percent > 0 &&
+           used >= apimodel_percent_units(limit, plan->ceiling_percent);
 }
 
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,

@@ -238,7 +238,8 @@ bool webhookmodel_rotation_parse(const json_t *body, int64_t *expires_in_seconds
         if (!json_is_integer(value) || json_integer_value(value) < 0 ||
             json_integer_value(value) > WEBHOOK_ROTATION_MAX_SECONDS)
             return fail(err, "invalid_field",
-                        "expiresInSeconds must be a whole number from 0 to %d", WEBHOOK_ROTATION_MAX_SECONDS);
+                        "expiresInSeconds must be a whole number from 0 to %d",
+                        WEBHOOK_ROTATION_MAX_SECONDS);
         *expires_in_seconds = json_integer_value(value);
     }
     return true;
