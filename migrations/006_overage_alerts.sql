@@ -113,3 +113,112 @@ BEGIN
 END $$;
 CREATE TRIGGER quota_alerts_fan_out AFTER INSERT ON quota_alerts
     FOR EACH ROW EXECUTE FUNCTION tally_fan_out_alert();
+
+-- ---- the quota rules in SQL, each once --------------------------------
+-- common/period.c computes the same in C (authorize, quota answers); the
+-- collector's and the api's alert statements use these.
+
+-- The start of the quota period containing `t`: UTC day, ISO week (Monday
+-- 00:00 UTC) or calendar month, as period_start() in common/period.c.
+CREATE FUNCTION tally_period_start(period text, t timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN date_trunc(lower(period), t AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+
+-- The exclusive end of the period starting at `start`.
+CREATE FUNCTION tally_period_end(period text, start timestamptz) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ((start AT TIME ZONE 'UTC') + ('1 ' || lower(period))::interval) AT TIME ZONE 'UTC';
+
+-- The limit in force for the period starting at `start`, as period_limit()
+-- in common/period.c: the limit less the offset in the plan's first period
+-- (the one containing quota_set_at), never below 0; the limit afterwards.
+CREATE FUNCTION tally_quota_limit_in_force(quota_limit bigint, quota_offset bigint,
+                                           quota_period text, quota_set_at timestamptz,
+                                           start timestamptz) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN tally_period_start(quota_period, quota_set_at) = start
+            THEN greatest(quota_limit - quota_offset, 0) ELSE quota_limit END;
+
+-- The units at which `threshold` percent of `quota_limit` is reached:
+-- ceil(limit * threshold / 100), in numeric (10^15 * 100000 leaves bigint).
+CREATE FUNCTION tally_threshold_units(quota_limit bigint, threshold integer) RETURNS numeric
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN ceil(quota_limit::numeric * threshold / 100);
+
+-- Raises the alerts of counters that moved from old_units to new_units
+-- (parallel arrays, one element per usage_counters row): every threshold t
+-- of the key (its own, else its plan's) with
+--     old < tally_threshold_units(limit in force, t) <= new
+-- for the period kind of the key's current plan (other kinds' counters are
+-- ignored), one quota_alerts row each, ON CONFLICT DO NOTHING: the UNIQUE
+-- (key, period, period_start, threshold) makes it exactly once, whoever
+-- raises it first. A limit of 0 raises nothing (old >= 0 is never below 0).
+-- Rows go in (key, period, start, threshold) order, so two writers take the
+-- unique index's locks in one order. Returns the number raised. Called by
+-- the collector in the statement that adds a batch to usage_counters, and
+-- by the api (tally_raise_current_quota_alerts) when a limit, a plan or
+-- thresholds change.
+CREATE FUNCTION tally_raise_quota_alerts(key_ids text[], periods text[],
+                                         period_starts timestamptz[], old_units bigint[],
+                                         new_units bigint[]) RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    WITH raised AS (
+        INSERT INTO quota_alerts (type, key_id, customer_id, plan_id, period, period_start,
+                                  period_end, threshold, quota_limit, used, enforcement)
+        SELECT CASE WHEN t.threshold = 100 THEN 'quota.exhausted'
+                    ELSE 'quota.threshold_reached' END,
+               c.key_id, l.customer_id, l.plan_id, c.period, c.period_start,
+               tally_period_end(c.period, c.period_start), t.threshold, l.quota_limit,
+               c.new_units, l.enforcement
+          FROM unnest(key_ids, periods, period_starts, old_units, new_units)
+                   AS c (key_id, period, period_start, old_units, new_units)
+          -- each counter's key by its primary key, then its plan, when of
+          -- the counter's period kind; LIMIT 1 (one key per id anyway) keeps
+          -- the planner, which cannot see the arrays' length, from
+          -- flattening this into a scan of every key of a plan per counter
+          CROSS JOIN LATERAL (
+              SELECT k.customer_id, coalesce(k.alert_thresholds, p.alert_thresholds),
+                     p.id, p.quota_enforcement,
+                     tally_quota_limit_in_force(p.quota_limit, p.quota_offset, p.quota_period,
+                                                p.quota_set_at, c.period_start)
+                FROM api_keys k JOIN plans p ON p.id = k.plan_id
+               WHERE k.id = c.key_id AND p.quota_period = c.period
+                 AND c.new_units > c.old_units
+               LIMIT 1) AS l (customer_id, thresholds, plan_id,
+                                                      enforcement, quota_limit)
+          CROSS JOIN LATERAL unnest(l.thresholds) AS t (threshold)
+         -- counters of a period kind no plan counts are skipped before any
+         -- key is looked up (a hashed set of at most three kinds)
+         WHERE c.period IN (SELECT quota_period FROM plans WHERE quota_period IS NOT NULL)
+           AND c.old_units < tally_threshold_units(l.quota_limit, t.threshold)
+           AND tally_threshold_units(l.quota_limit, t.threshold) <= c.new_units
+         ORDER BY c.key_id, c.period, c.period_start, t.threshold
+        ON CONFLICT DO NOTHING
+        RETURNING 1)
+    SELECT count(*) FROM raised
+$$;
+
+-- Raises every threshold already crossed by the current period's usage of
+-- the keys of plan `plan` (or of the one key `key`; NULL: any), after a
+-- lowered limit, a key moved to another plan, or changed thresholds: the
+-- api calls it in its write transaction. The counters are share-locked
+-- (in key order, the collector's order): a collector's transaction in
+-- flight on them is waited for and its count seen, and a later one waits
+-- for this transaction, then sees the new limit (its alert statement is
+-- volatile: a fresh snapshot), so no crossing falls between the two.
+CREATE FUNCTION tally_raise_current_quota_alerts(plan text, key text) RETURNS bigint
+LANGUAGE sql VOLATILE AS $$
+    WITH current AS (
+        SELECT c.key_id, c.period, c.period_start, c.units
+          FROM api_keys k
+          JOIN plans p ON p.id = k.plan_id
+          JOIN usage_counters c ON c.key_id = k.id AND c.period = p.quota_period
+                               AND c.period_start = tally_period_start(p.quota_period, now())
+         WHERE (plan IS NULL OR k.plan_id = plan) AND (key IS NULL OR k.id = key)
+         ORDER BY c.key_id, c.period, c.period_start
+           FOR SHARE OF c)
+    SELECT coalesce(tally_raise_quota_alerts(array_agg(key_id), array_agg(period),
+                                             array_agg(period_start),
+                                             array_agg(0::bigint), array_agg(units)), 0)
+      FROM current
+$$;

@@ -20,7 +20,7 @@
 #include "routes.h"
 
 #define API_MAX_BODY_BYTES (64u * 1024u)
-#define API_MAX_HEADERS 8
+#define API_MAX_HEADERS 16 /* a gateway refusal sets 7; room for CORS and X-Tally-Quota */
 
 typedef struct {
     unsigned status;
@@ -194,7 +194,8 @@ bool opsroutes_render_metrics(buf *out);
 #define KEY_COLUMNS                                                                   \
     "k.id, k.name, k.description, k.customer_id, k.stripe_customer_id, k.enabled, "   \
     "k.plan_id, (extract(epoch from k.created_at) * 1000000)::bigint, "               \
-    "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id"
+    "(extract(epoch from k.updated_at) * 1000000)::bigint, k.stripe_subscription_item_id, " \
+    "k.alert_thresholds::text"
 json_t *keys_row_json(const PGresult *res, int row);
 
 /* A plan's JSON from a row of PLAN_COLUMNS (plans.c), for reuse (aws*.c). */
@@ -202,9 +203,14 @@ json_t *keys_row_json(const PGresult *res, int row);
     "id, name, description, quota_limit, quota_period, quota_offset, throttle_rate_limit, " \
     "throttle_burst_limit, method_throttles::text, stripe_meter_event_name, "               \
     "(extract(epoch from created_at) * 1000000)::bigint, "                                  \
-    "(extract(epoch from updated_at) * 1000000)::bigint, stripe_subscription_item_id"
-#define PLAN_COLUMN_COUNT 13
+    "(extract(epoch from updated_at) * 1000000)::bigint, stripe_subscription_item_id, "     \
+    "quota_enforcement, quota_ceiling_percent, alert_thresholds::text"
+#define PLAN_COLUMN_COUNT 16
 json_t *plans_row_json(const PGresult *res, int row);
+/* For /v1/me routes on a worker (usage.c): resolves the x-api-key into
+ * req->key_id, from the key cache or else the database (a connection
+ * taken and given back here). False after replying 401, 403 or 503. */
+bool usage_me_resolve(api_request *req);
 
 /* Random ids and secrets from getrandom (random.c). `prefix` + `length`
  * base62 characters into out; false when the system cannot give randomness. */

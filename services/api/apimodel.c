@@ -226,9 +226,103 @@ bool apimodel_method_throttles_valid(const json_t *value, apimodel_error *err)
     return canonical != NULL;
 }
 
+/* ---- alert thresholds and quota percentages ---------------------------- */
+
+/* One threshold after `previous` (0 for the first): 1..APIMODEL_PERCENT_MAX
+ * and above it. */
+static bool threshold_fits(long long value, int32_t previous)
+{
+    return value >= 1 && value <= APIMODEL_PERCENT_MAX && value > previous;
+}
+
+static bool apply_thresholds(const json_t *value, const char *field, apimodel_thresholds *out,
+                             apimodel_error *err)
+{
+    if (!json_is_array(value))
+        return fail(err, "invalid_field", "%s must be an array of percentages", field);
+    if (json_array_size(value) > APIMODEL_THRESHOLDS_MAX)
+        return fail(err, "invalid_field", "%s has more than %d thresholds", field,
+                    APIMODEL_THRESHOLDS_MAX);
+    apimodel_thresholds t = {0};
+    size_t i;
+    json_t *member;
+    json_array_foreach(value, i, member) {
+        int32_t previous = t.count > 0 ? t.percent[t.count - 1] : 0;
+        if (!json_is_integer(member) || !threshold_fits(json_integer_value(member), previous))
+            return fail(err, "invalid_field",
+                        "%s must hold whole percentages from 1 to %d in ascending order, each "
+                        "once",
+                        field, APIMODEL_PERCENT_MAX);
+        t.percent[t.count++] = (int32_t)json_integer_value(member);
+    }
+    *out = t;
+    return true;
+}
+
+bool apimodel_thresholds_parse_text(const char *text, apimodel_thresholds *out)
+{
+    apimodel_thresholds t = {0};
+    if (text == NULL || *text++ != '{')
+        return false;
+    while (*text != '}') {
+        if (t.count > 0 && *text++ != ',')
+            return false;
+        if (*text < '0' || *text > '9' || t.count == APIMODEL_THRESHOLDS_MAX)
+            return false;
+        char *end;
+        errno = 0;
+        long long value = strtoll(text, &end, 10);
+        if (errno != 0 || !threshold_fits(value, t.count > 0 ? t.percent[t.count - 1] : 0))
+            return false;
+        t.percent[t.count++] = (int32_t)value;
+        text = end;
+    }
+    if (text[1] != '\0')
+        return false;
+    *out = t;
+    return true;
+}
+
+void apimodel_thresholds_text(const apimodel_thresholds *t, char *out, size_t size)
+{
+    size_t len = 0;
+    len += (size_t)snprintf(out + len, size - len, "{");
+    for (int i = 0; i < t->count && len < size; i++)
+        len += (size_t)snprintf(out + len, size - len, "%s%d", i > 0 ? "," : "",
+                                (int)t->percent[i]);
+    if (len < size)
+        snprintf(out + len, size - len, "}");
+}
+
+json_t *apimodel_thresholds_json(const apimodel_thresholds *t)
+{
+    json_t *array = json_array();
+    for (int i = 0; array != NULL && i < t->count; i++) {
+        if (json_array_append_new(array, json_integer(t->percent[i])) != 0) {
+            json_decref(array);
+            return NULL;
+        }
+    }
+    return array;
+}
+
+int64_t apimodel_percent_units(int64_t limit, int64_t percent)
+{
+    if (limit <= 0 || percent <= 0)
+        return 0;
+    /* limit * percent can leave int64 (10^15 * 10^5): split it so that
+     * neither part overflows before the check. */
+    int64_t whole = limit / 100, part = limit % 100;
+    if (whole > (INT64_MAX - 100 * percent) / percent)
+        return INT64_MAX;
+    int64_t scaled = part * percent; /* < 100 * 10^5 at most for sane input */
+    return whole * percent + scaled / 100 + (scaled % 100 != 0);
+}
+
 bool apimodel_plan_init(apimodel_plan *plan)
 {
     memset(plan, 0, sizeof *plan);
+    plan->thresholds = (apimodel_thresholds){3, {80, 100, 120}};
     plan->quota_period = PERIOD_MONTH;
     plan->method_throttles = json_object();
     return plan->method_throttles != NULL;
@@ -283,7 +377,7 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
     if (!json_is_object(value))
         return fail(err, "invalid_field", "quota must be an object {limit, period, offset}");
     bool existed = plan->has_quota;
-    bool seen_limit = false, seen_period = false, seen_offset = false;
+    bool seen_limit = false, seen_period = false, seen_offset = false, seen_ceiling = false;
     const char *name;
     json_t *member;
     json_object_foreach((json_t *)value, name, member) {
@@ -302,6 +396,18 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
                 !period_parse(json_string_value(member), &plan->quota_period))
                 return fail(err, "invalid_field", "quota.period must be DAY, WEEK or MONTH");
             seen_period = true;
+        } else if (strcmp(name, "enforcement") == 0) {
+            const char *mode = json_string_value(member);
+            if (mode == NULL || (strcmp(mode, "hard") != 0 && strcmp(mode, "soft") != 0))
+                return fail(err, "invalid_field", "quota.enforcement must be \"hard\" or \"soft\"");
+            plan->quota_soft = strcmp(mode, "soft") == 0;
+        } else if (strcmp(name, "ceilingPercent") == 0) {
+            plan->has_ceiling = !json_is_null(member);
+            seen_ceiling = true;
+            if (plan->has_ceiling &&
+                !take_integer(member, "quota.ceilingPercent", 100, APIMODEL_PERCENT_MAX,
+                              &plan->ceiling_percent, err))
+                return false;
         } else {
             return fail(err, "unknown_field", "quota has no member \"%.*s\"",
                         (int)apitext_utf8_prefix(name, 60), name);
@@ -313,6 +419,12 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
         if (!seen_offset)
             plan->quota_offset = 0;
     }
+    if (plan->has_ceiling && !plan->quota_soft && !seen_ceiling)
+        plan->has_ceiling = false; /* made hard: the stored ceiling goes with "soft" */
+    if (plan->has_ceiling && !plan->quota_soft)
+        return fail(err, "invalid_field",
+                    "quota.ceilingPercent needs quota.enforcement \"soft\" (a hard quota "
+                    "refuses at 100 %%)");
     plan->has_quota = true;
     return true;
 }
@@ -335,9 +447,11 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
             if (!apply_description(value, plan->description, err))
                 return false;
         } else if (strcmp(name, "quota") == 0) {
-            if (is_null)
+            if (is_null) {
                 plan->has_quota = false;
-            else if (!apply_quota(plan, value, err))
+                plan->quota_soft = false;
+                plan->has_ceiling = false;
+            } else if (!apply_quota(plan, value, err))
                 return false;
         } else if (strcmp(name, "throttle") == 0) {
             if (is_null) {
@@ -365,6 +479,9 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
         } else if (strcmp(name, "stripeSubscriptionItemId") == 0) {
             if (!apply_nullable(value, "stripeSubscriptionItemId", APIMODEL_SUBSCRIPTION_ITEM_MAX,
                                 &plan->has_subscription_item, plan->subscription_item, err))
+                return false;
+        } else if (strcmp(name, "alertThresholds") == 0) {
+            if (!apply_thresholds(value, "alertThresholds", &plan->thresholds, err))
                 return false;
         } else {
             return refuse_member(name, "plans", err);
@@ -430,6 +547,11 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
             if (!apimodel_valid_id(key->plan_id))
                 return fail(err, "invalid_field", "planId is not a valid id");
             key->has_plan_id = true;
+        } else if (strcmp(name, "alertThresholds") == 0) {
+            key->has_thresholds = !json_is_null(value);
+            if (key->has_thresholds &&
+                !apply_thresholds(value, "alertThresholds", &key->thresholds, err))
+                return false;
         } else if (strcmp(name, "value") == 0) {
             return fail(err, "read_only_field", "a key's value cannot be changed; create a new key");
         } else if (strcmp(name, "planId") == 0) {

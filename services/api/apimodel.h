@@ -30,6 +30,8 @@
 #define APIMODEL_LIST_LIMIT_MAX 500
 #define APIMODEL_USAGE_POINTS_MAX 1000
 #define APIMODEL_CURSOR_MAX 180       /* base64url of an id, with room */
+#define APIMODEL_THRESHOLDS_MAX 16    /* alert thresholds of a plan or key (migration 006) */
+#define APIMODEL_PERCENT_MAX 100000   /* a threshold or a quota ceiling, in percent */
 
 typedef struct {
     const char *code;   /* static: "invalid_field", "unknown_field", "missing_field", ... */
@@ -41,12 +43,25 @@ typedef struct {
     int64_t burst_limit;  /* 0..APIMODEL_BURST_MAX */
 } apimodel_throttle;
 
+/* Alert thresholds, percentages of the quota: ascending, distinct,
+ * 1..APIMODEL_PERCENT_MAX each; none turns alerts off. */
+typedef struct {
+    int count;
+    int32_t percent[APIMODEL_THRESHOLDS_MAX];
+} apimodel_thresholds;
+
 typedef struct {
     char name[APIMODEL_NAME_MAX + 1];
     char description[APIMODEL_DESCRIPTION_MAX + 1];
     bool has_quota;
     int64_t quota_limit, quota_offset;
     period_kind quota_period;
+    /* quota.enforcement "soft": authorize allows past the limit, up to the
+     * optional ceiling (quota.ceilingPercent, 100..APIMODEL_PERCENT_MAX). */
+    bool quota_soft;
+    bool has_ceiling;
+    int64_t ceiling_percent;
+    apimodel_thresholds thresholds; /* alertThresholds; default 80, 100, 120 */
     bool has_throttle;
     apimodel_throttle throttle;
     json_t *method_throttles; /* owned: {"/path/METHOD": {"rateLimit","burstLimit"}} */
@@ -71,6 +86,8 @@ typedef struct {
     char value[APIMODEL_VALUE_MAX + 1];
     bool has_plan_id;               /* creation only */
     char plan_id[APIMODEL_ID_MAX + 1];
+    bool has_thresholds;            /* alertThresholds; false: the plan's */
+    apimodel_thresholds thresholds;
 } apimodel_key;
 
 typedef enum { GRANULARITY_HOUR = 0, GRANULARITY_DAY, GRANULARITY_MONTH } apimodel_granularity;
@@ -112,6 +129,22 @@ json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error 
  * rows stored before keys were canonical are split the same way, so that
  * both sides of a match are always canonical. */
 bool apimodel_method_key_split(const char *key, char *path, char *method);
+
+/* Alert thresholds as PostgreSQL's integer[] text ("{80,100,120}"), the
+ * form they are stored and read in: parse (false for anything else than
+ * what apimodel_thresholds_text writes, within the bounds) and write (at
+ * most APIMODEL_THRESHOLDS_TEXT_MAX bytes with the NUL). */
+#define APIMODEL_THRESHOLDS_TEXT_MAX (APIMODEL_THRESHOLDS_MAX * 7 + 3)
+bool apimodel_thresholds_parse_text(const char *text, apimodel_thresholds *out);
+void apimodel_thresholds_text(const apimodel_thresholds *t, char *out, size_t size);
+/* A JSON array of the thresholds, new reference (NULL when out of memory). */
+json_t *apimodel_thresholds_json(const apimodel_thresholds *t);
+
+/* The units at which `percent` of `limit` is reached, ceil(limit * percent
+ * / 100), as the alerts' SQL computes it (tally_threshold_units);
+ * INT64_MAX when that does not fit (never reached). For a soft quota's
+ * ceiling: authorize refuses once used reaches it. */
+int64_t apimodel_percent_units(int64_t limit, int64_t percent);
 
 /* Defaults: enabled, everything else unset. */
 void apimodel_key_init(apimodel_key *key);

@@ -1,7 +1,9 @@
 /* GET /v1/authorize, for nginx auth_request and other gateways: 204 allowed,
  * 401 missing or unknown key, 403 disabled or planless key, 429 throttled or
- * over quota (with Retry-After). Every answer for a known key carries the
- * X-RateLimit-* headers and X-Tally-Key-Id (docs/CONTRACT.md §4.6).
+ * over quota (with Retry-After; a soft quota allows past its limit with
+ * X-Tally-Quota: overage, and refuses from its ceiling). Every answer for a
+ * known key carries the X-RateLimit-* headers and X-Tally-Key-Id
+ * (docs/CONTRACT.md §4.6).
  * With X-Tally-Gateway: nginx every refusal is instead a 403 naming the real
  * status and code in X-Tally-Status and X-Tally-Error (authorize.h).
  * Answered from the key cache alone, with no allocation on the allowed path. */
@@ -82,6 +84,8 @@ static const char *answer(api_request *req, const authz_decision *decision)
     }
     switch (decision->outcome) {
     case AUTHZ_ALLOWED:
+        if (decision->overage) /* a soft quota, past its limit: billed as overage */
+            api_add_header(req, "X-Tally-Quota", "overage");
         api_reply_empty(req, 204);
         return NULL;
     case AUTHZ_UNKNOWN_KEY:

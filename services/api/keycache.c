@@ -60,6 +60,8 @@ typedef struct {
     size_t method_count;
     int64_t created_at, updated_at;
     int64_t quota_set_at; /* the offset's first period is the one containing it */
+    bool quota_soft;      /* allowed past the limit, up to the ceiling */
+    int64_t ceiling_percent; /* of the limit in force; 0: no ceiling */
 } plan_entry;
 
 /* Per-key state that outlives snapshots. */
@@ -304,7 +306,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
                    "throttle_burst_limit, method_throttles::text, "
                    "(extract(epoch from created_at) * 1000000)::bigint, "
                    "(extract(epoch from updated_at) * 1000000)::bigint, "
-                   "(extract(epoch from quota_set_at) * 1000000)::bigint FROM plans");
+                   "(extract(epoch from quota_set_at) * 1000000)::bigint, "
+                   "quota_enforcement = 'soft', coalesce(quota_ceiling_percent, 0) FROM plans");
     if (!api_ok(plans)) {
         db_error(cache->conn, plans, "loading plans", err, err_size);
         goto fail;
@@ -362,6 +365,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         p->created_at = api_field_int(plans, r, 7);
         p->updated_at = api_field_int(plans, r, 8);
         p->quota_set_at = api_field_int(plans, r, 9);
+        p->quota_soft = strcmp(PQgetvalue(plans, r, 10), "t") == 0;
+        p->ceiling_percent = api_field_int(plans, r, 11);
         if (!parse_method_throttles(api_field(plans, r, 6), p))
             goto oom;
     }
@@ -722,6 +727,17 @@ done:
     return found;
 }
 
+/* Whether a key `used` units into a quota whose limit in force is `limit`
+ * (used >= limit) is refused: always with a hard quota; with a soft one
+ * only from its ceiling on, if it has one. */
+static bool quota_refuses(const plan_entry *plan, int64_t used, int64_t limit)
+{
+    if (!plan->quota_soft)
+        return true;
+    return plan->ceiling_percent > 0 &&
+           used >= apimodel_percent_units(limit, plan->ceiling_percent);
+}
+
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,
                         int64_t now, authz_decision *out)
 {
@@ -776,7 +792,8 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
                               : (plan->has_throttle ? &state->bucket : NULL);
     double rate = m >= 0 && bucket != &state->bucket ? plan->methods[m].rate : plan->rate;
     int64_t burst = m >= 0 && bucket != &state->bucket ? plan->methods[m].burst : plan->burst;
-    if (plan->has_quota && used >= limit) {
+    bool over_limit = plan->has_quota && used >= limit;
+    if (over_limit && quota_refuses(plan, used, limit)) {
         out->outcome = AUTHZ_OVER_QUOTA;
         out->retry_after_seconds = ceil_seconds(period_end_at - now);
     } else if (bucket != NULL && !tokenbucket_take(bucket, rate, burst, now)) {
@@ -787,6 +804,7 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
             out->retry_after_seconds = 1;
     } else {
         out->outcome = AUTHZ_ALLOWED;
+        out->overage = over_limit; /* a soft quota's request past its limit */
         atomic_fetch_add_explicit(&state->allowed_total, 1, memory_order_relaxed);
         if (used >= 0)
             used++;

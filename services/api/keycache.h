@@ -37,6 +37,7 @@ typedef struct {
      * bucket, else all 0 (no limit applies). */
     int64_t limit, remaining, reset_seconds;
     int64_t retry_after_seconds; /* for 429 */
+    bool overage; /* allowed past a soft quota's limit (X-Tally-Quota: overage) */
 } authz_decision;
 
 /* Converts the keys still stored as a plain SHA-256 (keyhash.h), loads
@@ -46,7 +47,8 @@ keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_
 /* Stops the thread and frees everything; NULL is fine. */
 void keycache_stop(keycache *cache);
 /* Decides one gateway request: the key by `hash`, its plan's quota
- * (counter + allowed here since the load), then the token bucket (the
+ * (counter + allowed here since the load; a soft quota refuses only from
+ * its ceiling on, and marks what it allows past the limit), then the token bucket (the
  * plan's, or the per-method one matching "<path>/<METHOD>"). Counts an
  * allowed request. `path` may carry a query string; it is ignored. */
 void keycache_authorize(const uint8_t hash[32], const char *method, const char *uri,

@@ -22,6 +22,7 @@ enum {
     COL_CREATED,
     COL_UPDATED,
     COL_SUBSCRIPTION_ITEM,
+    COL_THRESHOLDS,
 };
 
 #define GENERATED_VALUE_CHARS 40 /* base62: about 238 bits */
@@ -45,6 +46,12 @@ json_t *keys_row_json(const PGresult *res, int row)
     json_object_set_new(key, "enabled",
                         json_boolean(strcmp(api_field(res, row, COL_ENABLED), "t") == 0));
     json_object_set_new(key, "planId", nullable(api_field(res, row, COL_PLAN)));
+    /* null: the plan's thresholds apply */
+    apimodel_thresholds thresholds;
+    json_t *own = apimodel_thresholds_parse_text(api_field(res, row, COL_THRESHOLDS), &thresholds)
+                      ? apimodel_thresholds_json(&thresholds)
+                      : NULL;
+    json_object_set_new(key, "alertThresholds", own ? own : json_null());
     json_object_set_new(key, "createdAt", api_time_json(api_field_int(res, row, COL_CREATED)));
     json_object_set_new(key, "updatedAt", api_time_json(api_field_int(res, row, COL_UPDATED)));
     return key;
@@ -85,6 +92,8 @@ void keys_create(api_request *req)
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return;
+    char thresholds[APIMODEL_THRESHOLDS_TEXT_MAX];
+    apimodel_thresholds_text(&key.thresholds, thresholds, sizeof thresholds);
     const char *params[] = {id,
                             digest_hex,
                             key.name,
@@ -94,18 +103,19 @@ void keys_create(api_request *req)
                             key.enabled ? "true" : "false",
                             key.has_plan_id ? key.plan_id : NULL,
                             key.has_subscription_item ? key.subscription_item : NULL,
-                            legacy_hex};
+                            legacy_hex,
+                            key.has_thresholds ? thresholds : NULL};
     /* A row still in the old form (not converted yet) may hold the same
      * value: the unique index cannot see it, so the statement does. */
     PGresult *res = api_exec(conn,
                              "INSERT INTO api_keys AS k (id, value_hash, value_hash_form, name, "
                              "description, customer_id, stripe_customer_id, enabled, plan_id, "
-                             "stripe_subscription_item_id) "
+                             "stripe_subscription_item_id, alert_thresholds) "
                              "SELECT $1, decode($2, 'hex'), 'hmac-sha256', $3, $4, $5, $6, "
-                             "$7::boolean, $8, $9 WHERE NOT EXISTS (SELECT 1 FROM api_keys "
-                             "WHERE value_hash = decode($10, 'hex') AND value_hash_form = 'sha256') "
-                             "RETURNING " KEY_COLUMNS,
-                             10, params);
+                             "$7::boolean, $8, $9, $11::integer[] WHERE NOT EXISTS (SELECT 1 FROM "
+                             "api_keys WHERE value_hash = decode($10, 'hex') AND value_hash_form = "
+                             "'sha256') RETURNING " KEY_COLUMNS,
+                             11, params);
     if (api_ok(res) && PQntuples(res) == 0) {
         api_reply_error(req, 409, "value_in_use", "another key already has this value");
     } else if (api_ok(res) && PQntuples(res) == 1) {
@@ -187,6 +197,25 @@ static void key_from_row(const PGresult *res, apimodel_key *key)
                  api_field(res, 0, COL_SUBSCRIPTION_ITEM));
     }
     key->enabled = strcmp(api_field(res, 0, COL_ENABLED), "t") == 0;
+    key->has_thresholds =
+        apimodel_thresholds_parse_text(api_field(res, 0, COL_THRESHOLDS), &key->thresholds);
+}
+
+/* In the transaction that changed a key's thresholds or plan: raise the
+ * thresholds its current usage has crossed and that were never raised
+ * (migration 006, tally_raise_current_quota_alerts). False with the failed
+ * result in *failed (owned by the caller). */
+static bool raise_crossed_alerts(PGconn *conn, const char *key_id, PGresult **failed)
+{
+    const char *params[] = {key_id};
+    PGresult *res =
+        api_exec(conn, "SELECT tally_raise_current_quota_alerts(NULL, $1)", 1, params);
+    if (api_ok(res)) {
+        PQclear(res);
+        return true;
+    }
+    *failed = res;
+    return false;
 }
 
 /* api_update's write for keys: the merge of `body` into the stored key. */
@@ -200,19 +229,28 @@ static bool write_key(api_request *req, PGconn *conn, const PGresult *row, const
         api_reply_error(req, 400, err.code, "%s", err.message);
         return false;
     }
+    char thresholds[APIMODEL_THRESHOLDS_TEXT_MAX];
+    apimodel_thresholds_text(&key.thresholds, thresholds, sizeof thresholds);
     const char *params[] = {req->id,
                             key.name,
                             key.description,
                             key.has_customer_id ? key.customer_id : NULL,
                             key.has_stripe_customer_id ? key.stripe_customer_id : NULL,
                             key.enabled ? "true" : "false",
-                            key.has_subscription_item ? key.subscription_item : NULL};
+                            key.has_subscription_item ? key.subscription_item : NULL,
+                            key.has_thresholds ? thresholds : NULL};
     *written = api_exec(conn,
                         "UPDATE api_keys AS k SET name = $2, description = $3, customer_id = $4, "
                         "stripe_customer_id = $5, enabled = $6::boolean, "
-                        "stripe_subscription_item_id = $7, updated_at = now() "
-                        "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
-                        7, params);
+                        "stripe_subscription_item_id = $7, alert_thresholds = $8::integer[], "
+                        "updated_at = now() WHERE k.id = $1 RETURNING " KEY_COLUMNS,
+                        8, params);
+    PGresult *failed = NULL;
+    if (api_ok(*written) && PQntuples(*written) == 1 &&
+        !raise_crossed_alerts(conn, req->id, &failed)) {
+        PQclear(*written);
+        *written = failed; /* answered as the update's failure */
+    }
     return true;
 }
 
@@ -261,12 +299,31 @@ static void set_plan(api_request *req, bool attach)
     if (conn == NULL)
         return;
     const char *params[] = {req->id, attach ? plan_id : NULL};
-    PGresult *res = api_exec(conn,
-                             "UPDATE api_keys AS k SET plan_id = $2, updated_at = now() "
-                             "WHERE k.id = $1 RETURNING " KEY_COLUMNS,
-                             2, params);
-    if (api_ok(res) && PQntuples(res) == 1)
-        api_reply_json(req, 200, keys_row_json(res, 0));
+    /* A key moved to a smaller plan may be past thresholds at once: they
+     * are raised in the move's transaction. */
+    PGresult *begun = api_exec(conn, "BEGIN", 0, NULL);
+    PGresult *res = api_ok(begun) ? api_exec(conn,
+                                             "UPDATE api_keys AS k SET plan_id = $2, "
+                                             "updated_at = now() WHERE k.id = $1 RETURNING "
+                                             KEY_COLUMNS,
+                                             2, params)
+                                  : begun;
+    if (res != begun)
+        PQclear(begun);
+    PGresult *failed = NULL;
+    if (api_ok(res) && PQntuples(res) == 1 && attach &&
+        !raise_crossed_alerts(conn, req->id, &failed)) {
+        PQclear(res);
+        res = failed;
+    }
+    if (api_ok(res) && PQntuples(res) == 1) {
+        PGresult *committed = api_exec(conn, "COMMIT", 0, NULL);
+        if (api_ok(committed))
+            api_reply_json(req, 200, keys_row_json(res, 0));
+        else
+            api_reply_db_error(req, conn, committed, "committing a plan change");
+        PQclear(committed);
+    }
     else if (api_ok(res))
         key_not_found(req);
     else if (strcmp(db_sqlstate(res), "23503") == 0)

@@ -20,8 +20,21 @@ enum {
     COL_CREATED,
     COL_UPDATED,
     COL_SUBSCRIPTION_ITEM,
+    COL_ENFORCEMENT,
+    COL_CEILING,
+    COL_THRESHOLDS,
 };
-_Static_assert(COL_SUBSCRIPTION_ITEM + 1 == PLAN_COLUMN_COUNT, "PLAN_COLUMNS and its columns");
+_Static_assert(COL_THRESHOLDS + 1 == PLAN_COLUMN_COUNT, "PLAN_COLUMNS and its columns");
+
+/* The alertThresholds of a row (stored as the api wrote them). */
+static json_t *thresholds_json(const PGresult *res, int row)
+{
+    apimodel_thresholds t;
+    if (!apimodel_thresholds_parse_text(api_field(res, row, COL_THRESHOLDS), &t))
+        return json_null(); /* written by hand outside the api's rules */
+    json_t *array = apimodel_thresholds_json(&t);
+    return array ? array : json_null();
+}
 
 static json_t *row_json(const PGresult *res, int row)
 {
@@ -30,11 +43,15 @@ static json_t *row_json(const PGresult *res, int row)
     json_object_set_new(plan, "name", json_string(api_field(res, row, COL_NAME)));
     json_object_set_new(plan, "description", json_string(api_field(res, row, COL_DESCRIPTION)));
     if (api_field(res, row, COL_QUOTA_LIMIT) != NULL) {
-        json_object_set_new(plan, "quota",
-                            json_pack("{s:I,s:s,s:I}", "limit",
-                                      (json_int_t)api_field_int(res, row, COL_QUOTA_LIMIT),
-                                      "period", api_field(res, row, COL_QUOTA_PERIOD), "offset",
-                                      (json_int_t)api_field_int(res, row, COL_QUOTA_OFFSET)));
+        const char *ceiling = api_field(res, row, COL_CEILING);
+        json_object_set_new(
+            plan, "quota",
+            json_pack("{s:I,s:s,s:I,s:s,s:o}", "limit",
+                      (json_int_t)api_field_int(res, row, COL_QUOTA_LIMIT), "period",
+                      api_field(res, row, COL_QUOTA_PERIOD), "offset",
+                      (json_int_t)api_field_int(res, row, COL_QUOTA_OFFSET), "enforcement",
+                      api_field(res, row, COL_ENFORCEMENT), "ceilingPercent",
+                      ceiling ? json_integer(atoll(ceiling)) : json_null()));
     } else {
         json_object_set_new(plan, "quota", json_null());
     }
@@ -54,6 +71,7 @@ static json_t *row_json(const PGresult *res, int row)
     json_object_set_new(plan, "stripeMeterEventName", meter ? json_string(meter) : json_null());
     const char *item = api_field(res, row, COL_SUBSCRIPTION_ITEM);
     json_object_set_new(plan, "stripeSubscriptionItemId", item ? json_string(item) : json_null());
+    json_object_set_new(plan, "alertThresholds", thresholds_json(res, row));
     json_object_set_new(plan, "createdAt", api_time_json(api_field_int(res, row, COL_CREATED)));
     json_object_set_new(plan, "updatedAt", api_time_json(api_field_int(res, row, COL_UPDATED)));
     return plan;
@@ -74,6 +92,11 @@ static bool row_model(const PGresult *res, int row, apimodel_plan *plan)
         if (!period_parse(api_field(res, row, COL_QUOTA_PERIOD), &plan->quota_period))
             plan->quota_period = PERIOD_MONTH;
     }
+    plan->quota_soft = strcmp(api_field(res, row, COL_ENFORCEMENT), "soft") == 0;
+    plan->has_ceiling = api_field(res, row, COL_CEILING) != NULL;
+    plan->ceiling_percent = plan->has_ceiling ? api_field_int(res, row, COL_CEILING) : 0;
+    if (!apimodel_thresholds_parse_text(api_field(res, row, COL_THRESHOLDS), &plan->thresholds))
+        plan->thresholds = (apimodel_thresholds){0}; /* unreadable: a PATCH may set them */
     if (api_field(res, row, COL_RATE) != NULL && api_field(res, row, COL_BURST) != NULL) {
         plan->has_throttle = true;
         plan->throttle.rate_limit = strtod(api_field(res, row, COL_RATE), NULL);
@@ -97,10 +120,11 @@ static bool row_model(const PGresult *res, int row, apimodel_plan *plan)
     return true;
 }
 
-/* The text parameters $2..$11 of a plan's columns (see INSERT/UPDATE). */
-#define PLAN_PARAMS 10
+/* The text parameters $2..$14 of a plan's columns (see INSERT/UPDATE). */
+#define PLAN_PARAMS 13
 typedef struct {
-    char limit[24], offset[24], rate[40], burst[24];
+    char limit[24], offset[24], rate[40], burst[24], ceiling[24];
+    char thresholds[APIMODEL_THRESHOLDS_TEXT_MAX];
     char *methods; /* owned */
     const char *values[PLAN_PARAMS];
 } plan_params;
@@ -124,6 +148,11 @@ static bool plan_params_fill(const apimodel_plan *plan, plan_params *p)
     p->values[7] = p->methods;
     p->values[8] = plan->has_meter ? plan->meter : NULL;
     p->values[9] = plan->has_subscription_item ? plan->subscription_item : NULL;
+    snprintf(p->ceiling, sizeof p->ceiling, "%lld", (long long)plan->ceiling_percent);
+    apimodel_thresholds_text(&plan->thresholds, p->thresholds, sizeof p->thresholds);
+    p->values[10] = plan->quota_soft ? "soft" : "hard";
+    p->values[11] = plan->has_ceiling ? p->ceiling : NULL;
+    p->values[12] = p->thresholds;
     return true;
 }
 
@@ -162,8 +191,10 @@ void plans_create(api_request *req)
                                  "INSERT INTO plans (id, name, description, quota_limit, "
                                  "quota_period, quota_offset, throttle_rate_limit, "
                                  "throttle_burst_limit, method_throttles, stripe_meter_event_name, "
-                                 "stripe_subscription_item_id) "
-                                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11) "
+                                 "stripe_subscription_item_id, quota_enforcement, "
+                                 "quota_ceiling_percent, alert_thresholds) "
+                                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, "
+                                 "$12, $13, $14::integer[]) "
                                  "RETURNING " PLAN_COLUMNS,
                                  PLAN_PARAMS + 1, params);
         if (api_ok(res) && PQntuples(res) == 1) {
@@ -202,6 +233,23 @@ void plans_get(api_request *req)
     api_reply_one(req, "SELECT " PLAN_COLUMNS " FROM plans WHERE id = $1", "plan", row_json);
 }
 
+/* After a plan's write, in its transaction: a lowered limit (or changed
+ * thresholds) may put keys' usage past thresholds never raised; raise them
+ * now (migration 006, tally_raise_current_quota_alerts). On failure
+ * *written becomes the failed result, which the caller answers. */
+static void raise_crossed_alerts(PGconn *conn, PGresult **written)
+{
+    const char *params[] = {api_field(*written, 0, COL_ID)};
+    PGresult *res =
+        api_exec(conn, "SELECT tally_raise_current_quota_alerts($1, NULL)", 1, params);
+    if (api_ok(res)) {
+        PQclear(res);
+        return;
+    }
+    PQclear(*written);
+    *written = res;
+}
+
 /* api_update's write for plans: the merge of `body` into the stored plan. */
 static bool write_plan(api_request *req, PGconn *conn, const PGresult *row, const json_t *body,
                        PGresult **written)
@@ -226,13 +274,16 @@ static bool write_plan(api_request *req, PGconn *conn, const PGresult *row, cons
                             "quota_period = $5, quota_offset = $6, throttle_rate_limit = $7, "
                             "throttle_burst_limit = $8, method_throttles = $9::jsonb, "
                             "stripe_meter_event_name = $10, stripe_subscription_item_id = $11, "
-                            "updated_at = now(), "
+                            "quota_enforcement = $12, quota_ceiling_percent = $13, "
+                            "alert_thresholds = $14::integer[], updated_at = now(), "
                             /* the offset's first period starts over when the quota changes */
                             "quota_set_at = CASE WHEN (quota_limit, quota_period, quota_offset) "
                             "IS DISTINCT FROM ($4::bigint, $5::text, $6::bigint) THEN now() "
                             "ELSE quota_set_at END WHERE id = $1 "
                             "RETURNING " PLAN_COLUMNS,
                             PLAN_PARAMS + 1, params);
+        if (api_ok(*written) && PQntuples(*written) == 1)
+            raise_crossed_alerts(conn, written);
     }
     apimodel_plan_free(&plan);
     free(p.methods);

@@ -42,6 +42,14 @@
     X("GET",    "/v1/me/usage",         AUTH_API_KEY, APIROUTE_ON_WORKER,    usage_me_usage)    \
     X("GET",    "/v1/me/quota",         AUTH_API_KEY, APIROUTE_MEMORY_FIRST, usage_me_quota)    \
     X("GET",    "/v1/authorize",        AUTH_GATEWAY, APIROUTE_IN_MEMORY,    authorize_handle)  \
+    X("GET",    "/v1/alerts",           AUTH_ADMIN,   APIROUTE_ON_WORKER,    alerts_list)       \
+    X("GET",    "/v1/me/alerts",        AUTH_API_KEY, APIROUTE_ON_WORKER,    alerts_me)         \
+    X("POST",   "/v1/webhooks",         AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_create)   \
+    X("GET",    "/v1/webhooks",         AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_list)     \
+    X("GET",    "/v1/webhooks/{id}",    AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_get)      \
+    X("PATCH",  "/v1/webhooks/{id}",    AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_update)   \
+    X("DELETE", "/v1/webhooks/{id}",    AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_delete)   \
+    X("POST",   "/v1/webhooks/{id}/rotate-secret", AUTH_ADMIN, APIROUTE_ON_WORKER, webhooks_rotate_secret) \
     X("GET",    "/v1/webhooks/{id}/deliveries", AUTH_ADMIN, APIROUTE_ON_WORKER, hookdeliveries_list) \
     X("POST",   "/v1/webhooks/{id}/resend", AUTH_ADMIN,   APIROUTE_ON_WORKER,  hookdeliveries_resend)
 /* clang-format on */

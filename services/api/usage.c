@@ -403,3 +403,20 @@ void usage_me_quota(api_request *req)
     else
         quota_from_cache(req, true);
 }
+
+bool usage_me_resolve(api_request *req)
+{
+    uint8_t stored[KEYHASH_LEN], legacy[KEYHASH_LEN];
+    bool resolved = false;
+    if ((!keyhash_from_request(req, stored, legacy) ||
+         resolve_me_from_cache(req, stored, &resolved)) && !resolved)
+        return false; /* replied */
+    if (resolved)
+        return true;
+    PGconn *conn = dbpool_acquire(req);
+    if (conn == NULL)
+        return false;
+    resolved = resolve_key(req, conn, true, stored, legacy);
+    dbpool_release(conn);
+    return resolved;
+}

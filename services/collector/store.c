@@ -140,7 +140,7 @@ static void build_hourly_upsert(sql_text *q)
 static void build_counter_upsert(sql_text *q)
 {
     int first = ROLLUP_HOURLY_COLUMNS + 1;
-    sql_add(q, " INSERT INTO usage_counters AS c (key_id, period, period_start");
+    sql_add(q, ", counters AS (INSERT INTO usage_counters AS c (key_id, period, period_start");
     sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
     sql_add(q, ") SELECT key_id, period, to_timestamp(period_start)");
     sql_names(q, measures, ROLLUP_MEASURE_COUNT, true);
@@ -152,6 +152,26 @@ static void build_counter_upsert(sql_text *q)
     sql_add(q, ") WHERE (SELECT count(*) FROM hourly) >= 0 ORDER BY key_id, period, period_start"
                " ON CONFLICT (key_id, period, period_start) DO UPDATE SET ");
     sql_sums(q, "c");
+    sql_add(q, " RETURNING c.key_id, c.period, c.period_start, c.units)");
+}
+
+/* Threshold alerts, in the statement (and so the transaction) that moved
+ * the counters: each counter's units went from (new - this batch's) to
+ * new, under the row lock the upsert holds, so concurrent collectors see
+ * consecutive, non-overlapping moves; tally_raise_quota_alerts (migration
+ * 006) raises the thresholds crossed, once each. One set-based call per
+ * batch. */
+static void build_alert_call(sql_text *q)
+{
+    int first = ROLLUP_HOURLY_COLUMNS + 1;
+    int units = first + 3 + ROLLUP_MEASURE_UNITS;
+    sql_add(q, " SELECT tally_raise_quota_alerts(array_agg(n.key_id), array_agg(n.period),"
+               " array_agg(n.period_start), array_agg(n.units - d.units), array_agg(n.units))"
+               " FROM counters n JOIN unnest($%d::text[], $%d::text[], $%d::bigint[],"
+               " $%d::bigint[]) AS d (key_id, period, period_start, units)"
+               " ON d.key_id = n.key_id AND d.period = n.period"
+               " AND to_timestamp(d.period_start) = n.period_start",
+            first, first + 1, first + 2, units);
 }
 
 /* The phase B statement, derived from rollupcols.h; false if it does not
@@ -161,6 +181,7 @@ static bool build_rollup_sql(char *out, size_t size)
     sql_text q = {out, size, 0, false};
     build_hourly_upsert(&q);
     build_counter_upsert(&q);
+    build_alert_call(&q);
     return !q.overflow;
 }
 
@@ -533,7 +554,7 @@ bool store_add_rollups(store *st, const buf *hourly, const buf *counters, char *
     rollup_values(hourly, counters, values);
     PGresult *res =
         PQexecPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0);
-    if (PQresultStatus(res) != PGRES_COMMAND_OK)
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) /* it ends with the alerts' SELECT */
         return step_failed(st, res, "adding to the rollups", err, err_size);
     PQclear(res);
     return true;

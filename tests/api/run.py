@@ -338,7 +338,8 @@ def plan_create_and_read(s):
                   methodThrottles={"/items/GET": {"rateLimit": 1, "burstLimit": 2}},
                   stripeMeterEventName="api_requests")
     check(re.fullmatch(r"pln_[A-Za-z0-9]{20}", p["id"]), "id %r" % p["id"])
-    check(p["quota"] == {"limit": 1000, "period": "MONTH", "offset": 100}, repr(p))
+    check(p["quota"] == {"limit": 1000, "period": "MONTH", "offset": 100, "enforcement": "hard",
+                         "ceilingPercent": None}, repr(p))
     check(p["throttle"] == {"rateLimit": 12.5, "burstLimit": 20}, repr(p))
     check(p["methodThrottles"] == {"/items/GET": {"rateLimit": 1, "burstLimit": 2}}, repr(p))
     utc(p["createdAt"]), utc(p["updatedAt"])
@@ -446,7 +447,8 @@ def plan_update(s):
     time.sleep(0.01)
     r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
                       body={"quota": {"limit": 2000}, "description": None}), 200).json
-    check(r["quota"] == {"limit": 2000, "period": "MONTH", "offset": 100}, repr(r))
+    check(r["quota"] == {"limit": 2000, "period": "MONTH", "offset": 100, "enforcement": "hard",
+                         "ceilingPercent": None}, repr(r))
     check(r["description"] == "" and r["name"] == "Pro", repr(r))
     check(r["updatedAt"] > p["updatedAt"] and r["createdAt"] == p["createdAt"], repr(r))
     r = expect(s.call("PATCH", "/v1/plans/{id}", ids={"id": p["id"]}, admin=True,
