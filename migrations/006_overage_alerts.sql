@@ -139,6 +139,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN tally_period_start(quota_period, quota_set_at) = start
             THEN greatest(quota_limit - quota_offset, 0) ELSE quota_limit END;
 
+-- A key's limit in force for the period of kind `period` starting at
+-- `start`, given its plan's (tally_quota_limit_in_force). Here the plan's;
+-- migration 007 replaces it to add the key's own quota adjustment (AWS's
+-- UpdateUsage) as the api's key cache applies it (keycache_adjusted_limit).
+CREATE FUNCTION tally_key_limit_in_force(key_id text, plan_limit bigint, period text,
+                                         start timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN plan_limit;
+
 -- The units at which `threshold` percent of `quota_limit` is reached:
 -- ceil(limit * threshold / 100), in numeric (10^15 * 100000 leaves bigint).
 CREATE FUNCTION tally_threshold_units(quota_limit bigint, threshold integer) RETURNS numeric
@@ -179,8 +188,11 @@ LANGUAGE sql VOLATILE AS $$
           CROSS JOIN LATERAL (
               SELECT k.customer_id, coalesce(k.alert_thresholds, p.alert_thresholds),
                      p.id, p.quota_enforcement,
-                     tally_quota_limit_in_force(p.quota_limit, p.quota_offset, p.quota_period,
-                                                p.quota_set_at, c.period_start)
+                     tally_key_limit_in_force(
+                         k.id, tally_quota_limit_in_force(p.quota_limit, p.quota_offset,
+                                                          p.quota_period, p.quota_set_at,
+                                                          c.period_start),
+                         c.period, c.period_start)
                 FROM api_keys k JOIN plans p ON p.id = k.plan_id
                WHERE k.id = c.key_id AND p.quota_period = c.period
                  AND c.new_units > c.old_units

@@ -23,3 +23,17 @@ CREATE TABLE quota_adjustments (
 -- only to be answered back: Tally meters whatever a gateway sends, and the
 -- stages' per-method throttle maps are the plan's method_throttles.
 ALTER TABLE plans ADD COLUMN aws_api_stages jsonb NOT NULL DEFAULT '[]'::jsonb;
+
+-- The key's limit in force with its adjustment (migration 006 defined it as
+-- the plan's alone), so that threshold alerts are raised against the limit
+-- authorize enforces: plan limit + adjustment, never below 0, saturating
+-- at the bigint maximum as keycache_adjusted_limit() does.
+CREATE OR REPLACE FUNCTION tally_key_limit_in_force(key_id text, plan_limit bigint, period text,
+                                                    start timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN greatest(least(plan_limit::numeric
+                      + coalesce((SELECT a.adjustment FROM quota_adjustments a
+                                   WHERE a.key_id = tally_key_limit_in_force.key_id
+                                     AND a.period = tally_key_limit_in_force.period
+                                     AND a.period_start = start), 0),
+                      9223372036854775807), 0)::bigint;

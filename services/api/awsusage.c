@@ -310,10 +310,20 @@ static bool write_adjustment(api_request *req, PGconn *conn, const plan_quota *q
     int64_t period_at = period_start(quota->period, now);
     time_format_rfc3339(period_at, start, sizeof start);
     const char *params[] = {req->key_id, period_name(quota->period), start};
-    PGresult *res = api_exec(conn,
-                             "SELECT coalesce((SELECT units FROM usage_counters WHERE key_id = $1 "
-                             "AND period = $2 AND period_start = $3::timestamptz), 0)",
-                             3, params);
+    /* One transaction: the adjustment, and the alerts a lowered limit has
+     * crossed (as a plan change raises them); what is not committed is
+     * rolled back when the connection goes back to the pool. */
+    PGresult *res = api_exec(conn, "BEGIN", 0, NULL);
+    if (!api_ok(res)) {
+        api_reply_db_error(req, conn, res, "starting a transaction");
+        PQclear(res);
+        return false;
+    }
+    PQclear(res);
+    res = api_exec(conn,
+                   "SELECT coalesce((SELECT units FROM usage_counters WHERE key_id = $1 "
+                   "AND period = $2 AND period_start = $3::timestamptz), 0)",
+                   3, params);
     if (!api_ok(res)) {
         api_reply_db_error(req, conn, res, "reading a quota counter");
         PQclear(res);
@@ -339,9 +349,20 @@ static bool write_adjustment(api_request *req, PGconn *conn, const plan_quota *q
                    "ON CONFLICT (key_id, period, period_start) DO UPDATE "
                    "SET adjustment = EXCLUDED.adjustment, updated_at = now()",
                    4, write_params);
+    const char *what = "writing a quota adjustment";
+    if (api_ok(res)) {
+        PQclear(res);
+        what = "raising the alerts of a lowered limit";
+        res = api_exec(conn, "SELECT tally_raise_current_quota_alerts(NULL, $1)", 1, params);
+    }
+    if (api_ok(res)) {
+        PQclear(res);
+        what = "committing a quota adjustment";
+        res = api_exec(conn, "COMMIT", 0, NULL);
+    }
     bool ok = api_ok(res);
     if (!ok)
-        api_reply_db_error(req, conn, res, "writing a quota adjustment");
+        api_reply_db_error(req, conn, res, what);
     PQclear(res);
     return ok;
 }
