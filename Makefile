@@ -80,6 +80,16 @@ $(BUILD)/bin/unit-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(call UNIT_SRC,$(1))) \
 endef
 $(foreach s,$(SERVICES),$(eval $(call service_rules,$(s))))
 
+# The dashboard's pages, scripts and vendored chart library, embedded in
+# tally-api (services/api/dashassets.h) by a generator run at build time.
+DASH_FILES := $(shell find services/api/dashboard -type f 2>/dev/null)
+$(BUILD)/gen/dashassets.c: tools/embed-assets.py $(DASH_FILES)
+	@mkdir -p $(dir $@)
+	python3 tools/embed-assets.py services/api/dashboard $@
+$(BUILD)/gen/dashassets.o: $(BUILD)/gen/dashassets.c services/api/dashassets.h
+	$(CC) $(CFLAGS_ALL) -Iservices/api -c -o $@ $<
+$(call SVC_LIB,api): $(BUILD)/gen/dashassets.o
+
 define tool_rules
 $(BUILD)/bin/tally-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1)/*.c)) $(COMMON_LIB)
 	@mkdir -p $$(dir $$@)

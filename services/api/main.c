@@ -25,6 +25,9 @@
 #include "apitext.h"
 #include "buf.h"
 #include "config.h"
+#include "cors.h"
+#include "dashboard.h"
+#include "dashlink.h"
 #include "keycache.h"
 #include "keyhash.h"
 #include "log.h"
@@ -50,6 +53,8 @@ static const char *tls_key_file;
 static long long per_ip_connections;
 static long long request_timeout_s;
 static long long idle_timeout_s;
+static const char *cors_origins; /* cors.h */
+static const char *public_url;   /* dashboard.h */
 
 #define ADMIN_TOKEN_MIN 16
 /* libmicrohttpd's connection limit; the workers' queue holds one job per
@@ -114,6 +119,12 @@ static const cfg_setting settings[] = {
      "connection's first request"},
     {"TALLY_HTTP_IDLE_TIMEOUT_S", "idle-timeout", CFG_INT, &idle_timeout_s, "60", false, false, 1,
      3600, "seconds a kept-alive connection may wait for its next request"},
+    {"TALLY_CORS_ORIGINS", "cors-origins", CFG_STRING, &cors_origins, "", false, false, 0, 0,
+     "comma-separated origins (https://app.example.com) whose pages may call /v1/me/* from a "
+     "browser; empty: none. Admin routes never answer cross-origin"},
+    {"TALLY_PUBLIC_URL", "public-url", CFG_STRING, &public_url, "", false, false, 0, 0,
+     "the api's address as customers reach it (https://tally.example.com), put in front of "
+     "dashboard links; empty: links are paths (/dashboard/#link=...)"},
 };
 
 static char *openapi_text;
@@ -203,6 +214,8 @@ static enum MHD_Result send_response(request_state *state)
     api_response *r = &req->response;
     if (r->status == 0)
         api_reply_error(req, 500, "internal", "the handler gave no answer");
+    cors_decorate(req);
+    dashboard_decorate(req);
     struct MHD_Response *response;
     if (r->body != NULL) {
         response = MHD_create_response_from_buffer(r->body_len, r->body, MHD_RESPMEM_MUST_FREE);
@@ -617,10 +630,20 @@ int main(int argc, char **argv)
                         "characters\n", ADMIN_TOKEN_MIN);
         return 2;
     }
-    if (!keyhash_init(key_hmac_secret, err, sizeof err)) {
+    if (!keyhash_init(key_hmac_secret, err, sizeof err) ||
+        !cors_init(cors_origins, err, sizeof err)) {
         fprintf(stderr, "tally-api: %s\n", err);
         return 2;
     }
+    if (strlen(public_url) > 200 || (public_url[0] != '\0' &&
+                                     strncmp(public_url, "https://", 8) != 0 &&
+                                     strncmp(public_url, "http://", 7) != 0)) {
+        fprintf(stderr, "tally-api: TALLY_PUBLIC_URL (--public-url) must be an http(s) URL of "
+                        "at most 200 bytes\n");
+        return 2;
+    }
+    dashlink_init(key_hmac_secret, strlen(key_hmac_secret));
+    dashboard_init(public_url);
     struct sockaddr_storage addr;
     socklen_t addr_len;
     if (!ops_parse_listen_addr(http_addr, &addr, &addr_len, err, sizeof err)) {
