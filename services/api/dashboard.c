@@ -204,7 +204,7 @@ void dashboard_links_create(api_request *req)
         api_reply_error(req, 500, "internal", "the link could not be signed");
         return;
     }
-    snprintf(url, sizeof url, "%s/dashboard/#link=%s", public_url, token);
+    snprintf(url, sizeof url, "%s/dashboard#link=%s", public_url, token);
     json_t *answer = json_pack("{s:s,s:s,s:s,s:o,s:I}", "keyId", req->id, "url", url, "token",
                                token, "expiresAt", api_time_json(expires * USEC_PER_SEC),
                                "ttlSeconds", (json_int_t)ttl);

@@ -49,7 +49,7 @@
     X("GET",    "/v1/quotas/nearest",   AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_nearest_quota) \
     X("GET",    "/v1/usage/top",        AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_top_usage) \
     X("GET",    "/v1/status",           AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_status)   \
-    X("GET",    "/dashboard/",          AUTH_NONE,    APIROUTE_IN_MEMORY,    dashboard_customer_page) \
+    X("GET",    "/dashboard",           AUTH_NONE,    APIROUTE_IN_MEMORY,    dashboard_customer_page) \
     X("GET",    "/dashboard/admin",     AUTH_NONE,    APIROUTE_IN_MEMORY,    dashboard_admin_page) \
     X("GET",    "/dashboard/assets/{id}", AUTH_NONE,  APIROUTE_IN_MEMORY,    dashboard_asset)   \
     X("GET",    "/dashboard/vendor/{id}", AUTH_NONE,  APIROUTE_IN_MEMORY,    dashboard_vendor)  \

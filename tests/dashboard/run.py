@@ -345,7 +345,7 @@ def me(s, path, key_value=None, token=None, origin=None):
 
 def open_customer_page(s, browser, token):
     tab = browser.open_tab()
-    browser.navigate("%s/dashboard/#link=%s" % (s.api_url, token))
+    browser.navigate("%s/dashboard#link=%s" % (s.api_url, token))
     return tab
 
 
@@ -355,12 +355,15 @@ def open_customer_page(s, browser, token):
 @test
 def customer_page(s, browser):
     link = s.admin("POST", "/v1/keys/%s/dashboard-links" % s.key_a, {"ttlSeconds": 600}, 201)
-    check(link["url"].startswith("/dashboard/#link=") and link["keyId"] == s.key_a,
+    check(link["url"].startswith("/dashboard#link=") and link["keyId"] == s.key_a,
           "the link is not a fragment link to the page: %r" % link)
-    t0 = time.monotonic()
     tab = open_customer_page(s, browser, link["token"])
     browser.wait_for("the customer page to load", "document.body && document.body.dataset.loaded === 'true'")
-    elapsed = time.monotonic() - t0
+    # From the navigation's start to the last figure drawn, as the page
+    # measures it (performance.now()); printed, bounded loosely: the
+    # machine is shared.
+    elapsed = browser.evaluate("+document.body.dataset.loadedMs") / 1000.0
+    check(elapsed < 5, "the page took %.2f s to show its figures" % elapsed)
     check(browser.evaluate("location.hash") == "", "the token stayed in the address bar")
     quota = s.admin("GET", "/v1/keys/%s/quota" % s.key_a)
     page = browser.evaluate("""({
@@ -444,7 +447,7 @@ def api_unreachable(s, browser):
     # were down (the DevTools Fetch domain refuses the connection).
     tab = browser.open_tab()
     browser.fail_requests("*/v1/*")
-    browser.navigate("%s/dashboard/#link=%s" % (s.api_url, sign_link(s.key_a, int(time.time()) + 60)))
+    browser.navigate("%s/dashboard#link=%s" % (s.api_url, sign_link(s.key_a, int(time.time()) + 60)))
     browser.wait_for("the page to say the api is unreachable",
                      "document.getElementById('status').textContent.includes('cannot be reached')")
     check(browser.evaluate("document.getElementById('content').hidden"), "stale figures shown")
@@ -554,7 +557,7 @@ def cors_in_browser(s, browser):
 
 @test
 def page_headers(s, browser):
-    for path in ("/dashboard/", "/dashboard/admin", "/dashboard/assets/customer.js",
+    for path in ("/dashboard", "/dashboard/admin", "/dashboard/assets/customer.js",
                  "/dashboard/vendor/uPlot.iife.min.js"):
         status, h, _ = s.request("GET", path)
         check(status == 200, "%s: %d" % (path, status))

@@ -8,6 +8,7 @@ int main(void)
         api_route_suite(),
         api_model_suite(),
         api_text_suite(),
+        api_dashlink_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

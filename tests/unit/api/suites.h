@@ -7,5 +7,6 @@
 Suite *api_route_suite(void);
 Suite *api_model_suite(void);
 Suite *api_text_suite(void);
+Suite *api_dashlink_suite(void);
 
 #endif

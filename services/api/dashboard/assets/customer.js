@@ -1,4 +1,4 @@
-/* The customer page (/dashboard/): one key's quota, usage and projection,
+/* The customer page (/dashboard): one key's quota, usage and projection,
  * from the /v1/me routes. Signs in with a dashboard link (#link=<token>,
  * sent as Authorization: Bearer) or, less safely, the API key itself
  * (#key=<key>, sent as x-api-key). The credential is moved from the URL to
@@ -204,6 +204,8 @@
     renderAlerts(alerts);
     lastGood = new Date();
     $("as-of").textContent = T.localTime(quota.body.asOf);
+    if (!document.body.hasAttribute("data-loaded-ms"))
+      document.body.setAttribute("data-loaded-ms", Math.round(performance.now()));
     document.body.setAttribute("data-loaded", "true");
   }
 
