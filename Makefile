@@ -180,6 +180,7 @@ test: deps
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/api/run.py --asan-bin build/asan/bin
 	python3 tests/e2e/run.py --bin build/bin
+	python3 tests/dashboard/run.py --bin build/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

@@ -267,9 +267,18 @@ start_program loadgen "$bin/tally-loadgen" \
   --rate 200 --duration 86400 --dup-ratio 0.05 --late-ratio 0.02 --source gw-demo \
   --log-level warn
 
+# A customer dashboard link for Acme, valid an hour, made through the api as
+# a customer's backend would (empty if the api does not answer in time).
+dashboard_link=$(curl -s --max-time 5 --retry 20 --retry-connrefused --retry-delay 1 -X POST \
+  -H "Authorization: Bearer $admin_token" -d '{"ttlSeconds":3600}' \
+  "http://$api_addr/v1/keys/key_pro_acme/dashboard-links" 2>/dev/null |
+  sed -n 's/.*"url":"\([^"]*\)".*/\1/p') || dashboard_link=
+
 cat <<INFO
 
 Tally is running (Ctrl-C stops everything):
+  dashboards         http://$api_addr$dashboard_link   (Acme's usage, link valid 1 h)
+                     http://$api_addr/dashboard/admin   (operator overview: the admin token below)
   api                http://$api_addr   admin token: $admin_token
                      curl -H "Authorization: Bearer $admin_token" http://$api_addr/v1/keys
                      curl -H "Authorization: Bearer $admin_token" http://$api_addr/v1/keys/key_free_bob/quota

@@ -39,7 +39,9 @@
   function age(text) {
     if (!text) return "never";
     const s = Math.max(0, Math.round((Date.now() - Date.parse(text)) / 1000));
-    return T.localTime(text) + " (" + (s < 120 ? T.fmt(s) + " s" : T.fmt(Math.round(s / 60)) + " min") + " ago)";
+    const ago = s < 120 ? T.fmt(s) + " s" : s < 7200 ? T.fmt(Math.round(s / 60)) + " min" : T.fmt(Math.round(s / 3600)) + " h";
+    const when = s < 86400 ? new Date(text).toLocaleTimeString() : T.localTime(text);
+    return when + " (" + ago + " ago)";
   }
 
   function renderStatus(st) {

@@ -87,8 +87,8 @@
     const opts = {
       title, width, height: 260,
       scales: { x: { time: true } },
-      axes: [{}, { scale: "y", values: (u, ticks) => ticks.map(fmt) },
-             series.some((s) => s.scale === "total") ? { scale: "total", side: 1, grid: { show: false }, values: (u, ticks) => ticks.map(fmt) } : { show: false }],
+      axes: [{}, { scale: "y", size: 64, values: (u, ticks) => ticks.map(fmt) },
+             series.some((s) => s.scale === "total") ? { scale: "total", side: 1, size: 72, grid: { show: false }, values: (u, ticks) => ticks.map(fmt) } : { show: false }],
       series: [{}].concat(series.map((s) => ({
         label: s.label, stroke: s.color, fill: s.bars ? s.color + "99" : undefined,
         width: s.bars ? 1 : 2, dash: s.dash, scale: s.scale || "y",

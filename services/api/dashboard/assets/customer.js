@@ -93,7 +93,7 @@
     const projected = Math.round(q.used + rate * Math.max(0, (end - now) / HOUR_MS));
     const overage = Math.max(0, projected - q.limit);
     const rows = [["Current rate", "rate", T.fmt1(rate) + " units/hour", rate],
-                  ["Projected by " + T.localTime(q.periodEnd), "used", T.units(projected), projected],
+                  ["Projected use by the reset", "used", T.units(projected), projected],
                   ["Projected overage", "overage", T.units(overage), overage]];
     $("projection").replaceChildren(...rows.flatMap(([name, id, text, value]) => [
       T.el("dt", { text: name }), T.el("dd", { id: "projected-" + id, "data-value": value, text, class: id === "overage" && overage > 0 ? "over" : null })]));
@@ -102,19 +102,30 @@
       : "At the rate since the period began, this key stays within its quota.";
   }
 
-  /* Running totals within each quota period, from `from` on (null
-   * before: a period whose start is not shown has no true total). */
+  /* "Used in the quota period" at the end of each bucket. In the current
+   * period it is anchored on the quota's `used` and walked back (the
+   * period may have begun before the chart's first bucket); in earlier
+   * periods it runs forward from their start; before `from` (where an
+   * earlier period's start is not in the chart) it is null. */
   function periodTotals(items, q, from) {
     const qStart = Date.parse(q.periodStart);
     const periodOf = (t) => (q.period === "DAY" ? t - (t % DAY_MS) : t >= qStart ? qStart : -1);
+    const totals = new Array(items.length).fill(null);
+    let after = 0;
+    for (let i = items.length - 1; i >= 0; i--) {
+      if (Date.parse(items[i].start) < qStart) break;
+      totals[i] = Math.max(0, q.used - after);
+      after += items[i].units;
+    }
     let total = 0, current = null;
-    return items.map((item) => {
+    items.forEach((item, i) => {
       const t = Date.parse(item.start);
-      if (t < from) return null;
+      if (t >= qStart || t < from) return;
       if (periodOf(t) !== current) { current = periodOf(t); total = 0; }
       total += item.units;
-      return total;
+      totals[i] = total;
     });
+    return totals;
   }
 
   function renderSeries(kind, usage, q, granularityLabel) {
@@ -124,7 +135,7 @@
     if (q) {
       const qStart = Date.parse(q.periodStart);
       /* Hourly: the periods whose start is in the window; daily: both. */
-      const from = kind === "daily" ? Date.parse(usage.from) : q.period === "DAY" ? qStart - DAY_MS : qStart;
+      const from = kind === "daily" ? Date.parse(usage.from) : qStart - (q.period === "DAY" ? DAY_MS : 0);
       series.push({ label: "Used in the quota period", values: periodTotals(items, q, from), color: "#1d6b35", scale: "total" });
       series.push({ label: "Quota", values: items.map(() => q.limit), color: "#a4161a", dash: [6, 4], scale: "total" });
     }
