@@ -3,7 +3,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 
 static char origins[CORS_ORIGINS_MAX][CORS_ORIGIN_LEN_MAX + 1];
 static size_t origin_count;
