@@ -326,10 +326,13 @@ class System:
         subprocess.run([os.path.join(REPO, "tools", "stack.sh"), "down", self.stack],
                        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        timeout=120)
-        for proc in (self.api, self.collector):
-            report = sanitizer_report(proc.log_text())
+        reports = 0
+        for proc in (getattr(self, "api", None), getattr(self, "collector", None)):
+            report = sanitizer_report(proc.log_text()) if proc else None
             if report:
-                print("sanitizer report in %s:\n%s" % (proc.name, report))
+                reports += 1
+                print("FAIL sanitizer report in %s:\n%s" % (proc.name, report))
+        return reports
 
 
 def me(s, path, key_value=None, token=None, origin=None):
@@ -640,7 +643,7 @@ def main():
     finally:
         if browser is not None:
             browser.close()
-        s.stop()
+        failed += s.stop()  # a sanitized build's reports fail the run
     print("artefacts in %s" % s.artefacts)
     print("%d passed, %d failed (%.1f s)" % (passed, failed, time.monotonic() - t_start))
     if failed == 0 and not args.artefacts:
