@@ -80,6 +80,16 @@ $(BUILD)/bin/unit-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(call UNIT_SRC,$(1))) \
 endef
 $(foreach s,$(SERVICES),$(eval $(call service_rules,$(s))))
 
+# The dashboard's pages, scripts and vendored chart library, embedded in
+# tally-api (services/api/dashassets.h) by a generator run at build time.
+DASH_FILES := $(shell find services/api/dashboard -type f 2>/dev/null)
+$(BUILD)/gen/dashassets.c: tools/embed-assets.py $(DASH_FILES)
+	@mkdir -p $(dir $@)
+	python3 tools/embed-assets.py services/api/dashboard $@
+$(BUILD)/gen/dashassets.o: $(BUILD)/gen/dashassets.c services/api/dashassets.h
+	$(CC) $(CFLAGS_ALL) -Iservices/api -c -o $@ $<
+$(call SVC_LIB,api): $(BUILD)/gen/dashassets.o
+
 define tool_rules
 $(BUILD)/bin/tally-$(1): $(patsubst %.c,$(BUILD)/obj/%.o,$(wildcard tools/$(1)/*.c)) $(COMMON_LIB)
 	@mkdir -p $$(dir $$@)
@@ -182,6 +192,7 @@ test: deps
 	python3 tests/gateway/run.py --bin build/asan/bin
 	python3 tests/webhooks/run.py --bin build/asan/bin
 	python3 tests/alerts/run.py --bin build/bin --asan-bin build/asan/bin
+	python3 tests/dashboard/run.py --bin build/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

@@ -313,10 +313,18 @@ gateway_answers=$logs/gateway_answers.log
 start_program gateway_traffic deploy/gateway/demo-traffic.sh "http://$gateway_addr" \
   "$gateway_answers" "key_free_bob:${key_secret[key_free_bob]}:30" \
   "key_pro_acme:${key_secret[key_pro_acme]}:5"
+# A customer dashboard link for Acme, valid an hour, made through the api as
+# a customer's backend would (empty if the api does not answer in time).
+dashboard_link=$(curl -s --max-time 5 --retry 20 --retry-connrefused --retry-delay 1 -X POST \
+  -H "Authorization: Bearer $admin_token" -d '{"ttlSeconds":3600}' \
+  "http://$api_addr/v1/keys/key_pro_acme/dashboard-links" 2>/dev/null |
+  sed -n 's/.*"url":"\([^"]*\)".*/\1/p') || dashboard_link=
 
 cat <<INFO
 
 Tally is running (Ctrl-C stops everything):
+  dashboards         http://$api_addr$dashboard_link   (Acme's usage, link valid 1 h)
+                     http://$api_addr/dashboard/admin   (operator overview: the admin token below)
   api                http://$api_addr   admin token: $admin_token
                      curl -H "Authorization: Bearer $admin_token" http://$api_addr/v1/keys
                      curl -H "Authorization: Bearer $admin_token" http://$api_addr/v1/keys/key_free_bob/quota

@@ -207,9 +207,9 @@ json_t *keys_row_json(const PGresult *res, int row);
     "quota_enforcement, quota_ceiling_percent, alert_thresholds::text"
 #define PLAN_COLUMN_COUNT 16
 json_t *plans_row_json(const PGresult *res, int row);
-/* For /v1/me routes on a worker (usage.c): resolves the x-api-key into
- * req->key_id, from the key cache or else the database (a connection
- * taken and given back here). False after replying 401, 403 or 503. */
+/* For /v1/me routes on a worker (usage.c): resolves the x-api-key (or a
+ * dashboard link) into req->key_id, from the key cache or else the
+ * database (a connection taken and given back here). False after replying 401, 403 or 503. */
 bool usage_me_resolve(api_request *req);
 
 /* Random ids and secrets from getrandom (random.c). `prefix` + `length`

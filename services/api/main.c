@@ -26,6 +26,9 @@
 #include "aws.h"
 #include "buf.h"
 #include "config.h"
+#include "cors.h"
+#include "dashboard.h"
+#include "dashlink.h"
 #include "keycache.h"
 #include "keyhash.h"
 #include "log.h"
@@ -54,6 +57,8 @@ static long long idle_timeout_s;
 static const char *aws_addr;
 static const char *aws_credentials;
 static const char *aws_region;
+static const char *cors_origins; /* cors.h */
+static const char *public_url;   /* dashboard.h */
 
 #define ADMIN_TOKEN_MIN 16
 /* libmicrohttpd's connection limit; the workers' queue holds one job per
@@ -128,6 +133,12 @@ static const cfg_setting settings[] = {
      "','-separated (several, to rotate one); also TALLY_AWS_CREDENTIALS_FILE; never logged"},
     {"TALLY_AWS_REGION", "aws-region", CFG_STRING, &aws_region, "us-east-1", false, false, 0, 0,
      "the region AWS API requests must be signed for (the clients' AWS_DEFAULT_REGION)"},
+    {"TALLY_CORS_ORIGINS", "cors-origins", CFG_STRING, &cors_origins, "", false, false, 0, 0,
+     "comma-separated origins (https://app.example.com) whose pages may call /v1/me/* from a "
+     "browser; empty: none. Admin routes never answer cross-origin"},
+    {"TALLY_PUBLIC_URL", "public-url", CFG_STRING, &public_url, "", false, false, 0, 0,
+     "the api's address as customers reach it (https://tally.example.com), put in front of "
+     "dashboard links; empty: links are paths (/dashboard/#link=...)"},
 };
 
 static char *openapi_text;
@@ -226,6 +237,8 @@ static enum MHD_Result send_response(request_state *state)
     api_response *r = &req->response;
     if (r->status == 0)
         api_reply_error(req, 500, "internal", "the handler gave no answer");
+    cors_decorate(req);
+    dashboard_decorate(req);
     struct MHD_Response *response;
     if (r->body != NULL) {
         response = MHD_create_response_from_buffer(r->body_len, r->body, MHD_RESPMEM_MUST_FREE);
@@ -651,10 +664,20 @@ int main(int argc, char **argv)
                         "characters\n", ADMIN_TOKEN_MIN);
         return 2;
     }
-    if (!keyhash_init(key_hmac_secret, err, sizeof err)) {
+    if (!keyhash_init(key_hmac_secret, err, sizeof err) ||
+        !cors_init(cors_origins, err, sizeof err)) {
         fprintf(stderr, "tally-api: %s\n", err);
         return 2;
     }
+    if (strlen(public_url) > 200 || (public_url[0] != '\0' &&
+                                     strncmp(public_url, "https://", 8) != 0 &&
+                                     strncmp(public_url, "http://", 7) != 0)) {
+        fprintf(stderr, "tally-api: TALLY_PUBLIC_URL (--public-url) must be an http(s) URL of "
+                        "at most 200 bytes\n");
+        return 2;
+    }
+    dashlink_init(key_hmac_secret, strlen(key_hmac_secret));
+    dashboard_init(public_url);
     struct sockaddr_storage addr;
     socklen_t addr_len;
     if (!ops_parse_listen_addr(http_addr, &addr, &addr_len, err, sizeof err)) {

@@ -13,7 +13,9 @@
  * request unanswered to be run again on a worker.
  *
  * Rows of one path list its methods; the order of rows is the metrics'
- * order. X(method, path, auth, runs, handler). */
+ * order. An OPTIONS row (handler cors_preflight) opens its path to the
+ * origins of TALLY_CORS_ORIGINS (cors.h); paths without one never answer
+ * cross-origin. X(method, path, auth, runs, handler). */
 #ifndef TALLY_API_ROUTES_H
 #define TALLY_API_ROUTES_H
 
@@ -39,11 +41,22 @@
     X("DELETE", "/v1/keys/{id}/plan",   AUTH_ADMIN,   APIROUTE_ON_WORKER,    keys_detach_plan)  \
     X("GET",    "/v1/keys/{id}/usage",  AUTH_ADMIN,   APIROUTE_ON_WORKER,    usage_key_usage)   \
     X("GET",    "/v1/keys/{id}/quota",  AUTH_ADMIN,   APIROUTE_MEMORY_FIRST, usage_key_quota)   \
+    X("POST",   "/v1/keys/{id}/dashboard-links", AUTH_ADMIN, APIROUTE_ON_WORKER, dashboard_links_create) \
     X("GET",    "/v1/me/usage",         AUTH_API_KEY, APIROUTE_ON_WORKER,    usage_me_usage)    \
+    X("OPTIONS", "/v1/me/usage",        AUTH_NONE,    APIROUTE_IN_MEMORY,    cors_preflight)    \
     X("GET",    "/v1/me/quota",         AUTH_API_KEY, APIROUTE_MEMORY_FIRST, usage_me_quota)    \
+    X("OPTIONS", "/v1/me/quota",        AUTH_NONE,    APIROUTE_IN_MEMORY,    cors_preflight)    \
+    X("GET",    "/v1/quotas/nearest",   AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_nearest_quota) \
+    X("GET",    "/v1/usage/top",        AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_top_usage) \
+    X("GET",    "/v1/status",           AUTH_ADMIN,   APIROUTE_ON_WORKER,    overview_status)   \
+    X("GET",    "/dashboard",           AUTH_NONE,    APIROUTE_IN_MEMORY,    dashboard_customer_page) \
+    X("GET",    "/dashboard/admin",     AUTH_NONE,    APIROUTE_IN_MEMORY,    dashboard_admin_page) \
+    X("GET",    "/dashboard/assets/{id}", AUTH_NONE,  APIROUTE_IN_MEMORY,    dashboard_asset)   \
+    X("GET",    "/dashboard/vendor/{id}", AUTH_NONE,  APIROUTE_IN_MEMORY,    dashboard_vendor)  \
     X("GET",    "/v1/authorize",        AUTH_GATEWAY, APIROUTE_IN_MEMORY,    authorize_handle)  \
     X("GET",    "/v1/alerts",           AUTH_ADMIN,   APIROUTE_ON_WORKER,    alerts_list)       \
     X("GET",    "/v1/me/alerts",        AUTH_API_KEY, APIROUTE_ON_WORKER,    alerts_me)         \
+    X("OPTIONS", "/v1/me/alerts",       AUTH_NONE,    APIROUTE_IN_MEMORY,    cors_preflight)    \
     X("POST",   "/v1/webhooks",         AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_create)   \
     X("GET",    "/v1/webhooks",         AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_list)     \
     X("GET",    "/v1/webhooks/{id}",    AUTH_ADMIN,   APIROUTE_ON_WORKER,    webhooks_get)      \

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "dashboard.h"
 #include "query.h"
 #include "digest.h"
 #include "keycache.h"
@@ -66,11 +67,11 @@ static bool resolve_me_from_cache(api_request *req, const uint8_t stored[KEYHASH
 }
 
 /* Resolves the key the request is about into key_id from the database:
- * the path's id (admin routes) or, for /v1/me, the row whose value_hash is
- * `stored` (or `legacy`, the value's SHA-256, in a row still in the old
- * form: written since the start's conversion). False after replying
- * 401/403/404. */
-static bool resolve_key(api_request *req, PGconn *conn, bool me,
+ * the path's id (admin routes; a dashboard link's key, `by_link`, is in
+ * req->id too) or, for /v1/me, the row whose value_hash is `stored` (or
+ * `legacy`, the value's SHA-256, in a row still in the old form: written
+ * since the start's conversion). False after replying 401/403/404. */
+static bool resolve_key(api_request *req, PGconn *conn, bool me, bool by_link,
                         const uint8_t stored[KEYHASH_LEN], const uint8_t legacy[KEYHASH_LEN])
 {
     char stored_hex[2 * KEYHASH_LEN + 1], legacy_hex[2 * KEYHASH_LEN + 1];
@@ -95,9 +96,11 @@ static bool resolve_key(api_request *req, PGconn *conn, bool me,
     } else if (PQntuples(res) == 0) {
         if (me)
             api_reply_error(req, 401, "unauthorized", "the API key is not valid");
+        else if (by_link)
+            api_reply_error(req, 401, "unauthorized", "the dashboard link's key no longer exists");
         else
             api_reply_error(req, 404, "not_found", "no key with id \"%s\"", req->id);
-    } else if (me && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+    } else if ((me || by_link) && strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
         snprintf(req->key_id, sizeof req->key_id, "%s", PQgetvalue(res, 0, 0));
         api_reply_error(req, 403, "key_disabled", "the API key is disabled");
     } else {
@@ -323,13 +326,17 @@ static void quota_from_cache(api_request *req, bool me)
      * first (the caller is trusted); /v1/me authenticates first, so that a
      * stranger learns nothing from a query's validation. */
     uint8_t hash[32];
-    if (!me)
+    bool by_link = false; /* a dashboard link: the key is req->id, a customer asks */
+    if (me && !dashboard_me_token(req, &by_link))
+        return; /* replied 401 */
+    bool by_hash = me && !by_link;
+    if (!by_hash)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id); /* for the log line */
-    if (me ? !auth_api_key_hash(req, hash) : !api_check_query(req, no_args))
+    if (by_hash ? !auth_api_key_hash(req, hash) : !me && !api_check_query(req, no_args))
         return; /* replied 401 / 400 */
     keycache_quota_facts facts;
     int64_t now = time_now_usec();
-    if (!keycache_quota(me ? NULL : req->id, me ? hash : NULL, now, &facts))
+    if (!keycache_quota(by_hash ? NULL : req->id, by_hash ? hash : NULL, now, &facts))
         return; /* a key the cache does not know (yet): the database answers */
     snprintf(req->key_id, sizeof req->key_id, "%s", facts.key_id);
     if (me && !facts.enabled)
@@ -343,7 +350,12 @@ static void quota_from_cache(api_request *req, bool me)
 static void answer_from_database(api_request *req, bool is_usage, bool me)
 {
     uint8_t stored[KEYHASH_LEN], legacy[KEYHASH_LEN];
-    bool resolved = false;
+    bool resolved = false, by_link = false;
+    /* /v1/me with a dashboard link: the key is the link's, by id. */
+    if (me && !dashboard_me_token(req, &by_link))
+        return; /* replied 401 */
+    if (by_link)
+        me = false;
     /* /v1/me: the cache first, before a connection is even taken. */
     if (me && (!keyhash_from_request(req, stored, legacy) ||
                resolve_me_from_cache(req, stored, &resolved)) && !resolved)
@@ -353,10 +365,10 @@ static void answer_from_database(api_request *req, bool is_usage, bool me)
         return;
     /* The key first: a stranger learns nothing from a query's validation.
      * The admin quota query finds (or misses) the key itself: one round trip. */
-    bool admin_quota = !is_usage && !me;
+    bool admin_quota = !is_usage && !me && !by_link;
     if (admin_quota)
         snprintf(req->key_id, sizeof req->key_id, "%s", req->id);
-    if (admin_quota || resolved || resolve_key(req, conn, me, stored, legacy)) {
+    if (admin_quota || resolved || resolve_key(req, conn, me, by_link, stored, legacy)) {
         static const char *const usage_args[] = {"from", "to", "granularity", "groupBy", NULL};
         if (!query_validate(req, is_usage ? usage_args : no_args)) {
             /* replied 400 */
@@ -406,17 +418,21 @@ void usage_me_quota(api_request *req)
 
 bool usage_me_resolve(api_request *req)
 {
-    uint8_t stored[KEYHASH_LEN], legacy[KEYHASH_LEN];
-    bool resolved = false;
-    if ((!keyhash_from_request(req, stored, legacy) ||
-         resolve_me_from_cache(req, stored, &resolved)) && !resolved)
+    uint8_t stored[KEYHASH_LEN] = {0}, legacy[KEYHASH_LEN] = {0};
+    bool resolved = false, by_link = false;
+    /* A dashboard link names its key (req->id), checked in the database;
+     * else the x-api-key, the cache first. */
+    if (!dashboard_me_token(req, &by_link))
+        return false; /* replied 401 */
+    if (!by_link && (!keyhash_from_request(req, stored, legacy) ||
+                     resolve_me_from_cache(req, stored, &resolved)) && !resolved)
         return false; /* replied */
     if (resolved)
         return true;
     PGconn *conn = dbpool_acquire(req);
     if (conn == NULL)
         return false;
-    resolved = resolve_key(req, conn, true, stored, legacy);
+    resolved = resolve_key(req, conn, !by_link, by_link, stored, legacy);
     dbpool_release(conn);
     return resolved;
 }

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "collector.h"
+#include "status.h"
 #include "config.h"
 #include "log.h"
 #include "stopsignal.h"
@@ -281,6 +282,7 @@ int main(int argc, char **argv)
     }
     maintain_partitions(&c);
     refresh_keys(&c);
+    status_init(config.kafka_group);
     c.consumer = make_consumer(&c);
     c.dlq = make_dlq_producer(&c);
     if (c.consumer == NULL || c.dlq == NULL) {

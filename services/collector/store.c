@@ -1,4 +1,5 @@
 #include "store.h"
+#include "status.h"
 
 #include <libpq-fe.h>
 #include <stdio.h>
@@ -23,6 +24,7 @@ struct store {
     char failure[512];
     store_error_kind last_error;
     char rollup_sql[4096];
+    const char *const *status; /* store_stage_status: sent with the next rollups */
 };
 
 /* Which failures are the data's fault: SQLSTATE class 22 (data exception,
@@ -251,7 +253,9 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
         !prepare(st->conn, "inserts", sql_inserts, 2, "preparing the deduplication statement",
                  err, err_size) ||
         !prepare(st->conn, "rollups", st->rollup_sql, STORE_ROLLUP_PARAMS,
-                 "preparing the rollup statement", err, err_size)) {
+                 "preparing the rollup statement", err, err_size) ||
+        !prepare(st->conn, "status", status_upsert_sql, STATUS_PARAMS,
+                 "preparing the status statement", err, err_size)) {
         store_disconnect(st);
         return false;
     }
@@ -439,11 +443,19 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
     if (!PQenterPipelineMode(st->conn) ||
         (!nothing_new &&
          !PQsendQueryPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0)) ||
+        (st->status != NULL &&
+         !PQsendQueryPrepared(st->conn, "status", STATUS_PARAMS, st->status, NULL, NULL, 0)) ||
         !PQsendQueryParams(st->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's rollups", err, err_size);
-    st->statements = nothing_new ? 1 : 2;
+    st->statements = (nothing_new ? 1 : 2) + (st->status != NULL ? 1 : 0);
+    st->status = NULL;
     return true;
+}
+
+void store_stage_status(store *st, const char *const *values)
+{
+    st->status = values;
 }
 
 store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size_t err_size)

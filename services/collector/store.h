@@ -65,6 +65,10 @@ typedef enum {
 } store_error_kind;
 store_error_kind store_last_error(const store *st);
 
+/* The collector's status row (status.h, `values` borrowed until sent) goes
+ * with the next store_send_rollups, before its COMMIT. */
+void store_stage_status(store *st, const char *const *values);
+
 /* The rollup statement takes one array per column, hourly then counters. */
 #define STORE_ROLLUP_PARAMS (ROLLUP_HOURLY_COLUMNS + ROLLUP_COUNTER_COLUMNS)
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "status.h"
 #include "timeutil.h"
 
 /* Looks up the keys the cache missed (a key created a moment ago is counted),
@@ -220,6 +221,7 @@ void write_done(collector *c, uint64_t counted)
     batch *b = c->writing;
     commit_offsets(c, b);
     counted += b->counted_earlier;
+    status_committed(b, counted);
     uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
     metrics_add(c->m.consumed, b->consumed);
     metrics_add(c->m.counted, counted);
@@ -295,6 +297,7 @@ static void send_rollups(collector *c, PGresult *inserted)
         write_isolating(c, "rollup parameters exceed their buffers or a total would overflow");
         return;
     }
+    store_stage_status(c->db, status_values(c, b, counted + b->counted_earlier));
     if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
         write_failed(c, PAUSE_DATABASE, err);
         return;

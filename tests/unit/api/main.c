@@ -11,6 +11,7 @@ int main(void)
         api_sigv4_suite(),
         api_authorize_suite(),
         alert_model_suite(),
+        api_dashlink_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

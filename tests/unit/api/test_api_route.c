@@ -112,16 +112,51 @@ START_TEST(allow_of_every_path)
         {"/v1/keys/k/plan", "PUT, DELETE"},
         {"/v1/keys/k/usage", "GET, HEAD"},
         {"/v1/keys/k/quota", "GET, HEAD"},
-        {"/v1/me/usage", "GET, HEAD"},
-        {"/v1/me/quota", "GET, HEAD"},
+        {"/v1/me/usage", "GET, HEAD, OPTIONS"},
+        {"/v1/me/quota", "GET, HEAD, OPTIONS"},
         {"/v1/authorize", "GET, HEAD"},
+        {"/v1/keys/k/dashboard-links", "POST"},
+        {"/v1/status", "GET, HEAD"},
+        {"/v1/usage/top", "GET, HEAD"},
+        {"/v1/quotas/nearest", "GET, HEAD"},
+        {"/dashboard", "GET, HEAD"},
+        {"/dashboard/admin", "GET, HEAD"},
+        {"/dashboard/assets/app.js", "GET, HEAD"},
+        {"/dashboard/vendor/uPlot.min.css", "GET, HEAD"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         apiroute_match m;
-        ck_assert_msg(find("OPTIONS", cases[i].path, &m) == APIROUTE_METHOD_NOT_ALLOWED, "%s",
+        ck_assert_msg(find("TRACE", cases[i].path, &m) == APIROUTE_METHOD_NOT_ALLOWED, "%s",
                       cases[i].path);
         ck_assert_str_eq(m.allow, cases[i].allow);
     }
+}
+END_TEST
+
+/* CORS is opened by OPTIONS rows (cors.h): only on paths no admin row
+ * shares, each handled by the preflight, and the /v1/me routes have one. */
+START_TEST(cross_origin_only_where_customers_are)
+{
+    size_t options_rows = 0;
+    for (size_t i = 0; i < API_ROUTE_COUNT; i++) {
+        const apiroute *r = &api_routes[i];
+        if (strcmp(r->method, "OPTIONS") != 0)
+            continue;
+        options_rows++;
+        ck_assert_msg(r->handle == cors_preflight, "%s is not the preflight", r->label);
+        for (size_t j = 0; j < API_ROUTE_COUNT; j++)
+            ck_assert_msg(strcmp(api_routes[j].path, r->path) != 0 ||
+                              api_routes[j].auth != AUTH_ADMIN,
+                          "%s opens admin route %s", r->label, api_routes[j].label);
+    }
+    for (size_t i = 0; i < API_ROUTE_COUNT; i++) {
+        if (strncmp(api_routes[i].path, "/v1/me/", 7) != 0)
+            continue;
+        apiroute_match m;
+        ck_assert_msg(find("OPTIONS", api_routes[i].path, &m) == APIROUTE_FOUND,
+                      "%s has no preflight", api_routes[i].label);
+    }
+    ck_assert_uint_ge(options_rows, 2);
 }
 END_TEST
 
@@ -161,7 +196,8 @@ END_TEST
 /* What every row must be for dispatch, 405 and the metrics to work. */
 START_TEST(every_row_is_well_formed)
 {
-    static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE"};
+    /* OPTIONS: the CORS preflight rows (cors.h). */
+    static const char *const methods[] = {"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
     for (size_t i = 0; i < API_ROUTE_COUNT; i++) {
         const apiroute *r = &api_routes[i];
         bool known = false;
@@ -207,10 +243,12 @@ START_TEST(auth_where_and_labels)
     ck_assert_int_eq(route_labelled("GET /v1/keys/{id}/usage")->auth, AUTH_ADMIN);
     ck_assert_int_eq(route_labelled("GET /v1/me/usage")->auth, AUTH_API_KEY);
     ck_assert_int_eq(route_labelled("GET /v1/authorize")->auth, AUTH_GATEWAY);
-    /* Every route but the operations endpoints needs some credential. */
+    /* Every route but the operations endpoints, the dashboards' files and
+     * the preflights (browsers send them without credentials) needs some
+     * credential. */
     for (size_t i = 0; i < API_ROUTE_COUNT; i++) {
         const apiroute *r = &api_routes[i];
-        bool ops = strncmp(r->path, "/v1/", 4) != 0;
+        bool ops = strncmp(r->path, "/v1/", 4) != 0 || strcmp(r->method, "OPTIONS") == 0;
         ck_assert_msg((r->auth == AUTH_NONE) == ops, "%s", r->label);
     }
     /* Authorize and the quotas the cache holds never wait on PostgreSQL on
@@ -239,6 +277,7 @@ Suite *api_route_suite(void)
     tcase_add_test(tc, wrong_methods_are_not_allowed);
     tcase_add_test(tc, allow_of_every_path);
     tcase_add_test(tc, allow_follows_the_rows);
+    tcase_add_test(tc, cross_origin_only_where_customers_are);
     tcase_add_test(tc, every_row_is_well_formed);
     tcase_add_test(tc, auth_where_and_labels);
     suite_add_tcase(s, tc);

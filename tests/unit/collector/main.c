@@ -7,6 +7,7 @@ int main(void)
     Suite *const suites[] = {
         keyplans_suite(),
         rollup_suite(),
+        status_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

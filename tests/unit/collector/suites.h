@@ -6,5 +6,6 @@
 
 Suite *keyplans_suite(void);
 Suite *rollup_suite(void);
+Suite *status_suite(void);
 
 #endif
