@@ -10,6 +10,7 @@ int main(void)
         api_text_suite(),
         api_sigv4_suite(),
         api_authorize_suite(),
+        api_leases_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

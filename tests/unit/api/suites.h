@@ -9,5 +9,6 @@ Suite *api_model_suite(void);
 Suite *api_text_suite(void);
 Suite *api_sigv4_suite(void);
 Suite *api_authorize_suite(void);
+Suite *api_leases_suite(void);
 
 #endif
