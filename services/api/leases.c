@@ -451,10 +451,11 @@ static void refill_all(int64_t now)
         int64_t granted = res != NULL && PQntuples(res) == 1 ? api_field_int(res, 0, 0) : 0;
         if (res == NULL)
             log_warn("%s", err);
+        bool answered = res != NULL;
         PQclear(res);
         pthread_mutex_lock(&L.lock);
         lease *l = w->l;
-        if (l->reported < w->spent)
+        if (answered && l->reported < w->spent)
             l->reported = w->spent;
         /* A grant made while this replica was still alive to the others. */
         if (time_now_usec() < L.alive_until)
