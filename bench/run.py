@@ -26,7 +26,9 @@ through tally-ingest to the dev broker, every event then counted by the
 collector) and gateway (bench/gateway.py: the nginx recipe of
 deploy/gateway/ with auth_request to tally-api against the same nginx
 without auth, and the usage freshness at 5,000 requests/s;
-bench/gateway.lua). What they share is in bench/common.py.
+bench/gateway.lua) and replicas (bench/replicas.py: one key's quota and rate
+shared by tally-api replicas behind nginx: 2 replicas against 1, and the
+quota overshoot with one killed). What they share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -46,6 +48,7 @@ import api
 import collector
 import ingest
 import gateway
+import replicas
 import reporter
 from common import REPO, BenchError, Context, log
 
@@ -56,6 +59,7 @@ BENCHMARKS = {
     "reporter": reporter,
     "ingest": ingest,
     "gateway": gateway,
+    "replicas": replicas,
 }
 
 

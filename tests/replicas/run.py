@@ -52,8 +52,8 @@ RATE, BURST, RATE_SECONDS = 100, 100, 20
 class Replica(gw.Api):
     """tally-api with the replica settings (gwstack's Api plus the env)."""
 
-    def __init__(self, registry, tmp, bin_dir, db_url, name):
-        self.extra_env = {"TALLY_API_REPLICAS_SHARED": "true",
+    def __init__(self, registry, tmp, bin_dir, db_url, name, shared=True):
+        self.extra_env = {"TALLY_API_REPLICAS_SHARED": "true" if shared else "false",
                           "TALLY_API_REPLICA_HEARTBEAT_MS": str(HEARTBEAT_MS),
                           "TALLY_API_REPLICA_TTL_MS": str(TTL_MS),
                           "TALLY_API_QUOTA_LEASE_MAX": str(LEASE_MAX)}
@@ -148,13 +148,16 @@ http {
         time.sleep(0.5)  # the new workers take over
 
 
-def wrk(port, key, seconds, connections=32):
+def wrk(port, key, seconds, connections=32, summary=None):
     """Runs wrk on /v1/authorize with the key; (allowed 2xx, refused,
-    elapsed seconds) from its summary."""
+    elapsed seconds) from its summary (its whole text into `summary`, a
+    list, when given)."""
     url = "http://127.0.0.1:%d/v1/authorize" % port
     cp = lib.run(["wrk", "-t", "2", "-c", str(connections), "-d", "%ds" % seconds,
                   "--timeout", "5s", "-H", "x-api-key: " + key, url], timeout=seconds + 60)
     out = cp.stdout.decode()
+    if summary is not None:
+        summary.append(out)
     m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
     check(m is not None, "cannot read wrk's summary: %s" % out)
     total = int(m.group(1))
