@@ -180,6 +180,7 @@ test: deps
 	python3 tests/migrate/run.py
 	python3 tests/image/run.py
 	python3 tests/gateway/run.py --bin build/asan/bin
+	python3 tests/replicas/run.py --bin build/asan/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin
