@@ -6,10 +6,13 @@
 -- TALLY_API_REPLICA_HEARTBEAT_MS; a replica whose heartbeat is older than
 -- the TTL its peers pass in is dead to them. The count of live ones is
 -- each replica's divisor of a plan's rate and burst.
+-- A replica stopped cleanly sets `stopped`: dead at once, while its row
+-- (and the spending it reported) stays for the day like any other.
 CREATE TABLE api_replicas (
     id           text PRIMARY KEY CHECK (length(id) BETWEEN 1 AND 200),
     started_at   timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at timestamptz NOT NULL DEFAULT now()
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    stopped      boolean NOT NULL DEFAULT false
 );
 
 -- quota_leases: what each replica was granted of one key's quota in one
@@ -58,7 +61,8 @@ BEGIN
     PERFORM pg_advisory_xact_lock(
         hashtextextended('tally_lease:' || p_key || ':' || p_period || ':' || p_start::text, 0));
     -- A replica its peers count as dead has had its leases returned.
-    IF NOT EXISTS (SELECT 1 FROM api_replicas WHERE id = p_replica AND heartbeat_at > cutoff) THEN
+    IF NOT EXISTS (SELECT 1 FROM api_replicas
+                    WHERE id = p_replica AND heartbeat_at > cutoff AND NOT stopped) THEN
         RETURN 0;
     END IF;
     INSERT INTO quota_leases AS l (key_id, period, period_start, replica_id, granted, spent)
@@ -67,13 +71,14 @@ BEGIN
         SET spent = greatest(l.spent, EXCLUDED.spent),
             granted = greatest(l.granted, EXCLUDED.spent), updated_at = now();
     SELECT coalesce(sum(l.spent), 0),
-           coalesce(sum(CASE WHEN r.heartbeat_at > cutoff THEN l.granted - l.spent ELSE 0 END), 0)
+           coalesce(sum(CASE WHEN r.heartbeat_at > cutoff AND NOT r.stopped
+                             THEN l.granted - l.spent ELSE 0 END), 0)
       INTO reported, outstanding
       FROM quota_leases l JOIN api_replicas r ON r.id = l.replica_id
      WHERE l.key_id = p_key AND l.period = p_period AND l.period_start = p_start;
     SELECT coalesce(max(units), 0) INTO counted FROM usage_counters
      WHERE key_id = p_key AND period = p_period AND period_start = p_start;
-    SELECT count(*) INTO live FROM api_replicas WHERE heartbeat_at > cutoff;
+    SELECT count(*) INTO live FROM api_replicas WHERE heartbeat_at > cutoff AND NOT stopped;
     available := p_limit - greatest(counted, reported) - outstanding;
     IF available <= 0 OR p_want <= 0 THEN
         RETURN 0;

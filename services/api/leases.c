@@ -331,9 +331,9 @@ static bool heartbeat(int64_t sent_at, char *err, size_t err_size)
     const char *params[] = {L.replica_id, ttl};
     PGresult *res = run(
         "WITH beat AS (INSERT INTO api_replicas (id) VALUES ($1) ON CONFLICT (id) DO UPDATE "
-        "SET heartbeat_at = now() RETURNING id) "
-        "SELECT 1 + (SELECT count(*) FROM api_replicas r "
-        "WHERE r.id <> $1 AND r.heartbeat_at > now() - $2::bigint * interval '1 millisecond') "
+        "SET heartbeat_at = now(), stopped = false RETURNING id) "
+        "SELECT 1 + (SELECT count(*) FROM api_replicas r WHERE r.id <> $1 AND NOT r.stopped "
+        "AND r.heartbeat_at > now() - $2::bigint * interval '1 millisecond') "
         "FROM beat",
         2, params, "writing the replica heartbeat", err, err_size);
     if (res == NULL)
@@ -589,7 +589,7 @@ void leases_stop(void)
                 break;
         }
         const char *params[] = {L.replica_id};
-        PGresult *res = run("UPDATE api_replicas SET heartbeat_at = '-infinity' WHERE id = $1",
+        PGresult *res = run("UPDATE api_replicas SET stopped = true WHERE id = $1",
                             1, params, "leaving the replicas", err, sizeof err);
         PQclear(res);
     }

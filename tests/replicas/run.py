@@ -16,6 +16,8 @@ Three replicas with TALLY_API_REPLICAS_SHARED on behind a real nginx
 - rate 100/s burst 100 across the three live replicas for 20 s: allowed
   within the stated tolerance, <= 100 x T + 100 + (N - 1) and >= 90 % of
   100 x T.
+- a replica stopped with SIGTERM holds nothing and is dead to the others at
+  once (the others count one fewer within a heartbeat).
 
 usage: tests/replicas/run.py [--bin build/asan/bin] [--keep]
 Run time: about 70 s (the stack, five processes, 20 s of rate)."""
@@ -311,6 +313,22 @@ class Suite:
         check(allowed <= upper, "%d allowed > %d" % (allowed, upper))
         check(allowed >= lower, "%d allowed < %d" % (allowed, lower))
 
+    def test_clean_stop_returns_leases(self):
+        """SIGTERM: the replica gives every lease back and is dead to the
+        others at once (a rolling deploy strands nothing)."""
+        leaving = [r for r in self.replicas if r.proc.alive()][0]
+        leaving.stop()
+        pattern = "'%%-%d-%%'" % leaving.proc.pid
+        held = self.stack.db.scalar("SELECT coalesce(sum(granted - spent), -1) FROM quota_leases "
+                                    "WHERE replica_id LIKE %s" % pattern)
+        beat = self.stack.db.scalar("SELECT stopped FROM api_replicas WHERE id LIKE %s"
+                                    % pattern)
+        print("  stop: %s left with %s units held, stopped: %s" % (leaving.name, held, beat))
+        check(held == "0", "%s kept %s units after SIGTERM" % (leaving.name, held))
+        check(beat == "t", "%s is not dead to the others after SIGTERM" % leaving.name)
+        others = [r for r in self.replicas if r.proc.alive()]
+        self.wait_live(len(others), others)
+
     def down(self):
         problems = []
         for r in getattr(self, "replicas", []):
@@ -342,7 +360,7 @@ def main():
     t0 = time.monotonic()
     try:
         suite.up()
-        for name in ("test_quota", "test_rate"):
+        for name in ("test_quota", "test_rate", "test_clean_stop_returns_leases"):
             t = time.monotonic()
             getattr(suite, name)()
             print("ok   %s (%.1f s)" % (name, time.monotonic() - t))
