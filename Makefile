@@ -193,6 +193,7 @@ test: deps
 	python3 tests/webhooks/run.py --bin build/asan/bin
 	python3 tests/alerts/run.py --bin build/bin --asan-bin build/asan/bin
 	python3 tests/dashboard/run.py --bin build/bin
+	python3 tests/replicas/run.py --bin build/asan/bin
 
 integration: all
 	python3 tests/integration/run.py --bin build/bin --asan-bin build/asan/bin

@@ -26,9 +26,12 @@ through tally-ingest to the dev broker, every event then counted by the
 collector), gateway (bench/gateway.py: the nginx recipe of
 deploy/gateway/ with auth_request to tally-api against the same nginx
 without auth, and the usage freshness at 5,000 requests/s;
-bench/gateway.lua) and alerts (bench/alerts.py: a threshold-crossing
+bench/gateway.lua), alerts (bench/alerts.py: a threshold-crossing
 event produced to Kafka -> the signed webhook at a local receiver, under
-20,000 events/s of background traffic). What they share is in bench/common.py.
+20,000 events/s of background traffic) and replicas (bench/replicas.py:
+one key's quota and rate shared by tally-api replicas behind nginx: 2
+replicas against 1, and the quota overshoot with one killed). What they
+share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -49,6 +52,7 @@ import api
 import collector
 import ingest
 import gateway
+import replicas
 import reporter
 from common import REPO, BenchError, Context, log
 
@@ -60,6 +64,7 @@ BENCHMARKS = {
     "ingest": ingest,
     "gateway": gateway,
     "alerts": alerts,
+    "replicas": replicas,
 }
 
 

@@ -33,6 +33,7 @@
 #include "digest.h"
 #include "hashindex.h"
 #include "keyhash.h"
+#include "leases.h"
 #include "log.h"
 #include "metrics.h"
 #include "period.h"
@@ -792,11 +793,23 @@ void keycache_authorize(const uint8_t hash[32], const char *method, const char *
                               : (plan->has_throttle ? &state->bucket : NULL);
     double rate = m >= 0 && bucket != &state->bucket ? plan->methods[m].rate : plan->rate;
     int64_t burst = m >= 0 && bucket != &state->bucket ? plan->methods[m].burst : plan->burst;
+    /* Several replicas (leases.h): this one's share of the rate, and a
+     * unit of the quota leased from PostgreSQL; with none left to lease
+     * the key is past its limit as far as this replica can tell. */
+    bool shared = leases_enabled();
+    if (shared && bucket != NULL)
+        leases_rate_share(rate, burst, leases_live_replicas(), &rate, &burst);
+    bool leased = false;
     bool over_limit = plan->has_quota && used >= limit;
+    if (plan->has_quota && !over_limit && shared)
+        over_limit = !(leased = leases_take(key->id, plan->quota_period,
+                                            period_start(plan->quota_period, now), limit, now));
     if (over_limit && quota_refuses(plan, used, limit)) {
         out->outcome = AUTHZ_OVER_QUOTA;
         out->retry_after_seconds = ceil_seconds(period_end_at - now);
     } else if (bucket != NULL && !tokenbucket_take(bucket, rate, burst, now)) {
+        if (leased)
+            leases_give_back(key->id, period_start(plan->quota_period, now));
         out->outcome = AUTHZ_THROTTLED;
         int64_t wait = tokenbucket_wait_usec(bucket, rate, burst, now);
         out->retry_after_seconds = wait == INT64_MAX ? 60 : ceil_seconds(wait);

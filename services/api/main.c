@@ -31,6 +31,7 @@
 #include "dashlink.h"
 #include "keycache.h"
 #include "keyhash.h"
+#include "leases.h"
 #include "log.h"
 #include "ops.h"
 #include "timeutil.h"
@@ -59,6 +60,10 @@ static const char *aws_credentials;
 static const char *aws_region;
 static const char *cors_origins; /* cors.h */
 static const char *public_url;   /* dashboard.h */
+static bool replicas_shared;        /* leases.h */
+static long long quota_lease_max;
+static long long replica_heartbeat_ms;
+static long long replica_ttl_ms;
 
 #define ADMIN_TOKEN_MIN 16
 /* libmicrohttpd's connection limit; the workers' queue holds one job per
@@ -139,6 +144,21 @@ static const cfg_setting settings[] = {
     {"TALLY_PUBLIC_URL", "public-url", CFG_STRING, &public_url, "", false, false, 0, 0,
      "the api's address as customers reach it (https://tally.example.com), put in front of "
      "dashboard links; empty: links are paths (/dashboard/#link=...)"},
+    /* Several replicas on one database (leases.h, README "Several api
+     * replicas"): off, each replica enforces alone, as one always did. */
+    {"TALLY_API_REPLICAS_SHARED", "replicas-shared", CFG_BOOL, &replicas_shared, "false", false,
+     false, 0, 0,
+     "replicas share each key's quota (leases from PostgreSQL) and rate (rate / live "
+     "replicas): a stated bound across replicas"},
+    {"TALLY_API_QUOTA_LEASE_MAX", "quota-lease-max", CFG_INT, &quota_lease_max, "1000", false,
+     false, 1, 1000000,
+     "largest quota slice a replica holds (a slice is quota/200, at least 10, at most this)"},
+    {"TALLY_API_REPLICA_HEARTBEAT_MS", "replica-heartbeat-ms", CFG_INT, &replica_heartbeat_ms,
+     "1000", false, false, 100, 60000, "how often a sharing replica writes its heartbeat"},
+    {"TALLY_API_REPLICA_TTL_MS", "replica-ttl-ms", CFG_INT, &replica_ttl_ms, "5000", false,
+     false, 300, 600000,
+     "silence after which a replica is dead to its peers (its leases return); at least 3 "
+     "heartbeats"},
 };
 
 static char *openapi_text;
@@ -664,6 +684,11 @@ int main(int argc, char **argv)
                         "characters\n", ADMIN_TOKEN_MIN);
         return 2;
     }
+    if (replica_ttl_ms < 3 * replica_heartbeat_ms) {
+        fprintf(stderr, "tally-api: TALLY_API_REPLICA_TTL_MS must be at least 3 x "
+                        "TALLY_API_REPLICA_HEARTBEAT_MS\n");
+        return 2;
+    }
     if (!keyhash_init(key_hmac_secret, err, sizeof err) ||
         !cors_init(cors_origins, err, sizeof err)) {
         fprintf(stderr, "tally-api: %s\n", err);
@@ -732,6 +757,15 @@ int main(int argc, char **argv)
         log_error("%s", err);
         goto done;
     }
+    if (replicas_shared) {
+        leases_settings shared = {.lease_max = quota_lease_max,
+                                  .heartbeat_ms = replica_heartbeat_ms,
+                                  .ttl_ms = replica_ttl_ms};
+        if (!leases_start(database_url, &shared, err, sizeof err)) {
+            log_error("TALLY_API_REPLICAS_SHARED: %s", err);
+            goto done;
+        }
+    }
     if (!workers_start((int)db_worker_count, CONNECTION_LIMIT, err, sizeof err)) {
         log_error("%s", err);
         goto done;
@@ -783,6 +817,7 @@ done:
         MHD_stop_daemon(aws_daemon);
     aws_free();
     ops_stop(ops);
+    leases_stop();
     keycache_stop(cache);
     dbpool_destroy();
     free(openapi_text);

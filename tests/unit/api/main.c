@@ -12,6 +12,7 @@ int main(void)
         api_authorize_suite(),
         alert_model_suite(),
         api_dashlink_suite(),
+        api_leases_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

@@ -11,5 +11,6 @@ Suite *api_sigv4_suite(void);
 Suite *api_authorize_suite(void);
 Suite *alert_model_suite(void);
 Suite *api_dashlink_suite(void);
+Suite *api_leases_suite(void);
 
 #endif
