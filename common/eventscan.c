@@ -119,7 +119,8 @@ static int member_index(const member_table *table, const member_name *name)
     if (table == NULL)
         return -1;
     for (int i = 0; i < table->count; i++) {
-        if (strlen(table->names[i]) == name->len &&
+        if (name->len > 0 && table->names[i][0] == name->text[0] &&
+            strlen(table->names[i]) == name->len &&
             memcmp(table->names[i], name->text, name->len) == 0)
             return i;
     }
