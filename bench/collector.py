@@ -362,7 +362,9 @@ def run(ctx, opts):
     for i, r in enumerate(runs):
         fig.note(f"run {i + 1}           collector {r['consumed']} messages in {r['elapsed']:.2f} s "
                  f"= {r['rate']:,.0f} events/s; COPY {rows} rows in {r['copy_s']:.2f} s "
-                 f"= {r['copy_rate']:,.0f} rows/s; ratio {r['ratio']:.2f}")
+                 f"= {r['copy_rate']:,.0f} rows/s; ratio {r['ratio']:.2f}; "
+                 f"peak RSS {r['peak_rss_mb']:.1f} MB; CPU collector {r['cpu_s']:.2f} s, "
+                 f"PostgreSQL {r['pg_cpu_s']:.2f} s")
     fig.note(f"median run      {runs.index(median_run) + 1}: {median_run['batches']} batches, "
              f"{median_run['db_errors']} db errors")
     fig.note(f"  clock         start: {res['start_how']}; end: {res['end_how']}")
