@@ -404,6 +404,8 @@ def run_callgrind(ctx, opts, summary, fig):
     of a fixed workload, repeatable on a busy machine where times are not.
     Writes the profile to opts.collector_callgrind; no rates, no targets."""
     out = os.path.abspath(opts.collector_callgrind)
+    if not shutil.which("valgrind"):
+        raise BenchError("valgrind not found (apt-get install valgrind)")
     wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     res = run_collector(ctx, summary, opts.timeout, wrap=wrap)
     problems = check_run(ctx, res, summary)

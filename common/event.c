@@ -32,10 +32,11 @@ static const char *const error_codes[EVENT_ERR__COUNT] = {
 
 /* jansson allocates every node of the tree with malloc and frees it again
  * right after; for events, which are parsed and dropped at a high rate,
- * that was most of the parse time. While event_parse runs, nodes come from a
- * per-thread bump arena instead, reset for each event; "free" of an arena
- * block does nothing. Outside event_parse, and once an event outgrows the
- * arena, plain malloc and free serve as usual. */
+ * that was most of the parse time. While jansson parses an event (one the
+ * scanner of eventscan.c left to it), nodes come from a per-thread bump
+ * arena instead, reset for each event; "free" of an arena block does
+ * nothing. Outside that, and once an event outgrows the arena, plain malloc
+ * and free serve as usual. */
 #define ARENA_BYTES (256u * 1024u)
 static _Thread_local _Alignas(16) unsigned char arena[ARENA_BYTES];
 static _Thread_local size_t arena_used;
