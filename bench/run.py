@@ -88,6 +88,9 @@ def parse_args(argv):
                    help="partitions of the events topic [max(128, enough for --events)]")
     p.add_argument("--timeout", type=int, default=420,
                    help="seconds the collector may take to catch up [420]")
+    p.add_argument("--collector-callgrind", metavar="FILE", default=None,
+                   help="run the collector once under valgrind --tool=callgrind, writing "
+                   "its profile to FILE (instruction counts; no rates) [off]")
     p.add_argument("--keep", action="store_true",
                    help="keep the temporary directory (stack state, logs) for debugging")
     opts = p.parse_args(argv)

@@ -1,6 +1,5 @@
 #include "digest.h"
 
-#include <stdio.h>
 #include <string.h>
 
 /* The first 32 bits of the fractional parts of the cube roots of the first
@@ -94,16 +93,21 @@ void digest_sha256_update(digest_sha256_ctx *ctx, const void *data, size_t len)
 
 void digest_sha256_final(digest_sha256_ctx *ctx, uint8_t out[DIGEST_SHA256_LEN])
 {
+    /* The padding (FIPS 180-4, 5.1.1) written into the block at once: a 1
+     * bit, zeros, then the message length in bits, big-endian, in the last
+     * 8 bytes; a second block when the first has no room for the length. */
     uint64_t bits = ctx->length * 8;
-    uint8_t pad = 0x80;
-    digest_sha256_update(ctx, &pad, 1);
-    pad = 0;
-    while (ctx->block_len != 56)
-        digest_sha256_update(ctx, &pad, 1);
-    uint8_t length_be[8];
+    ctx->block[ctx->block_len++] = 0x80;
+    if (ctx->block_len > 56) {
+        memset(ctx->block + ctx->block_len, 0, 64 - ctx->block_len);
+        compress(ctx->state, ctx->block);
+        ctx->block_len = 0;
+    }
+    memset(ctx->block + ctx->block_len, 0, 56 - ctx->block_len);
     for (int i = 0; i < 8; i++)
-        length_be[i] = (uint8_t)(bits >> (56 - 8 * i));
-    digest_sha256_update(ctx, length_be, 8);
+        ctx->block[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
+    compress(ctx->state, ctx->block);
+    ctx->block_len = 0;
     for (int i = 0; i < 8; i++) {
         out[i * 4] = (uint8_t)(ctx->state[i] >> 24);
         out[i * 4 + 1] = (uint8_t)(ctx->state[i] >> 16);
@@ -166,15 +170,33 @@ void digest_hmac_sha256(const void *key, size_t key_len, const void *data, size_
     digest_hmac_sha256_keyed(&k, data, len, out);
 }
 
+/* The decimal digits of n, no sign, no NUL; their count. */
+static size_t decimal(size_t n, char out[24])
+{
+    char reversed[24];
+    size_t count = 0;
+    do {
+        reversed[count++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n > 0);
+    for (size_t i = 0; i < count; i++)
+        out[i] = reversed[count - 1 - i];
+    return count;
+}
+
 void digest_event(const char *source, const char *id, uint8_t out[16])
 {
+    /* Called for every event the collector counts: the length prefix is
+     * written by hand rather than with snprintf, which cost more than the
+     * rest of the digest's bookkeeping. */
     char prefix[24];
     size_t source_len = strlen(source);
-    int n = snprintf(prefix, sizeof prefix, "%zu:", source_len);
+    size_t n = decimal(source_len, prefix);
+    prefix[n++] = ':';
     digest_sha256_ctx ctx;
     uint8_t full[DIGEST_SHA256_LEN];
     digest_sha256_init(&ctx);
-    digest_sha256_update(&ctx, prefix, (size_t)n);
+    digest_sha256_update(&ctx, prefix, n);
     digest_sha256_update(&ctx, source, source_len);
     digest_sha256_update(&ctx, id, strlen(id));
     digest_sha256_final(&ctx, full);

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "eventscan.h"
 #include "timeutil.h"
 #include "utf8.h"
 
@@ -31,10 +32,11 @@ static const char *const error_codes[EVENT_ERR__COUNT] = {
 
 /* jansson allocates every node of the tree with malloc and frees it again
  * right after; for events, which are parsed and dropped at a high rate,
- * that was most of the parse time. While event_parse runs, nodes come from a
- * per-thread bump arena instead, reset for each event; "free" of an arena
- * block does nothing. Outside event_parse, and once an event outgrows the
- * arena, plain malloc and free serve as usual. */
+ * that was most of the parse time. While jansson parses an event (one the
+ * scanner of eventscan.c left to it), nodes come from a per-thread bump
+ * arena instead, reset for each event; "free" of an arena block does
+ * nothing. Outside that, and once an event outgrows the arena, plain malloc
+ * and free serve as usual. */
 #define ARENA_BYTES (256u * 1024u)
 static _Thread_local _Alignas(16) unsigned char arena[ARENA_BYTES];
 static _Thread_local size_t arena_used;
@@ -81,76 +83,78 @@ __attribute__((format(printf, 4, 5))) static event_error fail(char *msg, size_t 
     return err;
 }
 
-/* Copies a required string attribute of 1..max_len bytes into dst. */
-static event_error take_string(json_t *obj, const char *name, bool required, char *dst,
+/* Copies a string attribute of 1..max_len bytes into dst; an absent one is
+ * "" unless required. */
+static event_error take_string(const event_field *v, const char *name, bool required, char *dst,
                                size_t max_len, char *msg, size_t msg_size)
 {
-    json_t *v = json_object_get(obj, name);
-    if (v == NULL || json_is_null(v)) {
+    if (v->kind == FIELD_ABSENT) {
         dst[0] = '\0';
         if (required)
             return fail(msg, msg_size, EVENT_ERR_MISSING_FIELD, "required attribute '%s' is missing",
                         name);
         return EVENT_OK;
     }
-    if (!json_is_string(v))
+    if (v->kind != FIELD_STRING)
         return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must be a string", name);
-    size_t n = json_string_length(v);
+    size_t n = v->len;
     if (n == 0)
         return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must not be empty", name);
     if (n > max_len) {
         snprintf(msg, msg_size, "attribute '%s' is longer than %zu bytes", name, max_len);
         return EVENT_ERR_INVALID_FIELD;
     }
-    memcpy(dst, json_string_value(v), n);
+    memcpy(dst, v->text, n);
     dst[n] = '\0';
     return EVENT_OK;
 }
 
-/* Reads an optional non-negative integer member of data within [min, max]. */
-static event_error take_integer(json_t *data, const char *name, int64_t min, int64_t max,
+/* Reads an optional integer member of data within [min, max]. */
+static event_error take_integer(const event_field *v, const char *name, int64_t min, int64_t max,
                                 int64_t fallback, int64_t *dst, char *msg, size_t msg_size)
 {
-    json_t *v = json_object_get(data, name);
-    if (v == NULL || json_is_null(v)) {
+    if (v->kind == FIELD_ABSENT) {
         *dst = fallback;
         return EVENT_OK;
     }
-    if (!json_is_integer(v))
+    if (v->kind != FIELD_INTEGER)
         return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "data.%s must be an integer", name);
-    json_int_t n = json_integer_value(v);
+    int64_t n = v->integer;
     if (n < min || n > max) {
         snprintf(msg, msg_size, "data.%s must be between %lld and %lld", name, (long long)min,
                  (long long)max);
         return EVENT_ERR_INVALID_FIELD;
     }
-    *dst = (int64_t)n;
+    *dst = n;
     return EVENT_OK;
 }
 
-static event_error parse_data(json_t *root, usage_event *out, char *msg, size_t msg_size)
+static event_error parse_data(const event_fields *f, usage_event *out, char *msg,
+                              size_t msg_size)
 {
     out->units = 1;
     out->bytes = 0;
     out->status = -1;
     out->method[0] = '\0';
     out->endpoint[0] = '\0';
-    json_t *data = json_object_get(root, "data");
-    if (data == NULL || json_is_null(data))
+    const event_field *data = &f->top[TOP_DATA];
+    if (data->kind == FIELD_ABSENT)
         return EVENT_OK;
-    if (!json_is_object(data))
+    if (data->kind != FIELD_OBJECT)
         return fail(msg, msg_size, EVENT_ERR_INVALID_FIELD, "attribute '%s' must be an object",
                     "data");
+    const event_field *d = f->data;
     event_error err;
     int64_t status;
-    if ((err = take_integer(data, "units", 0, EVENT_MAX_UNITS, 1, &out->units, msg, msg_size)) ||
-        (err = take_integer(data, "bytes", 0, EVENT_MAX_BYTES_FIELD, 0, &out->bytes, msg,
+    if ((err = take_integer(&d[DATA_UNITS], "units", 0, EVENT_MAX_UNITS, 1, &out->units, msg,
                             msg_size)) ||
-        (err = take_integer(data, "status", 100, 599, -1, &status, msg, msg_size)) ||
-        (err = take_string(data, "method", false, out->method, EVENT_MAX_METHOD_LEN, msg,
+        (err = take_integer(&d[DATA_BYTES], "bytes", 0, EVENT_MAX_BYTES_FIELD, 0, &out->bytes, msg,
+                            msg_size)) ||
+        (err = take_integer(&d[DATA_STATUS], "status", 100, 599, -1, &status, msg, msg_size)) ||
+        (err = take_string(&d[DATA_METHOD], "method", false, out->method, EVENT_MAX_METHOD_LEN, msg,
                            msg_size)) ||
-        (err = take_string(data, "endpoint", false, out->endpoint, EVENT_MAX_ENDPOINT_LEN, msg,
-                           msg_size)))
+        (err = take_string(&d[DATA_ENDPOINT], "endpoint", false, out->endpoint,
+                           EVENT_MAX_ENDPOINT_LEN, msg, msg_size)))
         return err;
     out->status = (int)status;
     for (const char *p = out->method; *p; p++) {
@@ -165,15 +169,16 @@ static event_error parse_data(json_t *root, usage_event *out, char *msg, size_t 
     return EVENT_OK;
 }
 
-static event_error parse_object(json_t *root, const event_limits *limits, usage_event *out,
-                                char *msg, size_t msg_size)
+/* The attribute checks of docs/CONTRACT.md §3.2, in its order, on the
+ * members of an object, whichever parser found them. */
+static event_error check_fields(const event_fields *f, const event_limits *limits,
+                                usage_event *out, char *msg, size_t msg_size)
 {
-    if (!json_is_object(root))
-        return fail(msg, msg_size, EVENT_ERR_NOT_OBJECT, "event must be a JSON %s", "object");
+    const event_field *top = f->top;
     char specversion[16];
     event_error err;
-    if ((err = take_string(root, "specversion", true, specversion, sizeof specversion - 1, msg,
-                           msg_size))) {
+    if ((err = take_string(&top[TOP_SPECVERSION], "specversion", true, specversion,
+                           sizeof specversion - 1, msg, msg_size))) {
         if (err == EVENT_ERR_INVALID_FIELD)
             return fail(msg, msg_size, EVENT_ERR_UNSUPPORTED_SPECVERSION,
                         "specversion must be the string \"1.0\"%s", "");
@@ -183,21 +188,23 @@ static event_error parse_object(json_t *root, const event_limits *limits, usage_
         return fail(msg, msg_size, EVENT_ERR_UNSUPPORTED_SPECVERSION,
                     "specversion must be \"1.0\"%s", "");
     char time_text[64];
-    if ((err = take_string(root, "id", true, out->id, EVENT_MAX_ID_LEN, msg, msg_size)) ||
-        (err = take_string(root, "source", true, out->source, EVENT_MAX_ID_LEN, msg, msg_size)) ||
-        (err = take_string(root, "type", true, out->type, EVENT_MAX_ID_LEN, msg, msg_size)) ||
-        (err = take_string(root, "subject", true, out->subject, EVENT_MAX_SUBJECT_LEN, msg,
-                           msg_size)))
+    if ((err = take_string(&top[TOP_ID], "id", true, out->id, EVENT_MAX_ID_LEN, msg, msg_size)) ||
+        (err = take_string(&top[TOP_SOURCE], "source", true, out->source, EVENT_MAX_ID_LEN, msg,
+                           msg_size)) ||
+        (err = take_string(&top[TOP_TYPE], "type", true, out->type, EVENT_MAX_ID_LEN, msg,
+                           msg_size)) ||
+        (err = take_string(&top[TOP_SUBJECT], "subject", true, out->subject,
+                           EVENT_MAX_SUBJECT_LEN, msg, msg_size)))
         return err;
-    json_t *time_value = json_object_get(root, "time");
-    if (time_value == NULL || json_is_null(time_value))
+    const event_field *time_value = &top[TOP_TIME];
+    if (time_value->kind == FIELD_ABSENT)
         return fail(msg, msg_size, EVENT_ERR_MISSING_FIELD, "required attribute '%s' is missing",
                     "time");
-    if (!json_is_string(time_value) || json_string_length(time_value) >= sizeof time_text)
+    if (time_value->kind != FIELD_STRING || time_value->len >= sizeof time_text)
         return fail(msg, msg_size, EVENT_ERR_INVALID_TIME,
                     "attribute '%s' must be an RFC 3339 date-time string", "time");
-    size_t time_len = json_string_length(time_value);
-    memcpy(time_text, json_string_value(time_value), time_len);
+    size_t time_len = time_value->len;
+    memcpy(time_text, time_value->text, time_len);
     if (!time_parse_rfc3339(time_text, time_len, &out->time_usec))
         return fail(msg, msg_size, EVENT_ERR_INVALID_TIME,
                     "attribute '%s' is not an RFC 3339 date-time (e.g. 2026-11-23T12:00:00Z)",
@@ -210,7 +217,39 @@ static event_error parse_object(json_t *root, const event_limits *limits, usage_
     if (out->time_usec > limits->now_usec + EVENT_FUTURE_TOLERANCE_USEC)
         return fail(msg, msg_size, EVENT_ERR_IN_FUTURE, "time is more than 5 minutes in the %s",
                     "future");
-    return parse_data(root, out, msg, msg_size);
+    return parse_data(f, out, msg, msg_size);
+}
+
+/* What jansson's tree holds for one member, as the scanner would say it:
+ * strings stay borrowed from the tree. */
+static void describe(json_t *value, event_field *field)
+{
+    memset(field, 0, sizeof *field);
+    if (value == NULL || json_is_null(value)) {
+        field->kind = FIELD_ABSENT;
+    } else if (json_is_string(value)) {
+        field->kind = FIELD_STRING;
+        field->text = json_string_value(value);
+        field->len = json_string_length(value);
+    } else if (json_is_integer(value)) {
+        field->kind = FIELD_INTEGER;
+        field->integer = (int64_t)json_integer_value(value);
+    } else if (json_is_object(value)) {
+        field->kind = FIELD_OBJECT;
+    } else {
+        field->kind = FIELD_OTHER;
+    }
+}
+
+/* The members check_fields reads, from an object's tree (borrowed). */
+static void fields_of_tree(json_t *root, event_fields *f)
+{
+    for (int i = 0; i < TOP__COUNT; i++)
+        describe(json_object_get(root, eventscan_top_names[i]), &f->top[i]);
+    json_t *data = json_object_get(root, eventscan_top_names[TOP_DATA]);
+    for (int i = 0; i < DATA__COUNT; i++)
+        describe(json_is_object(data) ? json_object_get(data, eventscan_data_names[i]) : NULL,
+                 &f->data[i]);
 }
 
 /* jansson's error text quotes the token it stopped at, which may be a raw
@@ -230,8 +269,8 @@ static void make_header_safe(char *msg)
     }
 }
 
-event_error event_parse(const char *payload, size_t len, const event_limits *limits,
-                        usage_event *out, char *msg, size_t msg_size)
+static event_error check_size(const char *payload, size_t len, const event_limits *limits,
+                              char *msg, size_t msg_size)
 {
     if (payload == NULL || len == 0)
         return fail(msg, msg_size, EVENT_ERR_EMPTY, "message value is %s", "empty");
@@ -240,6 +279,21 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
                  limits->max_bytes);
         return EVENT_ERR_TOO_LARGE;
     }
+    return EVENT_OK;
+}
+
+static event_error finish(event_error err, char *msg, size_t msg_size)
+{
+    if (err == EVENT_OK && msg_size > 0)
+        msg[0] = '\0';
+    return err;
+}
+
+/* Parses with jansson: its tree, its acceptance and its error text. */
+static event_error parse_with_jansson(const char *payload, size_t len,
+                                      const event_limits *limits, usage_event *out, char *msg,
+                                      size_t msg_size)
+{
     pthread_once(&arena_once, arena_install);
     arena_used = 0;
     arena_active = 1;
@@ -258,10 +312,40 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
             make_header_safe(msg);
         return EVENT_ERR_INVALID_JSON;
     }
-    event_error err = parse_object(root, limits, out, msg, msg_size);
+    event_error err;
+    if (!json_is_object(root)) {
+        err = fail(msg, msg_size, EVENT_ERR_NOT_OBJECT, "event must be a JSON %s", "object");
+    } else {
+        event_fields fields;
+        fields_of_tree(root, &fields);
+        err = check_fields(&fields, limits, out, msg, msg_size);
+    }
     json_decref(root);
     arena_active = 0;
-    if (err == EVENT_OK && msg_size > 0)
-        msg[0] = '\0';
     return err;
+}
+
+event_error event_parse(const char *payload, size_t len, const event_limits *limits,
+                        usage_event *out, char *msg, size_t msg_size)
+{
+    event_error err = check_size(payload, len, limits, msg, msg_size);
+    if (err != EVENT_OK)
+        return err;
+    /* Most events are plain: scanned in one pass, no tree built. The
+     * scanner gives up on anything it is not sure jansson accepts. */
+    event_fields fields;
+    if (eventscan_fields(payload, len, &fields))
+        err = check_fields(&fields, limits, out, msg, msg_size);
+    else
+        err = parse_with_jansson(payload, len, limits, out, msg, msg_size);
+    return finish(err, msg, msg_size);
+}
+
+event_error event_parse_jansson(const char *payload, size_t len, const event_limits *limits,
+                                usage_event *out, char *msg, size_t msg_size)
+{
+    event_error err = check_size(payload, len, limits, msg, msg_size);
+    if (err != EVENT_OK)
+        return err;
+    return finish(parse_with_jansson(payload, len, limits, out, msg, msg_size), msg, msg_size);
 }

@@ -68,5 +68,10 @@ const char *event_error_code(event_error err);
  * *out is only meaningful when EVENT_OK is returned. */
 event_error event_parse(const char *payload, size_t len, const event_limits *limits,
                         usage_event *out, char *msg, size_t msg_size);
+/* event_parse without the one-pass scanner (common/eventscan.h): jansson
+ * alone. The same answer on every input; kept as the reference that the
+ * differential fuzz target and the unit tests compare event_parse with. */
+event_error event_parse_jansson(const char *payload, size_t len, const event_limits *limits,
+                                usage_event *out, char *msg, size_t msg_size);
 
 #endif

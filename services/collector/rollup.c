@@ -279,9 +279,22 @@ static bool element_text(buf *column, bool first, const char *text)
     return buf_append(column, first ? "{" : ",", 1) && db_append_array_element(column, text);
 }
 
+/* A number element, "{" or "," then its decimal digits: written by hand,
+ * since through snprintf rendering took 5% of the collector's instructions
+ * (callgrind, bench/run.py --collector-callgrind). */
 static bool element_number(buf *column, bool first, int64_t value)
 {
-    return buf_appendf(column, first ? "{%lld" : ",%lld", (long long)value);
+    char text[24]; /* a sign, 19 digits and the separator */
+    size_t at = sizeof text;
+    uint64_t magnitude = value < 0 ? 0 - (uint64_t)value : (uint64_t)value;
+    do {
+        text[--at] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude > 0);
+    if (value < 0)
+        text[--at] = '-';
+    text[--at] = first ? '{' : ',';
+    return buf_append(column, text + at, sizeof text - at);
 }
 
 static bool close_columns(buf *columns, int count, bool any)

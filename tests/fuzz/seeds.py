@@ -57,6 +57,29 @@ def event_seeds():
     return seeds
 
 
+def eventdiff_seeds():
+    # The event seeds, and the inputs where a one-pass scanner could part
+    # from jansson: numbers at their edges, literals run into other text,
+    # whitespace, repeated names at any depth, escapes, deep nesting.
+    texts = [
+        '{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"k",'
+        '"time":"2026-11-23T11:59:00Z","data":{"units":%s}}' % n
+        for n in ("0", "-0", "01", "1.0", "1e0", "1E+2", "-", "999999999999999999",
+                  "1000000000000000000", "9223372036854775808", "-9223372036854775809",
+                  "1 ", "1x", "+1", ".5", "0x10", "true", "truex", "nul", "null1", "[]",
+                  "[1,]", "{}", '{"a":1,"a":2}', '""', '"\\u0031"')
+    ]
+    texts += [
+        '{"a":{"b":1,"b":2}}', '{"a":[{"x":1},{"x":1,"x":2}]}', '{"data":{},"data":{}}',
+        '{"id":"x\\/y"}', '{"id":"\\u00e9"}', '{"id":"tab\there"}', '{"id":"\x7f"}',
+        '{\r\n"id"\t:\t"x"\r\n}', '{"id":"x"}\x00', '{"id":"x"} ,', '{"id":"x",}',
+        '{,"id":"x"}', '{"id" "x"}', '{"id":"x"}{}', '\ufeff{}',
+        "[" * 20 + "]" * 20, '{"a":' * 20 + "1" + "}" * 20,
+        "{" + ",".join(f'"m{i}":{i}' for i in range(40)) + "}",
+    ]
+    return event_seeds() + [t.encode("utf-8") for t in texts]
+
+
 def timeutil_seeds():
     texts = [
         "2026-11-23T12:00:00.123Z", "2026-11-23T12:00:00Z", "2026-11-23t12:00:00z",
@@ -210,6 +233,7 @@ def write(target, seeds):
 
 if __name__ == "__main__":
     write("event", event_seeds())
+    write("eventdiff", eventdiff_seeds())
     write("timeutil", timeutil_seeds())
     write("apimodel", apimodel_seeds())
     write("query", query_seeds())

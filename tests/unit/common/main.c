@@ -12,6 +12,8 @@ int main(void)
         config_suite(),
         tokenbucket_suite(),
         hashindex_suite(),
+        digest_suite(),
+        eventscan_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

@@ -11,5 +11,7 @@ Suite *utf8_suite(void);
 Suite *config_suite(void);
 Suite *tokenbucket_suite(void);
 Suite *hashindex_suite(void);
+Suite *digest_suite(void);
+Suite *eventscan_suite(void);
 
 #endif
