@@ -92,7 +92,8 @@ static const char *request_origin(api_request *req)
 
 void cors_decorate(api_request *req)
 {
-    if (req->route == NULL || !open_route[req->route - api_routes] ||
+    /* The AWS listener's routes are another table (aws.h), never open. */
+    if (req->aws || req->route == NULL || !open_route[req->route - api_routes] ||
         strcmp(req->route->method, "OPTIONS") == 0) /* the preflight sets its own */
         return;
     api_add_header(req, "Vary", "Origin");
