@@ -41,7 +41,8 @@ bool store_maintain_partitions(store *st, int *created, int *dropped, char *err,
  *      its event week; the result (store_poll's *kept) lists the digests
  *      never seen before, binary, 16 bytes each;
  *   B. store_send_rollups: add the new events' totals (aggregated by the
- *      caller) to the hourly rollups and period counters, then COMMIT.
+ *      caller) to the hourly rollups and period counters, announce the
+ *      changed keys (NOTIFY on ROLLUP_COUNTERS_CHANNEL), then COMMIT.
  * Between a send and a store_poll that is not STORE_PENDING, no other store
  * call may be made. On STORE_FAILED the connection is dropped, which rolls
  * the transaction back: nothing of the batch is written. */
