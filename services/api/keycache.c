@@ -39,6 +39,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "period.h"
+#include "rollupcols.h"
 #include "timeutil.h"
 #include "tokenbucket.h"
 
@@ -596,6 +597,9 @@ static void free_ids(char **ids, size_t count)
     free(ids);
 }
 
+/* Announced keys waiting beyond this many: a full reload instead. */
+#define KEYCACHE_PENDING_MAX 10000
+
 /* Queues one announced key id for the next targeted refresh; false when
  * the queue is full or memory is short (the caller asks for a full
  * reload instead). Under wake_lock. */
@@ -615,10 +619,14 @@ static bool queue_pending_id(keycache *cache, const char *id, size_t len)
     return true;
 }
 
-void keycache_counters_changed(const char *payload)
+/* The collector's notice (keynotify.h, rollupcols.h): `payload` is
+ * comma-separated key ids, or "*" for every key. More than
+ * KEYCACHE_PENDING_MAX keys waiting at once turn into a full reload. Works
+ * before the refresh thread starts: what is queued then waits for it. */
+static void on_counters_changed(void *context, const char *payload)
 {
-    keycache *cache = the_cache;
-    if (cache == NULL || payload == NULL)
+    keycache *cache = context;
+    if (payload == NULL)
         return;
     pthread_mutex_lock(&cache->wake_lock);
     bool whole = strcmp(payload, "*") == 0;
@@ -640,11 +648,10 @@ void keycache_counters_changed(const char *payload)
     pthread_mutex_unlock(&cache->wake_lock);
 }
 
-void keycache_notices_lost(void)
+/* Notices may have been missed (the listening connection was down). */
+static void on_notices_lost(void *context)
 {
-    keycache *cache = the_cache;
-    if (cache != NULL)
-        request_full_reload(cache);
+    request_full_reload(context);
 }
 
 /* Takes each named key's counter into `snap` (the current one), under the
@@ -844,6 +851,11 @@ keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_
         keycache_stop(cache);
         return NULL;
     }
+    /* Listening before the first load: no change committed after the load
+     * read goes unheard. */
+    cache->listener = keynotify_start(
+        url, ROLLUP_COUNTERS_CHANNEL,
+        (keynotify_handler){on_counters_changed, on_notices_lost, cache});
     if (!refresh(cache, err, err_size) ||
         pthread_create(&cache->thread, NULL, refresh_thread, cache) != 0) {
         if (err[0] == '\0')
@@ -853,8 +865,6 @@ keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_
     }
     cache->thread_started = true;
     the_cache = cache;
-    /* After the first load: notices reach the cache from now on. */
-    cache->listener = keynotify_start(url);
     return cache;
 }
 

@@ -88,18 +88,6 @@ typedef enum {
 keycache_key_answer keycache_find_key(const uint8_t hash[32], int64_t now, char *key_id,
                                       size_t key_id_size, bool *enabled);
 
-/* Freshness (README, "Freshness"): the collector's commit announces the
- * keys whose counters it changed (keynotify.h hears it); the cache reads
- * those keys' counters at once, between its full reloads, which stay the
- * safety net for any notice lost. `payload` is comma-separated key ids, or
- * "*" for every key. More than KEYCACHE_PENDING_MAX keys waiting at once
- * turn into a full reload. */
-#define KEYCACHE_PENDING_MAX 10000
-void keycache_counters_changed(const char *payload);
-/* Notices may have been missed (the listening connection was down): asks
- * for a full reload, without waiting for it. */
-void keycache_notices_lost(void);
-
 /* Database look-ups of keys the cache does not know (/v1/me/usage and /v1/me/quota: a key
  * created by another process since the last load) are few by nature; a
  * flood of random keys must not turn into a flood of queries. True when
