@@ -13,8 +13,9 @@ figure errs low by that; the report also gives the time from kcat's start
 SAMPLES probes run with nothing else going on (event_freshness_idle_*), then
 SAMPLES more while tally-loadgen publishes BACKGROUND_RATE events/s for
 BACKGROUND_KEY_COUNT other keys (event_freshness_*). One tally-collector and
-one tally-api with default settings; the probe keys rotate, so that each
-probe's key is fresh in the batch it lands in.
+one tally-api with default settings (BENCH_COLLECTOR_ARGS, in the
+environment, adds flags to the collector, e.g. "--fetch-wait-ms 500" to see
+librdkafka's default); the probe keys rotate.
 """
 
 import http.client
@@ -65,7 +66,9 @@ def start_collector(ctx):
                      "TALLY_KAFKA_BROKERS": ctx.brokers})
     cmd = [ctx.bin("tally-collector"), "--metrics-addr", f"127.0.0.1:{port}",
            "--kafka-topic", TOPIC, "--session-timeout-ms", "6000"]
-    log(f"starting tally-collector (metrics on 127.0.0.1:{port}, log {log_path})")
+    cmd += os.environ.get("BENCH_COLLECTOR_ARGS", "").split()
+    log(f"starting tally-collector (metrics on 127.0.0.1:{port}, log {log_path}; "
+        f"{' '.join(cmd[7:]) or 'default settings'})")
     proc = ctx.spawn("tally-collector", cmd, env, log_path)
     return proc, port
 
