@@ -2,7 +2,7 @@
 announces the keys it counted (NOTIFY tally_counters) and tally-api reads
 their counters at once, between its full reloads; an api that was not
 running when a notice went out reads the counter at its start. The api
-suite (tests/api/freshness_cases.py) covers the notices that get lost."""
+suite (tests/api/counter_notice_cases.py) covers the notices that get lost."""
 
 import time
 
