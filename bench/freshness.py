@@ -8,7 +8,11 @@ POLL_INTERVAL_S until `used` has grown. The figure is the time from kcat's
 exit to the first answer showing the unit. kcat exits a little after the
 broker's acknowledgement (its delivery report, then its teardown), so the
 figure errs low by that; the report also gives the time from kcat's start
-(an upper bound, which adds kcat's start and connection).
+(an upper bound, which adds kcat's start and connection), and splits the
+time at the answer's asOf (the counter's updated_at: the start of the
+collector's transaction that counted the event): before it, the event
+waited in Kafka and in the collector's batch; after it, the transaction, the
+notice and the api's refresh (plus up to one poll).
 
 SAMPLES probes run with nothing else going on (event_freshness_idle_*), then
 SAMPLES more while tally-loadgen publishes BACKGROUND_RATE events/s for
@@ -18,6 +22,7 @@ environment, adds flags to the collector, e.g. "--fetch-wait-ms 500" to see
 librdkafka's default); the probe keys rotate.
 """
 
+import calendar
 import http.client
 import json
 import os
@@ -81,6 +86,9 @@ class QuotaReader:
         self.conn = None
 
     def used(self, key_id):
+        return self.quota(key_id)["used"]
+
+    def quota(self, key_id):
         for attempt in (1, 2):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -97,7 +105,7 @@ class QuotaReader:
                     raise
         if resp.status != 200:
             raise BenchError(f"GET /v1/keys/{key_id}/quota answered {resp.status}: {body[:200]!r}")
-        return json.loads(body)["used"]
+        return json.loads(body)
 
     def close(self):
         if self.conn is not None:
@@ -126,15 +134,27 @@ def publish(ctx, kcat, key_id, value):
     return started, acked
 
 
+def epoch_of(rfc3339):
+    """Seconds since the epoch of the api's "YYYY-MM-DDTHH:MM:SS.mmmZ"."""
+    whole, _, fraction = rfc3339.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) + float("0." + fraction)
+
+
 def probe(ctx, kcat, reader, key_id, n):
-    """One sample: (ms from kcat's exit to visible, ms from kcat's start)."""
+    """One sample: ms from kcat's exit to visible, ms from kcat's start, and
+    that time split at the counter's asOf (the start of the collector's
+    transaction that counted it): ms before, ms after."""
     before = reader.used(key_id)
     started, acked = publish(ctx, kcat, key_id, probe_event(key_id, n))
+    acked_wall = time.time()
     deadline = acked + PROBE_TIMEOUT_S
     while True:
-        now = time.monotonic()
-        if reader.used(key_id) > before:
-            return (now - acked) * 1000, (now - started) * 1000
+        now, now_wall = time.monotonic(), time.time()
+        q = reader.quota(key_id)
+        if q["used"] > before:
+            as_of = epoch_of(q["asOf"])
+            return ((now - acked) * 1000, (now - started) * 1000,
+                    (as_of - acked_wall) * 1000, (now_wall - as_of) * 1000)
         if now > deadline:
             raise BenchError(f"probe {n}: 1 unit for {key_id} not visible in the quota "
                              f"answer {PROBE_TIMEOUT_S:.0f} s after its acknowledgement")
@@ -148,13 +168,16 @@ def percentile(values, fraction):
 
 def run_probes(ctx, kcat, reader, label, offset):
     log(f"freshness ({label}): {SAMPLES} probes")
-    acked_ms, started_ms = [], []
-    for n in range(SAMPLES):
-        key_id = f"probe_key_{n % PROBE_KEY_COUNT}"
-        a, s = probe(ctx, kcat, reader, key_id, offset + n)
-        acked_ms.append(a)
-        started_ms.append(s)
-    return acked_ms, started_ms
+    samples = [probe(ctx, kcat, reader, f"probe_key_{n % PROBE_KEY_COUNT}", offset + n)
+               for n in range(SAMPLES)]
+    return [list(column) for column in zip(*samples)]
+
+
+def split_note(label, before, after):
+    return ("%-15s split at the counter's asOf (its transaction's start): before p50 %.0f / "
+            "p99 %.0f ms, after p50 %.0f / p99 %.0f ms"
+            % (label, percentile(before, 0.5), percentile(before, 0.99),
+               percentile(after, 0.5), percentile(after, 0.99)))
 
 
 def start_background(ctx):
@@ -195,12 +218,13 @@ def run(ctx, opts):
             except BenchError:
                 if time.monotonic() > probe_deadline:
                     raise
-        idle, idle_started = run_probes(ctx, kcat, reader, "idle", 0)
+        idle, idle_started, idle_before, idle_after = run_probes(ctx, kcat, reader, "idle", 0)
 
         loadgen = start_background(ctx)
         time.sleep(5)  # a steady state: the collector caught up with the backlog
         (c0, b0, s0), t0 = collector_totals(collector_port), time.monotonic()
-        loaded, loaded_started = run_probes(ctx, kcat, reader, "background load", SAMPLES)
+        loaded, loaded_started, loaded_before, loaded_after = run_probes(
+            ctx, kcat, reader, "background load", SAMPLES)
         (c1, b1, s1), t1 = collector_totals(collector_port), time.monotonic()
         if loadgen.poll() is not None:
             raise BenchError(f"tally-loadgen exited early ({loadgen.returncode})")
@@ -228,6 +252,8 @@ def run(ctx, opts):
         fig.note("collector       %.0f batches committed during the probes under load, "
                  "%.0f events and %.0f ms of commit each on average"
                  % (b1 - b0, (c1 - c0) / (b1 - b0), (s1 - s0) / (b1 - b0) * 1000))
+    fig.note(split_note("idle", idle_before, idle_after))
+    fig.note(split_note("background", loaded_before, loaded_after))
     fig.note("from kcat's start (adds its start and connection): idle p99 %.0f ms, "
              "background p99 %.0f ms"
              % (percentile(idle_started, 0.99), percentile(loaded_started, 0.99)))
