@@ -30,8 +30,10 @@ bench/gateway.lua), alerts (bench/alerts.py: a threshold-crossing
 event produced to Kafka -> the signed webhook at a local receiver, under
 20,000 events/s of background traffic) and replicas (bench/replicas.py:
 one key's quota and rate shared by tally-api replicas behind nginx: 2
-replicas against 1, and the quota overshoot with one killed). What they
-share is in bench/common.py.
+replicas against 1, and the quota overshoot with one killed) and
+freshness (bench/freshness.py: an event acknowledged by the broker -> its
+unit visible in GET /v1/keys/{id}/quota, idle and with 20,000 events/s of
+background traffic). What they share is in bench/common.py.
 
 BENCH_API_ARGS (environment) adds flags to the measured tally-api, e.g.
 BENCH_API_ARGS="--threads 4" to compare thread counts.
@@ -50,6 +52,7 @@ import time
 import alerts
 import api
 import collector
+import freshness
 import ingest
 import gateway
 import replicas
@@ -65,6 +68,7 @@ BENCHMARKS = {
     "gateway": gateway,
     "alerts": alerts,
     "replicas": replicas,
+    "freshness": freshness,
 }
 
 

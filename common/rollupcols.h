@@ -44,4 +44,10 @@ enum {
 #define ROLLUP_HOURLY_COLUMNS  (ROLLUP_TEXT_DIMENSION_COUNT + 1 + ROLLUP_MEASURE_COUNT)
 #define ROLLUP_COUNTER_COLUMNS (3 + ROLLUP_MEASURE_COUNT)
 
+/* The NOTIFY channel on which the collector's commit names the keys whose
+ * usage_counters rows it changed (comma-separated ids, or "*" for "too
+ * many: every key"), and on which tally-api listens to refresh them at
+ * once (services/api/keynotify.c). */
+#define ROLLUP_COUNTERS_CHANNEL "tally_counters"
+
 #endif

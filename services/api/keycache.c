@@ -1,6 +1,7 @@
 /* See keycache.h. Concurrency: the snapshot (keys, plans, counters) is
- * immutable once published and swapped under a write lock; requests read it
- * under the read lock. Per-key mutable state (token buckets, allowed count)
+ * swapped under a write lock; requests read it under the read lock. Once
+ * published only the counter fields of its keys change (a targeted
+ * refresh, refresh_counters), also under the write lock. Per-key mutable state (token buckets, allowed count)
  * is a separate object with its own mutex, moved from the old snapshot to
  * the new one at the swap, so a reload never resets a bucket.
  *
@@ -21,6 +22,7 @@
 #include <libpq-fe.h>
 #include <math.h>
 #include <pthread.h>
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,10 +35,12 @@
 #include "digest.h"
 #include "hashindex.h"
 #include "keyhash.h"
+#include "keynotify.h"
 #include "leases.h"
 #include "log.h"
 #include "metrics.h"
 #include "period.h"
+#include "rollupcols.h"
 #include "timeutil.h"
 #include "tokenbucket.h"
 
@@ -116,11 +120,16 @@ struct keycache {
     pthread_cond_t served;
     uint64_t requested_seq, served_seq;
     bool stopping;
+    /* Keys whose counters the collector announced changed (keynotify.h),
+     * for the next targeted refresh; under wake_lock. */
+    char **pending_ids;
+    size_t pending_count;
+    keynotify *listener;
 };
 
 static keycache *the_cache;
 static metric *m_keys, *m_refreshes, *m_refresh_errors, *m_refresh_seconds, *m_hits, *m_misses;
-static metric *m_unknown_queried, *m_unknown_refused;
+static metric *m_unknown_queried, *m_unknown_refused, *m_counter_refreshes;
 
 /* keycache_unknown_lookup_allowed's bucket, for the whole process. */
 static pthread_mutex_t unknown_lookup_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -141,6 +150,9 @@ static void register_metrics(void)
                                        "failed reloads (the previous cache stays in use)", NULL);
     m_refresh_seconds = metrics_gauge("tally_api_key_cache_refresh_seconds",
                                       "duration of the last reload", NULL);
+    m_counter_refreshes = metrics_counter(
+        "tally_api_key_cache_counter_refreshes_total",
+        "targeted refreshes of the counters the collector announced changed", NULL);
     m_hits = metrics_counter("tally_api_key_cache_hits_total",
                              "authorize look-ups that found the key in the cache", NULL);
     m_misses = metrics_counter("tally_api_key_cache_misses_total",
@@ -282,6 +294,47 @@ static bool parse_method_throttles(const char *text, plan_entry *plan)
     return true;
 }
 
+/* A key's plan, and its counter and quota adjustment of the plan's current
+ * period, given the current day's, week's and month's starts as $1..$3:
+ * the full load and the targeted refresh read them alike. */
+#define KEY_COUNTER_JOINS                                                              \
+    "LEFT JOIN plans p ON p.id = k.plan_id "                                           \
+    "LEFT JOIN usage_counters c ON c.key_id = k.id "                                   \
+    "AND c.period = p.quota_period AND c.period_start = "                              \
+    "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "                             \
+    "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "                       \
+    /* The key's own quota change for the same period (AWS's UpdateUsage,              \
+     * migration 007). */                                                              \
+    "LEFT JOIN quota_adjustments a ON a.key_id = k.id "                                \
+    "AND a.period = p.quota_period AND a.period_start = "                              \
+    "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "                             \
+    "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
+
+/* The current periods' starts at `now`, as microseconds and as text. */
+typedef struct {
+    int64_t at[PERIOD_KIND_COUNT];
+    char text[PERIOD_KIND_COUNT][TIME_RFC3339_LEN];
+} period_starts;
+
+static void current_period_starts(int64_t now, period_starts *out)
+{
+    for (int k = 0; k < PERIOD_KIND_COUNT; k++) {
+        out->at[k] = period_start((period_kind)k, now);
+        time_format_rfc3339(out->at[k], out->text[k], sizeof out->text[k]);
+    }
+}
+
+/* The cache's own connection, (re)connected when lost. */
+static bool ensure_connected(keycache *cache, char *err, size_t err_size)
+{
+    if (cache->conn != NULL && PQstatus(cache->conn) == CONNECTION_OK)
+        return true;
+    if (cache->conn)
+        PQfinish(cache->conn);
+    cache->conn = db_connect(cache->url, "tally-api-keycache", err, err_size);
+    return cache->conn != NULL;
+}
+
 /* Reads keys, plans and current counters in one read-only snapshot. */
 static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
 {
@@ -292,13 +345,8 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         return NULL;
     }
     snap->loaded_at = now;
-    if (cache->conn == NULL || PQstatus(cache->conn) != CONNECTION_OK) {
-        if (cache->conn)
-            PQfinish(cache->conn);
-        cache->conn = db_connect(cache->url, "tally-api-keycache", err, err_size);
-        if (cache->conn == NULL)
-            goto fail;
-    }
+    if (!ensure_connected(cache, err, err_size))
+        goto fail;
     if (!db_exec(cache->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
                  "starting the key cache load", err, err_size))
         goto fail;
@@ -313,29 +361,17 @@ static snapshot *load(keycache *cache, int64_t now, char *err, size_t err_size)
         db_error(cache->conn, plans, "loading plans", err, err_size);
         goto fail;
     }
-    char starts[PERIOD_KIND_COUNT][TIME_RFC3339_LEN];
-    int64_t start_at[PERIOD_KIND_COUNT];
-    for (int k = 0; k < PERIOD_KIND_COUNT; k++) {
-        start_at[k] = period_start((period_kind)k, now);
-        time_format_rfc3339(start_at[k], starts[k], sizeof starts[k]);
-    }
-    const char *params[] = {starts[PERIOD_DAY], starts[PERIOD_WEEK], starts[PERIOD_MONTH]};
+    period_starts starts;
+    current_period_starts(now, &starts);
+    const int64_t *start_at = starts.at;
+    const char *params[] = {starts.text[PERIOD_DAY], starts.text[PERIOD_WEEK],
+                            starts.text[PERIOD_MONTH]};
     keys = PQexecParams(cache->conn,
                         "SELECT k.id, encode(k.value_hash, 'hex'), k.enabled, k.plan_id, "
                         "coalesce(c.units, 0), "
                         "(extract(epoch from c.updated_at) * 1000000)::bigint, "
                         "k.value_hash_form, coalesce(a.adjustment, 0), k.customer_id FROM api_keys k "
-                        "LEFT JOIN plans p ON p.id = k.plan_id "
-                        "LEFT JOIN usage_counters c ON c.key_id = k.id "
-                        "AND c.period = p.quota_period AND c.period_start = "
-                        "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
-                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
-                        /* The key's own quota change for the same period (AWS's
-                         * UpdateUsage, migration 007). */
-                        "LEFT JOIN quota_adjustments a ON a.key_id = k.id "
-                        "AND a.period = p.quota_period AND a.period_start = "
-                        "CASE p.quota_period WHEN 'DAY' THEN $1::timestamptz "
-                        "WHEN 'WEEK' THEN $2::timestamptz ELSE $3::timestamptz END "
+                        KEY_COUNTER_JOINS
                         /* One value stored in both forms (a legacy row written by
                          * hand): the same key wins at every reload. */
                         "ORDER BY k.value_hash_form = 'hmac-sha256' DESC, k.id",
@@ -549,36 +585,236 @@ static bool refresh(keycache *cache, char *err, size_t err_size)
     return true;
 }
 
+/* ---- targeted refreshes (the collector's change notices) -------------- */
+
+/* Asks the thread for a full reload without waiting for it. */
+static void request_full_reload(keycache *cache)
+{
+    pthread_mutex_lock(&cache->wake_lock);
+    cache->requested_seq++;
+    pthread_cond_signal(&cache->wake);
+    pthread_mutex_unlock(&cache->wake_lock);
+}
+
+static void free_ids(char **ids, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        free(ids[i]);
+    free(ids);
+}
+
+/* Announced keys waiting beyond this many: a full reload instead. */
+#define KEYCACHE_PENDING_MAX 10000
+
+/* Queues one announced key id for the next targeted refresh; false when
+ * the queue is full or memory is short (the caller asks for a full
+ * reload instead). Under wake_lock. */
+static bool queue_pending_id(keycache *cache, const char *id, size_t len)
+{
+    if (cache->pending_count == KEYCACHE_PENDING_MAX)
+        return false;
+    if (cache->pending_ids == NULL) {
+        cache->pending_ids = calloc(KEYCACHE_PENDING_MAX, sizeof *cache->pending_ids);
+        if (cache->pending_ids == NULL)
+            return false;
+    }
+    char *copy = strndup(id, len);
+    if (copy == NULL)
+        return false;
+    cache->pending_ids[cache->pending_count++] = copy;
+    return true;
+}
+
+/* The collector's notice (keynotify.h, rollupcols.h): `payload` is
+ * comma-separated key ids, or "*" for every key. More than
+ * KEYCACHE_PENDING_MAX keys waiting at once turn into a full reload. Works
+ * before the refresh thread starts: what is queued then waits for it. */
+static void on_counters_changed(void *context, const char *payload)
+{
+    keycache *cache = context;
+    if (payload == NULL)
+        return;
+    pthread_mutex_lock(&cache->wake_lock);
+    bool whole = strcmp(payload, "*") == 0;
+    for (const char *id = payload; !whole && *id != '\0';) {
+        size_t len = strcspn(id, ",");
+        /* An id no key can have is skipped (ids are 1..APIROUTE_ID_MAX). */
+        if (len > 0 && len <= APIROUTE_ID_MAX && !queue_pending_id(cache, id, len))
+            whole = true;
+        id += len + (id[len] == ',');
+    }
+    if (whole) {
+        /* Too many keys at once, or "*": a full reload reads them all. */
+        free_ids(cache->pending_ids, cache->pending_count);
+        cache->pending_ids = NULL;
+        cache->pending_count = 0;
+        cache->requested_seq++;
+    }
+    pthread_cond_signal(&cache->wake);
+    pthread_mutex_unlock(&cache->wake_lock);
+}
+
+/* Notices may have been missed (the listening connection was down). */
+static void on_notices_lost(void *context)
+{
+    request_full_reload(context);
+}
+
+/* Takes each named key's counter into `snap` (the current one), under the
+ * write lock, as a full reload would have read it. False when a row does
+ * not match what the snapshot holds (a new key, another plan or period):
+ * only a full reload can take that. */
+static bool apply_counters(keycache *cache, snapshot *snap, PGresult *rows,
+                           const period_starts *starts)
+{
+    bool matched = true;
+    pthread_rwlock_wrlock(&cache->swap_lock);
+    for (int r = 0; r < PQntuples(rows); r++) {
+        key_entry *k = find_by_id(snap, PQgetvalue(rows, r, 0));
+        const char *plan_id = api_field(rows, r, 1);
+        const plan_entry *plan = k != NULL && k->plan >= 0 ? &snap->plans[k->plan] : NULL;
+        period_kind period;
+        bool same_plan = k != NULL && (plan == NULL ? plan_id == NULL
+                                                    : plan_id != NULL && strcmp(plan->id, plan_id) == 0);
+        if (!same_plan || (plan != NULL && plan->has_quota &&
+                           (!period_parse(PQgetvalue(rows, r, 2), &period) ||
+                            period != plan->quota_period))) {
+            matched = false;
+            continue;
+        }
+        if (plan == NULL || !plan->has_quota || k->state == NULL)
+            continue; /* no counter to keep */
+        k->used = api_field_int(rows, r, 3);
+        k->used_updated_at = api_field(rows, r, 4) != NULL ? api_field_int(rows, r, 4) : 0;
+        k->quota_adjustment = api_field_int(rows, r, 5);
+        k->used_period = starts->at[period];
+        apimodel_quota_local_reload(&k->state->local, k->state->next_mark, k->used_period, false);
+    }
+    pthread_rwlock_unlock(&cache->swap_lock);
+    return matched;
+}
+
+/* Reads the counters of the `count` named keys (borrowed) and takes them
+ * into the current snapshot. Keys, plans and everything else stay as the
+ * last full reload read them; a key the snapshot does not hold, or holds
+ * with another plan, asks for a full reload. Only the refresh thread calls
+ * this, so `current` stays put meanwhile. */
+static bool refresh_counters(keycache *cache, char *const *ids, size_t count, char *err,
+                             size_t err_size)
+{
+    snapshot *snap = cache->current;
+    if (snap == NULL || count == 0)
+        return true;
+    int64_t started = time_now_usec();
+    /* Mark the allowed counts before the query, as refresh does. */
+    for (size_t i = 0; i < count; i++) {
+        key_entry *k = find_by_id(snap, ids[i]);
+        if (k != NULL && k->state != NULL)
+            k->state->next_mark =
+                atomic_load_explicit(&k->state->allowed_total, memory_order_relaxed);
+    }
+    buf array;
+    buf_init(&array, (size_t)KEYCACHE_PENDING_MAX * (2 * APIROUTE_ID_MAX + 4) + 16);
+    if (!db_append_text_array(&array, (const char *const *)ids, count)) {
+        buf_free(&array);
+        snprintf(err, err_size, "refreshing counters: too many keys");
+        return false;
+    }
+    if (!ensure_connected(cache, err, err_size)) {
+        buf_free(&array);
+        return false;
+    }
+    period_starts starts;
+    current_period_starts(started, &starts);
+    const char *params[] = {starts.text[PERIOD_DAY], starts.text[PERIOD_WEEK],
+                            starts.text[PERIOD_MONTH], array.data};
+    PGresult *rows = PQexecParams(
+        cache->conn,
+        "SELECT k.id, k.plan_id, p.quota_period, coalesce(c.units, 0), "
+        "(extract(epoch from c.updated_at) * 1000000)::bigint, coalesce(a.adjustment, 0) "
+        "FROM api_keys k " KEY_COUNTER_JOINS "WHERE k.id = ANY ($4::text[])",
+        4, NULL, params, NULL, NULL, 0);
+    buf_free(&array);
+    if (!api_ok(rows)) {
+        db_error(cache->conn, rows, "refreshing counters", err, err_size);
+        PQclear(rows);
+        return false;
+    }
+    if (!apply_counters(cache, snap, rows, &starts))
+        request_full_reload(cache);
+    PQclear(rows);
+    metrics_add(m_counter_refreshes, 1);
+    return true;
+}
+
+/* Logs a failed reload or refresh, at most every 10 s (not once a second
+ * for hours). */
+static void log_refresh_failure(const char *what, const char *err, int64_t *last_log)
+{
+    metrics_add(m_refresh_errors, 1);
+    int64_t now = time_now_usec();
+    if (now - *last_log > 10 * USEC_PER_SEC) {
+        log_warn("%s failed (the previous cache stays in use): %s", what, err);
+        *last_log = now;
+    }
+}
+
+static struct timespec deadline_after_ms(long long ms)
+{
+    struct timespec at;
+    clock_gettime(CLOCK_REALTIME, &at);
+    long long ns = at.tv_nsec + (ms % 1000) * 1000000LL;
+    at.tv_sec += (time_t)(ms / 1000 + ns / 1000000000LL);
+    at.tv_nsec = (long)(ns % 1000000000LL);
+    return at;
+}
+
+static bool deadline_passed(const struct timespec *at)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    return now.tv_sec > at->tv_sec || (now.tv_sec == at->tv_sec && now.tv_nsec >= at->tv_nsec);
+}
+
+/* Full reloads every refresh interval and on request (keycache_refresh_now,
+ * a lost or oversized notice); targeted refreshes of announced keys in
+ * between, at once. A full reload also covers every key pending then. */
 static void *refresh_thread(void *arg)
 {
     keycache *cache = arg;
     int64_t last_error_log = 0;
+    struct timespec next_full = deadline_after_ms(cache->refresh_ms);
     pthread_mutex_lock(&cache->wake_lock);
     while (!cache->stopping) {
-        if (cache->requested_seq == cache->served_seq) {
-            struct timespec deadline;
-            clock_gettime(CLOCK_REALTIME, &deadline);
-            long long ns = deadline.tv_nsec + (cache->refresh_ms % 1000) * 1000000LL;
-            deadline.tv_sec += (time_t)(cache->refresh_ms / 1000 + ns / 1000000000LL);
-            deadline.tv_nsec = (long)(ns % 1000000000LL);
-            pthread_cond_timedwait(&cache->wake, &cache->wake_lock, &deadline);
+        bool asked = cache->requested_seq != cache->served_seq;
+        if (!asked && cache->pending_count == 0) {
+            int waited = pthread_cond_timedwait(&cache->wake, &cache->wake_lock, &next_full);
             if (cache->stopping)
                 break;
+            if (waited != ETIMEDOUT && !deadline_passed(&next_full))
+                continue; /* woken: see what for */
         }
+        char **ids = cache->pending_ids;
+        size_t count = cache->pending_count;
+        cache->pending_ids = NULL;
+        cache->pending_count = 0;
+        bool full = cache->requested_seq != cache->served_seq || deadline_passed(&next_full);
         uint64_t serving = cache->requested_seq;
         pthread_mutex_unlock(&cache->wake_lock);
         char err[512];
-        if (!refresh(cache, err, sizeof err)) {
-            metrics_add(m_refresh_errors, 1);
-            int64_t now = time_now_usec();
-            if (now - last_error_log > 10 * USEC_PER_SEC) { /* not once a second for hours */
-                log_warn("key cache reload failed (the previous one stays in use): %s", err);
-                last_error_log = now;
-            }
+        if (full) {
+            if (!refresh(cache, err, sizeof err))
+                log_refresh_failure("key cache reload", err, &last_error_log);
+            next_full = deadline_after_ms(cache->refresh_ms);
+        } else if (!refresh_counters(cache, ids, count, err, sizeof err)) {
+            log_refresh_failure("counter refresh", err, &last_error_log);
         }
+        free_ids(ids, count);
         pthread_mutex_lock(&cache->wake_lock);
-        cache->served_seq = serving;
-        pthread_cond_broadcast(&cache->served);
+        if (full) {
+            cache->served_seq = serving;
+            pthread_cond_broadcast(&cache->served);
+        }
     }
     pthread_mutex_unlock(&cache->wake_lock);
     return NULL;
@@ -621,6 +857,11 @@ keycache *keycache_start(const char *url, long long refresh_ms, char *err, size_
         keycache_stop(cache);
         return NULL;
     }
+    /* Listening before the first load: no change committed after the load
+     * read goes unheard. */
+    cache->listener = keynotify_start(
+        url, ROLLUP_COUNTERS_CHANNEL,
+        (keynotify_handler){on_counters_changed, on_notices_lost, cache});
     if (!refresh(cache, err, err_size) ||
         pthread_create(&cache->thread, NULL, refresh_thread, cache) != 0) {
         if (err[0] == '\0')
@@ -637,6 +878,7 @@ void keycache_stop(keycache *cache)
 {
     if (cache == NULL)
         return;
+    keynotify_stop(cache->listener); /* first: it calls into the cache */
     if (cache->thread_started) {
         pthread_mutex_lock(&cache->wake_lock);
         cache->stopping = true;
@@ -648,6 +890,7 @@ void keycache_stop(keycache *cache)
     if (the_cache == cache)
         the_cache = NULL;
     free_snapshot(cache->current);
+    free_ids(cache->pending_ids, cache->pending_count);
     if (cache->conn)
         PQfinish(cache->conn);
     pthread_rwlock_destroy(&cache->swap_lock);

@@ -2,7 +2,8 @@
  * keyhash.h) with its
  * plan and the quota counter of the plan's current period, reloaded from
  * PostgreSQL by a background thread every refresh interval (and at once
- * after an admin change in this process). Per-key token buckets and the
+ * after an admin change in this process); between reloads, the counters
+ * of the keys the collector announces changed are read at once. Per-key token buckets and the
  * count of requests this process allowed since the last reload live here
  * too, and survive reloads. One cache per process. */
 #ifndef TALLY_API_KEYCACHE_H

@@ -50,6 +50,7 @@ typedef struct {
     const char *assignment_strategy;
     long long batch_max_events;
     long long batch_max_wait_ms;
+    long long fetch_wait_ms; /* librdkafka's fetch.wait.max.ms */
     long long lateness_days;
     long long max_event_bytes;
     long long key_refresh_ms;

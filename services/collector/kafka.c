@@ -127,8 +127,9 @@ static rd_kafka_t *new_client(collector *c, rd_kafka_type_t type, rd_kafka_conf_
 
 rd_kafka_t *make_consumer(collector *c)
 {
-    char session[24], queued[24];
+    char session[24], queued[24], fetch_wait[24];
     snprintf(session, sizeof session, "%lld", c->cfg->session_timeout_ms);
+    snprintf(fetch_wait, sizeof fetch_wait, "%lld", c->cfg->fetch_wait_ms);
     /* What librdkafka pre-fetches is most of this process's memory: 16 MB of
      * queued messages and 8 MB fetch responses keep the parser fed within
      * the 100 MB budget. Measured: an 8 MB queue halved throughput when
@@ -153,6 +154,10 @@ rd_kafka_t *make_consumer(collector *c)
               set_conf(conf, "queued.max.messages.kbytes", queued) &&
               set_conf(conf, "fetch.max.bytes", "8388608") &&
               set_conf(conf, "fetch.error.backoff.ms", "10") &&
+              /* The default of 500 ms is how late an event can be counted
+               * when a broker (the dev broker, for one) holds an empty fetch
+               * that long: counters' freshness (README, "Freshness"). */
+              set_conf(conf, "fetch.wait.max.ms", fetch_wait) &&
               set_conf(conf, "log.queue", "false");
     rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
     char err[512];

@@ -60,6 +60,10 @@ static const cfg_setting settings[] = {
      false, false, 1, 200,
      "...or, when no more events are waiting, once its first event is this old; "
      "under sustained load batches fill up instead, for at most 1 s"},
+    {"TALLY_FETCH_WAIT_MS", "fetch-wait-ms", CFG_INT, &config.fetch_wait_ms, "10", false, false,
+     1, 500,
+     "how long the broker may hold a fetch that finds no new events (fetch.wait.max.ms); "
+     "a broker that answers only then delays an event by up to this much"},
     {"TALLY_LATENESS_DAYS", "lateness-days", CFG_INT, &config.lateness_days, "35", false, false, 1,
      365,
      "events older than this many days are rejected as too_late; deduplication records are kept "

@@ -9,6 +9,7 @@
 #include <stdarg.h>
 
 #include "db.h"
+#include "event.h"
 #include "timeutil.h"
 
 struct store {
@@ -54,6 +55,20 @@ static const char sql_inserts[] =
     "  ORDER BY h"
     " ON CONFLICT DO NOTHING"
     " RETURNING event_hash";
+
+/* The counters' change notice (README, "Freshness"): sent in the batch's
+ * transaction, so PostgreSQL delivers it at the commit to every tally-api
+ * LISTENing on ROLLUP_COUNTERS_CHANNEL. The payload is distinct key ids of
+ * the counter rows (the key_id array of the rollup statement),
+ * comma-separated (ids never hold one); NOTIFY takes less than 8,000 bytes,
+ * so the ids go in chunks of at most 7,000 bytes plus one id (at most
+ * EVENT_MAX_SUBJECT_LEN), one notice each. */
+static const char sql_notify[] =
+    "SELECT pg_notify('" ROLLUP_COUNTERS_CHANNEL "', string_agg(id, ','))"
+    " FROM (SELECT id, sum(octet_length(id) + 1) OVER (ORDER BY id) / 7000 AS chunk"
+    "       FROM (SELECT DISTINCT id FROM unnest($1::text[]) AS id) AS changed) AS chunked"
+    " GROUP BY chunk";
+_Static_assert(7000 + EVENT_MAX_SUBJECT_LEN + 1 < 8000, "a notice fits NOTIFY's payload");
 
 /* Phase B: the new events' totals, pre-aggregated by the collector, as one
  * statement built from rollupcols.h (build_rollup_sql). Rows are sorted in
@@ -255,7 +270,9 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
         !prepare(st->conn, "rollups", st->rollup_sql, STORE_ROLLUP_PARAMS,
                  "preparing the rollup statement", err, err_size) ||
         !prepare(st->conn, "status", status_upsert_sql, STATUS_PARAMS,
-                 "preparing the status statement", err, err_size)) {
+                 "preparing the status statement", err, err_size) ||
+        !prepare(st->conn, "notify", sql_notify, 1, "preparing the counters' change notice",
+                 err, err_size)) {
         store_disconnect(st);
         return false;
     }
@@ -434,6 +451,13 @@ bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_d
     return true;
 }
 
+/* Queues the change notice of the counters in `counters` (sql_notify). */
+static bool send_counters_notice(store *st, const buf *counters)
+{
+    const char *values[1] = {counters[0].data}; /* the key_id column */
+    return PQsendQueryPrepared(st->conn, "notify", 1, values, NULL, NULL, 0) == 1;
+}
+
 bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool nothing_new,
                         char *err, size_t err_size)
 {
@@ -442,13 +466,15 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
     rollup_values(hourly, counters, values);
     if (!PQenterPipelineMode(st->conn) ||
         (!nothing_new &&
-         !PQsendQueryPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0)) ||
+         (!PQsendQueryPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0) ||
+          !send_counters_notice(st, counters))) ||
         (st->status != NULL &&
          !PQsendQueryPrepared(st->conn, "status", STATUS_PARAMS, st->status, NULL, NULL, 0)) ||
         !PQsendQueryParams(st->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's rollups", err, err_size);
-    st->statements = (nothing_new ? 1 : 2) + (st->status != NULL ? 1 : 0);
+    /* rollups and notice, or nothing new; the status row; COMMIT */
+    st->statements = (nothing_new ? 1 : 3) + (st->status != NULL ? 1 : 0);
     st->status = NULL;
     return true;
 }
@@ -568,6 +594,11 @@ bool store_add_rollups(store *st, const buf *hourly, const buf *counters, char *
         PQexecPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) /* it ends with the alerts' SELECT */
         return step_failed(st, res, "adding to the rollups", err, err_size);
+    PQclear(res);
+    const char *ids[1] = {counters[0].data};
+    res = PQexecPrepared(st->conn, "notify", 1, ids, NULL, NULL, 0);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK)
+        return step_failed(st, res, "announcing the changed counters", err, err_size);
     PQclear(res);
     return true;
 }

@@ -42,7 +42,8 @@ bool store_maintain_partitions(store *st, int *created, int *dropped, char *err,
  *      never seen before, binary, 16 bytes each;
  *   B. store_send_rollups: add the new events' totals (aggregated by the
  *      caller) to the hourly rollups and period counters, raise the quota
- *      alert thresholds the counters crossed (in the same statement), then
+ *      alert thresholds the counters crossed (in the same statement),
+ *      announce the changed keys (NOTIFY on ROLLUP_COUNTERS_CHANNEL), then
  *      COMMIT.
  * Between a send and a store_poll that is not STORE_PENDING, no other store
  * call may be made. On STORE_FAILED the connection is dropped, which rolls

@@ -1504,6 +1504,8 @@ def openapi_covers_every_answer(s):
 
 import semantics_cases  # noqa: E402 - request semantics and key storage (apisem)
 semantics_cases.register(sys.modules[__name__])
+import counter_notice_cases  # noqa: E402 - counter change notices (issue #16)
+counter_notice_cases.register(sys.modules[__name__])
 
 
 def run_tests(s, only):

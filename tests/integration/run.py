@@ -28,6 +28,7 @@ sys.dont_write_bytecode = True
 import cases  # noqa: E402
 import hardening_cases  # noqa: E402
 import reporter_cases  # noqa: E402
+import freshness_cases  # noqa: E402
 import lib  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -199,7 +200,8 @@ def main():
     p.add_argument("--list", action="store_true", help="list the tests and exit")
     args = p.parse_args()
 
-    tests = cases.TESTS + hardening_cases.TESTS + reporter_cases.TESTS
+    tests = (cases.TESTS + hardening_cases.TESTS + reporter_cases.TESTS +
+             freshness_cases.TESTS)
     if args.list:
         for name, _ in tests:
             print(name)
