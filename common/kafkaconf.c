@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "log.h"
+
 bool kafkaconf_set(rd_kafka_conf_t *conf, const char *name, const char *value, char *err,
                    size_t err_size)
 {
@@ -31,4 +33,15 @@ bool kafkaconf_set_connection(rd_kafka_conf_t *conf, const kafkaconf_connection 
             kafkaconf_set(conf, "sasl.password", c->sasl_password, err, err_size)) &&
            (c->ssl_ca_location == NULL ||
             kafkaconf_set(conf, "ssl.ca.location", c->ssl_ca_location, err, err_size));
+}
+
+void kafkaconf_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
+{
+    (void)rk;
+    if (level <= 3)
+        log_error("kafka %s: %s", facility, text);
+    else if (level <= 4)
+        log_warn("kafka %s: %s", facility, text);
+    else
+        log_debug("kafka %s: %s", facility, text);
 }

@@ -51,4 +51,8 @@ bool kafkaconf_set_connection(rd_kafka_conf_t *conf, const kafkaconf_connection 
                               const char *client_id, char *err, size_t err_size)
     __attribute__((warn_unused_result));
 
+/* librdkafka's log callback (rd_kafka_conf_set_log_cb): its lines in ours,
+ * syslog levels 0-3 as errors, 4 as warnings, the rest as debug detail. */
+void kafkaconf_log(const rd_kafka_t *rk, int level, const char *facility, const char *text);
+
 #endif

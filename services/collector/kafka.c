@@ -59,17 +59,6 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     rd_kafka_assign(rk, NULL);
 }
 
-static void on_kafka_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
-{
-    (void)rk;
-    if (level <= 3)
-        log_error("kafka %s: %s", facility, text);
-    else if (level <= 4)
-        log_warn("kafka %s: %s", facility, text);
-    else
-        log_debug("kafka %s: %s", facility, text);
-}
-
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
@@ -114,7 +103,7 @@ static rd_kafka_t *new_client(collector *c, rd_kafka_type_t type, rd_kafka_conf_
         return NULL;
     }
     rd_kafka_conf_set_opaque(conf, c);
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_log_cb(conf, kafkaconf_log);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     char kerr[256];
     rd_kafka_t *rk = rd_kafka_new(type, conf, kerr, sizeof kerr);

@@ -75,17 +75,6 @@ static void on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *message, void 
     pthread_mutex_unlock(&d->lock);
 }
 
-static void on_kafka_log(const rd_kafka_t *rk, int level, const char *facility, const char *text)
-{
-    (void)rk;
-    if (level <= 3)
-        log_error("kafka %s: %s", facility, text);
-    else if (level <= 4)
-        log_warn("kafka %s: %s", facility, text);
-    else
-        log_debug("kafka %s: %s", facility, text);
-}
-
 static void on_kafka_error(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     (void)rk;
@@ -160,7 +149,7 @@ static rd_kafka_conf_t *producer_conf(const producer_settings *s, producer *p, c
     }
     rd_kafka_conf_set_opaque(conf, p);
     rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-    rd_kafka_conf_set_log_cb(conf, on_kafka_log);
+    rd_kafka_conf_set_log_cb(conf, kafkaconf_log);
     rd_kafka_conf_set_error_cb(conf, on_kafka_error);
     return conf;
 }

@@ -7,18 +7,7 @@
 
 #include "buf.h"
 #include "db.h"
-
-static PGresult *run(PGconn *db, const char *sql, int nparams, const char *const *params,
-                     ExecStatusType want, const char *what, char *err, size_t err_size)
-{
-    PGresult *res = PQexecParams(db, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != want) {
-        db_error(db, res, what, err, err_size);
-        PQclear(res);
-        return NULL;
-    }
-    return res;
-}
+#include "reporterdb.h"
 
 void hookbox_delivery_free(hookbox_delivery *d)
 {
@@ -34,8 +23,9 @@ void hookbox_delivery_free(hookbox_delivery *d)
 
 bool hookbox_try_lock(PGconn *db, bool *held, char *err, size_t err_size)
 {
-    PGresult *res = run(db, "SELECT pg_try_advisory_lock(hashtext('tally-webhooks'))", 0, NULL,
-                        PGRES_TUPLES_OK, "taking the webhook sender lock", err, err_size);
+    PGresult *res =
+        reporterdb_run(db, "SELECT pg_try_advisory_lock(hashtext('tally-webhooks'))", 0, NULL,
+                       PGRES_TUPLES_OK, "taking the webhook sender lock", err, err_size);
     if (res == NULL)
         return false;
     *held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -150,8 +140,8 @@ bool hookbox_claim(PGconn *db, const char *const *busy, size_t busy_count, int p
     snprintf(lim, sizeof lim, "%d", limit);
     snprintf(lease, sizeof lease, "%lld", (long long)lease_ms);
     const char *params[] = {busy_text.data ? busy_text.data : "{}", per, lim, lease};
-    PGresult *res = run(db, claim_sql, 4, params, PGRES_TUPLES_OK, "claiming webhook deliveries",
-                        err, err_size);
+    PGresult *res = reporterdb_run(db, claim_sql, 4, params, PGRES_TUPLES_OK,
+                                   "claiming webhook deliveries", err, err_size);
     buf_free(&busy_text);
     if (res == NULL)
         return false;
@@ -208,8 +198,8 @@ static bool record_one(PGconn *db, const hookbox_outcome *o, char *err, size_t e
                             duration,
                             status_names[o->status],
                             delay};
-    PGresult *res = run(db, record_sql, 8, params, PGRES_COMMAND_OK,
-                        "recording a webhook attempt", err, err_size);
+    PGresult *res = reporterdb_run(db, record_sql, 8, params, PGRES_COMMAND_OK,
+                                   "recording a webhook attempt", err, err_size);
     if (res == NULL)
         return false;
     PQclear(res);
@@ -235,11 +225,12 @@ bool hookbox_record(PGconn *db, const hookbox_outcome *outcomes, size_t count, c
 
 bool hookbox_stats_read(PGconn *db, hookbox_stats *out, char *err, size_t err_size)
 {
-    PGresult *res = run(db,
-                        "SELECT count(*) FILTER (WHERE status = 'pending'), "
-                        "       count(*) FILTER (WHERE status = 'parked') "
-                        "  FROM webhook_deliveries WHERE status <> 'delivered'",
-                        0, NULL, PGRES_TUPLES_OK, "counting webhook deliveries", err, err_size);
+    PGresult *res =
+        reporterdb_run(db,
+                       "SELECT count(*) FILTER (WHERE status = 'pending'), "
+                       "       count(*) FILTER (WHERE status = 'parked') "
+                       "  FROM webhook_deliveries WHERE status <> 'delivered'",
+                       0, NULL, PGRES_TUPLES_OK, "counting webhook deliveries", err, err_size);
     if (res == NULL)
         return false;
     out->pending = strtoll(PQgetvalue(res, 0, 0), NULL, 10);

@@ -7,6 +7,7 @@
 
 #include "buf.h"
 #include "db.h"
+#include "reporterdb.h"
 
 /* The Stripe target of a (key k, plan p) in the mode the SQL expression
  * `mode` gives (a stripe_reports.mode value). */
@@ -14,23 +15,11 @@
     "CASE WHEN " mode " = '" STRIPE_MODE_COLUMN_METER_EVENTS "' THEN p.stripe_meter_event_name " \
     "     ELSE coalesce(k.stripe_subscription_item_id, p.stripe_subscription_item_id) END"
 
-static PGresult *run(PGconn *db, const char *sql, int nparams, const char *const *params,
-                     ExecStatusType want, const char *what, char *err, size_t err_size)
-{
-    PGresult *res = PQexecParams(db, sql, nparams, NULL, params, NULL, NULL, 0);
-    if (PQresultStatus(res) != want) {
-        db_error(db, res, what, err, err_size);
-        PQclear(res);
-        return NULL;
-    }
-    return res;
-}
-
 /* Runs a statement that changes rows; *count: how many it changed. */
 static bool run_change(PGconn *db, const char *sql, int nparams, const char *const *params,
                        const char *what, long long *count, char *err, size_t err_size)
 {
-    PGresult *res = run(db, sql, nparams, params, PGRES_COMMAND_OK, what, err, err_size);
+    PGresult *res = reporterdb_run(db, sql, nparams, params, PGRES_COMMAND_OK, what, err, err_size);
     if (res == NULL)
         return false;
     *count = strtoll(PQcmdTuples(res), NULL, 10);
@@ -40,8 +29,9 @@ static bool run_change(PGconn *db, const char *sql, int nparams, const char *con
 
 bool outbox_try_lock(PGconn *db, bool *held, char *err, size_t err_size)
 {
-    PGresult *res = run(db, "SELECT pg_try_advisory_lock(hashtext('tally-reporter'))", 0, NULL,
-                        PGRES_TUPLES_OK, "taking the reporter lock", err, err_size);
+    PGresult *res =
+        reporterdb_run(db, "SELECT pg_try_advisory_lock(hashtext('tally-reporter'))", 0, NULL,
+                       PGRES_TUPLES_OK, "taking the reporter lock", err, err_size);
     if (res == NULL)
         return false;
     *held = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
@@ -55,8 +45,9 @@ bool outbox_clock(PGconn *db, double margin_s, char *out, size_t size, char *err
     char margin[32];
     snprintf(margin, sizeof margin, "%.3f", margin_s);
     const char *params[] = {margin};
-    PGresult *res = run(db, "SELECT now() - make_interval(secs => $1::float8)", 1, params,
-                        PGRES_TUPLES_OK, "reading the database clock", err, err_size);
+    PGresult *res =
+        reporterdb_run(db, "SELECT now() - make_interval(secs => $1::float8)", 1, params,
+                       PGRES_TUPLES_OK, "reading the database clock", err, err_size);
     if (res == NULL)
         return false;
     snprintf(out, size, "%s", PQgetvalue(res, 0, 0));
@@ -119,8 +110,8 @@ bool outbox_plan(PGconn *db, stripe_mode mode, const char *since, double settle_
     if (namespace[0])
         snprintf(ns, sizeof ns, ":%s", namespace);
     const char *params[] = {stripe_mode_column(mode), lookback, settle, since, ns};
-    PGresult *res = run(db, plan_sql, 5, params, PGRES_TUPLES_OK, "planning reports", err,
-                        err_size);
+    PGresult *res =
+        reporterdb_run(db, plan_sql, 5, params, PGRES_TUPLES_OK, "planning reports", err, err_size);
     if (res == NULL)
         return false;
     *reports = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -166,7 +157,7 @@ bool outbox_load(PGconn *db, int64_t after_id, int limit, void (*take)(void *ctx
      * any call: the 23-hour rule (sender.c) survives any crash. Usage older
      * than 34 days when planned is sent as of 34 days before planning, inside
      * Stripe's 35-day window however long the sending takes. */
-    PGresult *res = run(
+    PGresult *res = reporterdb_run(
         db,
         "WITH taken AS ("
         "  UPDATE stripe_reports SET first_sent_at = coalesce(first_sent_at, now())"
@@ -259,7 +250,7 @@ bool outbox_flush(PGconn *db, report *const *reports, size_t count, char *err, s
         const char *params[F_COUNT];
         for (int c = 0; c < F_COUNT; c++)
             params[c] = cols[c].data;
-        PGresult *res = run(
+        PGresult *res = reporterdb_run(
             db,
             "UPDATE stripe_reports s SET status = v.status,"
             "       attempts = greatest(s.attempts, v.attempts),"
@@ -285,14 +276,14 @@ bool outbox_flush(PGconn *db, report *const *reports, size_t count, char *err, s
 
 bool outbox_stats_read(PGconn *db, outbox_stats *out, char *err, size_t err_size)
 {
-    PGresult *res = run(
-        db,
-        "SELECT count(*) FILTER (WHERE status = 'pending'),"
-        "       count(*) FILTER (WHERE status = 'parked'),"
-        "       coalesce(extract(epoch FROM now() - min(created_at)"
-        "                FILTER (WHERE status = 'pending')), 0)"
-        "  FROM stripe_reports WHERE status <> 'accepted'",
-        0, NULL, PGRES_TUPLES_OK, "reading outbox statistics", err, err_size);
+    PGresult *res =
+        reporterdb_run(db,
+                       "SELECT count(*) FILTER (WHERE status = 'pending'),"
+                       "       count(*) FILTER (WHERE status = 'parked'),"
+                       "       coalesce(extract(epoch FROM now() - min(created_at)"
+                       "                FILTER (WHERE status = 'pending')), 0)"
+                       "  FROM stripe_reports WHERE status <> 'accepted'",
+                       0, NULL, PGRES_TUPLES_OK, "reading outbox statistics", err, err_size);
     if (res == NULL)
         return false;
     out->pending = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -342,8 +333,8 @@ bool outbox_reconcile(PGconn *db, stripe_mode mode, const char *from, const char
                       FILE *out, long long *differences, char *err, size_t err_size)
 {
     const char *params[] = {stripe_mode_column(mode), from, to};
-    PGresult *res = run(db, reconcile_sql, 3, params, PGRES_TUPLES_OK, "reconciling", err,
-                        err_size);
+    PGresult *res =
+        reporterdb_run(db, reconcile_sql, 3, params, PGRES_TUPLES_OK, "reconciling", err, err_size);
     if (res == NULL)
         return false;
     int rows = PQntuples(res);
@@ -384,7 +375,7 @@ bool outbox_list_parked(PGconn *db, int limit, bool json, FILE *out, long long *
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
-    PGresult *res = run(
+    PGresult *res = reporterdb_run(
         db,
         "SELECT id, stripe_customer_id, target, mode, hour, quantity, attempts,"
         "       coalesce(last_http_status::text, ''), coalesce(last_error, ''), done_at"
