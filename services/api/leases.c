@@ -426,7 +426,9 @@ static void refill_all(int64_t now)
         lease *l = L.items[i];
         int64_t want = leases_refill_want(l->holding, leases_slice(l->limit, L.settings.lease_max));
         bool recent = l->wanted || l->used_at >= L.last_heartbeat;
-        if (want == 0 || !recent || l->period_end <= now ||
+        /* A release not yet reported would set granted = spent and wipe
+         * out a grant made now: no top-up until it has gone through. */
+        if (want == 0 || !recent || l->period_end <= now || l->release ||
             (l->empty_at != 0 && now - l->empty_at < LEASES_EMPTY_RETRY_USEC))
             continue;
         lease_work *w = &work[todo++];

@@ -52,14 +52,22 @@ hookaddr_class hookaddr_classify_v6(const unsigned char a[16])
     /* ::ffff:a.b.c.d and 64:ff9b::a.b.c.d reach an IPv4 address: judge that. */
     if (memcmp(a, mapped, 12) == 0 || memcmp(a, nat64, 12) == 0)
         return hookaddr_classify_v4(embedded_v4(a));
+    /* 6to4 (2002:V4ADDR::/48) routes to its embedded IPv4 address. */
+    if (a[0] == 0x20 && a[1] == 0x02)
+        return hookaddr_classify_v4(V4(a[2], a[3], a[4], a[5]));
+    /* Teredo (2001::/32) and local-use NAT64 (64:ff9b:1::/48) tunnel to IPv4
+     * addresses that cannot be judged from here: refused. */
+    if ((a[0] == 0x20 && a[1] == 0x01 && a[2] == 0 && a[3] == 0) ||
+        (a[0] == 0 && a[1] == 0x64 && a[2] == 0xff && a[3] == 0x9b && a[4] == 0 && a[5] == 1))
+        return HOOKADDR_RESERVED;
     if (memcmp(a, ec2_metadata, 16) == 0)
         return HOOKADDR_METADATA;
     if (memcmp(a, zero, 15) == 0)
         return a[15] == 1 ? HOOKADDR_LOOPBACK : HOOKADDR_RESERVED; /* ::1, :: */
     if (a[0] == 0xfe && (a[1] & 0xc0) == 0x80)
         return HOOKADDR_LINK_LOCAL; /* fe80::/10 */
-    if ((a[0] & 0xfe) == 0xfc)
-        return HOOKADDR_PRIVATE; /* fc00::/7 */
+    if ((a[0] & 0xfe) == 0xfc || (a[0] == 0xfe && (a[1] & 0xc0) == 0xc0))
+        return HOOKADDR_PRIVATE; /* fc00::/7, and fec0::/10 (site-local, deprecated) */
     if (a[0] == 0xff || a[0] == 0 || (a[0] == 0x20 && a[1] == 0x01 && a[2] == 0x0d &&
                                       a[3] == 0xb8))
         return HOOKADDR_RESERVED; /* multicast, ::/8 (IPv4-compatible etc.), 2001:db8::/32 */

@@ -226,6 +226,14 @@ START_TEST(address_classes)
     ck_assert_int_eq(v6("::ffff:127.0.0.1"), HOOKADDR_LOOPBACK);
     ck_assert_int_eq(v6("64:ff9b::a9fe:a9fe"), HOOKADDR_METADATA);
     ck_assert_int_eq(v6("::ffff:8.8.8.8"), HOOKADDR_PUBLIC);
+    /* tunnels: 6to4 by its embedded address; Teredo, local NAT64 refused */
+    ck_assert_int_eq(v6("2002:a9fe:a9fe::1"), HOOKADDR_METADATA);
+    ck_assert_int_eq(v6("2002:0a00:0001::1"), HOOKADDR_PRIVATE);
+    ck_assert_int_eq(v6("2002:0808:0808::1"), HOOKADDR_PUBLIC);
+    ck_assert_int_eq(v6("2001:0:4136:e378:8000:63bf:3fff:fdd2"), HOOKADDR_RESERVED);
+    ck_assert_int_eq(v6("64:ff9b:1::a9fe:a9fe"), HOOKADDR_RESERVED);
+    ck_assert_int_eq(v6("fec0::1"), HOOKADDR_PRIVATE);
+    ck_assert_int_eq(v6("2001:4860:4860::8888"), HOOKADDR_PUBLIC);
 }
 END_TEST
 
