@@ -206,6 +206,7 @@ bool add_poison(batch *b, size_t index, event_error code, const char *reason)
     if (!grow_array((void **)&b->poisons, &b->poison_cap, b->poison_count, sizeof *b->poisons))
         return false;
     poison *p = &b->poisons[b->poison_count++];
+    p->index = index;
     p->partition = b->events[index].partition;
     p->offset = b->events[index].offset;
     p->code = code;

@@ -104,6 +104,7 @@ typedef struct {
 
 /* A staged event the database refused on its own (see isolate_poison). */
 typedef struct {
+    size_t index;            /* its staged event in the batch */
     int32_t partition;
     int64_t offset;
     event_error code;

@@ -174,6 +174,32 @@ static bool refuses_everything(const batch *b)
     return true;
 }
 
+/* A refusal that ended while the batch was being written in parts (the
+ * constraint dropped, the missing partition created: parts written after
+ * it were accepted) leaves good events refused before the end. Each event
+ * refused gets one more try on its own, and only those refused twice go to
+ * the DLQ. Rare (one transaction per refused event), and it changes
+ * nothing for an event at fault: it is refused again. */
+static part_outcome second_look(collector *c, char *err, size_t err_size)
+{
+    batch *b = c->writing;
+    size_t kept = 0;
+    for (size_t i = 0; i < b->poison_count; i++) {
+        event_error code = EVENT_ERR_DATABASE_REJECTED;
+        part_outcome o = write_part(c, b->poisons[i].index, 1, &code, err, err_size);
+        if (o == PART_FAILED)
+            return o;
+        if (o == PART_REFUSED)
+            b->poisons[kept++] = b->poisons[i];
+    }
+    if (kept < b->poison_count)
+        log_info("%zu of %zu refused events accepted on a second try (the refusal ended while "
+                 "the batch was written in parts)",
+                 b->poison_count - kept, b->poison_count);
+    b->poison_count = kept;
+    return PART_WRITTEN;
+}
+
 void write_isolating(collector *c, const char *why)
 {
     batch *b = c->writing;
@@ -197,6 +223,10 @@ void write_isolating(collector *c, const char *why)
                  "not dead-lettering a whole batch",
                  b->event_count, b->poisons[0].reason);
         write_failed(c, PAUSE_REFUSES_ALL, systemic);
+        return;
+    }
+    if (b->poison_count > 0 && second_look(c, err, sizeof err) == PART_FAILED) {
+        write_failed(c, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_poisons(c, b, err, sizeof err)) {
