@@ -11,10 +11,7 @@
 #include "apitext.h"
 #include "timeutil.h"
 
-static bool fail(apimodel_error *err, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static bool fail(apimodel_error *err, const char *code, const char *fmt, ...)
+bool apimodel_fail(apimodel_error *err, const char *code, const char *fmt, ...)
 {
     err->code = code;
     va_list ap;
@@ -36,18 +33,19 @@ static bool take_string(const json_t *value, const char *field, size_t min, size
                         bool multiline, char *out, apimodel_error *err)
 {
     if (!json_is_string(value))
-        return fail(err, "invalid_field", "%s must be a string", field);
+        return apimodel_fail(err, "invalid_field", "%s must be a string", field);
     const char *text = json_string_value(value);
     size_t len = json_string_length(value);
     if (len < min || len > max) {
         if (min > 0 && len < min)
-            return fail(err, "invalid_field", "%s must be %zu to %zu bytes long", field, min, max);
-        return fail(err, "invalid_field", "%s is longer than %zu bytes", field, max);
+            return apimodel_fail(err, "invalid_field", "%s must be %zu to %zu bytes long", field,
+                                 min, max);
+        return apimodel_fail(err, "invalid_field", "%s is longer than %zu bytes", field, max);
     }
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)text[i];
         if (c == 0x7f || (c < 0x20 && !(multiline && (c == '\t' || c == '\n' || c == '\r'))))
-            return fail(err, "invalid_field", "%s contains a control character", field);
+            return apimodel_fail(err, "invalid_field", "%s contains a control character", field);
     }
     memcpy(out, text, len + 1);
     return true;
@@ -57,11 +55,11 @@ static bool take_integer(const json_t *value, const char *field, int64_t min, in
                          int64_t *out, apimodel_error *err)
 {
     if (!json_is_integer(value))
-        return fail(err, "invalid_field", "%s must be a whole number", field);
+        return apimodel_fail(err, "invalid_field", "%s must be a whole number", field);
     json_int_t n = json_integer_value(value);
     if (n < min || n > max)
-        return fail(err, "invalid_field", "%s must be from %lld to %lld", field, (long long)min,
-                    (long long)max);
+        return apimodel_fail(err, "invalid_field", "%s must be from %lld to %lld", field,
+                             (long long)min, (long long)max);
     *out = (int64_t)n;
     return true;
 }
@@ -69,10 +67,11 @@ static bool take_integer(const json_t *value, const char *field, int64_t min, in
 static bool take_rate(const json_t *value, const char *field, double *out, apimodel_error *err)
 {
     if (!json_is_number(value))
-        return fail(err, "invalid_field", "%s must be a number", field);
+        return apimodel_fail(err, "invalid_field", "%s must be a number", field);
     double d = json_number_value(value);
     if (!isfinite(d) || d < 0 || d > APIMODEL_RATE_MAX)
-        return fail(err, "invalid_field", "%s must be from 0 to %g", field, APIMODEL_RATE_MAX);
+        return apimodel_fail(err, "invalid_field", "%s must be from 0 to %g", field,
+                             APIMODEL_RATE_MAX);
     *out = d == 0 ? 0.0 : d; /* -0.0 is 0: never stored nor echoed with its sign */
     return true;
 }
@@ -83,7 +82,8 @@ static bool apply_throttle(apimodel_throttle *throttle, bool existed, const json
                            const char *field, apimodel_error *err)
 {
     if (!json_is_object(value))
-        return fail(err, "invalid_field", "%s must be an object {rateLimit, burstLimit}", field);
+        return apimodel_fail(err, "invalid_field", "%s must be an object {rateLimit, burstLimit}",
+                             field);
     bool seen_rate = false, seen_burst = false;
     const char *name;
     json_t *member;
@@ -100,12 +100,12 @@ static bool apply_throttle(apimodel_throttle *throttle, bool existed, const json
                 return false;
             seen_burst = true;
         } else {
-            return fail(err, "unknown_field", "%s has no member \"%.*s\"", field,
+            return apimodel_fail(err, "unknown_field", "%s has no member \"%.*s\"", field,
                         (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     if (!existed && (!seen_rate || !seen_burst))
-        return fail(err, "missing_field", "%s needs both rateLimit and burstLimit", field);
+        return apimodel_fail(err, "missing_field", "%s needs both rateLimit and burstLimit", field);
     return true;
 }
 
@@ -168,17 +168,17 @@ static json_t *stored_throttle(const json_t *member)
 json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error *err)
 {
     if (!json_is_object(value)) {
-        fail(err, "invalid_field", "methodThrottles must be an object");
+        apimodel_fail(err, "invalid_field", "methodThrottles must be an object");
         return NULL;
     }
     if (json_object_size(value) > APIMODEL_METHOD_THROTTLES_MAX) {
-        fail(err, "invalid_field", "methodThrottles has more than %d entries",
+        apimodel_fail(err, "invalid_field", "methodThrottles has more than %d entries",
              APIMODEL_METHOD_THROTTLES_MAX);
         return NULL;
     }
     json_t *out = json_object();
     if (out == NULL) {
-        fail(err, "internal", "out of memory");
+        apimodel_fail(err, "internal", "out of memory");
         return NULL;
     }
     const char *key;
@@ -186,7 +186,7 @@ json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error 
     json_object_foreach((json_t *)value, key, member) {
         char path[APIMODEL_METHOD_PATH_MAX + 1], method[APIMODEL_METHOD_PATH_MAX + 1];
         if (!apimodel_method_key_split(key, path, method)) {
-            fail(err, "invalid_field",
+            apimodel_fail(err, "invalid_field",
                  "methodThrottles key \"%.*s\" is not of the form \"/path/METHOD\" (at most %d "
                  "bytes, also once canonical)",
                  (int)apitext_utf8_prefix(key, 80), key, APIMODEL_METHOD_PATH_MAX);
@@ -201,7 +201,7 @@ json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error 
         /* The root's key is "//METHOD": its path "/", then "/METHOD". */
         snprintf(canonical_key, sizeof canonical_key, "%s/%s", path, method);
         if (json_object_get(out, canonical_key) != NULL) {
-            fail(err, "invalid_field",
+            apimodel_fail(err, "invalid_field",
                  "methodThrottles key \"%.*s\" names the same path and method as another "
                  "(\"%s\" once canonical)",
                  (int)apitext_utf8_prefix(key, 80), key, canonical_key);
@@ -209,7 +209,7 @@ json_t *apimodel_method_throttles_canonical(const json_t *value, apimodel_error 
         }
         json_t *stored = stored_throttle(member);
         if (stored == NULL || json_object_set_new(out, canonical_key, stored) != 0) {
-            fail(err, "internal", "out of memory");
+            apimodel_fail(err, "internal", "out of memory");
             goto fail;
         }
     }
@@ -239,9 +239,9 @@ static bool apply_thresholds(const json_t *value, const char *field, apimodel_th
                              apimodel_error *err)
 {
     if (!json_is_array(value))
-        return fail(err, "invalid_field", "%s must be an array of percentages", field);
+        return apimodel_fail(err, "invalid_field", "%s must be an array of percentages", field);
     if (json_array_size(value) > APIMODEL_THRESHOLDS_MAX)
-        return fail(err, "invalid_field", "%s has more than %d thresholds", field,
+        return apimodel_fail(err, "invalid_field", "%s has more than %d thresholds", field,
                     APIMODEL_THRESHOLDS_MAX);
     apimodel_thresholds t = {0};
     size_t i;
@@ -249,7 +249,7 @@ static bool apply_thresholds(const json_t *value, const char *field, apimodel_th
     json_array_foreach(value, i, member) {
         int32_t previous = t.count > 0 ? t.percent[t.count - 1] : 0;
         if (!json_is_integer(member) || !threshold_fits(json_integer_value(member), previous))
-            return fail(err, "invalid_field",
+            return apimodel_fail(err, "invalid_field",
                         "%s must hold whole percentages from 1 to %d in ascending order, each "
                         "once",
                         field, APIMODEL_PERCENT_MAX);
@@ -367,15 +367,16 @@ static bool refuse_member(const char *name, const char *kinds, apimodel_error *e
 {
     if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
         strcmp(name, "updatedAt") == 0)
-        return fail(err, "read_only_field", "%s is set by the server", name);
-    return fail(err, "unknown_field", "%s have no member \"%.*s\"", kinds,
+        return apimodel_fail(err, "read_only_field", "%s is set by the server", name);
+    return apimodel_fail(err, "unknown_field", "%s have no member \"%.*s\"", kinds,
                 (int)apitext_utf8_prefix(name, 60), name);
 }
 
 static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error *err)
 {
     if (!json_is_object(value))
-        return fail(err, "invalid_field", "quota must be an object {limit, period, offset}");
+        return apimodel_fail(err, "invalid_field",
+                             "quota must be an object {limit, period, offset}");
     bool existed = plan->has_quota;
     bool seen_limit = false, seen_period = false, seen_offset = false, seen_ceiling = false;
     const char *name;
@@ -394,12 +395,14 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
         } else if (strcmp(name, "period") == 0) {
             if (!json_is_string(member) ||
                 !period_parse(json_string_value(member), &plan->quota_period))
-                return fail(err, "invalid_field", "quota.period must be DAY, WEEK or MONTH");
+                return apimodel_fail(err, "invalid_field",
+                                     "quota.period must be DAY, WEEK or MONTH");
             seen_period = true;
         } else if (strcmp(name, "enforcement") == 0) {
             const char *mode = json_string_value(member);
             if (mode == NULL || (strcmp(mode, "hard") != 0 && strcmp(mode, "soft") != 0))
-                return fail(err, "invalid_field", "quota.enforcement must be \"hard\" or \"soft\"");
+                return apimodel_fail(err, "invalid_field",
+                                     "quota.enforcement must be \"hard\" or \"soft\"");
             plan->quota_soft = strcmp(mode, "soft") == 0;
         } else if (strcmp(name, "ceilingPercent") == 0) {
             plan->has_ceiling = !json_is_null(member);
@@ -409,20 +412,20 @@ static bool apply_quota(apimodel_plan *plan, const json_t *value, apimodel_error
                               &plan->ceiling_percent, err))
                 return false;
         } else {
-            return fail(err, "unknown_field", "quota has no member \"%.*s\"",
+            return apimodel_fail(err, "unknown_field", "quota has no member \"%.*s\"",
                         (int)apitext_utf8_prefix(name, 60), name);
         }
     }
     if (!existed) {
         if (!seen_limit || !seen_period)
-            return fail(err, "missing_field", "quota needs limit and period");
+            return apimodel_fail(err, "missing_field", "quota needs limit and period");
         if (!seen_offset)
             plan->quota_offset = 0;
     }
     if (plan->has_ceiling && !plan->quota_soft && !seen_ceiling)
         plan->has_ceiling = false; /* made hard: the stored ceiling goes with "soft" */
     if (plan->has_ceiling && !plan->quota_soft)
-        return fail(err, "invalid_field",
+        return apimodel_fail(err, "invalid_field",
                     "quota.ceilingPercent needs quota.enforcement \"soft\" (a hard quota "
                     "refuses at 100 %%)");
     plan->has_quota = true;
@@ -433,7 +436,7 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
                          apimodel_error *err)
 {
     if (!json_is_object(body))
-        return fail(err, "invalid_body", "the body must be a JSON object");
+        return apimodel_fail(err, "invalid_body", "the body must be a JSON object");
     bool seen_name = false;
     const char *name;
     json_t *value;
@@ -465,7 +468,7 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
             json_t *replacement =
                 is_null ? json_object() : apimodel_method_throttles_canonical(value, err);
             if (replacement == NULL)
-                return is_null ? fail(err, "internal", "out of memory") : false;
+                return is_null ? apimodel_fail(err, "internal", "out of memory") : false;
             json_decref(plan->method_throttles);
             plan->method_throttles = replacement;
         } else if (strcmp(name, "stripeMeterEventName") == 0) {
@@ -488,7 +491,7 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
         }
     }
     if (creating && !seen_name)
-        return fail(err, "missing_field", "name is required");
+        return apimodel_fail(err, "missing_field", "name is required");
     return true;
 }
 
@@ -501,7 +504,7 @@ void apimodel_key_init(apimodel_key *key)
 bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, apimodel_error *err)
 {
     if (!json_is_object(body))
-        return fail(err, "invalid_body", "the body must be a JSON object");
+        return apimodel_fail(err, "invalid_body", "the body must be a JSON object");
     const char *name;
     json_t *value;
     json_object_foreach((json_t *)body, name, value) {
@@ -525,7 +528,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 return false;
         } else if (strcmp(name, "enabled") == 0) {
             if (!json_is_boolean(value))
-                return fail(err, "invalid_field", "enabled must be true or false");
+                return apimodel_fail(err, "invalid_field", "enabled must be true or false");
             key->enabled = json_is_true(value);
         } else if (creating && strcmp(name, "value") == 0) {
             if (!take_string(value, "value", APIMODEL_VALUE_MIN, APIMODEL_VALUE_MAX, false,
@@ -533,7 +536,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 return false;
             for (const char *c = key->value; *c; c++) {
                 if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
-                    return fail(err, "invalid_field",
+                    return apimodel_fail(err, "invalid_field",
                                 "value must be printable ASCII without spaces");
             }
             key->has_value = true;
@@ -545,7 +548,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
             if (!take_string(value, "planId", 1, APIMODEL_ID_MAX, false, key->plan_id, err))
                 return false;
             if (!apimodel_valid_id(key->plan_id))
-                return fail(err, "invalid_field", "planId is not a valid id");
+                return apimodel_fail(err, "invalid_field", "planId is not a valid id");
             key->has_plan_id = true;
         } else if (strcmp(name, "alertThresholds") == 0) {
             key->has_thresholds = !json_is_null(value);
@@ -553,9 +556,10 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 !apply_thresholds(value, "alertThresholds", &key->thresholds, err))
                 return false;
         } else if (strcmp(name, "value") == 0) {
-            return fail(err, "read_only_field", "a key's value cannot be changed; create a new key");
+            return apimodel_fail(err, "read_only_field",
+                                 "a key's value cannot be changed; create a new key");
         } else if (strcmp(name, "planId") == 0) {
-            return fail(err, "read_only_field",
+            return apimodel_fail(err, "read_only_field",
                         "planId is changed with PUT or DELETE /v1/keys/{id}/plan");
         } else {
             return refuse_member(name, "keys", err);
@@ -628,31 +632,32 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
         else if (strcmp(granularity, "month") == 0)
             q.granularity = GRANULARITY_MONTH;
         else
-            return fail(err, "invalid_parameter", "granularity must be hour, day or month");
+            return apimodel_fail(err, "invalid_parameter",
+                                 "granularity must be hour, day or month");
     }
     if (group_by != NULL) {
         if (strcmp(group_by, "endpoint") != 0)
-            return fail(err, "invalid_parameter", "groupBy must be endpoint");
+            return apimodel_fail(err, "invalid_parameter", "groupBy must be endpoint");
         q.group_by_endpoint = true;
     }
     bool is_date = false, to_is_date = false;
     int64_t to_at = now;
     if (to != NULL) {
         if (!parse_instant(to, &to_at, &to_is_date))
-            return fail(err, "invalid_parameter",
+            return apimodel_fail(err, "invalid_parameter",
                         "to must be an RFC 3339 date-time or a YYYY-MM-DD date");
         if (to_is_date)
             to_at += USEC_PER_DAY; /* a date includes its whole day */
     }
     if (to_at < EARLIEST_USEC || to_at > LATEST_USEC)
-        return fail(err, "invalid_parameter", "to is out of range");
+        return apimodel_fail(err, "invalid_parameter", "to is out of range");
     int64_t from_at;
     if (from != NULL) {
         if (!parse_instant(from, &from_at, &is_date))
-            return fail(err, "invalid_parameter",
+            return apimodel_fail(err, "invalid_parameter",
                         "from must be an RFC 3339 date-time or a YYYY-MM-DD date");
         if (from_at < EARLIEST_USEC || from_at > LATEST_USEC)
-            return fail(err, "invalid_parameter", "from is out of range");
+            return apimodel_fail(err, "invalid_parameter", "from is out of range");
     } else if (q.granularity == GRANULARITY_HOUR) {
         from_at = to_at - 24 * USEC_PER_HOUR;
     } else if (q.granularity == GRANULARITY_DAY) {
@@ -671,7 +676,7 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
     /* The effective end: a date-time `to` is an instant from may reach; a
      * date `to` covers its day, up to (not including) the next midnight. */
     if (to_is_date ? from_at >= to_at : from_at > to_at)
-        return fail(err, "invalid_range", "from is after to");
+        return apimodel_fail(err, "invalid_range", "from is after to");
     q.from = apimodel_bucket_start(q.granularity, from_at);
     q.to = apimodel_bucket_start(q.granularity, to_at);
     if (q.to < to_at)
@@ -695,7 +700,7 @@ bool apimodel_usage_query_parse(const char *from, const char *to, const char *gr
     }
     }
     if (points > APIMODEL_USAGE_POINTS_MAX)
-        return fail(err, "too_many_points",
+        return apimodel_fail(err, "too_many_points",
                     "the range holds %lld %s buckets; at most %d are served: narrow from/to or "
                     "use a coarser granularity",
                     (long long)points, apimodel_granularity_name(q.granularity),
@@ -718,7 +723,7 @@ bool apimodel_parse_limit(const char *text, int *out, apimodel_error *err)
     long n = strtol(text, &end, 10);
     if (text[0] < '0' || text[0] > '9' || errno != 0 || *end != '\0' || n < 1 ||
         n > APIMODEL_LIST_LIMIT_MAX)
-        return fail(err, "invalid_parameter", "limit must be a whole number from 1 to %d",
+        return apimodel_fail(err, "invalid_parameter", "limit must be a whole number from 1 to %d",
                     APIMODEL_LIST_LIMIT_MAX);
     *out = (int)n;
     return true;
@@ -772,7 +777,7 @@ bool apimodel_cursor_decode(const char *text, char *id_out, size_t id_size, apim
         goto bad;
     return true;
 bad:
-    return fail(err, "invalid_parameter", "position is not one this server handed out");
+    return apimodel_fail(err, "invalid_parameter", "position is not one this server handed out");
 }
 
 void apimodel_quota_local_reload(apimodel_quota_local *q, int64_t next_mark,

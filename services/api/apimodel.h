@@ -38,6 +38,11 @@ typedef struct {
     char message[300];
 } apimodel_error;
 
+/* Fills err (code static, message formatted) and returns false, so that a
+ * check can end with `return apimodel_fail(err, ...)`. */
+bool apimodel_fail(apimodel_error *err, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 typedef struct {
     double rate_limit;    /* requests per second, >= 0 */
     int64_t burst_limit;  /* 0..APIMODEL_BURST_MAX */

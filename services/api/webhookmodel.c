@@ -15,18 +15,6 @@ static const char *const event_types[] = {
 };
 #define EVENT_TYPE_COUNT (sizeof event_types / sizeof event_types[0])
 
-static bool fail(apimodel_error *err, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static bool fail(apimodel_error *err, const char *code, const char *fmt, ...)
-{
-    err->code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err->message, sizeof err->message, fmt, ap);
-    va_end(ap);
-    return false;
-}
-
 void webhookmodel_init(webhook_endpoint *endpoint)
 {
     memset(endpoint, 0, sizeof *endpoint);
@@ -56,25 +44,27 @@ bool webhookmodel_url_valid(const char *url, apimodel_error *err)
 {
     size_t len = strlen(url);
     if (len == 0 || len > WEBHOOK_URL_MAX)
-        return fail(err, "invalid_field", "url must be 1 to %d bytes long", WEBHOOK_URL_MAX);
+        return apimodel_fail(err, "invalid_field", "url must be 1 to %d bytes long",
+                             WEBHOOK_URL_MAX);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)url[i];
         if (c <= 0x20 || c == 0x7f)
-            return fail(err, "invalid_field", "url contains a space or a control character");
+            return apimodel_fail(err, "invalid_field",
+                                 "url contains a space or a control character");
     }
     size_t scheme = scheme_length(url);
     if (scheme == 0)
-        return fail(err, "invalid_field", "url must start with http:// or https://");
+        return apimodel_fail(err, "invalid_field", "url must start with http:// or https://");
     const char *authority = url + scheme;
     size_t authority_len = strcspn(authority, "/?#");
     if (authority_len == 0)
-        return fail(err, "invalid_field", "url has no host");
+        return apimodel_fail(err, "invalid_field", "url has no host");
     /* Credentials in the URL would be answered by every GET. */
     if (memchr(authority, '@', authority_len) != NULL)
-        return fail(err, "invalid_field",
+        return apimodel_fail(err, "invalid_field",
                     "url must not carry credentials (user@host); the deliveries are signed");
     if (authority[0] == ':')
-        return fail(err, "invalid_field", "url has no host");
+        return apimodel_fail(err, "invalid_field", "url has no host");
     return true;
 }
 
@@ -83,8 +73,9 @@ static bool apply_event_types(webhook_endpoint *endpoint, const json_t *value,
 {
     if (!json_is_array(value) || json_array_size(value) == 0 ||
         json_array_size(value) > WEBHOOK_EVENT_TYPES_MAX)
-        return fail(err, "invalid_field", "eventTypes must be an array of 1 to %d event types",
-                    WEBHOOK_EVENT_TYPES_MAX);
+        return apimodel_fail(err, "invalid_field",
+                             "eventTypes must be an array of 1 to %d event types",
+                             WEBHOOK_EVENT_TYPES_MAX);
     webhook_endpoint next = *endpoint;
     next.event_type_count = 0;
     size_t i;
@@ -94,13 +85,13 @@ static bool apply_event_types(webhook_endpoint *endpoint, const json_t *value,
                                 ? webhookmodel_event_type(json_string_value(member))
                                 : NULL;
         if (known == NULL)
-            return fail(err, "invalid_field",
+            return apimodel_fail(err, "invalid_field",
                         "eventTypes[%zu] is not a known event type (quota.threshold_reached, "
                         "quota.exhausted)",
                         i);
         for (int j = 0; j < next.event_type_count; j++) {
             if (next.event_types[j] == known)
-                return fail(err, "invalid_field", "eventTypes names %s twice", known);
+                return apimodel_fail(err, "invalid_field", "eventTypes names %s twice", known);
         }
         next.event_types[next.event_type_count++] = known;
     }
@@ -114,15 +105,16 @@ static bool take_text(const json_t *value, const char *field, size_t min, size_t
                       bool multiline, char *out, apimodel_error *err)
 {
     if (!json_is_string(value))
-        return fail(err, "invalid_field", "%s must be a string", field);
+        return apimodel_fail(err, "invalid_field", "%s must be a string", field);
     size_t len = json_string_length(value);
     const char *text = json_string_value(value);
     if (len < min || len > max)
-        return fail(err, "invalid_field", "%s must be %zu to %zu bytes long", field, min, max);
+        return apimodel_fail(err, "invalid_field", "%s must be %zu to %zu bytes long", field, min,
+                             max);
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)text[i];
         if (c == 0x7f || (c < 0x20 && !(multiline && (c == '\t' || c == '\n' || c == '\r'))))
-            return fail(err, "invalid_field", "%s contains a control character", field);
+            return apimodel_fail(err, "invalid_field", "%s contains a control character", field);
     }
     memcpy(out, text, len + 1);
     return true;
@@ -151,17 +143,17 @@ static bool apply_member(webhook_endpoint *endpoint, const char *name, const jso
     }
     if (strcmp(name, "enabled") == 0) {
         if (!json_is_boolean(value))
-            return fail(err, "invalid_field", "enabled must be true or false");
+            return apimodel_fail(err, "invalid_field", "enabled must be true or false");
         endpoint->enabled = json_is_true(value);
         return true;
     }
     if (strcmp(name, "secret") == 0)
-        return fail(err, "read_only_field",
+        return apimodel_fail(err, "read_only_field",
                     "the secret is generated; POST /v1/webhooks/{id}/rotate-secret replaces it");
     if (strcmp(name, "id") == 0 || strcmp(name, "createdAt") == 0 ||
         strcmp(name, "updatedAt") == 0 || strcmp(name, "previousSecretExpiresAt") == 0)
-        return fail(err, "read_only_field", "%s is set by the server", name);
-    return fail(err, "unknown_field", "webhook endpoints have no member \"%.*s\"",
+        return apimodel_fail(err, "read_only_field", "%s is set by the server", name);
+    return apimodel_fail(err, "unknown_field", "webhook endpoints have no member \"%.*s\"",
                 (int)apitext_utf8_prefix(name, 60), name);
 }
 
@@ -169,7 +161,7 @@ bool webhookmodel_apply(webhook_endpoint *endpoint, const json_t *body, bool cre
                         apimodel_error *err)
 {
     if (!json_is_object(body))
-        return fail(err, "invalid_body", "the body must be a JSON object");
+        return apimodel_fail(err, "invalid_body", "the body must be a JSON object");
     const char *name;
     json_t *value;
     json_object_foreach((json_t *)body, name, value) {
@@ -177,9 +169,9 @@ bool webhookmodel_apply(webhook_endpoint *endpoint, const json_t *body, bool cre
             return false;
     }
     if (creating && json_object_get(body, "url") == NULL)
-        return fail(err, "missing_field", "url is required");
+        return apimodel_fail(err, "missing_field", "url is required");
     if (creating && json_object_get(body, "eventTypes") == NULL)
-        return fail(err, "missing_field",
+        return apimodel_fail(err, "missing_field",
                     "eventTypes is required (quota.threshold_reached, quota.exhausted)");
     return true;
 }
@@ -229,15 +221,15 @@ bool webhookmodel_rotation_parse(const json_t *body, int64_t *expires_in_seconds
     if (body == NULL)
         return true;
     if (!json_is_object(body))
-        return fail(err, "invalid_body", "the body must be a JSON object");
+        return apimodel_fail(err, "invalid_body", "the body must be a JSON object");
     const char *name;
     json_t *value;
     json_object_foreach((json_t *)body, name, value) {
         if (strcmp(name, "expiresInSeconds") != 0)
-            return fail(err, "unknown_field", "rotate-secret takes only expiresInSeconds");
+            return apimodel_fail(err, "unknown_field", "rotate-secret takes only expiresInSeconds");
         if (!json_is_integer(value) || json_integer_value(value) < 0 ||
             json_integer_value(value) > WEBHOOK_ROTATION_MAX_SECONDS)
-            return fail(err, "invalid_field",
+            return apimodel_fail(err, "invalid_field",
                         "expiresInSeconds must be a whole number from 0 to %d",
                         WEBHOOK_ROTATION_MAX_SECONDS);
         *expires_in_seconds = json_integer_value(value);
