@@ -597,3 +597,22 @@ json_t *aws_api_key_json(const json_t *key)
     json_object_set_new(out, "stageKeys", json_array());
     return out;
 }
+
+json_t *aws_patch_merge(api_request *req, aws_patch_member *member)
+{
+    json_t *body = aws_parse_body(req);
+    aws_patch ops[AWS_PATCH_MAX];
+    size_t count = 0;
+    json_t *merge = NULL;
+    if (body != NULL && aws_read_patch(req, body, ops, &count)) {
+        merge = json_object();
+        for (size_t i = 0; merge != NULL && i < count; i++) {
+            if (!member(req, &ops[i], merge)) {
+                json_decref(merge);
+                merge = NULL;
+            }
+        }
+    }
+    json_decref(body);
+    return merge;
+}

@@ -106,6 +106,12 @@ typedef struct {
  * operations into ops (count in *count), or false after replying 400. */
 #define AWS_PATCH_MAX 64
 bool aws_read_patch(api_request *req, const json_t *body, aws_patch *ops, size_t *count);
+/* One patch operation into the /v1 merge patch (values copied); false
+ * after replying BadRequestException. */
+typedef bool aws_patch_member(api_request *req, const aws_patch *op, json_t *merge);
+/* The request body's patchOperations as one /v1 merge patch, each through
+ * `member`; NULL after replying (bad body, bad operation). */
+json_t *aws_patch_merge(api_request *req, aws_patch_member *member);
 
 /* Epoch seconds of an RFC 3339 member of a /v1 answer (createdAt...), as
  * AWS's dates are on the wire; 0 when absent. */

@@ -148,31 +148,20 @@ static bool key_patch_member(api_request *req, const aws_patch *op, json_t *merg
 
 void aws_update_api_key(api_request *req)
 {
-    json_t *body = aws_parse_body(req);
-    aws_patch ops[AWS_PATCH_MAX];
-    size_t count = 0;
-    if (body == NULL || !aws_read_patch(req, body, ops, &count)) {
-        json_decref(body);
-        return;
-    }
-    json_t *merge = json_object();
-    bool valid = true;
-    for (size_t i = 0; valid && i < count; i++)
-        valid = key_patch_member(req, &ops[i], merge);
+    json_t *merge = aws_patch_merge(req, key_patch_member);
+    if (merge == NULL)
+        return; /* replied */
     json_t *key = NULL;
-    if (valid) {
-        /* No operation: the key as it is (a merge patch cannot be empty). */
-        unsigned status = json_object_size(merge) == 0
-                              ? aws_call(req, keys_get, req->id, NULL, &key)
-                              : aws_call(req, keys_update, req->id, merge, &key);
-        if (status == 200)
-            api_reply_json(req, 200, aws_api_key_json(key));
-        else
-            key_call_failed(req, status);
-    }
+    /* No operation: the key as it is (a merge patch cannot be empty). */
+    unsigned status = json_object_size(merge) == 0
+                          ? aws_call(req, keys_get, req->id, NULL, &key)
+                          : aws_call(req, keys_update, req->id, merge, &key);
+    if (status == 200)
+        api_reply_json(req, 200, aws_api_key_json(key));
+    else
+        key_call_failed(req, status);
     json_decref(key);
     json_decref(merge);
-    json_decref(body);
 }
 
 void aws_delete_api_key(api_request *req)

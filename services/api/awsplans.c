@@ -329,33 +329,24 @@ static bool plan_patch_member(api_request *req, const aws_patch *op, json_t *mer
 
 void aws_update_usage_plan(api_request *req)
 {
-    json_t *body = aws_parse_body(req);
-    aws_patch ops[AWS_PATCH_MAX];
-    size_t count = 0;
-    if (body == NULL || !aws_read_patch(req, body, ops, &count)) {
-        json_decref(body);
-        return;
-    }
-    json_t *merge = json_object();
-    bool valid = true;
-    for (size_t i = 0; valid && i < count; i++)
-        valid = plan_patch_member(req, &ops[i], merge);
+    json_t *merge = aws_patch_merge(req, plan_patch_member);
+    if (merge == NULL)
+        return; /* replied */
     json_t *plan = NULL;
     unsigned status = 200;
-    if (valid && json_object_size(merge) > 0)
+    if (json_object_size(merge) > 0)
         status = aws_call(req, plans_update, req->id, merge, &plan);
-    if (valid && status == 200) {
+    if (status == 200) {
         PGconn *conn = dbpool_acquire(req);
         if (conn != NULL) {
             reply_plan(req, conn, req->id, 200);
             dbpool_release(conn);
         }
-    } else if (valid && status == 404) {
+    } else if (status == 404) {
         aws_reply_error(req, 404, "NotFoundException", INVALID_PLAN);
     }
     json_decref(plan);
     json_decref(merge);
-    json_decref(body);
 }
 
 /* ---- the plan's keys ---------------------------------------------------------- */
