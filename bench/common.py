@@ -24,6 +24,18 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # benchmark idles, its report warns that the figures are noisy.
 NOISY_LOAD = 0.2
 
+# The dev broker keeps about 5 MB a partition and drops older records past
+# that; a usage event is about 270 bytes as a record (300 with margin). A
+# benchmark keeps what it leaves unconsumed under half of that, so nothing
+# is dropped before the collector reads it.
+SAFE_BYTES_PER_PARTITION = 2_500_000
+RECORD_BYTES = 300
+
+
+def events_the_broker_keeps(partitions):
+    """Events a benchmark may leave unconsumed on `partitions` partitions."""
+    return partitions * SAFE_BYTES_PER_PARTITION // RECORD_BYTES
+
 
 class BenchError(Exception):
     """The run itself failed or a correctness check did not hold."""

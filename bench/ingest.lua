@@ -1,12 +1,15 @@
 -- wrk script of the ingestion benchmark (bench/run.py, `--only ingest`).
 --
---   wrk ... -s bench/ingest.lua URL -- TOKEN TIME KEYS_FILE RUN [BATCH]
+--   wrk ... -s bench/ingest.lua URL -- TOKEN TIME KEYS_FILE RUN [BATCH [MAX]]
 --
 -- POST /v1/events, batch mode: every request carries BATCH (default 100)
 -- new CloudEvents, ids "<RUN>-<thread>-<request>-<n>" never repeated, so
 -- each accepted event must be counted once by the collector. Subjects
 -- rotate over the key ids in KEYS_FILE (one a line); TIME is every event's
--- `time` (RFC 3339).
+-- `time` (RFC 3339). A thread stops once MAX of its requests were answered
+-- (default: no limit, wrk's -d alone ends the run): the dev broker keeps
+-- only about 5 MB a partition, so an unbounded fast run would have its
+-- first events dropped before the collector could count them.
 
 local threads = 0
 
@@ -19,11 +22,14 @@ local keys, key_count = {}, 0
 local headers
 local event_time, run, batch
 local sent = 0
+local answered = 0
+local max_answers
 local index = 0
 
 function init(args)
    local token, file = args[1], args[3]
    event_time, run, batch = args[2], args[4], tonumber(args[5] or "100")
+   max_answers = tonumber(args[6] or "")
    if not token or not event_time or not file or not run then
       error("bench/ingest.lua: arguments TOKEN TIME KEYS_FILE RUN [BATCH]")
    end
@@ -57,4 +63,11 @@ function request()
    end
    local body = "[" .. table.concat(events, ",") .. "]"
    return wrk.format("POST", "/v1/events", headers, body)
+end
+
+function response()
+   answered = answered + 1
+   if max_answers and answered >= max_answers then
+      wrk.thread:stop()
+   end
 end

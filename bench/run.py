@@ -57,7 +57,7 @@ import ingest
 import gateway
 import replicas
 import reporter
-from common import REPO, BenchError, Context, log
+from common import RECORD_BYTES, REPO, SAFE_BYTES_PER_PARTITION, BenchError, Context, log
 
 # Benchmarks in run order; each gets its own fresh stack.
 BENCHMARKS = {
@@ -73,9 +73,8 @@ BENCHMARKS = {
 
 
 def default_partitions(events):
-    # The dev broker keeps ~5 MB per partition; a message is ~270 bytes.
-    # Stay under half of that, and at 128 or more.
-    needed = -(-events * 300 // 2_500_000)
+    # At 128 or more, and enough that the broker keeps every event.
+    needed = -(-events * RECORD_BYTES // SAFE_BYTES_PER_PARTITION)
     return max(128, needed)
 
 
