@@ -221,5 +221,11 @@ bench: deps all
 image:
 	deploy/image.sh build
 
+# The gateway image tally-gateway:local (deploy/gateway/Dockerfile: nginx and
+# rsyslog), through the same script, engine and base image.
+.PHONY: gateway-image
+gateway-image:
+	deploy/image.sh gateway
+
 clean:
 	rm -rf build

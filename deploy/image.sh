@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Builds the container image (deploy/Dockerfile -> tally:local) with docker
-# when the user can reach a docker daemon, else with podman, making the
-# Dockerfile's Debian base image locally (debootstrap --variant=minbase) when
-# it can be neither found nor pulled. `make image` runs `deploy/image.sh build`.
+# Builds the container images (deploy/Dockerfile -> tally:local, and
+# deploy/gateway/Dockerfile -> tally-gateway:local) with docker when the user
+# can reach a docker daemon, else with podman, making the Dockerfile's Debian
+# base image (its first FROM) locally (debootstrap --variant=minbase) when it
+# can be neither found nor pulled. Both images go through the same steps and
+# flags. `make image` runs `deploy/image.sh build`, `make gateway-image`
+# `deploy/image.sh gateway`.
 #
 #   deploy/image.sh build   base image if missing, then the Tally image
+#   deploy/image.sh gateway base image if missing, then the gateway image
+#                           (nginx + rsyslog, deploy/gateway/)
 #   deploy/image.sh base    only the base image
 #   deploy/image.sh env     prints the podman settings as `export` lines, so
 #                           that `eval "$(deploy/image.sh env)"; podman ...`
@@ -20,15 +25,16 @@
 # podman's run-time state (locks, mounts) stays on a tmpfs: /run/tally-image
 # for root, else $XDG_RUNTIME_DIR/tally-image. `rm -rf` of both resets all.
 #
-# Settings (environment): IMAGE_TAG (tally:local), IMAGE_ENGINE (docker or
+# Settings (environment): IMAGE_TAG (tally:local), IMAGE_GATEWAY_TAG
+# (tally-gateway:local), IMAGE_ENGINE (docker or
 # podman; default: docker if `docker info` works, else podman), IMAGE_MIRROR
 # (the Debian mirror for debootstrap; default: the first one this machine's
 # apt sources name).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-dockerfile="$root/deploy/Dockerfile"
-tag=${IMAGE_TAG:-tally:local}
+tally_dockerfile="$root/deploy/Dockerfile"
+gateway_dockerfile="$root/deploy/gateway/Dockerfile"
 state=${IMAGE_STATE_DIR:-/var/tmp/tally-image-$(id -u)}
 suite=bookworm
 # Bumped when make_base_tarball changes, so an older tarball is not reused.
@@ -163,10 +169,10 @@ EOF
   rm -rf "$rootfs"
 }
 
-# The Dockerfile's base image (its first FROM), found locally, pulled, or
-# made: an existing one is reused, so only the first run pays.
+# The base image of Dockerfile $2 (its first FROM), found locally, pulled,
+# or made: an existing one is reused, so only the first run pays.
 ensure_base() {
-  local engine=$1 base tarball="$state/base/$suite-minbase-$base_version.tar"
+  local engine=$1 dockerfile=$2 base tarball="$state/base/$suite-minbase-$base_version.tar"
   base=$(awk 'toupper($1) == "FROM" { print $2; exit }' "$dockerfile")
   if "$engine" image inspect "$base" >/dev/null 2>&1; then
     say "base image $base: present"
@@ -181,8 +187,9 @@ ensure_base() {
   "$engine" import "$tarball" "$base" >/dev/null
 }
 
+# Dockerfile $2 -> image $3, the repository root as the context.
 build_image() {
-  local engine=$1 started=$SECONDS
+  local engine=$1 dockerfile=$2 tag=$3 started=$SECONDS
   local args=(build -f "$dockerfile" -t "$tag")
   # Docker's image format (OCI images have no HEALTHCHECK); both stages at
   # once (the runtime stage's apt-get runs while the build stage compiles).
@@ -198,13 +205,18 @@ case "$command" in
     write_podman_conf
     print_env
     ;;
-  base | build)
+  base | build | gateway)
     engine=$(pick_engine)
     if [ "$engine" = podman ]; then use_podman_conf; fi
-    ensure_base "$engine"
-    if [ "$command" = build ]; then build_image "$engine"; fi
+    if [ "$command" = gateway ]; then
+      dockerfile=$gateway_dockerfile tag=${IMAGE_GATEWAY_TAG:-tally-gateway:local}
+    else
+      dockerfile=$tally_dockerfile tag=${IMAGE_TAG:-tally:local}
+    fi
+    ensure_base "$engine" "$dockerfile"
+    if [ "$command" != base ]; then build_image "$engine" "$dockerfile" "$tag"; fi
     ;;
   *)
-    die "usage: deploy/image.sh [build|base|env]"
+    die "usage: deploy/image.sh [build|gateway|base|env]"
     ;;
 esac
