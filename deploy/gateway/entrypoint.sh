@@ -8,6 +8,9 @@
 #
 #   GATEWAY_TALLY_API      tally-api's host:port            [api:8080]
 #   GATEWAY_LISTEN         nginx's listen address            [0.0.0.0:8000]
+#   GATEWAY_DEMO_LISTEN    the demo upstream's address       [127.0.0.1:8001]
+#                          (another one when the container shares the
+#                          host's network, as tests/image/run.py's does)
 #   GATEWAY_SOURCE         the events' source (gateway name) [gw-compose]
 #   GATEWAY_KAFKA_BROKERS  bootstrap brokers                 (required)
 #   GATEWAY_KAFKA_TOPIC    the usage topic                   [usage-events]
@@ -18,9 +21,25 @@ state=${GATEWAY_STATE_DIR:-/var/lib/tally-gateway}
 conf=/tmp/tally-gateway-nginx
 mkdir -p "$state/logs" "$state/temp" "$state/rsyslog" "$conf"
 cp /etc/tally-gateway/nginx/*.conf "$conf/"
-sed -i -e "s|server 127.0.0.1:8080;|server ${GATEWAY_TALLY_API:-api:8080};|" \
-       -e "s|listen 127.0.0.1:8000;|listen ${GATEWAY_LISTEN:-0.0.0.0:8000};|" \
-       -e "s|\"gw-demo\"|\"${GATEWAY_SOURCE:-gw-compose}\"|" "$conf/nginx.conf"
+
+# nginx.conf with the example's lines replaced: each must be there exactly
+# as written (a recipe edited without this script would otherwise start with
+# the example's addresses). nginx's error and access logs go to the
+# container's output (its log driver rotates them), not into the volume.
+# Literal text, not a sed expression: a value may hold any character.
+replace() {
+  local from=$1 to=$2 text
+  text=$(<"$conf/nginx.conf")
+  [[ $text == *"$from"* ]] || { echo "tally-gateway: '$from' not in nginx.conf" >&2; exit 1; }
+  printf '%s\n' "${text//"$from"/"$to"}" >"$conf/nginx.conf"
+}
+replace "server 127.0.0.1:8080;" "server ${GATEWAY_TALLY_API:-api:8080};"
+replace "listen 127.0.0.1:8000;" "listen ${GATEWAY_LISTEN:-0.0.0.0:8000};"
+replace "set \$tally_source \"gw-demo\";" "set \$tally_source \"${GATEWAY_SOURCE:-gw-compose}\";"
+replace "server 127.0.0.1:8001;" "server ${GATEWAY_DEMO_LISTEN:-127.0.0.1:8001};"
+replace "listen 127.0.0.1:8001;" "listen ${GATEWAY_DEMO_LISTEN:-127.0.0.1:8001};"
+replace "error_log logs/error.log warn;" "error_log stderr warn;"
+replace "access_log logs/access.log combined;" "access_log /dev/stdout combined;"
 
 export GATEWAY_USAGE_LOG=$state/logs/tally-usage.log
 export GATEWAY_RSYSLOG_WORK_DIR=$state/rsyslog
