@@ -16,7 +16,8 @@ case "$host" in
 esac
 host=${host#[}
 host=${host%]}
-if ! exec 3<>"/dev/tcp/$host/$port"; then
+# bash's own message of a refused connection stays out of the health log.
+if ! { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null; then
   echo "unhealthy: cannot connect to $host:$port"
   exit 1
 fi

@@ -44,6 +44,10 @@ import lib  # noqa: E402
 from lib import Failure, check, clean_env, free_port, wait_until  # noqa: E402
 
 IMAGE = "tally:local"
+GATEWAY_IMAGE = "tally-gateway:local"
+GATEWAY_UID = 10002
+GATEWAY_SOURCE = "gw-image-test"
+GATEWAY_REQUESTS = 20
 RUNTIME_LAYERS_MAX_BYTES = 40 * 1000 * 1000
 TALLY_UID = 10001
 STRIPE_KEY = "sk_test_image_5d1c7e0b9a2f"
@@ -69,6 +73,7 @@ class Podman:
         self.env = podman_env()
         self.tag = tag
         self.names = []
+        self.volumes = []
 
     def run(self, *args, timeout=120, check_rc=True):
         cp = subprocess.run(["podman"] + list(args), env=self.env, stdout=subprocess.PIPE,
@@ -84,6 +89,14 @@ class Podman:
         self.names.append(name)
         return name
 
+    def volume(self, what):
+        """A new named volume, removed by remove_all: like compose's, it
+        starts with the ownership of the image's directory it is mounted on."""
+        name = "tally-image-test-%s-%s" % (self.tag, what)
+        self.run("volume", "create", name)
+        self.volumes.append(name)
+        return name
+
     def logs(self, name):
         _, out, err = self.run("logs", name, check_rc=False)
         return "\n".join((out + err).splitlines()[-20:])
@@ -91,28 +104,39 @@ class Podman:
     def remove_all(self):
         for name in self.names:
             self.run("rm", "-f", "-t", "5", name, check_rc=False)
+        for name in self.volumes:
+            self.run("volume", "rm", "-f", name, check_rc=False)
 
 
 # The hardening docker-compose.yml applies to every Tally container.
 HARDENED = ["--network", "host", "--read-only", "--cap-drop", "ALL",
             "--security-opt", "no-new-privileges"]
 
+# docker-compose.yml's gateway service on top of that: its tmpfs /tmp as the
+# only writable place besides its state volume (podman's --read-only alone
+# would also mount tmpfs on /run and /var/tmp, which compose does not, and
+# hide a write there), its memory and process limits.
+GATEWAY_FLAGS = ["--read-only-tmpfs=false", "--tmpfs", "/tmp:size=16m", "--memory", "256m",
+                 "--pids-limit", "64"]
+
 
 class Service:
-    """One Tally program in its own container, detached, with a podman
-    healthcheck that runs tally-healthcheck against `health_url`."""
+    """One program in its own container, detached, with a podman healthcheck
+    that runs `health_cmd` (by default tally-healthcheck against
+    `health_url`); `extra` are more podman run flags."""
 
-    def __init__(self, podman, what, argv, env, secrets, health_url):
+    def __init__(self, podman, what, argv, env, secrets, health_url, image=IMAGE,
+                 health_cmd=None, extra=()):
         self.podman = podman
         self.name = podman.name(what)
         self.health_url = health_url
-        args = ["run", "-d", "--name", self.name] + HARDENED
+        args = ["run", "-d", "--name", self.name] + HARDENED + list(extra)
         for key, value in env.items():
             args += ["-e", "%s=%s" % (key, value)]
         for path, target in secrets:
             args += ["-v", "%s:%s:ro" % (path, target)]
-        args += ["--health-cmd", json.dumps(["tally-healthcheck", health_url]),
-                 "--health-interval", "disable", IMAGE] + argv
+        args += ["--health-cmd", json.dumps(health_cmd or ["tally-healthcheck", health_url]),
+                 "--health-interval", "disable", image] + argv
         podman.run(*args)
 
     def state(self, field):
@@ -134,14 +158,22 @@ class Service:
                    on_timeout=lambda: "%s; logs:\n%s" % (self.healthcheck(),
                                                          self.podman.logs(self.name)))
 
-    def process_uid(self):
-        """The real uid of the container's main process, read from /proc."""
-        pid = int(self.state("Pid"))
-        with open("/proc/%d/status" % pid) as f:
-            for line in f:
-                if line.startswith("Uid:"):
-                    return int(line.split()[1])
-        raise Failure("no Uid line for %s's process %d" % (self.name, pid))
+    def processes(self):
+        """{program name: set of real uids} of every process in the
+        container, read from the host's /proc."""
+        _, out, _ = self.podman.run("top", self.name, "hpid")
+        found = {}
+        for pid in out.split()[1:]:
+            try:
+                with open("/proc/%s/comm" % pid) as f:
+                    comm = f.read().strip()
+                with open("/proc/%s/status" % pid) as f:
+                    uid = [int(line.split()[1]) for line in f if line.startswith("Uid:")][0]
+            except FileNotFoundError:
+                continue  # ended between podman top and now
+            found.setdefault(comm, set()).add(uid)
+        check(found, "no process found in %s: %r" % (self.name, out))
+        return found
 
     def stop(self):
         """podman stop (SIGTERM, SIGKILL after 30 s); fails unless the
@@ -222,17 +254,20 @@ class Context:
 # ---- steps -------------------------------------------------------------------------
 
 
-def build(ctx, log_dir):
+def build(ctx, log_dir, command="build", tag=IMAGE):
+    """`deploy/image.sh build` (tally:local) or `gateway` (tally-gateway:local)."""
     t0 = time.monotonic()
-    log_path = os.path.join(log_dir, "build.log")
+    log_path = os.path.join(log_dir, "%s.log" % command)
     with open(log_path, "wb") as log:
-        cp = subprocess.run([os.path.join(REPO, "deploy", "image.sh"), "build"],
-                            env=clean_env({"IMAGE_TAG": IMAGE, "IMAGE_ENGINE": "podman"}), stdout=log,
+        cp = subprocess.run([os.path.join(REPO, "deploy", "image.sh"), command],
+                            env=clean_env({"IMAGE_TAG": IMAGE, "IMAGE_GATEWAY_TAG": GATEWAY_IMAGE,
+                                           "IMAGE_ENGINE": "podman"}), stdout=log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=900)
     with open(log_path, encoding="utf-8", errors="replace") as f:
         tail = "\n".join(f.read().splitlines()[-25:])
-    check(cp.returncode == 0, "deploy/image.sh build exited %d:\n%s" % (cp.returncode, tail))
-    return "built in %.0f s" % (time.monotonic() - t0)
+    check(cp.returncode == 0, "deploy/image.sh %s exited %d:\n%s" % (command, cp.returncode, tail))
+    ctx.podman.run("image", "inspect", tag)
+    return "%s built in %.0f s" % (tag, time.monotonic() - t0)
 
 
 def image_shape(ctx):
@@ -306,8 +341,9 @@ def start_services(ctx):
     for service in (ctx.collector, ctx.api, ctx.reporter):
         service.wait_healthy()
     for service in (ctx.collector, ctx.api, ctx.reporter):
-        uid = service.process_uid()
-        check(uid == TALLY_UID, "%s runs as uid %d, not %d" % (service.name, uid, TALLY_UID))
+        found = service.processes()
+        check(all(uids == {TALLY_UID} for uids in found.values()),
+              "%s's processes run as %s, not uid %d" % (service.name, found, TALLY_UID))
     return "three services healthy, each as uid %d" % TALLY_UID
 
 
@@ -421,6 +457,138 @@ def healthchecks_fail_honestly(ctx):
     return "refused, 404, 503, not HTTP and closed fail; 204 and a running collector pass"
 
 
+def start_gateway(ctx):
+    """The gateway image run as docker-compose.yml's `gateway` service, its
+    addresses on this host: tally-api and the dev broker of this test."""
+    port, demo_port = free_port(), free_port()
+    check(port != demo_port, "free_port gave %d twice" % port)
+    ctx.gateway_port = port
+    volume = ctx.gateway_volume = ctx.podman.volume("gateway-state")
+    ctx.gateway = Service(ctx.podman, "gateway", [], {
+        "GATEWAY_TALLY_API": "127.0.0.1:%d" % ctx.ports["api"],
+        "GATEWAY_LISTEN": "127.0.0.1:%d" % port,
+        "GATEWAY_DEMO_LISTEN": "127.0.0.1:%d" % demo_port,
+        "GATEWAY_SOURCE": GATEWAY_SOURCE,
+        "GATEWAY_KAFKA_BROKERS": ctx.brokers,
+        "GATEWAY_KAFKA_TOPIC": "usage-events"}, [],
+        "http://127.0.0.1:%d/health" % port, image=GATEWAY_IMAGE,
+        health_cmd=["tally-gateway-healthcheck"],
+        extra=GATEWAY_FLAGS + ["-v", volume + ":/var/lib/tally-gateway"])
+    ctx.gateway.wait_healthy(timeout=30)
+    found = ctx.gateway.processes()
+    check({"nginx", "rsyslogd"} <= set(found), "gateway processes: %s" % found)
+    check(all(uids == {GATEWAY_UID} for uids in found.values()),
+          "the gateway's processes run as %s, not uid %d" % (found, GATEWAY_UID))
+    status, _, _ = gateway_get(ctx, "/health")
+    check(status == 200, "GET /health: %d" % status)
+    return "healthy (its healthcheck and /health 200); %s, all as uid %d" % (
+        ", ".join(sorted(found)), GATEWAY_UID)
+
+
+def gateway_get(ctx, path, api_key=None):
+    """GET through the gateway: (status, headers, body text)."""
+    conn = http.client.HTTPConnection("127.0.0.1", ctx.gateway_port, timeout=10)
+    conn.request("GET", path, headers={"x-api-key": api_key} if api_key else {})
+    r = conn.getresponse()
+    body = r.read().decode("utf-8", "replace")
+    conn.close()
+    return r.status, r, body
+
+
+def gateway_key(ctx, quota):
+    """A new key on a plan of `quota` requests a day: (key id, value)."""
+    tag = "%x" % int(time.time() * 1000)
+    st, plan = api_call(ctx, "POST", "/v1/plans", {
+        "name": "Gateway " + tag, "quota": {"limit": quota, "period": "DAY"}})
+    check(st == 201, "create plan: %s %s" % (st, plan))
+    st, key = api_call(ctx, "POST", "/v1/keys", {"name": "gateway-" + tag})
+    check(st == 201 and key.get("value"), "create key: %s %s" % (st, key))
+    st, body = api_call(ctx, "PUT", "/v1/keys/%s/plan" % key["id"], {"planId": plan["id"]})
+    check(st == 200, "attach plan: %s %s" % (st, body))
+    return key["id"], key["value"]
+
+
+def gateway_enforces(ctx):
+    """N requests allowed up to the plan's quota of N, then 429; an unknown
+    key 401. Remembers the key for gateway_counts."""
+    key_id, value = gateway_key(ctx, GATEWAY_REQUESTS)
+    ctx.gateway_key_id = key_id
+    status, _, body = gateway_get(ctx, "/items/1", "unknown-key-0123456789abcdef")
+    check(status == 401 and '"unauthorized"' in body, "unknown key: %d %s" % (status, body))
+    for i in range(GATEWAY_REQUESTS):
+        status, _, body = gateway_get(ctx, "/items/%d" % i, value)
+        check(status == 200, "request %d: %d %s" % (i + 1, status, body))
+        # The demo upstream echoes what nginx passed it: the key's id, never the key.
+        upstream = json.loads(body)
+        check(upstream["keyId"] == key_id and upstream["apiKey"] == "",
+              "the upstream saw %s" % upstream)
+    status, r, body = gateway_get(ctx, "/items/over", value)
+    check(status == 429 and '"quota_exceeded"' in body, "over the quota: %d %s" % (status, body))
+    retry_after = r.getheader("Retry-After") or ""
+    check(retry_after.isdigit() and int(retry_after) >= 1, "Retry-After %r" % retry_after)
+    return "%d x 200 from the demo upstream (key id passed, key not), unknown key 401, " \
+        "over the quota 429 (Retry-After %s s)" % (GATEWAY_REQUESTS, retry_after)
+
+
+def gateway_counts(ctx):
+    """The collector counts exactly the allowed requests, each produced once
+    by the container's rsyslog with its source; the refusals not at all."""
+    key_id = ctx.gateway_key_id
+
+    def usage():
+        st, body = api_call(ctx, "GET", "/v1/keys/%s/usage?granularity=day" % key_id)
+        check(st == 200, "usage: %s %s" % (st, body))
+        return sum(i["requests"] for i in body["items"])
+    wait_until("the collector to count %d gateway requests" % GATEWAY_REQUESTS,
+               lambda: usage() >= GATEWAY_REQUESTS, 60, interval=0.5,
+               on_timeout=lambda: "usage %d; gateway:\n%s" % (
+                   usage(), ctx.podman.logs(ctx.gateway.name)))
+    # A refusal logged by mistake would come right after the last allowed
+    # request: give it a second to reach the collector.
+    time.sleep(1.0)
+    check(usage() == GATEWAY_REQUESTS, "usage %d, not %d" % (usage(), GATEWAY_REQUESTS))
+    events = [json.loads(m["value"]) for m in lib.kcat_consume_all(ctx.brokers, "usage-events")
+              if m["value"] and json.loads(m["value"]).get("subject") == key_id]
+    check(len(events) == GATEWAY_REQUESTS, "%d events for the key in the topic" % len(events))
+    check({e["source"] for e in events} == {GATEWAY_SOURCE},
+          "sources %s" % {e["source"] for e in events})
+    ids = {e["id"] for e in events}
+    check(len(ids) == GATEWAY_REQUESTS and all(i.isalnum() for i in ids), "ids %s" % ids)
+    # The collector recorded each (source, id) pair: the deduplication rows.
+    pairs = ", ".join("tally_event_hash('%s', '%s')" % (GATEWAY_SOURCE, i) for i in sorted(ids))
+    recorded = int(ctx.db.scalar("SELECT count(*) FROM event_ids WHERE event_hash IN (%s)"
+                                 % pairs))
+    check(recorded == GATEWAY_REQUESTS, "%d of the events' (source, id) recorded" % recorded)
+    return "%d counted, %d events in the topic from source %s, none for the refusals" % (
+        GATEWAY_REQUESTS, len(events), GATEWAY_SOURCE)
+
+
+def gateway_oneshot(ctx, program, *args, env=(), volume=None):
+    """A program of the gateway image in a throwaway container: (exit
+    status, output)."""
+    argv = ["run", "--rm", *HARDENED, *GATEWAY_FLAGS, "--entrypoint", program]
+    for item in env:
+        argv += ["-e", item]
+    if volume:
+        argv += ["-v", volume + ":/var/lib/tally-gateway"]
+    rc, out, err = ctx.podman.run(*argv, GATEWAY_IMAGE, *args, check_rc=False, timeout=60)
+    return rc, (out + err).strip()
+
+
+def stop_gateway(ctx):
+    took = ctx.gateway.stop()
+    # Its healthcheck, run again now that nobody answers on its port, fails.
+    rc, out = gateway_oneshot(ctx, "tally-gateway-healthcheck",
+                              env=["GATEWAY_LISTEN=127.0.0.1:%d" % ctx.gateway_port])
+    check(rc == 1 and "unhealthy" in out, "stopped gateway's healthcheck: %d %r" % (rc, out))
+    # rsyslog stopped cleanly: it saved its read position in the volume.
+    rc, out = gateway_oneshot(ctx, "ls", "/var/lib/tally-gateway/rsyslog",
+                              volume=ctx.gateway_volume)
+    check(rc == 0 and "imfile-state:" in out, "rsyslog's state after the stop: %r" % out)
+    return "exit 0 after SIGTERM in %.1f s (grace 30 s); its healthcheck then fails; " \
+        "rsyslog's read position saved" % took
+
+
 def stop_cleanly(ctx):
     took = {}
     for service in (ctx.reporter, ctx.collector, ctx.api):
@@ -448,10 +616,13 @@ def main():
     steps = [("migrations_twice", migrations_twice), ("services_start", start_services),
              ("count_answer_report", count_answer_report),
              ("healthchecks_fail_honestly", healthchecks_fail_honestly),
+             ("gateway_start", start_gateway), ("gateway_enforces", gateway_enforces),
+             ("gateway_counts", gateway_counts), ("gateway_stop", stop_gateway),
              ("stop_cleanly", stop_cleanly)]
     if not args.no_build:
         steps.insert(0, ("build", lambda c: build(c, tmp)))
-    steps.insert(1 if not args.no_build else 0, ("image_shape", image_shape))
+        steps.insert(1, ("build_gateway", lambda c: build(c, tmp, "gateway", GATEWAY_IMAGE)))
+    steps.insert(2 if not args.no_build else 0, ("image_shape", image_shape))
     passed = failed = 0
     try:
         for i, (name, step) in enumerate(steps):
