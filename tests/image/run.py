@@ -3,8 +3,8 @@
 
     python3 tests/image/run.py [--keep-logs DIR] [--no-build]
 
-Builds tally:local with `deploy/image.sh build` (podman here; the Debian base
-image is made once with debootstrap and then reused, as is podman's layer
+Builds tally:local with `deploy/image.sh build` and tally-gateway:local with
+`deploy/image.sh gateway` (podman here; the Debian base image is made once with debootstrap and then reused, as is podman's layer
 cache, from deploy/image.sh's state directory), checks its runtime layers
 stay within 40 MB over the base, then runs from the image, with
 `podman run --network host`, against a throwaway local stack
@@ -19,7 +19,15 @@ stay within 40 MB over the base, then runs from the image, with
 - tally-healthcheck, through `podman healthcheck run`, passes against each
   running service and fails against a port nobody serves, a non-2xx answer
   and a service that was stopped;
-- `podman stop` of each ends it by SIGTERM with exit status 0.
+- `podman stop` of each ends it by SIGTERM with exit status 0;
+- the gateway image (tally-gateway:local, `deploy/image.sh gateway`), run
+  like docker-compose.yml's `gateway` service (read-only with only its tmpfs
+  /tmp and state volume writable, no capabilities, its limits) against that
+  api and the dev broker: healthy by its own healthcheck, nginx and rsyslogd
+  as uid 10002; requests with a key answered 200 by the demo upstream, an
+  unknown key 401, one over the plan's quota 429 with Retry-After; exactly
+  the allowed requests in the topic, from its source, and counted;
+  `podman stop` exits 0 with rsyslog's read position saved.
 
 Runs as root on a fresh machine after tools/install-deps.sh (podman, runc,
 debootstrap, kcat). Python 3 standard library only. Prints "N passed, N
