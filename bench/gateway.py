@@ -53,6 +53,7 @@ FRESHNESS_SECONDS = 20
 FRESHNESS_CONNECTIONS = 64
 FRESHNESS_DELAY_MS = 10
 PROBE_INTERVAL_S = 0.1
+STEADY_MIN_RPS = 4500
 WRK_UNIT = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
 
 
@@ -232,6 +233,11 @@ def run(ctx, opts):
                  % (counted, counted))
         fig.target("gateway_auth_ratio >= 0.5", ratio >= 0.5)
         fig.target("freshness_p99_ms < 1500", p99 < 1500)
+        # The goal's figure holds at a steady 5,000 requests/s; a machine
+        # that cannot carry that measures freshness under less load, which
+        # this line says instead of hiding it.
+        fig.target("steady load during freshness >= %d requests/s (5,000 less 10 %%)"
+                   % STEADY_MIN_RPS, steady.get("rps", 0) >= STEADY_MIN_RPS)
         fig.note_other_load("%.0f%% of the CPUs before, %.0f%% after" % (load * 100,
                                                                           load_after * 100),
                             load, load_after)

@@ -27,9 +27,15 @@ TOPIC = "usage-events"
 # Kafka's partitioner puts all of a key's events on one partition, and the
 # dev broker drops a partition's oldest records past ~5 MB: with 100 keys a
 # few partitions took several keys each and lost their first events before
-# the collector read them. 10,000 keys spread the load within ~1.3x of even,
-# which the broker's budget (half its retention) covers.
-KEY_COUNT = 10_000
+# the collector read them. About 80 keys a partition (10,000 on the default
+# 128) spread the load within ~1.3x of even, which the broker's budget
+# (half its retention) covers; more partitions (--events) get more keys.
+KEYS_PER_PARTITION = 80
+MIN_KEYS = 10_000
+
+
+def key_count(partitions):
+    return max(MIN_KEYS, KEYS_PER_PARTITION * partitions)
 BATCH = 100
 TOKEN = "bench-ingest-token-6c1d9e"
 WRK_THREADS = 2
@@ -45,16 +51,17 @@ WRK_SCRIPT = os.path.join(REPO, "bench", "ingest.lua")
 
 
 def seed_keys(ctx):
+    keys = key_count(ctx.partitions)
     ctx.psql(None, args=["-f", "-"], stdin=f"""
 INSERT INTO api_keys (id, value_hash, name)
-SELECT 'ingest_key_' || lpad(i::text, 5, '0'),
+SELECT 'ingest_key_' || lpad(i::text, 6, '0'),
        sha256(convert_to('ingest-secret-' || i, 'UTF8')), 'ingest key ' || i
-  FROM generate_series(0, {KEY_COUNT - 1}) AS i;
+  FROM generate_series(0, {keys - 1}) AS i;
 """)
     path = ctx.path("ingest-keys.txt")
     with open(path, "w") as f:
-        for i in range(KEY_COUNT):
-            f.write(f"ingest_key_{i:05d}\n")
+        for i in range(keys):
+            f.write(f"ingest_key_{i:06d}\n")
     return path
 
 
@@ -111,7 +118,10 @@ class AcceptedClock:
 
     def _sample(self):
         while not self.done.is_set():
-            self.samples.append((time.monotonic(), accepted(self.metrics_port)))
+            count = accepted(self.metrics_port)
+            # the time after the scrape: the count is then never newer
+            # than its time, which would make the rate look higher
+            self.samples.append((time.monotonic(), count))
             self.done.wait(self.INTERVAL_S)
 
     def __enter__(self):
@@ -123,12 +133,13 @@ class AcceptedClock:
         self.done.set()
         self.thread.join()
 
-    def busy_seconds(self, final_count):
-        """Seconds from wrk's start to the first sample showing final_count."""
+    def busy(self):
+        """(seconds, count): from wrk's start to the first sample showing
+        the last count sampled, and that count."""
+        last = self.samples[-1][1]
         for t, count in self.samples:
-            if count >= final_count:
-                return t - self.started
-        return self.samples[-1][0] - self.started
+            if count >= last:
+                return t - self.started, count
 
 
 def run_wrk(url, args, seconds, label, max_events):
@@ -225,9 +236,8 @@ def run(ctx, opts):
     broker_cpu = proc_cpu_seconds(broker_pid(ctx)) - broker0
     # Only what was answered while wrk ran counts for the figure; what it
     # left in flight is counted by the collector's check below.
-    after = accepted(metrics_port)
+    busy, after = clock.busy()
     total = settled_accepted(metrics_port)
-    busy = clock.busy_seconds(after)
     events_per_s = (after - before) / busy
     statuses = scrape(metrics_port, "tally_ingest_requests_total")
     log(f"accepted {after - before} events in {busy:.1f} s; now counting them")

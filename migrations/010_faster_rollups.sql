@@ -27,7 +27,8 @@ ALTER TABLE usage_counters SET (fillfactor = 70);
 -- quota_adjustments and calls it.
 CREATE FUNCTION tally_adjusted_limit(plan_limit bigint, adjustment bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN CASE WHEN adjustment IS NULL OR adjustment = 0 THEN greatest(plan_limit, 0)
+RETURN CASE WHEN plan_limit IS NULL THEN 9223372036854775807 -- no limit (as 007's)
+            WHEN adjustment IS NULL OR adjustment = 0 THEN greatest(plan_limit, 0)
             ELSE greatest(least(plan_limit::numeric + adjustment, 9223372036854775807),
                           0)::bigint END;
 
