@@ -44,7 +44,7 @@ check_value GATEWAY_LISTEN "$listen" "^[0-9]{1,5}\$|$address" "host:port or port
 check_value GATEWAY_DEMO_LISTEN "$demo" "$address" "host:port"
 check_value GATEWAY_SOURCE "$source" '^[A-Za-z0-9._-]{1,100}$' "letters, digits, . _ -"
 check_value GATEWAY_KAFKA_TOPIC "$topic" '^[A-Za-z0-9._-]{1,249}$' "a Kafka topic name"
-check_value GATEWAY_KAFKA_BROKERS "$GATEWAY_KAFKA_BROKERS" '^[A-Za-z0-9._:,\[\]-]+$' \
+check_value GATEWAY_KAFKA_BROKERS "$GATEWAY_KAFKA_BROKERS" '^[][A-Za-z0-9._:,-]+$' \
   "host:port,..."
 
 # nginx.conf with the example's lines replaced: each must be there exactly
