@@ -359,22 +359,6 @@ static bool payload_hash(api_request *req, char hex[2 * DIGEST_SHA256_LEN + 1])
 }
 
 /* The signature the request should carry, under `key`; false after replying. */
-/* Whether `name` is one of the ';'-separated names of SignedHeaders (an
- * exact name, not a prefix of a longer one). */
-static bool signed_header_listed(const char *signed_headers, const char *name)
-{
-    size_t n = strlen(name);
-    for (const char *p = signed_headers; *p != '\0';) {
-        size_t len = strcspn(p, ";");
-        if (len == n && strncmp(p, name, n) == 0)
-            return true;
-        p += len;
-        if (*p == ';')
-            p++;
-    }
-    return false;
-}
-
 static bool expected_signature(api_request *req, const char *target, const char *amz_date,
                                const sigv4_authorization *auth, const credential *key,
                                char out[SIGV4_SIGNATURE_HEX + 1])
@@ -430,7 +414,7 @@ bool aws_authenticate(api_request *req, const char *target)
                          "Authorization header requires existence of a 'X-Amz-Date' header.");
         return false;
     }
-    if (!signed_header_listed(auth.signed_headers, "x-amz-date")) {
+    if (!sigv4_header_signed(auth.signed_headers, "x-amz-date")) {
         refuse_signature(req, "IncompleteSignatureException",
                          "'x-amz-date' must be among the signed headers.");
         return false;

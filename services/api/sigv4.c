@@ -71,6 +71,20 @@ static bool parse_credential(const char *text, size_t len, sigv4_authorization *
 }
 
 /* "a;b;c": lower case, sorted, unique, and with host among them. */
+bool sigv4_header_signed(const char *signed_headers, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = signed_headers; *p != '\0';) {
+        size_t len = strcspn(p, ";");
+        if (len == n && strncmp(p, name, n) == 0)
+            return true;
+        p += len;
+        if (*p == ';')
+            p++;
+    }
+    return false;
+}
+
 static bool signed_headers_valid(const char *list)
 {
     const char *previous = NULL;

@@ -44,6 +44,11 @@ bool sigv4_parse_authorization(const char *header, sigv4_authorization *out, cha
 /* Parses X-Amz-Date's basic ISO 8601 form "YYYYMMDDTHHMMSSZ" into usec. */
 bool sigv4_parse_amz_date(const char *text, int64_t *out);
 
+/* Whether `name` is one of the ';'-separated names of a SignedHeaders list:
+ * an exact name, never a prefix of a longer one ("x-amz-date" is not signed
+ * by "x-amz-date-extra"). */
+bool sigv4_header_signed(const char *signed_headers, const char *name);
+
 /* Appends the value of the request header `name` (lower case) to out, as
  * sent; several fields of one name joined by ','. False when the request
  * has no such header (or out is full). */

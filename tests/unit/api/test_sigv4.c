@@ -233,6 +233,20 @@ START_TEST(malformed_authorizations_are_refused)
 }
 END_TEST
 
+START_TEST(signed_header_names_match_exactly)
+{
+    ck_assert(sigv4_header_signed("host;x-amz-date", "x-amz-date"));
+    ck_assert(sigv4_header_signed("x-amz-date;host", "x-amz-date"));
+    ck_assert(sigv4_header_signed("x-amz-date", "x-amz-date"));
+    /* a longer name, a shorter one, a name inside another: not signed */
+    ck_assert(!sigv4_header_signed("host;x-amz-date-extra", "x-amz-date"));
+    ck_assert(!sigv4_header_signed("host;x-amz-dat", "x-amz-date"));
+    ck_assert(!sigv4_header_signed("my-x-amz-date;host", "x-amz-date"));
+    ck_assert(!sigv4_header_signed("", "x-amz-date"));
+    ck_assert(!sigv4_header_signed("host;", "x-amz-date"));
+}
+END_TEST
+
 START_TEST(amz_dates_are_strict)
 {
     int64_t t;
@@ -258,6 +272,7 @@ Suite *api_sigv4_suite(void)
     tcase_add_test(tc, authorization_parts_are_parsed);
     tcase_add_test(tc, malformed_authorizations_are_refused);
     tcase_add_test(tc, amz_dates_are_strict);
+    tcase_add_test(tc, signed_header_names_match_exactly);
     suite_add_tcase(s, tc);
     return s;
 }
