@@ -96,6 +96,13 @@ int64_t leases_refill_want(int64_t holding, int64_t slice)
     return slice - holding;
 }
 
+int64_t leases_topup_want(const leases_topup_state *s)
+{
+    if (!s->recent || s->release_pending || s->period_over || s->empty_lately)
+        return 0;
+    return leases_refill_want(s->holding, leases_slice(s->limit, s->lease_max));
+}
+
 void leases_rate_share(double rate, int64_t burst, int64_t replicas, double *rate_share,
                        int64_t *burst_share)
 {
@@ -424,12 +431,13 @@ static void refill_all(int64_t now)
     size_t todo = 0;
     for (size_t i = 0; work != NULL && i < n; i++) {
         lease *l = L.items[i];
-        int64_t want = leases_refill_want(l->holding, leases_slice(l->limit, L.settings.lease_max));
-        bool recent = l->wanted || l->used_at >= L.last_heartbeat;
-        /* A release not yet reported would set granted = spent and wipe
-         * out a grant made now: no top-up until it has gone through. */
-        if (want == 0 || !recent || l->period_end <= now || l->release ||
-            (l->empty_at != 0 && now - l->empty_at < LEASES_EMPTY_RETRY_USEC))
+        leases_topup_state state = {
+            .holding = l->holding, .limit = l->limit, .lease_max = L.settings.lease_max,
+            .recent = l->wanted || l->used_at >= L.last_heartbeat,
+            .release_pending = l->release, .period_over = l->period_end <= now,
+            .empty_lately = l->empty_at != 0 && now - l->empty_at < LEASES_EMPTY_RETRY_USEC};
+        int64_t want = leases_topup_want(&state);
+        if (want == 0)
             continue;
         lease_work *w = &work[todo++];
         *w = (lease_work){.l = l, .period = l->period, .period_start = l->period_start,

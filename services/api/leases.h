@@ -46,6 +46,18 @@ int64_t leases_slice(int64_t limit, int64_t lease_max);
 /* Units to ask for when `holding` of a `slice` are left: 0 while more
  * than half a slice is held, else what tops it up to a slice. */
 int64_t leases_refill_want(int64_t holding, int64_t slice);
+/* What the heartbeat knows of one lease when it decides on a top-up. */
+typedef struct {
+    int64_t holding, limit, lease_max;
+    bool recent;          /* a request used it since the last heartbeat, or waits now */
+    bool release_pending; /* a give-back not yet written to the table */
+    bool period_over;
+    bool empty_lately;    /* the pool answered nothing moments ago */
+} leases_topup_state;
+/* Units the heartbeat asks for: leases_refill_want's, or 0 when the lease
+ * is idle, its period over, the pool empty lately, or a release pending
+ * (written after a grant, it would set granted = spent and wipe it out). */
+int64_t leases_topup_want(const leases_topup_state *s);
 /* One replica's share of a plan's rate and burst among `replicas` live
  * ones (below 1 counts as 1): rate / N and ceil(burst / N), so the shares
  * add up to the rate and to at most burst + N - 1. */

@@ -46,6 +46,29 @@ START_TEST(refill_tops_up_at_half_a_slice)
 }
 END_TEST
 
+START_TEST(a_pending_release_gets_no_top_up)
+{
+    /* a lease at 100 of a 1,000-unit slice (quota 200,000), used lately */
+    leases_topup_state s = {.holding = 100, .limit = 200000, .lease_max = 1000,
+                            .recent = true};
+    ck_assert_int_eq(leases_topup_want(&s), 900);
+    s.release_pending = true;
+    ck_assert_int_eq(leases_topup_want(&s), 0);
+    s.release_pending = false;
+    s.period_over = true;
+    ck_assert_int_eq(leases_topup_want(&s), 0);
+    s.period_over = false;
+    s.empty_lately = true;
+    ck_assert_int_eq(leases_topup_want(&s), 0);
+    s.empty_lately = false;
+    s.recent = false;
+    ck_assert_int_eq(leases_topup_want(&s), 0);
+    s.recent = true;
+    s.holding = 600; /* more than half a slice held */
+    ck_assert_int_eq(leases_topup_want(&s), 0);
+}
+END_TEST
+
 START_TEST(rate_shares_add_up_to_the_plan)
 {
     double rate;
@@ -79,6 +102,7 @@ Suite *api_leases_suite(void)
     tcase_add_test(tc, slice_bounds_the_overshoot_at_half_a_percent_or_ten);
     tcase_add_test(tc, refill_tops_up_at_half_a_slice);
     tcase_add_test(tc, rate_shares_add_up_to_the_plan);
+    tcase_add_test(tc, a_pending_release_gets_no_top_up);
     suite_add_tcase(s, tc);
     return s;
 }
