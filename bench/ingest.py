@@ -32,10 +32,6 @@ TOPIC = "usage-events"
 # (half its retention) covers; more partitions (--events) get more keys.
 KEYS_PER_PARTITION = 80
 MIN_KEYS = 10_000
-
-
-def key_count(partitions):
-    return max(MIN_KEYS, KEYS_PER_PARTITION * partitions)
 BATCH = 100
 TOKEN = "bench-ingest-token-6c1d9e"
 WRK_THREADS = 2
@@ -48,6 +44,10 @@ RUN_SECONDS = 15
 WARMUP_SHARE = 0.1
 TARGET_EVENTS_PER_S = 50_000
 WRK_SCRIPT = os.path.join(REPO, "bench", "ingest.lua")
+
+
+def key_count(partitions):
+    return max(MIN_KEYS, KEYS_PER_PARTITION * partitions)
 
 
 def seed_keys(ctx):
@@ -118,7 +118,10 @@ class AcceptedClock:
 
     def _sample(self):
         while not self.done.is_set():
-            count = accepted(self.metrics_port)
+            try:
+                count = accepted(self.metrics_port)
+            except OSError:  # a slow answer: the next sample will do
+                continue
             # the time after the scrape: the count is then never newer
             # than its time, which would make the rate look higher
             self.samples.append((time.monotonic(), count))
@@ -136,6 +139,8 @@ class AcceptedClock:
     def busy(self):
         """(seconds, count): from wrk's start to the first sample showing
         the last count sampled, and that count."""
+        if not self.samples:
+            raise BenchError("no /metrics sample from tally-ingest during the run")
         last = self.samples[-1][1]
         for t, count in self.samples:
             if count >= last:
