@@ -121,6 +121,7 @@ class AcceptedClock:
             try:
                 count = accepted(self.metrics_port)
             except OSError:  # a slow answer: the next sample will do
+                self.done.wait(self.INTERVAL_S)
                 continue
             # the time after the scrape: the count is then never newer
             # than its time, which would make the rate look higher
