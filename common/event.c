@@ -349,3 +349,12 @@ event_error event_parse_jansson(const char *payload, size_t len, const event_lim
         return err;
     return finish(parse_with_jansson(payload, len, limits, out, msg, msg_size), msg, msg_size);
 }
+
+bool usage_event_equal(const usage_event *a, const usage_event *b)
+{
+    return strcmp(a->id, b->id) == 0 && strcmp(a->source, b->source) == 0 &&
+           strcmp(a->type, b->type) == 0 && strcmp(a->subject, b->subject) == 0 &&
+           strcmp(a->method, b->method) == 0 && strcmp(a->endpoint, b->endpoint) == 0 &&
+           a->time_usec == b->time_usec && a->status == b->status && a->units == b->units &&
+           a->bytes == b->bytes;
+}

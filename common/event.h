@@ -73,5 +73,8 @@ event_error event_parse(const char *payload, size_t len, const event_limits *lim
  * differential fuzz target and the unit tests compare event_parse with. */
 event_error event_parse_jansson(const char *payload, size_t len, const event_limits *limits,
                                 usage_event *out, char *msg, size_t msg_size);
+/* Whether two parsed events hold the same fields: how the unit tests and
+ * the fuzz targets check that two parses of one payload agree. */
+bool usage_event_equal(const usage_event *a, const usage_event *b);
 
 #endif
