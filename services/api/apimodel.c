@@ -26,10 +26,7 @@ bool apimodel_valid_id(const char *text)
     return apiroute_valid_id(text, strlen(text));
 }
 
-/* Copies a JSON string member into `out` after checking its length (bytes)
- * and characters: no control characters, except tab and newline when
- * `multiline`. */
-static bool take_string(const json_t *value, const char *field, size_t min, size_t max,
+bool apimodel_take_string(const json_t *value, const char *field, size_t min, size_t max,
                         bool multiline, char *out, apimodel_error *err)
 {
     if (!json_is_string(value))
@@ -343,21 +340,19 @@ static bool apply_nullable(const json_t *value, const char *field, size_t max, b
         out[0] = '\0';
         return true;
     }
-    if (!take_string(value, field, 1, max, false, out, err))
+    if (!apimodel_take_string(value, field, 1, max, false, out, err))
         return false;
     *has = true;
     return true;
 }
 
-/* A description: text of 0..APIMODEL_DESCRIPTION_MAX bytes over any number
- * of lines; null empties it. */
-static bool apply_description(const json_t *value, char *out, apimodel_error *err)
+bool apimodel_apply_description(const json_t *value, char *out, apimodel_error *err)
 {
     if (json_is_null(value)) {
         out[0] = '\0';
         return true;
     }
-    return take_string(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true, out, err);
+    return apimodel_take_string(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true, out, err);
 }
 
 /* The refusal of a member `name` that a body of `kinds` ("plans", "keys")
@@ -443,11 +438,11 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
     json_object_foreach((json_t *)body, name, value) {
         bool is_null = json_is_null(value);
         if (strcmp(name, "name") == 0) {
-            if (!take_string(value, "name", 1, APIMODEL_NAME_MAX, false, plan->name, err))
+            if (!apimodel_take_string(value, "name", 1, APIMODEL_NAME_MAX, false, plan->name, err))
                 return false;
             seen_name = true;
         } else if (strcmp(name, "description") == 0) {
-            if (!apply_description(value, plan->description, err))
+            if (!apimodel_apply_description(value, plan->description, err))
                 return false;
         } else if (strcmp(name, "quota") == 0) {
             if (is_null) {
@@ -474,7 +469,7 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
         } else if (strcmp(name, "stripeMeterEventName") == 0) {
             if (is_null)
                 plan->has_meter = false;
-            else if (!take_string(value, "stripeMeterEventName", 1, APIMODEL_METER_MAX, false,
+            else if (!apimodel_take_string(value, "stripeMeterEventName", 1, APIMODEL_METER_MAX, false,
                                   plan->meter, err))
                 return false;
             else
@@ -509,10 +504,10 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
     json_t *value;
     json_object_foreach((json_t *)body, name, value) {
         if (strcmp(name, "name") == 0) {
-            if (!take_string(value, "name", 0, APIMODEL_NAME_MAX, false, key->name, err))
+            if (!apimodel_take_string(value, "name", 0, APIMODEL_NAME_MAX, false, key->name, err))
                 return false;
         } else if (strcmp(name, "description") == 0) {
-            if (!apply_description(value, key->description, err))
+            if (!apimodel_apply_description(value, key->description, err))
                 return false;
         } else if (strcmp(name, "customerId") == 0) {
             if (!apply_nullable(value, "customerId", APIMODEL_CUSTOMER_ID_MAX,
@@ -531,7 +526,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 return apimodel_fail(err, "invalid_field", "enabled must be true or false");
             key->enabled = json_is_true(value);
         } else if (creating && strcmp(name, "value") == 0) {
-            if (!take_string(value, "value", APIMODEL_VALUE_MIN, APIMODEL_VALUE_MAX, false,
+            if (!apimodel_take_string(value, "value", APIMODEL_VALUE_MIN, APIMODEL_VALUE_MAX, false,
                              key->value, err))
                 return false;
             for (const char *c = key->value; *c; c++) {
@@ -545,7 +540,7 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 key->has_plan_id = false;
                 continue;
             }
-            if (!take_string(value, "planId", 1, APIMODEL_ID_MAX, false, key->plan_id, err))
+            if (!apimodel_take_string(value, "planId", 1, APIMODEL_ID_MAX, false, key->plan_id, err))
                 return false;
             if (!apimodel_valid_id(key->plan_id))
                 return apimodel_fail(err, "invalid_field", "planId is not a valid id");

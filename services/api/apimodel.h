@@ -43,6 +43,15 @@ typedef struct {
 bool apimodel_fail(apimodel_error *err, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* Copies a JSON string member into `out` after checking its length (bytes)
+ * and characters: no control characters, except tab and line breaks when
+ * `multiline`. */
+bool apimodel_take_string(const json_t *value, const char *field, size_t min, size_t max,
+                          bool multiline, char *out, apimodel_error *err);
+/* A description: text of 0..APIMODEL_DESCRIPTION_MAX bytes over any number
+ * of lines; null empties it. `out` holds APIMODEL_DESCRIPTION_MAX + 1. */
+bool apimodel_apply_description(const json_t *value, char *out, apimodel_error *err);
+
 typedef struct {
     double rate_limit;    /* requests per second, >= 0 */
     int64_t burst_limit;  /* 0..APIMODEL_BURST_MAX */

@@ -99,33 +99,12 @@ static bool apply_event_types(webhook_endpoint *endpoint, const json_t *value,
     return true;
 }
 
-/* A string member within [min, max] bytes, without control characters
- * (but tab and line breaks when `multiline`). */
-static bool take_text(const json_t *value, const char *field, size_t min, size_t max,
-                      bool multiline, char *out, apimodel_error *err)
-{
-    if (!json_is_string(value))
-        return apimodel_fail(err, "invalid_field", "%s must be a string", field);
-    size_t len = json_string_length(value);
-    const char *text = json_string_value(value);
-    if (len < min || len > max)
-        return apimodel_fail(err, "invalid_field", "%s must be %zu to %zu bytes long", field, min,
-                             max);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (c == 0x7f || (c < 0x20 && !(multiline && (c == '\t' || c == '\n' || c == '\r'))))
-            return apimodel_fail(err, "invalid_field", "%s contains a control character", field);
-    }
-    memcpy(out, text, len + 1);
-    return true;
-}
-
 static bool apply_member(webhook_endpoint *endpoint, const char *name, const json_t *value,
                          apimodel_error *err)
 {
     if (strcmp(name, "url") == 0) {
         char url[WEBHOOK_URL_MAX + 1];
-        if (!take_text(value, "url", 1, WEBHOOK_URL_MAX, false, url, err) ||
+        if (!apimodel_take_string(value, "url", 1, WEBHOOK_URL_MAX, false, url, err) ||
             !webhookmodel_url_valid(url, err))
             return false;
         memcpy(endpoint->url, url, strlen(url) + 1);
@@ -133,14 +112,8 @@ static bool apply_member(webhook_endpoint *endpoint, const char *name, const jso
     }
     if (strcmp(name, "eventTypes") == 0)
         return apply_event_types(endpoint, value, err);
-    if (strcmp(name, "description") == 0) {
-        if (json_is_null(value)) {
-            endpoint->description[0] = '\0';
-            return true;
-        }
-        return take_text(value, "description", 0, APIMODEL_DESCRIPTION_MAX, true,
-                         endpoint->description, err);
-    }
+    if (strcmp(name, "description") == 0)
+        return apimodel_apply_description(value, endpoint->description, err);
     if (strcmp(name, "enabled") == 0) {
         if (!json_is_boolean(value))
             return apimodel_fail(err, "invalid_field", "enabled must be true or false");
