@@ -210,6 +210,16 @@ class Context:
     def path(self, *parts):
         return os.path.join(self.dir, *parts)
 
+    def readable_dir(self, name):
+        """A new directory `name` in the stack's directory, both readable by
+        everyone: nginx started as root runs its workers as nobody, and they
+        must reach the configuration and files kept there."""
+        path = self.path(name)
+        os.makedirs(path)
+        os.chmod(self.dir, 0o755)
+        os.chmod(path, 0o755)
+        return path
+
     def bin(self, name):
         return os.path.join(self.bin_dir, name)
 

@@ -138,10 +138,7 @@ def run(ctx, opts):
     fig = Figures("gateway: nginx auth_request to Tally vs plain nginx; usage freshness")
     started = time.monotonic()
     registry = lib.Registry()
-    tmp = ctx.path("gateway")
-    os.makedirs(tmp)
-    os.chmod(ctx.dir, 0o755)
-    os.chmod(tmp, 0o755)
+    tmp = ctx.readable_dir("gateway")
     try:
         api = gw.Api(registry, tmp, opts.bin, ctx.database_url, refresh_ms=1000)
         reader = gw.Api(registry, tmp, opts.bin, ctx.database_url, refresh_ms=1000,

@@ -49,10 +49,7 @@ def run(ctx, opts):
     fig = Figures("replicas: one key's quota and rate shared by tally-api replicas")
     started = time.monotonic()
     registry = lib.Registry()
-    tmp = ctx.path("replicas")
-    os.makedirs(tmp)
-    os.chmod(ctx.dir, 0o755)
-    os.chmod(tmp, 0o755)
+    tmp = ctx.readable_dir("replicas")
     try:
         db = ctx.database_url
         alone = suite.Replica(registry, tmp, opts.bin, db, "alone", shared=False)
