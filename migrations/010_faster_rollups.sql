@@ -23,23 +23,14 @@ ALTER TABLE usage_counters SET (fillfactor = 70);
 -- every threshold compared. tally_adjusted_limit is the adjustment rule
 -- alone (plan limit + adjustment, never below 0, saturating at the bigint
 -- maximum, as keycache_adjusted_limit() in tally-api);
--- tally_key_limit_in_force now uses it, and the alert statement joins
--- quota_adjustments and calls it.
+-- the alert statement joins quota_adjustments and calls it, and
+-- tally_key_limit_in_force, which nothing calls any more, is dropped.
 CREATE FUNCTION tally_adjusted_limit(plan_limit bigint, adjustment bigint) RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN plan_limit IS NULL THEN 9223372036854775807 -- no limit (as 007's)
             WHEN adjustment IS NULL OR adjustment = 0 THEN greatest(plan_limit, 0)
             ELSE greatest(least(plan_limit::numeric + adjustment, 9223372036854775807),
                           0)::bigint END;
-
-CREATE OR REPLACE FUNCTION tally_key_limit_in_force(key_id text, plan_limit bigint, period text,
-                                                    start timestamptz) RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE
-RETURN tally_adjusted_limit(plan_limit,
-                            (SELECT a.adjustment FROM quota_adjustments a
-                              WHERE a.key_id = tally_key_limit_in_force.key_id
-                                AND a.period = tally_key_limit_in_force.period
-                                AND a.period_start = start));
 
 CREATE OR REPLACE FUNCTION tally_raise_quota_alerts(key_ids text[], periods text[],
                                          period_starts timestamptz[], old_units bigint[],
@@ -95,3 +86,5 @@ LANGUAGE sql VOLATILE AS $$
         RETURNING 1)
     SELECT count(*) FROM raised
 $$;
+
+DROP FUNCTION tally_key_limit_in_force(text, bigint, text, timestamptz);
