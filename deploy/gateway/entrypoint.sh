@@ -20,9 +20,6 @@ set -euo pipefail
 : "${GATEWAY_KAFKA_BROKERS:?set GATEWAY_KAFKA_BROKERS (host:port,...)}"
 state=${GATEWAY_STATE_DIR:-/var/lib/tally-gateway}
 conf=/tmp/tally-gateway-nginx
-mkdir -p "$state/logs" "$state/temp" "$state/rsyslog" "$conf"
-cp /etc/tally-gateway/nginx/*.conf "$conf/"
-
 # Each value goes into nginx's or rsyslog's configuration as text, so it
 # must be what its name says and nothing more: a quote, a semicolon, a `$`
 # or a newline would add directives (say `auth_request off;`) or variables.
@@ -46,6 +43,9 @@ check_value GATEWAY_SOURCE "$source" '^[A-Za-z0-9._-]{1,100}$' "letters, digits,
 check_value GATEWAY_KAFKA_TOPIC "$topic" '^[A-Za-z0-9._-]{1,249}$' "a Kafka topic name"
 check_value GATEWAY_KAFKA_BROKERS "$GATEWAY_KAFKA_BROKERS" '^[][A-Za-z0-9._:,-]+$' \
   "host:port,..."
+
+mkdir -p "$state/logs" "$state/temp" "$state/rsyslog" "$conf"
+cp /etc/tally-gateway/nginx/*.conf "$conf/"
 
 # nginx.conf with the example's lines replaced: each must be there exactly
 # as written (a recipe edited without this script would otherwise start with

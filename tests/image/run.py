@@ -587,14 +587,40 @@ def gateway_oneshot(ctx, program, *args, env=(), volume=None, workdir="/"):
     return rc, (out + err).strip()
 
 
+# Values a hostile or careless environment could hand the entrypoint: each
+# would change nginx's or rsyslog's configuration if pasted in as text.
+HOSTILE_GATEWAY_VALUES = [
+    ("GATEWAY_SOURCE", 'gw";auth_request off;#'),
+    ("GATEWAY_SOURCE", "$host"),
+    ("GATEWAY_SOURCE", "gw\nauth_request off;"),
+    ("GATEWAY_TALLY_API", "api:8080; }"),
+    ("GATEWAY_LISTEN", "8000 reuseport"),
+    ("GATEWAY_DEMO_LISTEN", "127.0.0.1:8001;"),
+    ("GATEWAY_KAFKA_TOPIC", "usage events"),
+    ("GATEWAY_KAFKA_BROKERS", 'kafka:9092"]'),
+]
+
+
+def gateway_refuses_bad_values(ctx):
+    """The entrypoint exits 2, naming the variable, before nginx or rsyslog
+    reads anything, for every value that is not a plain address or name."""
+    for name, value in HOSTILE_GATEWAY_VALUES:
+        env = ["GATEWAY_KAFKA_BROKERS=127.0.0.1:9092", "%s=%s" % (name, value)]
+        rc, out = gateway_oneshot(ctx, "/usr/local/bin/tally-gateway", env=env)
+        check(rc == 2 and ("%s=" % name) in out and "is not valid" in out,
+              "%s=%r: exit %d, %r" % (name, value, rc, out))
+    return "%d hostile values refused with exit 2" % len(HOSTILE_GATEWAY_VALUES)
+
+
 def stop_gateway(ctx):
     took = ctx.gateway.stop()
     # Its healthcheck, run again now that nobody answers on its port, fails.
     rc, out = gateway_oneshot(ctx, "tally-gateway-healthcheck",
                               env=["GATEWAY_LISTEN=127.0.0.1:%d" % ctx.gateway_port])
     check(rc == 1 and "unhealthy" in out, "stopped gateway's healthcheck: %d %r" % (rc, out))
-    # rsyslog stopped cleanly: it saved its read position in the volume (only
-    # a clean stop writes it), at the end of the usage log.
+    # rsyslog stopped cleanly: it saved its read position in the volume at
+    # the end of the usage log (imfile may write the file earlier too, so
+    # only the offset tells a clean stop).
     rc, out = gateway_oneshot(ctx, "bash", "-c", "stat -c %s logs/tally-usage.log; "
                               "cat rsyslog/imfile-state:*", volume=ctx.gateway_volume,
                               workdir="/var/lib/tally-gateway")
@@ -634,6 +660,7 @@ def main():
              ("healthchecks_fail_honestly", healthchecks_fail_honestly),
              ("gateway_start", start_gateway), ("gateway_enforces", gateway_enforces),
              ("gateway_counts", gateway_counts), ("gateway_stop", stop_gateway),
+             ("gateway_refuses_bad_values", gateway_refuses_bad_values),
              ("stop_cleanly", stop_cleanly)]
     if not args.no_build:
         steps.insert(0, ("build", lambda c: build(c, tmp)))
