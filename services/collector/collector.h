@@ -1,8 +1,9 @@
 /* The collector's shared state: its settings, metrics, the batches and the
  * collector itself, and the functions its modules offer one another.
  *   batch.c   - a batch: staged events, rejects, offsets, poison;
- *   writer.c  - writing a batch: unknown keys, DLQ, the two-phase
- *               transaction, offsets; pausing and retrying;
+ *   writer.c  - the writers: writing a batch (unknown keys, DLQ, the
+ *               two-phase transaction); pausing and retrying;
+ *   offsets.c - Kafka offsets, committed in consumption order;
  *   poison.c  - a batch the database refuses: isolating the events at
  *               fault and dead-lettering them;
  *   kafka.c   - the consumer, the DLQ producer, the poison reader, lag;
@@ -50,6 +51,7 @@ typedef struct {
     const char *assignment_strategy;
     long long batch_max_events;
     long long batch_max_wait_ms;
+    long long writers;
     long long fetch_wait_ms; /* librdkafka's fetch.wait.max.ms */
     long long lateness_days;
     long long max_event_bytes;
@@ -135,33 +137,58 @@ typedef struct {
     bool dlq_done;            /* rejects published and confirmed */
 } batch;
 
-/* Two batches alternate: one fills from Kafka while the other is written,
- * so parsing and the database work overlap (and under load each write
- * takes all that arrived during the previous one). */
+/* At most this many database connections write batches at once
+ * (TALLY_WRITERS). */
+#define WRITERS_MAX 8
+/* Batches handed to writers whose Kafka offsets are not committed yet, at
+ * most: a batch that commits before its predecessors waits for them. */
+#define ACKS_MAX (2 * WRITERS_MAX)
+
+/* One database connection and the batch it writes. Writers work at once,
+ * each its own transaction, so batches may commit out of order: the
+ * deduplication record makes that safe (main.c), and offsets.c commits
+ * Kafka offsets in consumption order all the same. */
+typedef struct {
+    int index;                /* for logs */
+    store *db;
+    batch *batch;             /* being written; NULL when idle */
+    uint64_t seq;             /* the batch's place in consumption order */
+    bool sent;                /* an exchange is in flight (else it waits to retry) */
+    bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
+    uint64_t counted;         /* new events found by phase A */
+    int64_t started;          /* this attempt */
+    int64_t since;            /* when the batch was handed over */
+    int64_t retry_at;         /* after a failure (0: none) */
+    int64_t backoff_usec;
+} writer;
+
+/* A handed-over batch's offsets, kept until every earlier batch is written. */
+typedef struct {
+    bool written;
+    partition_mark *marks;
+    size_t count, cap;
+} pending_ack;
+
 typedef struct {
     const collector_config *cfg;
     collector_metrics m;
     rd_kafka_t *consumer;
     rd_kafka_t *dlq;
-    store *db;
     keyplans *keys;
-    batch batches[2];
+    writer writers[WRITERS_MAX];
+    int writer_count;
+    batch batches[WRITERS_MAX + 1]; /* one filling, one per writer */
     batch *filling;
-    batch *writing;           /* NULL when no batch is being written */
-    bool writing_sent;        /* an exchange is in flight (else it waits to retry) */
-    bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
-    uint64_t writing_counted; /* new events found by phase A */
+    uint64_t next_seq;        /* the next batch handed over gets this */
+    uint64_t acked_seq;       /* the oldest batch whose offsets are not committed */
+    pending_ack acks[ACKS_MAX];
     buf hourly[ROLLUP_HOURLY_COLUMNS];
     buf counters[ROLLUP_COUNTER_COLUMNS];
-    int64_t writing_started;
-    int64_t writing_since;    /* when the batch being written was handed over (0: none) */
     event_limits limits;
     bool paused;
     bool synchronous_commit;  /* during a revocation: commit offsets before returning */
     bool caught_up;           /* the last poll found no message waiting */
     bool ever_assigned;       /* the group has given this instance an assignment */
-    int64_t retry_at;
-    int64_t backoff_usec;
     int dlq_failures;         /* delivery failures seen by the DLQ producer */
 } collector;
 
@@ -194,15 +221,33 @@ bool dlq_produce(collector *c, const rd_kafka_message_t *m, event_error code,
                  const char *reason, char *err, size_t err_size);
 bool dlq_confirm(collector *c, char *err, size_t err_size);
 void set_paused(collector *c, bool paused, pause_reason reason);
-void write_failed(collector *c, pause_reason reason, const char *err);
-void write_done(collector *c, uint64_t counted);
-void write_start(collector *c);
-void write_poll(collector *c, bool wait);
-void write_next(collector *c);
+void write_failed(collector *c, writer *w, pause_reason reason, const char *err);
+void write_done(collector *c, writer *w, uint64_t counted);
+void write_start(collector *c, writer *w);
+/* A writer that can take the filling batch now, or NULL. */
+writer *idle_writer(collector *c);
+/* Hands the filling batch to `w` (from idle_writer). */
+void write_next(collector *c, writer *w);
+/* Whether any writer has an exchange in flight. */
+bool writers_busy(const collector *c);
+/* Waits up to timeout_ms for any writer's database answer, then advances
+ * every writer in flight (never one alone: a transaction may wait for
+ * another writer's, which only moves on when it is served). */
+void writers_poll(collector *c, int timeout_ms);
+/* Writes everything consumed so far, synchronously, one attempt per batch.
+ * True when nothing is left unwritten. */
 bool write_all_now(collector *c);
 
+/* ---- offsets.c ---- */
+/* Batch `seq` (a writer's) is in the database: its offsets are committed
+ * once every batch handed over before it is too. */
+void offsets_written(collector *c, uint64_t seq, const batch *b);
+/* Whether another batch may be handed over (ACKS_MAX not reached). */
+bool offsets_room(const collector *c);
+void offsets_free(collector *c);
+
 /* ---- poison.c ---- */
-void write_isolating(collector *c, const char *why);
+void write_isolating(collector *c, writer *w, const char *why);
 
 /* ---- kafka.c ---- */
 rd_kafka_t *make_consumer(collector *c);

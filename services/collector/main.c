@@ -15,7 +15,15 @@
  * seeking on assignment because the deduplication record already makes
  * replays harmless; it keeps Kafka the single source of consumer positions
  * (standard tooling shows the lag) and rebalances need no database round
- * trip. The price of a replay is only the work of re-reading a batch. */
+ * trip. The price of a replay is only the work of re-reading a batch.
+ *
+ * Several writers (TALLY_WRITERS connections) write batches at once, so
+ * PostgreSQL works on more than one core. Their transactions may commit in
+ * any order, and the guarantee holds: an event in two batches at once is
+ * recorded by whichever commits first and is a duplicate to the other
+ * (the second INSERT waits for the first transaction's row); offsets are
+ * still committed in consumption order (offsets.c), so Kafka's committed
+ * offset never passes a batch that is not in the database. */
 #include <librdkafka/rdkafka.h>
 #include <malloc.h>
 #include <libpq-fe.h>
@@ -60,6 +68,9 @@ static const cfg_setting settings[] = {
      false, false, 1, 200,
      "...or, when no more events are waiting, once its first event is this old; "
      "under sustained load batches fill up instead, for at most 1 s"},
+    {"TALLY_WRITERS", "writers", CFG_INT, &config.writers, "2", false, false, 1, WRITERS_MAX,
+     "database connections writing batches at once, each its own transaction (more use more "
+     "of PostgreSQL's cores; batches then commit out of order, offsets still in order)"},
     {"TALLY_FETCH_WAIT_MS", "fetch-wait-ms", CFG_INT, &config.fetch_wait_ms, "10", false, false,
      1, 500,
      "how long the broker may hold a fetch that finds no new events (fetch.wait.max.ms); "
@@ -200,7 +211,7 @@ static void refresh_keys(collector *c)
     char err[512];
     if (fresh == NULL)
         return;
-    if (!store_load_keys(c->db, fresh, err, sizeof err)) {
+    if (!store_load_keys(c->writers[0].db, fresh, err, sizeof err)) {
         log_warn("key cache not refreshed: %s", err);
         keyplans_free(fresh);
         return;
@@ -214,12 +225,52 @@ static void maintain_partitions(collector *c)
 {
     int created = 0, dropped = 0;
     char err[512];
-    if (store_maintain_partitions(c->db, &created, &dropped, err, sizeof err)) {
+    if (store_maintain_partitions(c->writers[0].db, &created, &dropped, err, sizeof err)) {
         if (created || dropped)
             log_info("event_ids partitions: %d created, %d expired ones dropped", created, dropped);
     } else {
         log_warn("%s", err);
     }
+}
+
+/* How long the longest-waiting handed-over batch has waited to be written. */
+static int64_t longest_wait_usec(const collector *c, int64_t now)
+{
+    int64_t longest = 0;
+    for (int i = 0; i < c->writer_count; i++) {
+        const writer *w = &c->writers[i];
+        if (w->batch != NULL && now - w->since > longest)
+            longest = now - w->since;
+    }
+    return longest;
+}
+
+/* Starts again each failed write whose backoff has passed; returns the
+ * earliest retry still to come (0: none). */
+static int64_t retry_writers(collector *c, int64_t now)
+{
+    int64_t next = 0;
+    for (int i = 0; i < c->writer_count; i++) {
+        writer *w = &c->writers[i];
+        if (w->batch == NULL || w->sent)
+            continue;
+        if (now >= w->retry_at)
+            write_start(c, w);
+        else if (next == 0 || w->retry_at < next)
+            next = w->retry_at;
+    }
+    return next;
+}
+
+/* Events consumed but not yet in the database. */
+static size_t unwritten_events(const collector *c)
+{
+    size_t events = c->filling->consumed;
+    for (int i = 0; i < c->writer_count; i++) {
+        if (c->writers[i].batch != NULL)
+            events += c->writers[i].batch->consumed;
+    }
+    return events;
 }
 
 int main(int argc, char **argv)
@@ -253,18 +304,28 @@ int main(int argc, char **argv)
     /* A full batch, plus what may still arrive while consumption is paused
      * (bounded by queued.max.messages.kbytes). */
     size_t capacity = (size_t)config.batch_max_events + BATCH_SPILL_EVENTS;
-    if (!batch_init(&c.batches[0], capacity) || !batch_init(&c.batches[1], capacity)) {
-        log_error("out of memory");
-        return 1;
+    c.writer_count = (int)config.writers;
+    for (int i = 0; i <= c.writer_count; i++) {
+        if (!batch_init(&c.batches[i], capacity)) {
+            log_error("out of memory");
+            return 1;
+        }
     }
     c.filling = &c.batches[0];
+    for (int i = 0; i < c.writer_count; i++) {
+        c.writers[i].index = i;
+        c.writers[i].db = store_new(config.database_url, (int)config.lateness_days);
+        if (c.writers[i].db == NULL) {
+            log_error("out of memory");
+            return 1;
+        }
+    }
     for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)
         buf_init(&c.hourly[i], 256u << 20);
     for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
         buf_init(&c.counters[i], 256u << 20);
     c.limits.lateness_usec = config.lateness_days * USEC_PER_DAY;
     c.limits.max_bytes = (size_t)config.max_event_bytes;
-    c.db = store_new(config.database_url, (int)config.lateness_days);
     c.keys = keyplans_new();
     ops_server *ops = ops_start(config.metrics_addr, health, err, sizeof err);
     if (ops == NULL) {
@@ -273,7 +334,7 @@ int main(int argc, char **argv)
     }
     /* The database must be reachable once before consuming anything. */
     for (int64_t backoff = 100000; !stopsignal_requested();) {
-        if (store_ensure_connected(c.db, err, sizeof err))
+        if (store_ensure_connected(c.writers[0].db, err, sizeof err))
             break;
         log_warn("%s; retrying in %lld ms", err, (long long)(backoff / 1000));
         usleep((useconds_t)backoff);
@@ -293,9 +354,10 @@ int main(int argc, char **argv)
         ops_stop(ops);
         return 1;
     }
-    log_info("consuming %s as group %s from %s (batches of up to %lld events or %lld ms)",
+    log_info("consuming %s as group %s from %s (batches of up to %lld events or %lld ms, %d "
+             "writers)",
              config.kafka_topic, config.kafka_group, config.kafka.brokers, config.batch_max_events,
-             config.batch_max_wait_ms);
+             config.batch_max_wait_ms, c.writer_count);
 
     int64_t next_key_refresh = time_now_usec() + config.key_refresh_ms * 1000;
     int64_t next_maintenance = time_now_usec() + 3600 * USEC_PER_SEC;
@@ -305,18 +367,17 @@ int main(int argc, char **argv)
         int64_t now = time_now_usec();
         /* Checking the database costs a system call: while messages keep
          * coming, do it every half millisecond rather than per message. */
-        if (c.writing_sent && (c.caught_up || now - last_db_check >= 500)) {
-            write_poll(&c, false);
+        if (writers_busy(&c) && (c.caught_up || now - last_db_check >= 500)) {
+            writers_poll(&c, 0);
             last_db_check = now;
         }
         last_loop_at = (sig_atomic_t)(now / USEC_PER_SEC);
-        stalled_seconds = (sig_atomic_t)(c.writing ? (now - c.writing_since) / USEC_PER_SEC : 0);
+        stalled_seconds = (sig_atomic_t)(longest_wait_usec(&c, now) / USEC_PER_SEC);
         metrics_set(c.m.stalled_seconds, (double)stalled_seconds);
-        if (c.writing && !c.writing_sent && now >= c.retry_at)
-            write_start(&c);
-        if (c.writing == NULL) {
-            /* The connection is idle between writes: the moment for the
-             * periodic work that needs it. */
+        int64_t retry_at = retry_writers(&c, now);
+        if (c.writers[0].batch == NULL) {
+            /* Writer 0's connection is idle between writes: the moment for
+             * the periodic work that needs one. */
             if (now >= next_key_refresh) {
                 refresh_keys(&c);
                 next_key_refresh = now + config.key_refresh_ms * 1000;
@@ -334,21 +395,23 @@ int main(int argc, char **argv)
         int64_t age = now - f->first_at;
         bool due = !batch_empty(f) &&
                    ((age >= config.batch_max_wait_ms * 1000 && c.caught_up) || age >= USEC_PER_SEC);
-        if (c.writing == NULL && (full || due)) {
-            write_next(&c);
+        writer *idle = full || due ? idle_writer(&c) : NULL;
+        if (idle != NULL) {
+            write_next(&c, idle);
             continue;
         }
-        if (full && c.writing && c.writing_sent) {
-            /* Both batches busy: wait for the database (heartbeats go on in
+        bool busy = writers_busy(&c);
+        if (full && busy) {
+            /* Every writer busy: wait for the database (heartbeats go on in
              * librdkafka's background thread). */
-            write_poll(&c, true);
+            writers_poll(&c, 100);
             continue;
         }
         int timeout_ms;
-        if (c.writing && c.writing_sent)
-            timeout_ms = 1; /* check the statement in flight often */
-        else if (c.writing)
-            timeout_ms = (int)((c.retry_at - now) / 1000);
+        if (busy)
+            timeout_ms = 1; /* check the statements in flight often */
+        else if (retry_at != 0)
+            timeout_ms = (int)((retry_at - now) / 1000);
         else if (!batch_empty(f))
             timeout_ms = (int)((f->first_at + config.batch_max_wait_ms * 1000 - now) / 1000);
         else
@@ -384,12 +447,11 @@ int main(int argc, char **argv)
 
     /* SIGTERM: finish the batches (a few tries while the database answers),
      * then leave the group cleanly. */
-    log_info("stopping: writing the last %zu events",
-             c.filling->consumed + (c.writing ? c.writing->consumed : 0));
+    log_info("stopping: writing the last %zu events", unwritten_events(&c));
     c.synchronous_commit = true;
     for (int attempt = 0; attempt < 20 && !write_all_now(&c); attempt++)
         usleep(250 * 1000);
-    if (c.writing || !batch_empty(c.filling))
+    if (unwritten_events(&c) > 0)
         log_warn("exiting with events not written; they are read again on restart");
     bool closable =
         c.ever_assigned || strcmp(config.assignment_strategy, "cooperative-sticky") != 0;
@@ -399,14 +461,16 @@ int main(int argc, char **argv)
     }
     rd_kafka_flush(c.dlq, 5000);
     rd_kafka_destroy(c.dlq);
-    batch_destroy(&c.batches[0]);
-    batch_destroy(&c.batches[1]);
+    for (int i = 0; i <= c.writer_count; i++)
+        batch_destroy(&c.batches[i]);
+    offsets_free(&c);
     for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)
         buf_free(&c.hourly[i]);
     for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
         buf_free(&c.counters[i]);
     keyplans_free(c.keys);
-    store_free(c.db);
+    for (int i = 0; i < c.writer_count; i++)
+        store_free(c.writers[i].db);
     ops_stop(ops);
     if (!closable) {
         /* librdkafka 2.0.2 (Debian 12) aborts in

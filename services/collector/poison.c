@@ -20,10 +20,10 @@
 
 typedef enum { PART_WRITTEN, PART_REFUSED, PART_FAILED } part_outcome;
 
-static part_outcome part_refused(collector *c, event_error *code)
+static part_outcome part_refused(writer *w, event_error *code)
 {
-    store_error_kind kind = store_last_error(c->db);
-    store_rollback(c->db);
+    store_error_kind kind = store_last_error(w->db);
+    store_rollback(w->db);
     if (kind == STORE_ERROR_TRANSIENT)
         return PART_FAILED;
     *code = kind == STORE_ERROR_OVERFLOW ? EVENT_ERR_COUNTER_OVERFLOW : EVENT_ERR_DATABASE_REJECTED;
@@ -31,55 +31,55 @@ static part_outcome part_refused(collector *c, event_error *code)
 }
 
 /* Writes the staged events [start, start + count) in one transaction. */
-static part_outcome write_part(collector *c, size_t start, size_t count, event_error *code,
+static part_outcome write_part(collector *c, writer *w, size_t start, size_t count, event_error *code,
                                char *err, size_t err_size)
 {
-    batch *b = c->writing;
-    if (!store_begin(c->db, err, err_size))
+    batch *b = w->batch;
+    if (!store_begin(w->db, err, err_size))
         return PART_FAILED;
-    PGresult *inserted = store_insert_digests(c->db, b->digests + start * 16, b->week_days + start,
+    PGresult *inserted = store_insert_digests(w->db, b->digests + start * 16, b->week_days + start,
                                               count, err, err_size);
     if (inserted == NULL)
-        return part_refused(c, code);
+        return part_refused(w, code);
     uint64_t fresh;
     bool fits = batch_count_new(b, inserted, &fresh);
     PQclear(inserted);
     if (!fits || !rollup_render(b->rollup, c->hourly, c->counters)) {
-        store_rollback(c->db);
+        store_rollback(w->db);
         *code = EVENT_ERR_COUNTER_OVERFLOW;
         snprintf(err, err_size, "counting this event would overflow a total");
         return PART_REFUSED;
     }
-    if ((fresh > 0 && !store_add_rollups(c->db, c->hourly, c->counters, err, err_size)) ||
-        !store_commit(c->db, err, err_size))
-        return part_refused(c, code);
+    if ((fresh > 0 && !store_add_rollups(w->db, c->hourly, c->counters, err, err_size)) ||
+        !store_commit(w->db, err, err_size))
+        return part_refused(w, code);
     b->counted_earlier += fresh;
     return PART_WRITTEN;
 }
 
 /* Writes [start, start + count), halving refused parts down to single
  * events. Recursion depth is log2 of the batch size (at most 19). */
-static part_outcome isolate_range(collector *c, size_t start, size_t count, bool known_refused,
+static part_outcome isolate_range(collector *c, writer *w, size_t start, size_t count, bool known_refused,
                                   char *err, size_t err_size)
 {
     event_error code = EVENT_ERR_DATABASE_REJECTED;
     if (!known_refused) {
-        part_outcome o = write_part(c, start, count, &code, err, err_size);
+        part_outcome o = write_part(c, w, start, count, &code, err, err_size);
         if (o != PART_REFUSED)
             return o;
         if (count == 1) {
             flatten_lines(err);
             log_warn("event at partition %d offset %lld refused by the database, sent to the "
                      "DLQ: %s",
-                     (int)c->writing->events[start].partition,
-                     (long long)c->writing->events[start].offset, err);
-            return add_poison(c->writing, start, code, err) ? PART_WRITTEN : PART_FAILED;
+                     (int)w->batch->events[start].partition,
+                     (long long)w->batch->events[start].offset, err);
+            return add_poison(w->batch, start, code, err) ? PART_WRITTEN : PART_FAILED;
         }
     }
     size_t half = count / 2;
-    part_outcome o = isolate_range(c, start, half, false, err, err_size);
+    part_outcome o = isolate_range(c, w, start, half, false, err, err_size);
     return o == PART_FAILED ? o
-                            : isolate_range(c, start + half, count - half, false, err, err_size);
+                            : isolate_range(c, w, start + half, count - half, false, err, err_size);
 }
 
 static int compare_poisons(const void *a, const void *b)
@@ -180,13 +180,13 @@ static bool refuses_everything(const batch *b)
  * refused gets one more try on its own, and only those refused twice go to
  * the DLQ. Rare (one transaction per refused event), and it changes
  * nothing for an event at fault: it is refused again. */
-static part_outcome second_look(collector *c, char *err, size_t err_size)
+static part_outcome second_look(collector *c, writer *w, char *err, size_t err_size)
 {
-    batch *b = c->writing;
+    batch *b = w->batch;
     size_t kept = 0;
     for (size_t i = 0; i < b->poison_count; i++) {
         event_error code = EVENT_ERR_DATABASE_REJECTED;
-        part_outcome o = write_part(c, b->poisons[i].index, 1, &code, err, err_size);
+        part_outcome o = write_part(c, w, b->poisons[i].index, 1, &code, err, err_size);
         if (o == PART_FAILED)
             return o;
         if (o == PART_REFUSED)
@@ -200,20 +200,26 @@ static part_outcome second_look(collector *c, char *err, size_t err_size)
     return PART_WRITTEN;
 }
 
-void write_isolating(collector *c, const char *why)
+void write_isolating(collector *c, writer *w, const char *why)
 {
-    batch *b = c->writing;
+    batch *b = w->batch;
     char err[512], reason[512];
     snprintf(reason, sizeof reason, "%s", why);
     flatten_lines(reason);
     log_warn("batch of %zu events refused by the database (%s); writing it in parts to find "
              "the events at fault",
              b->event_count, reason);
-    store_disconnect(c->db); /* whatever the pipeline left: start afresh */
-    c->writing_sent = false;
-    c->rollups_sent = false;
-    if (isolate_range(c, 0, b->event_count, b->event_count > 1, err, sizeof err) == PART_FAILED) {
-        write_failed(c, PAUSE_DATABASE, err);
+    store_disconnect(w->db); /* whatever the pipeline left: start afresh */
+    w->sent = false;
+    w->rollups_sent = false;
+    /* The parts are written synchronously: first let the other writers'
+     * transactions end, since a part may wait for one of their rows and
+     * they move on only while served. */
+    while (writers_busy(c))
+        writers_poll(c, 100);
+    if (isolate_range(c, w, 0, b->event_count, b->event_count > 1, err, sizeof err) ==
+        PART_FAILED) {
+        write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
     if (refuses_everything(b)) {
@@ -222,18 +228,18 @@ void write_isolating(collector *c, const char *why)
                  "PostgreSQL refused each of the batch's %zu events on its own (%.400s); "
                  "not dead-lettering a whole batch",
                  b->event_count, b->poisons[0].reason);
-        write_failed(c, PAUSE_REFUSES_ALL, systemic);
+        write_failed(c, w, PAUSE_REFUSES_ALL, systemic);
         return;
     }
-    if (b->poison_count > 0 && second_look(c, err, sizeof err) == PART_FAILED) {
-        write_failed(c, PAUSE_DATABASE, err);
+    if (b->poison_count > 0 && second_look(c, w, err, sizeof err) == PART_FAILED) {
+        write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_poisons(c, b, err, sizeof err)) {
-        write_failed(c, PAUSE_POISON_REFETCH, err);
+        write_failed(c, w, PAUSE_POISON_REFETCH, err);
         return;
     }
     log_info("batch written in parts: %zu events sent to the DLQ, %llu counted", b->poison_count,
              (unsigned long long)b->counted_earlier);
-    write_done(c, 0);
+    write_done(c, w, 0);
 }

@@ -21,6 +21,7 @@ struct store {
     int completed;    /* statements whose results have all been read */
     int keep;         /* the statement whose result is handed back, or -1 */
     PGresult *kept;
+    bool unflushed;   /* a sent exchange still has bytes in libpq's buffer */
     bool failed;
     char failure[512];
     store_error_kind last_error;
@@ -448,6 +449,7 @@ bool store_send_inserts(store *st, const uint8_t *digests, const int32_t *week_d
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's event digests", err, err_size);
     st->statements = 2;
+    st->unflushed = PQflush(st->conn) == 1;
     return true;
 }
 
@@ -476,6 +478,16 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
     /* rollups and notice, or nothing new; the status row; COMMIT */
     st->statements = (nothing_new ? 1 : 3) + (st->status != NULL ? 1 : 0);
     st->status = NULL;
+    st->unflushed = PQflush(st->conn) == 1;
+    return true;
+}
+
+bool store_pollfd(const store *st, struct pollfd *pfd)
+{
+    if (st->conn == NULL || PQsocket(st->conn) < 0)
+        return false;
+    *pfd = (struct pollfd){PQsocket(st->conn), (short)(POLLIN | (st->unflushed ? POLLOUT : 0)),
+                           0};
     return true;
 }
 
@@ -489,6 +501,7 @@ store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size
     *kept = NULL;
     for (;;) {
         int flushed = PQflush(st->conn);
+        st->unflushed = flushed == 1;
         if (flushed < 0 || !PQconsumeInput(st->conn)) {
             db_error(st->conn, NULL, "talking to PostgreSQL", err, err_size);
             store_disconnect(st);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include "buf.h"
 #include "keyplans.h"
@@ -72,6 +73,10 @@ void store_stage_status(store *st, const char *const *values);
 
 /* The rollup statement takes one array per column, hourly then counters. */
 #define STORE_ROLLUP_PARAMS (ROLLUP_HOURLY_COLUMNS + ROLLUP_COUNTER_COLUMNS)
+
+/* The connection's descriptor and the events to wait for while an
+ * exchange is in flight; false when not connected. */
+bool store_pollfd(const store *st, struct pollfd *pfd);
 
 /* Advances the exchange in flight; with `wait` blocks until it is done. On
  * STORE_DONE after store_send_inserts, *kept is the INSERT's result (owned

@@ -1,7 +1,9 @@
-/* Writing a batch: unknown keys, rejects to the DLQ, the two-phase
- * transaction (store.h), then the offsets; a failure pauses and retries. */
+/* The writers: each writes one batch at a time on its own connection:
+ * unknown keys, rejects to the DLQ, the two-phase transaction (store.h),
+ * then hands the offsets to offsets.c; a failure pauses and retries. */
 #include "collector.h"
 
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,8 +38,9 @@ static bool resolve_one(batch *b, unresolved *u, const keyplans *keys, char *err
     return true;
 }
 
-static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_size)
+static bool resolve_unknown_keys(collector *c, writer *w, char *err, size_t err_size)
 {
+    batch *b = w->batch;
     if (b->unresolved_count == 0)
         return true;
     const char **ids = malloc(b->unresolved_count * sizeof *ids);
@@ -48,7 +51,7 @@ static bool resolve_unknown_keys(collector *c, batch *b, char *err, size_t err_s
     for (size_t i = 0; i < b->unresolved_count; i++)
         ids[i] = b->unresolved[i].event.subject;
     metrics_add(c->m.key_lookups, 1);
-    bool ok = store_lookup_keys(c->db, ids, b->unresolved_count, c->keys, err, err_size);
+    bool ok = store_lookup_keys(w->db, ids, b->unresolved_count, c->keys, err, err_size);
     free(ids);
     if (!ok)
         return false;
@@ -143,33 +146,6 @@ static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
     return true;
 }
 
-/* Commits the batch's offsets for the partitions this instance still owns.
- * A failed commit is only logged: the database already holds the batch, so
- * a replay from an older offset is deduplicated. */
-static void commit_offsets(collector *c, const batch *b)
-{
-    rd_kafka_topic_partition_list_t *owned = NULL;
-    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
-        return;
-    rd_kafka_topic_partition_list_t *offsets =
-        rd_kafka_topic_partition_list_new((int)b->mark_count);
-    for (size_t i = 0; i < b->mark_count; i++) {
-        if (rd_kafka_topic_partition_list_find(owned, c->cfg->kafka_topic, b->marks[i].partition))
-            rd_kafka_topic_partition_list_add(offsets, c->cfg->kafka_topic, b->marks[i].partition)
-                ->offset = b->marks[i].next_offset;
-    }
-    if (offsets->cnt > 0) {
-        rd_kafka_resp_err_t cerr =
-            rd_kafka_commit(c->consumer, offsets, c->synchronous_commit ? 0 : 1);
-        if (cerr != RD_KAFKA_RESP_ERR_NO_ERROR)
-            log_warn("committing Kafka offsets: %s (the batch is in the database; a replay is "
-                     "deduplicated)",
-                     rd_kafka_err2str(cerr));
-    }
-    rd_kafka_topic_partition_list_destroy(offsets);
-    rd_kafka_topic_partition_list_destroy(owned);
-}
-
 void set_paused(collector *c, bool paused, pause_reason reason)
 {
     for (int r = 0; r < PAUSE__COUNT; r++)
@@ -193,33 +169,48 @@ void set_paused(collector *c, bool paused, pause_reason reason)
     metrics_set(c->m.paused, paused ? 1 : 0);
 }
 
+static bool writer_failing(const writer *w)
+{
+    return w->batch != NULL && !w->sent;
+}
+
+static bool any_writer_failing(const collector *c)
+{
+    for (int i = 0; i < c->writer_count; i++) {
+        if (writer_failing(&c->writers[i]))
+            return true;
+    }
+    return false;
+}
+
 /* The write failed: count the error, keep the batch, pause consumption and
  * retry after a backoff (100 ms doubling to 5 s). Nothing was acknowledged
  * to Kafka. */
-void write_failed(collector *c, pause_reason reason, const char *err)
+void write_failed(collector *c, writer *w, pause_reason reason, const char *err)
 {
     bool database = reason == PAUSE_DATABASE || reason == PAUSE_REFUSES_ALL;
     metrics_add(database ? c->m.db_errors : c->m.dlq_errors, 1);
-    log_error("batch of %zu events not written, will retry: %s", c->writing->consumed, err);
-    c->writing_sent = false;
-    c->rollups_sent = false;
-    if (!store_is_connected(c->db))
-        store_disconnect(c->db);
-    c->backoff_usec = c->backoff_usec ? c->backoff_usec * 2 : 100 * 1000;
-    if (c->backoff_usec > 5 * USEC_PER_SEC)
-        c->backoff_usec = 5 * USEC_PER_SEC;
-    c->retry_at = time_now_usec() + c->backoff_usec;
+    log_error("batch of %zu events not written (writer %d), will retry: %s", w->batch->consumed,
+              w->index, err);
+    w->sent = false;
+    w->rollups_sent = false;
+    if (!store_is_connected(w->db))
+        store_disconnect(w->db);
+    w->backoff_usec = w->backoff_usec ? w->backoff_usec * 2 : 100 * 1000;
+    if (w->backoff_usec > 5 * USEC_PER_SEC)
+        w->backoff_usec = 5 * USEC_PER_SEC;
+    w->retry_at = time_now_usec() + w->backoff_usec;
     set_paused(c, true, reason);
 }
 
-/* The batch is in the database: acknowledge it to Kafka and account for it.
- * consumed = counted + duplicates + rejected, batch by batch; `counted` is
- * what this attempt found new, to which what an earlier isolation pass
- * committed is added. */
-void write_done(collector *c, uint64_t counted)
+/* The batch is in the database: hand its offsets on, account for it, and
+ * free the writer. consumed = counted + duplicates + rejected, batch by
+ * batch; `counted` is what this attempt found new, to which what an earlier
+ * isolation pass committed is added. */
+void write_done(collector *c, writer *w, uint64_t counted)
 {
-    batch *b = c->writing;
-    commit_offsets(c, b);
+    batch *b = w->batch;
+    offsets_written(c, w->seq, b);
     counted += b->counted_earlier;
     status_committed(b, counted);
     uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
@@ -232,127 +223,188 @@ void write_done(collector *c, uint64_t counted)
         metrics_add(c->m.rejected[b->poisons[i].code], 1);
     metrics_add(c->m.batches, 1);
     metrics_observe(c->m.batch_size, (double)b->consumed);
-    double seconds = (double)(time_now_usec() - c->writing_started) / 1e6;
+    double seconds = (double)(time_now_usec() - w->started) / 1e6;
     metrics_observe(c->m.batch_seconds, seconds);
     metrics_set(c->m.last_commit, (double)time_now_usec() / 1e6);
-    log_debug("batch written: %zu consumed, %llu counted, %llu duplicates, %zu rejected in "
-              "%.1f ms",
-              b->consumed, (unsigned long long)counted, (unsigned long long)duplicates,
-              b->reject_count + b->poison_count, seconds * 1000);
+    log_debug("batch written by writer %d: %zu consumed, %llu counted, %llu duplicates, %zu "
+              "rejected in %.1f ms",
+              w->index, b->consumed, (unsigned long long)counted,
+              (unsigned long long)duplicates, b->reject_count + b->poison_count, seconds * 1000);
     batch_clear(b);
-    c->writing = NULL;
-    c->writing_since = 0;
-    c->writing_sent = false;
-    c->rollups_sent = false;
-    c->backoff_usec = 0;
-    c->retry_at = 0;
-    if (c->paused)
+    w->batch = NULL;
+    w->since = 0;
+    w->sent = false;
+    w->rollups_sent = false;
+    w->backoff_usec = 0;
+    w->retry_at = 0;
+    if (c->paused && !any_writer_failing(c))
         set_paused(c, false, PAUSE_DATABASE);
 }
 
-/* Starts (or restarts) writing c->writing: unknown keys, DLQ, then the
+/* Starts (or restarts) writing w's batch: unknown keys, DLQ, then the
  * database statement, which is left in flight. */
-void write_start(collector *c)
+void write_start(collector *c, writer *w)
 {
-    batch *b = c->writing;
+    batch *b = w->batch;
     char err[512];
-    c->writing_started = time_now_usec();
+    w->started = time_now_usec();
     /* Every attempt starts with no poison (write_isolating finds it again
      * if it is still refused); counted_earlier stays: those parts are
      * committed. */
     b->poison_count = 0;
-    if (!resolve_unknown_keys(c, b, err, sizeof err)) {
-        write_failed(c, PAUSE_DATABASE, err);
+    if (!resolve_unknown_keys(c, w, err, sizeof err)) {
+        write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
     if (!publish_rejects(c, b, err, sizeof err)) {
-        write_failed(c, PAUSE_DLQ, err);
+        write_failed(c, w, PAUSE_DLQ, err);
         return;
     }
     if (b->event_count == 0) {
-        write_done(c, 0);
+        write_done(c, w, 0);
         return;
     }
-    if (!store_send_inserts(c->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
-        write_failed(c, PAUSE_DATABASE, err);
+    if (!store_send_inserts(w->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
+        write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
-    c->writing_sent = true;
-    c->rollups_sent = false;
+    w->sent = true;
+    w->rollups_sent = false;
 }
 
 /* Phase A answered with the digests never seen before: count exactly those
  * events in the batch's rollup, and send phase B. */
-static void send_rollups(collector *c, PGresult *inserted)
+static void send_rollups(collector *c, writer *w, PGresult *inserted)
 {
-    batch *b = c->writing;
+    batch *b = w->batch;
     char err[512];
     uint64_t counted;
     if (!batch_count_new(b, inserted, &counted)) {
-        write_isolating(c, "a batch total would overflow");
+        write_isolating(c, w, "a batch total would overflow");
         return;
     }
-    c->writing_counted = counted;
+    w->counted = counted;
+    /* c->hourly and c->counters serve every writer: libpq copies the
+     * parameters when the statement is queued. */
     if (!rollup_render(b->rollup, c->hourly, c->counters)) {
-        write_isolating(c, "rollup parameters exceed their buffers or a total would overflow");
+        write_isolating(c, w, "rollup parameters exceed their buffers or a total would overflow");
         return;
     }
-    store_stage_status(c->db, status_values(c, b, counted + b->counted_earlier));
-    if (!store_send_rollups(c->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
-        write_failed(c, PAUSE_DATABASE, err);
+    store_stage_status(w->db, status_values(c, b, counted + b->counted_earlier));
+    if (!store_send_rollups(w->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
+        write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
-    c->rollups_sent = true;
+    w->rollups_sent = true;
 }
 
-/* Advances the write in flight; with `wait`, until it is done. */
-void write_poll(collector *c, bool wait)
+/* Advances w's write without waiting. */
+static void write_advance(collector *c, writer *w)
 {
-    while (c->writing != NULL && c->writing_sent) {
+    while (w->batch != NULL && w->sent) {
         PGresult *inserted = NULL;
         char err[512];
-        switch (store_poll(c->db, wait, &inserted, err, sizeof err)) {
+        switch (store_poll(w->db, false, &inserted, err, sizeof err)) {
         case STORE_PENDING:
             return;
         case STORE_DONE:
-            if (c->rollups_sent) {
-                write_done(c, c->writing_counted);
+            if (w->rollups_sent) {
+                write_done(c, w, w->counted);
                 return;
             }
-            send_rollups(c, inserted);
+            send_rollups(c, w, inserted);
             PQclear(inserted);
             break; /* phase B is in flight now */
         case STORE_FAILED:
-            if (store_last_error(c->db) == STORE_ERROR_TRANSIENT) {
-                write_failed(c, PAUSE_DATABASE, err);
+            if (store_last_error(w->db) == STORE_ERROR_TRANSIENT) {
+                write_failed(c, w, PAUSE_DATABASE, err);
             } else {
                 metrics_add(c->m.db_errors, 1);
-                write_isolating(c, err);
+                write_isolating(c, w, err);
             }
             return;
         }
     }
 }
 
-/* Hands the filling batch to the writer (which must be idle). */
-void write_next(collector *c)
+bool writers_busy(const collector *c)
 {
-    c->writing = c->filling;
-    c->writing_since = time_now_usec();
-    c->filling = c->filling == &c->batches[0] ? &c->batches[1] : &c->batches[0];
-    write_start(c);
+    for (int i = 0; i < c->writer_count; i++) {
+        if (c->writers[i].batch != NULL && c->writers[i].sent)
+            return true;
+    }
+    return false;
 }
 
-/* Writes everything consumed so far, synchronously, one attempt per batch.
- * True when nothing is left unwritten. */
+void writers_poll(collector *c, int timeout_ms)
+{
+    struct pollfd fds[WRITERS_MAX];
+    int n = 0;
+    for (int i = 0; i < c->writer_count && timeout_ms > 0; i++) {
+        const writer *w = &c->writers[i];
+        if (w->batch != NULL && w->sent && store_pollfd(w->db, &fds[n]))
+            n++;
+    }
+    /* poll, not select: a descriptor past FD_SETSIZE (1024) is fine. */
+    if (n > 0)
+        poll(fds, (nfds_t)n, timeout_ms);
+    for (int i = 0; i < c->writer_count; i++)
+        write_advance(c, &c->writers[i]);
+}
+
+writer *idle_writer(collector *c)
+{
+    if (!offsets_room(c))
+        return NULL;
+    for (int i = 0; i < c->writer_count; i++) {
+        if (c->writers[i].batch == NULL)
+            return &c->writers[i];
+    }
+    return NULL;
+}
+
+/* The batch neither filling nor being written (there are writers + 1). */
+static batch *free_batch(collector *c)
+{
+    for (int i = 0; i <= c->writer_count; i++) {
+        batch *b = &c->batches[i];
+        bool taken = b == c->filling;
+        for (int j = 0; j < c->writer_count && !taken; j++)
+            taken = c->writers[j].batch == b;
+        if (!taken)
+            return b;
+    }
+    return NULL; /* unreachable: an idle writer leaves one free */
+}
+
+void write_next(collector *c, writer *w)
+{
+    w->batch = c->filling;
+    w->seq = c->next_seq++;
+    w->since = time_now_usec();
+    c->filling = free_batch(c);
+    write_start(c, w);
+}
+
 bool write_all_now(collector *c)
 {
-    if (c->writing && !c->writing_sent)
-        write_start(c);
-    write_poll(c, true);
-    if (c->writing == NULL && !batch_empty(c->filling)) {
-        write_next(c);
-        write_poll(c, true);
+    for (int i = 0; i < c->writer_count; i++) {
+        writer *w = &c->writers[i];
+        if (writer_failing(w))
+            write_start(c, w);
     }
-    return c->writing == NULL && batch_empty(c->filling);
+    for (;;) {
+        writer *w = batch_empty(c->filling) ? NULL : idle_writer(c);
+        if (w != NULL)
+            write_next(c, w);
+        else if (writers_busy(c))
+            writers_poll(c, 100);
+        else
+            break;
+    }
+    for (int i = 0; i < c->writer_count; i++) {
+        if (c->writers[i].batch != NULL)
+            return false;
+    }
+    return batch_empty(c->filling);
 }
