@@ -160,6 +160,13 @@ typedef struct {
     int64_t since;            /* when the batch was handed over */
     int64_t retry_at;         /* after a failure (0: none) */
     int64_t backoff_usec;
+    /* The digests phase A records: the batch's own, or (when some are
+     * left to an earlier batch, see write_next) `own_*`, the rest. */
+    const uint8_t *digests;
+    const int32_t *week_days;
+    size_t digest_count;
+    uint8_t *own_digests;     /* batch capacity; allocated at the first need */
+    int32_t *own_week_days;
 } writer;
 
 /* A handed-over batch's offsets, kept until every earlier batch is written. */
@@ -186,6 +193,8 @@ typedef struct {
     buf counters[ROLLUP_COUNTER_COLUMNS];
     event_limits limits;
     bool paused;
+    int64_t last_message_at;  /* when the consumer last returned a message */
+    int64_t last_wake_at;     /* wake_starved_fetcher's last look */
     bool synchronous_commit;  /* during a revocation: commit offsets before returning */
     bool caught_up;           /* the last poll found no message waiting */
     bool ever_assigned;       /* the group has given this instance an assignment */
@@ -254,5 +263,8 @@ rd_kafka_t *make_consumer(collector *c);
 rd_kafka_t *make_dlq_producer(collector *c);
 rd_kafka_t *make_reader(collector *c, char *err, size_t err_size);
 void update_lag(collector *c);
+/* Called when a poll found no message: restarts librdkafka's fetcher if it
+ * waits while the partitions hold unread events (kafka.c says why). */
+void wake_starved_fetcher(collector *c, int64_t now);
 
 #endif

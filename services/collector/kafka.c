@@ -248,3 +248,62 @@ void update_lag(collector *c)
     rd_kafka_topic_partition_list_destroy(unread);
     rd_kafka_topic_partition_list_destroy(owned);
 }
+
+/* The assigned partitions that hold events past what was consumed (by the
+ * high watermarks of the last fetch responses: no request is made), at
+ * their positions; NULL when none. */
+static rd_kafka_topic_partition_list_t *partitions_behind(collector *c)
+{
+    rd_kafka_topic_partition_list_t *owned = NULL;
+    if (rd_kafka_assignment(c->consumer, &owned) != RD_KAFKA_RESP_ERR_NO_ERROR)
+        return NULL;
+    rd_kafka_position(c->consumer, owned);
+    rd_kafka_topic_partition_list_t *behind = rd_kafka_topic_partition_list_new(owned->cnt);
+    for (int i = 0; i < owned->cnt; i++) {
+        const rd_kafka_topic_partition_t *p = &owned->elems[i];
+        int64_t low = 0, high = 0;
+        if (p->offset >= 0 &&
+            rd_kafka_get_watermark_offsets(c->consumer, p->topic, p->partition, &low, &high) ==
+                RD_KAFKA_RESP_ERR_NO_ERROR &&
+            high > p->offset)
+            rd_kafka_topic_partition_list_add(behind, p->topic, p->partition)->offset = p->offset;
+    }
+    rd_kafka_topic_partition_list_destroy(owned);
+    if (behind->cnt == 0) {
+        rd_kafka_topic_partition_list_destroy(behind);
+        return NULL;
+    }
+    return behind;
+}
+
+/* librdkafka 2.0's fetcher stops fetching a partition once its queue holds
+ * queued.max.messages.kbytes and looks again only a second later (later
+ * versions made that fetch.queue.backoff.ms), however soon the queue is
+ * drained. The collector drains 16 MB in a fraction of that second:
+ * measured with librdkafka's fetch debug log, it then waited 0.8 s of every
+ * second and consumed about 93,000 events a second whatever the database
+ * could take. A pause and resume does not end that wait; a seek does. So
+ * when the queue has run dry (no message for WAKE_QUIET_USEC) while the
+ * partitions hold unread events, they are sought to their positions, at
+ * most every WAKE_INTERVAL_USEC. A seek drops what may be queued and
+ * fetches it again from the position: nothing consumed is read twice and
+ * nothing is skipped. */
+#define WAKE_QUIET_USEC    (20 * 1000)
+#define WAKE_INTERVAL_USEC (100 * 1000)
+
+void wake_starved_fetcher(collector *c, int64_t now)
+{
+    if (c->paused || now - c->last_message_at < WAKE_QUIET_USEC ||
+        now - c->last_wake_at < WAKE_INTERVAL_USEC)
+        return;
+    c->last_wake_at = now;
+    rd_kafka_topic_partition_list_t *behind = partitions_behind(c);
+    if (behind == NULL)
+        return;
+    rd_kafka_error_t *error = rd_kafka_seek_partitions(c->consumer, behind, 0);
+    if (error != NULL) {
+        log_warn("restarting fetches: %s", rd_kafka_error_string(error));
+        rd_kafka_error_destroy(error);
+    }
+    rd_kafka_topic_partition_list_destroy(behind);
+}

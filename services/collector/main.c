@@ -422,6 +422,10 @@ int main(int argc, char **argv)
          * paused then, so little or nothing arrives. */
         rd_kafka_message_t *message = rd_kafka_consumer_poll(c.consumer, timeout_ms);
         c.caught_up = message == NULL;
+        if (message != NULL)
+            c.last_message_at = now;
+        else
+            wake_starved_fetcher(&c, time_now_usec());
         if (message != NULL) {
             if (message->err) {
                 if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -469,8 +473,11 @@ int main(int argc, char **argv)
     for (int i = 0; i < ROLLUP_COUNTER_COLUMNS; i++)
         buf_free(&c.counters[i]);
     keyplans_free(c.keys);
-    for (int i = 0; i < c.writer_count; i++)
+    for (int i = 0; i < c.writer_count; i++) {
         store_free(c.writers[i].db);
+        free(c.writers[i].own_digests);
+        free(c.writers[i].own_week_days);
+    }
     ops_stop(ops);
     if (!closable) {
         /* librdkafka 2.0.2 (Debian 12) aborts in

@@ -5,6 +5,7 @@
 
 #include <poll.h>
 #include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -146,20 +147,26 @@ static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
     return true;
 }
 
-void set_paused(collector *c, bool paused, pause_reason reason)
+/* Pauses or resumes fetching every assigned partition. */
+static void pause_fetching(collector *c, bool pause)
 {
-    for (int r = 0; r < PAUSE__COUNT; r++)
-        metrics_set(c->m.pause_reason[r], paused && r == (int)reason ? 1 : 0);
     rd_kafka_topic_partition_list_t *owned = NULL;
     if (rd_kafka_assignment(c->consumer, &owned) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         if (owned->cnt > 0) {
-            if (paused)
+            if (pause)
                 rd_kafka_pause_partitions(c->consumer, owned);
             else
                 rd_kafka_resume_partitions(c->consumer, owned);
         }
         rd_kafka_topic_partition_list_destroy(owned);
     }
+}
+
+void set_paused(collector *c, bool paused, pause_reason reason)
+{
+    for (int r = 0; r < PAUSE__COUNT; r++)
+        metrics_set(c->m.pause_reason[r], paused && r == (int)reason ? 1 : 0);
+    pause_fetching(c, paused);
     if (c->paused != paused && paused)
         log_info("consumption paused until the batch can be written (%s)",
                  pause_reason_names[reason]);
@@ -264,7 +271,7 @@ void write_start(collector *c, writer *w)
         write_done(c, w, 0);
         return;
     }
-    if (!store_send_inserts(w->db, b->digests, b->week_days, b->event_count, err, sizeof err)) {
+    if (!store_send_inserts(w->db, w->digests, w->week_days, w->digest_count, err, sizeof err)) {
         write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
@@ -377,12 +384,71 @@ static batch *free_batch(collector *c)
     return NULL; /* unreachable: an idle writer leaves one free */
 }
 
+/* Whether another writer's batch holds this digest. Those batches were all
+ * handed over earlier and are not committed yet. */
+static bool held_elsewhere(const collector *c, const writer *w, const uint8_t *digest)
+{
+    for (int i = 0; i < c->writer_count; i++) {
+        const writer *other = &c->writers[i];
+        if (other != w && other->batch != NULL && batch_find_digest(other->batch, digest) >= 0)
+            return true;
+    }
+    return false;
+}
+
+/* Chooses the digests phase A records for w's new batch. An event that an
+ * earlier batch still being written also holds is left to that batch: it
+ * either commits the event or, retried, keeps it until it does (or sends it
+ * to the DLQ as poison), so here it is a duplicate. Recording it here too
+ * would make this INSERT wait for that whole transaction on its
+ * uncommitted row, and the writers would take turns instead of working at
+ * once (10 % duplicates put one in nearly every pair of batches). False
+ * when memory runs out. */
+static bool leave_to_earlier_batches(collector *c, writer *w)
+{
+    const batch *b = w->batch;
+    w->digests = b->digests;
+    w->week_days = b->week_days;
+    w->digest_count = b->event_count;
+    size_t i = 0;
+    while (i < b->event_count && !held_elsewhere(c, w, b->digests + i * 16))
+        i++;
+    if (i == b->event_count)
+        return true; /* the usual case: nothing shared */
+    if (w->own_digests == NULL) {
+        w->own_digests = malloc(b->capacity * 16);
+        w->own_week_days = malloc(b->capacity * sizeof *w->own_week_days);
+        if (w->own_digests == NULL || w->own_week_days == NULL)
+            return false;
+    }
+    memcpy(w->own_digests, b->digests, i * 16);
+    memcpy(w->own_week_days, b->week_days, i * sizeof *b->week_days);
+    size_t kept = i;
+    for (i++; i < b->event_count; i++) {
+        if (held_elsewhere(c, w, b->digests + i * 16))
+            continue;
+        memcpy(w->own_digests + kept * 16, b->digests + i * 16, 16);
+        w->own_week_days[kept++] = b->week_days[i];
+    }
+    w->digests = w->own_digests;
+    w->week_days = w->own_week_days;
+    w->digest_count = kept;
+    return true;
+}
+
 void write_next(collector *c, writer *w)
 {
     w->batch = c->filling;
     w->seq = c->next_seq++;
     w->since = time_now_usec();
     c->filling = free_batch(c);
+    if (!leave_to_earlier_batches(c, w)) {
+        /* Nothing of this batch is acknowledged: exit as a crash would and
+         * let the next owner read it again (see batch_add's caller). */
+        log_error("out of memory choosing a batch's digests; exiting without acknowledging it");
+        fflush(NULL);
+        _exit(1);
+    }
     write_start(c, w);
 }
 
