@@ -193,8 +193,12 @@ typedef struct {
     buf counters[ROLLUP_COUNTER_COLUMNS];
     event_limits limits;
     bool paused;
+    rd_kafka_queue_t *consumer_queue; /* the consumer's, to sample its length */
     int64_t last_message_at;  /* when the consumer last returned a message */
     int64_t last_wake_at;     /* wake_starved_fetcher's last look */
+    double average_message_bytes;
+    int messages_since_sample;
+    bool fetch_queue_filled;  /* the queue was nearly full since the last wake */
     bool synchronous_commit;  /* during a revocation: commit offsets before returning */
     bool caught_up;           /* the last poll found no message waiting */
     bool ever_assigned;       /* the group has given this instance an assignment */
@@ -251,6 +255,12 @@ bool write_all_now(collector *c);
 /* Batch `seq` (a writer's) is in the database: its offsets are committed
  * once every batch handed over before it is too. */
 void offsets_written(collector *c, uint64_t seq, const batch *b);
+/* offsets_written's two steps, without Kafka: keep batch `seq`'s offsets,
+ * then take the offsets of the batches now written in order from the
+ * oldest (merged, later batches winning; NULL when the oldest is still
+ * being written). */
+void offsets_record(collector *c, uint64_t seq, const batch *b);
+rd_kafka_topic_partition_list_t *offsets_take_ready(collector *c);
 /* Whether another batch may be handed over (ACKS_MAX not reached). */
 bool offsets_room(const collector *c);
 void offsets_free(collector *c);
@@ -263,6 +273,9 @@ rd_kafka_t *make_consumer(collector *c);
 rd_kafka_t *make_dlq_producer(collector *c);
 rd_kafka_t *make_reader(collector *c, char *err, size_t err_size);
 void update_lag(collector *c);
+/* Called for each message consumed: notes whether librdkafka's queue is
+ * nearly full (a sample every thousand messages). */
+void note_fetch_queue(collector *c, const rd_kafka_message_t *m);
 /* Called when a poll found no message: restarts librdkafka's fetcher if it
  * waits while the partitions hold unread events (kafka.c says why). */
 void wake_starved_fetcher(collector *c, int64_t now);

@@ -9,6 +9,9 @@
 #include "log.h"
 #include "stopsignal.h"
 
+/* queued.max.messages.kbytes: what librdkafka pre-fetches (make_consumer). */
+#define FETCH_QUEUE_KBYTES 16384
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *partitions, void *opaque)
 {
@@ -127,7 +130,7 @@ rd_kafka_t *make_consumer(collector *c)
      * MB at a rate within the machine's noise (issue #16). When the queue
      * is full librdkafka 2.0 waits fetch.error.backoff.ms before fetching
      * again; its default of 500 ms stalls a fast consumer. */
-    snprintf(queued, sizeof queued, "%lld", 16384LL);
+    snprintf(queued, sizeof queued, "%d", FETCH_QUEUE_KBYTES);
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     bool ok = set_connection(conf, c->cfg, "tally-collector") &&
               set_conf(conf, "group.id", c->cfg->kafka_group) &&
@@ -283,23 +286,43 @@ static rd_kafka_topic_partition_list_t *partitions_behind(collector *c)
  * measured with librdkafka's fetch debug log, it then waited 0.8 s of every
  * second and consumed about 93,000 events a second whatever the database
  * could take. A pause and resume does not end that wait; a seek does. So
- * when the queue has run dry (no message for WAKE_QUIET_USEC) while the
- * partitions hold unread events, they are sought to their positions, at
- * most every WAKE_INTERVAL_USEC. A seek drops what may be queued and
+ * when the queue, after being nearly full, has run dry (no message for
+ * WAKE_QUIET_USEC) while the partitions hold unread events, they are
+ * sought to their positions, at most every WAKE_INTERVAL_USEC. A seek drops what may be queued and
  * fetches it again from the position: nothing consumed is read twice and
  * nothing is skipped. */
 #define WAKE_QUIET_USEC    (20 * 1000)
 #define WAKE_INTERVAL_USEC (100 * 1000)
+/* The queue counts as full at this share of FETCH_QUEUE_KBYTES. */
+#define FULL_QUEUE_SHARE   0.75
+#define QUEUE_SAMPLE_EVERY 1000 /* messages */
+
+void note_fetch_queue(collector *c, const rd_kafka_message_t *m)
+{
+    /* librdkafka counts a message's value and key against the limit. */
+    double bytes = (double)(m->len + m->key_len);
+    c->average_message_bytes += (bytes - c->average_message_bytes) / 64;
+    if (++c->messages_since_sample < QUEUE_SAMPLE_EVERY)
+        return;
+    c->messages_since_sample = 0;
+    double queued = (double)rd_kafka_queue_length(c->consumer_queue) * c->average_message_bytes;
+    if (queued >= FULL_QUEUE_SHARE * FETCH_QUEUE_KBYTES * 1024.0)
+        c->fetch_queue_filled = true;
+}
 
 void wake_starved_fetcher(collector *c, int64_t now)
 {
-    if (c->paused || now - c->last_message_at < WAKE_QUIET_USEC ||
+    /* Only after the queue was (nearly) full: otherwise the fetcher is not
+     * waiting out its second, and a seek would only throw away a fetch in
+     * flight (over and over, on a slow link). */
+    if (!c->fetch_queue_filled || c->paused || now - c->last_message_at < WAKE_QUIET_USEC ||
         now - c->last_wake_at < WAKE_INTERVAL_USEC)
         return;
     c->last_wake_at = now;
     rd_kafka_topic_partition_list_t *behind = partitions_behind(c);
     if (behind == NULL)
         return;
+    c->fetch_queue_filled = false;
     rd_kafka_error_t *error = rd_kafka_seek_partitions(c->consumer, behind, 0);
     if (error != NULL) {
         log_warn("restarting fetches: %s", rd_kafka_error_string(error));

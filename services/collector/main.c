@@ -19,11 +19,11 @@
  *
  * Several writers (TALLY_WRITERS connections) write batches at once, so
  * PostgreSQL works on more than one core. Their transactions may commit in
- * any order, and the guarantee holds: an event in two batches at once is
- * recorded by whichever commits first and is a duplicate to the other
- * (the second INSERT waits for the first transaction's row); offsets are
- * still committed in consumption order (offsets.c), so Kafka's committed
- * offset never passes a batch that is not in the database. */
+ * any order, and the guarantee holds: an event two uncommitted batches
+ * hold is recorded by the earlier one only (writer.c,
+ * leave_to_earlier_batches), and offsets are still committed in
+ * consumption order (offsets.c), so Kafka's committed offset never passes
+ * a batch that is not in the database. */
 #include <librdkafka/rdkafka.h>
 #include <malloc.h>
 #include <libpq-fe.h>
@@ -354,6 +354,7 @@ int main(int argc, char **argv)
         ops_stop(ops);
         return 1;
     }
+    c.consumer_queue = rd_kafka_queue_get_consumer(c.consumer);
     log_info("consuming %s as group %s from %s (batches of up to %lld events or %lld ms, %d "
              "writers)",
              config.kafka_topic, config.kafka_group, config.kafka.brokers, config.batch_max_events,
@@ -422,10 +423,12 @@ int main(int argc, char **argv)
          * paused then, so little or nothing arrives. */
         rd_kafka_message_t *message = rd_kafka_consumer_poll(c.consumer, timeout_ms);
         c.caught_up = message == NULL;
-        if (message != NULL)
+        if (message != NULL) {
             c.last_message_at = now;
-        else
+            note_fetch_queue(&c, message);
+        } else {
             wake_starved_fetcher(&c, time_now_usec());
+        }
         if (message != NULL) {
             if (message->err) {
                 if (message->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -459,6 +462,7 @@ int main(int argc, char **argv)
         log_warn("exiting with events not written; they are read again on restart");
     bool closable =
         c.ever_assigned || strcmp(config.assignment_strategy, "cooperative-sticky") != 0;
+    rd_kafka_queue_destroy(c.consumer_queue);
     if (closable) {
         rd_kafka_consumer_close(c.consumer);
         rd_kafka_destroy(c.consumer);

@@ -65,7 +65,7 @@ bool offsets_room(const collector *c)
     return c->next_seq - c->acked_seq < ACKS_MAX;
 }
 
-void offsets_written(collector *c, uint64_t seq, const batch *b)
+void offsets_record(collector *c, uint64_t seq, const batch *b)
 {
     pending_ack *a = &c->acks[seq % ACKS_MAX];
     a->count = 0;
@@ -85,8 +85,12 @@ void offsets_written(collector *c, uint64_t seq, const batch *b)
         log_warn("out of memory keeping a batch's offsets; they are committed with a later one");
     }
     a->written = true;
-    if (seq != c->acked_seq)
-        return; /* an earlier batch is still being written */
+}
+
+rd_kafka_topic_partition_list_t *offsets_take_ready(collector *c)
+{
+    if (c->acked_seq == c->next_seq || !c->acks[c->acked_seq % ACKS_MAX].written)
+        return NULL; /* the oldest batch is still being written */
     rd_kafka_topic_partition_list_t *merged = rd_kafka_topic_partition_list_new(16);
     for (; c->acked_seq < c->next_seq; c->acked_seq++) {
         pending_ack *ready = &c->acks[c->acked_seq % ACKS_MAX];
@@ -95,8 +99,17 @@ void offsets_written(collector *c, uint64_t seq, const batch *b)
         merge_marks(merged, c->cfg->kafka_topic, ready->marks, ready->count);
         ready->written = false;
     }
-    commit_list(c, merged);
-    rd_kafka_topic_partition_list_destroy(merged);
+    return merged;
+}
+
+void offsets_written(collector *c, uint64_t seq, const batch *b)
+{
+    offsets_record(c, seq, b);
+    rd_kafka_topic_partition_list_t *ready = offsets_take_ready(c);
+    if (ready != NULL) {
+        commit_list(c, ready);
+        rd_kafka_topic_partition_list_destroy(ready);
+    }
 }
 
 void offsets_free(collector *c)

@@ -248,6 +248,58 @@ void write_done(collector *c, writer *w, uint64_t counted)
         set_paused(c, false, PAUSE_DATABASE);
 }
 
+/* Whether another writer's batch holds this digest. Those batches were all
+ * handed over earlier and are not committed yet. */
+static bool held_elsewhere(const collector *c, const writer *w, const uint8_t *digest)
+{
+    for (int i = 0; i < c->writer_count; i++) {
+        const writer *other = &c->writers[i];
+        if (other != w && other->batch != NULL && batch_find_digest(other->batch, digest) >= 0)
+            return true;
+    }
+    return false;
+}
+
+/* Chooses the digests phase A records for w's new batch. An event that an
+ * earlier batch still being written also holds is left to that batch: it
+ * either commits the event or, retried, keeps it until it does (or sends it
+ * to the DLQ as poison), so here it is a duplicate. Recording it here too
+ * would make this INSERT wait for that whole transaction on its
+ * uncommitted row, and the writers would take turns instead of working at
+ * once (10 % duplicates put one in nearly every pair of batches). False
+ * when memory runs out. */
+static bool leave_to_earlier_batches(collector *c, writer *w)
+{
+    const batch *b = w->batch;
+    w->digests = b->digests;
+    w->week_days = b->week_days;
+    w->digest_count = b->event_count;
+    size_t i = 0;
+    while (i < b->event_count && !held_elsewhere(c, w, b->digests + i * 16))
+        i++;
+    if (i == b->event_count)
+        return true; /* the usual case: nothing shared */
+    if (w->own_digests == NULL) {
+        w->own_digests = malloc(b->capacity * 16);
+        w->own_week_days = malloc(b->capacity * sizeof *w->own_week_days);
+        if (w->own_digests == NULL || w->own_week_days == NULL)
+            return false;
+    }
+    memcpy(w->own_digests, b->digests, i * 16);
+    memcpy(w->own_week_days, b->week_days, i * sizeof *b->week_days);
+    size_t kept = i;
+    for (i++; i < b->event_count; i++) {
+        if (held_elsewhere(c, w, b->digests + i * 16))
+            continue;
+        memcpy(w->own_digests + kept * 16, b->digests + i * 16, 16);
+        w->own_week_days[kept++] = b->week_days[i];
+    }
+    w->digests = w->own_digests;
+    w->week_days = w->own_week_days;
+    w->digest_count = kept;
+    return true;
+}
+
 /* Starts (or restarts) writing w's batch: unknown keys, DLQ, then the
  * database statement, which is left in flight. */
 void write_start(collector *c, writer *w)
@@ -270,6 +322,14 @@ void write_start(collector *c, writer *w)
     if (b->event_count == 0) {
         write_done(c, w, 0);
         return;
+    }
+    /* After the unknown keys: their events are staged only now. */
+    if (!leave_to_earlier_batches(c, w)) {
+        /* Nothing of this batch is acknowledged: exit as a crash would and
+         * let the next owner read it again (see batch_add's caller). */
+        log_error("out of memory choosing a batch's digests; exiting without acknowledging it");
+        fflush(NULL);
+        _exit(1);
     }
     if (!store_send_inserts(w->db, w->digests, w->week_days, w->digest_count, err, sizeof err)) {
         write_failed(c, w, PAUSE_DATABASE, err);
@@ -384,71 +444,12 @@ static batch *free_batch(collector *c)
     return NULL; /* unreachable: an idle writer leaves one free */
 }
 
-/* Whether another writer's batch holds this digest. Those batches were all
- * handed over earlier and are not committed yet. */
-static bool held_elsewhere(const collector *c, const writer *w, const uint8_t *digest)
-{
-    for (int i = 0; i < c->writer_count; i++) {
-        const writer *other = &c->writers[i];
-        if (other != w && other->batch != NULL && batch_find_digest(other->batch, digest) >= 0)
-            return true;
-    }
-    return false;
-}
-
-/* Chooses the digests phase A records for w's new batch. An event that an
- * earlier batch still being written also holds is left to that batch: it
- * either commits the event or, retried, keeps it until it does (or sends it
- * to the DLQ as poison), so here it is a duplicate. Recording it here too
- * would make this INSERT wait for that whole transaction on its
- * uncommitted row, and the writers would take turns instead of working at
- * once (10 % duplicates put one in nearly every pair of batches). False
- * when memory runs out. */
-static bool leave_to_earlier_batches(collector *c, writer *w)
-{
-    const batch *b = w->batch;
-    w->digests = b->digests;
-    w->week_days = b->week_days;
-    w->digest_count = b->event_count;
-    size_t i = 0;
-    while (i < b->event_count && !held_elsewhere(c, w, b->digests + i * 16))
-        i++;
-    if (i == b->event_count)
-        return true; /* the usual case: nothing shared */
-    if (w->own_digests == NULL) {
-        w->own_digests = malloc(b->capacity * 16);
-        w->own_week_days = malloc(b->capacity * sizeof *w->own_week_days);
-        if (w->own_digests == NULL || w->own_week_days == NULL)
-            return false;
-    }
-    memcpy(w->own_digests, b->digests, i * 16);
-    memcpy(w->own_week_days, b->week_days, i * sizeof *b->week_days);
-    size_t kept = i;
-    for (i++; i < b->event_count; i++) {
-        if (held_elsewhere(c, w, b->digests + i * 16))
-            continue;
-        memcpy(w->own_digests + kept * 16, b->digests + i * 16, 16);
-        w->own_week_days[kept++] = b->week_days[i];
-    }
-    w->digests = w->own_digests;
-    w->week_days = w->own_week_days;
-    w->digest_count = kept;
-    return true;
-}
-
 void write_next(collector *c, writer *w)
 {
     w->batch = c->filling;
     w->seq = c->next_seq++;
     w->since = time_now_usec();
     c->filling = free_batch(c);
-    if (!leave_to_earlier_batches(c, w)) {
-        /* Nothing of this batch is acknowledged: exit as a crash would and
-         * let the next owner read it again (see batch_add's caller). */
-        log_error("out of memory choosing a batch's digests; exiting without acknowledging it");
-        fflush(NULL);
-        _exit(1);
-    }
     write_start(c, w);
 }
 

@@ -6,6 +6,7 @@ int main(void)
 {
     Suite *const suites[] = {
         keyplans_suite(),
+        offsets_suite(),
         rollup_suite(),
         status_suite(),
     };

@@ -5,6 +5,7 @@
 #include <check.h>
 
 Suite *keyplans_suite(void);
+Suite *offsets_suite(void);
 Suite *rollup_suite(void);
 Suite *status_suite(void);
 
