@@ -159,6 +159,7 @@ typedef struct {
     int64_t started;          /* this attempt */
     int64_t since;            /* when the batch was handed over */
     int64_t retry_at;         /* after a failure (0: none) */
+    bool failed;              /* its batch failed since it was handed over: keep consumption paused */
     int64_t backoff_usec;
     /* The digests phase A records: the batch's own, or (when some are
      * left to an earlier batch, see write_next) `own_*`, the rest. */
@@ -237,6 +238,10 @@ void set_paused(collector *c, bool paused, pause_reason reason);
 void write_failed(collector *c, writer *w, pause_reason reason, const char *err);
 void write_done(collector *c, writer *w, uint64_t counted);
 void write_start(collector *c, writer *w);
+/* Sets w->digests / week_days / digest_count: the events of w's batch that
+ * no earlier uncommitted batch also holds (writer.c says why). False when
+ * memory runs out. */
+bool leave_to_earlier_batches(collector *c, writer *w);
 /* A writer that can take the filling batch now, or NULL. */
 writer *idle_writer(collector *c);
 /* Hands the filling batch to `w` (from idle_writer). */

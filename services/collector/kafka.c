@@ -34,6 +34,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_pause_partitions(rk, partitions);
         return;
     }
+    /* Positions before a rebalance say nothing about the fetcher after it. */
+    c->fetch_queue_filled = false;
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         log_info("revoking %d partition(s)%s", partitions->cnt,
                  rd_kafka_assignment_lost(rk) ? " (assignment lost)" : "");

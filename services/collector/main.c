@@ -99,8 +99,6 @@ static const cfg_setting settings[] = {
 
 /* ---- metrics ----------------------------------------------------------- */
 
-const char *const pause_reason_names[PAUSE__COUNT] = {"database", "dlq", "poison_refetch",
-                                                     "database_refuses_all"};
 
 static const double batch_size_bounds[] = {1,    10,    100,   500,   1000,  2500,
                                            5000, 10000, 25000, 50000, 100000};
@@ -221,16 +219,17 @@ static void refresh_keys(collector *c)
     metrics_set(c->m.key_cache_size, (double)keyplans_size(fresh));
 }
 
-static void maintain_partitions(collector *c)
+static bool maintain_partitions(collector *c)
 {
     int created = 0, dropped = 0;
     char err[512];
-    if (store_maintain_partitions(c->writers[0].db, &created, &dropped, err, sizeof err)) {
-        if (created || dropped)
-            log_info("event_ids partitions: %d created, %d expired ones dropped", created, dropped);
-    } else {
-        log_warn("%s", err);
+    if (!store_maintain_partitions(c->writers[0].db, &created, &dropped, err, sizeof err)) {
+        log_warn("%s (trying again in a minute)", err);
+        return false;
     }
+    if (created || dropped)
+        log_info("event_ids partitions: %d created, %d expired ones dropped", created, dropped);
+    return true;
 }
 
 /* How long the longest-waiting handed-over batch has waited to be written. */
@@ -376,17 +375,19 @@ int main(int argc, char **argv)
         stalled_seconds = (sig_atomic_t)(longest_wait_usec(&c, now) / USEC_PER_SEC);
         metrics_set(c.m.stalled_seconds, (double)stalled_seconds);
         int64_t retry_at = retry_writers(&c, now);
-        if (c.writers[0].batch == NULL) {
-            /* Writer 0's connection is idle between writes: the moment for
-             * the periodic work that needs one. */
-            if (now >= next_key_refresh) {
-                refresh_keys(&c);
-                next_key_refresh = now + config.key_refresh_ms * 1000;
-            }
-            if (now >= next_maintenance) {
-                maintain_partitions(&c);
-                next_maintenance = now + 3600 * USEC_PER_SEC;
-            }
+        /* Writer 0's connection is idle between its writes: the moment for
+         * the key refresh. */
+        if (c.writers[0].batch == NULL && now >= next_key_refresh) {
+            refresh_keys(&c);
+            next_key_refresh = now + config.key_refresh_ms * 1000;
+        }
+        /* The partition upkeep waits for every open transaction on
+         * event_ids: no batch is handed over while it is due, and it runs
+         * once no writer has one open. */
+        bool maintenance_due = now >= next_maintenance;
+        if (maintenance_due && !writers_busy(&c)) {
+            next_maintenance = now + (maintain_partitions(&c) ? 3600 : 60) * USEC_PER_SEC;
+            continue;
         }
         batch *f = c.filling;
         bool full = f->consumed >= (size_t)config.batch_max_events;
@@ -396,7 +397,7 @@ int main(int argc, char **argv)
         int64_t age = now - f->first_at;
         bool due = !batch_empty(f) &&
                    ((age >= config.batch_max_wait_ms * 1000 && c.caught_up) || age >= USEC_PER_SEC);
-        writer *idle = full || due ? idle_writer(&c) : NULL;
+        writer *idle = (full || due) && !maintenance_due ? idle_writer(&c) : NULL;
         if (idle != NULL) {
             write_next(&c, idle);
             continue;
@@ -424,7 +425,7 @@ int main(int argc, char **argv)
         rd_kafka_message_t *message = rd_kafka_consumer_poll(c.consumer, timeout_ms);
         c.caught_up = message == NULL;
         if (message != NULL) {
-            c.last_message_at = now;
+            c.last_message_at = time_now_usec(); /* the poll may have waited */
             note_fetch_queue(&c, message);
         } else {
             wake_starved_fetcher(&c, time_now_usec());

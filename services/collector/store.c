@@ -43,6 +43,8 @@ static store_error_kind classify_sqlstate(const char *sqlstate)
     return STORE_ERROR_TRANSIENT;
 }
 
+static bool exec_step(store *st, const char *sql, const char *what, char *err, size_t err_size);
+
 store_error_kind store_last_error(const store *st)
 {
     return st->last_error;
@@ -335,10 +337,15 @@ bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans
     return ok;
 }
 
-bool store_maintain_partitions(store *st, int *created, int *dropped, char *err, size_t err_size)
+/* Creating or dropping a partition locks event_ids exclusively, so it waits
+ * for every open transaction that wrote to it, and every later writer
+ * (this collector's other writers, other collectors) queues behind it. A
+ * short lock_timeout makes it give up instead (and try again later) when a
+ * transaction stays open, rather than stall everyone. */
+#define MAINTENANCE_LOCK_TIMEOUT "2s"
+
+static bool run_maintenance(store *st, int *created, int *dropped, char *err, size_t err_size)
 {
-    if (!store_ensure_connected(st, err, err_size))
-        return false;
     char days[16];
     snprintf(days, sizeof days, "%d", st->lateness_days);
     const char *params[1] = {days};
@@ -354,6 +361,19 @@ bool store_maintain_partitions(store *st, int *created, int *dropped, char *err,
         db_error(st->conn, res, "maintaining event_ids partitions", err, err_size);
     }
     PQclear(res);
+    return ok;
+}
+
+bool store_maintain_partitions(store *st, int *created, int *dropped, char *err, size_t err_size)
+{
+    if (!store_begin(st, err, err_size))
+        return false;
+    bool ok = exec_step(st, "SET LOCAL lock_timeout = '" MAINTENANCE_LOCK_TIMEOUT "'",
+                        "limiting the partition upkeep's lock wait", err, err_size) &&
+              run_maintenance(st, created, dropped, err, err_size) &&
+              store_commit(st, err, err_size);
+    if (!ok)
+        store_rollback(st);
     return ok;
 }
 

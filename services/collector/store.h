@@ -33,7 +33,10 @@ bool store_load_keys(store *st, keyplans *cache, char *err, size_t err_size);
 /* Looks up `count` key ids (borrowed) and adds those found to `cache`. */
 bool store_lookup_keys(store *st, const char *const *ids, size_t count, keyplans *cache,
                        char *err, size_t err_size);
-/* Creates the coming weeks' event_ids partitions and drops expired ones. */
+/* Creates the coming weeks' event_ids partitions and drops expired ones, in
+ * a transaction of its own that waits at most 2 s for its locks. Call it
+ * only while no other connection of this process has a transaction open
+ * on event_ids: it would wait for one that waits for this process. */
 bool store_maintain_partitions(store *st, int *created, int *dropped, char *err, size_t err_size);
 
 /* Writing a batch is one transaction in two pipelined exchanges, so the

@@ -147,6 +147,9 @@ static bool publish_rejects(collector *c, batch *b, char *err, size_t err_size)
     return true;
 }
 
+const char *const pause_reason_names[PAUSE__COUNT] = {"database", "dlq", "poison_refetch",
+                                                     "database_refuses_all"};
+
 /* Pauses or resumes fetching every assigned partition. */
 static void pause_fetching(collector *c, bool pause)
 {
@@ -176,6 +179,7 @@ void set_paused(collector *c, bool paused, pause_reason reason)
     metrics_set(c->m.paused, paused ? 1 : 0);
 }
 
+/* A write failed and waits to be retried (not yet started again). */
 static bool writer_failing(const writer *w)
 {
     return w->batch != NULL && !w->sent;
@@ -184,7 +188,7 @@ static bool writer_failing(const writer *w)
 static bool any_writer_failing(const collector *c)
 {
     for (int i = 0; i < c->writer_count; i++) {
-        if (writer_failing(&c->writers[i]))
+        if (c->writers[i].batch != NULL && c->writers[i].failed)
             return true;
     }
     return false;
@@ -201,6 +205,7 @@ void write_failed(collector *c, writer *w, pause_reason reason, const char *err)
               w->index, err);
     w->sent = false;
     w->rollups_sent = false;
+    w->failed = true;
     if (!store_is_connected(w->db))
         store_disconnect(w->db);
     w->backoff_usec = w->backoff_usec ? w->backoff_usec * 2 : 100 * 1000;
@@ -244,17 +249,24 @@ void write_done(collector *c, writer *w, uint64_t counted)
     w->rollups_sent = false;
     w->backoff_usec = 0;
     w->retry_at = 0;
+    w->failed = false;
     if (c->paused && !any_writer_failing(c))
         set_paused(c, false, PAUSE_DATABASE);
 }
 
-/* Whether another writer's batch holds this digest. Those batches were all
- * handed over earlier and are not committed yet. */
-static bool held_elsewhere(const collector *c, const writer *w, const uint8_t *digest)
+/* Whether a batch handed over before w's, not committed yet, holds this
+ * event: the same digest in the same event week (event_ids' key; another
+ * week is another record). Only earlier batches: a retried batch must not
+ * leave its events to a later one that left them to it. */
+static bool held_earlier(const collector *c, const writer *w, const batch *b, size_t index)
 {
+    const uint8_t *digest = b->digests + index * 16;
     for (int i = 0; i < c->writer_count; i++) {
         const writer *other = &c->writers[i];
-        if (other != w && other->batch != NULL && batch_find_digest(other->batch, digest) >= 0)
+        if (other == w || other->batch == NULL || other->seq > w->seq)
+            continue;
+        long found = batch_find_digest(other->batch, digest);
+        if (found >= 0 && other->batch->week_days[found] == b->week_days[index])
             return true;
     }
     return false;
@@ -266,16 +278,15 @@ static bool held_elsewhere(const collector *c, const writer *w, const uint8_t *d
  * to the DLQ as poison), so here it is a duplicate. Recording it here too
  * would make this INSERT wait for that whole transaction on its
  * uncommitted row, and the writers would take turns instead of working at
- * once (10 % duplicates put one in nearly every pair of batches). False
- * when memory runs out. */
-static bool leave_to_earlier_batches(collector *c, writer *w)
+ * once (10 % duplicates put one in nearly every pair of batches). */
+bool leave_to_earlier_batches(collector *c, writer *w)
 {
     const batch *b = w->batch;
     w->digests = b->digests;
     w->week_days = b->week_days;
     w->digest_count = b->event_count;
     size_t i = 0;
-    while (i < b->event_count && !held_elsewhere(c, w, b->digests + i * 16))
+    while (i < b->event_count && !held_earlier(c, w, b, i))
         i++;
     if (i == b->event_count)
         return true; /* the usual case: nothing shared */
@@ -289,7 +300,7 @@ static bool leave_to_earlier_batches(collector *c, writer *w)
     memcpy(w->own_week_days, b->week_days, i * sizeof *b->week_days);
     size_t kept = i;
     for (i++; i < b->event_count; i++) {
-        if (held_elsewhere(c, w, b->digests + i * 16))
+        if (held_earlier(c, w, b, i))
             continue;
         memcpy(w->own_digests + kept * 16, b->digests + i * 16, 16);
         w->own_week_days[kept++] = b->week_days[i];

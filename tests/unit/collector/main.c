@@ -9,6 +9,7 @@ int main(void)
         offsets_suite(),
         rollup_suite(),
         status_suite(),
+        writer_suite(),
     };
     return unit_run(suites, sizeof suites / sizeof suites[0]);
 }

@@ -8,5 +8,6 @@ Suite *keyplans_suite(void);
 Suite *offsets_suite(void);
 Suite *rollup_suite(void);
 Suite *status_suite(void);
+Suite *writer_suite(void);
 
 #endif
