@@ -155,6 +155,7 @@ typedef struct {
     uint64_t seq;             /* the batch's place in consumption order */
     bool sent;                /* an exchange is in flight (else it waits to retry) */
     bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
+    bool carries_status;      /* ... which updates the collector_status row */
     uint64_t counted;         /* new events found by phase A */
     int64_t started;          /* this attempt */
     int64_t since;            /* when the batch was handed over */

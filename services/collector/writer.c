@@ -350,6 +350,17 @@ void write_start(collector *c, writer *w)
     w->rollups_sent = false;
 }
 
+/* Whether a writer's transaction in flight carries the status row. */
+static bool status_in_flight(const collector *c)
+{
+    for (int i = 0; i < c->writer_count; i++) {
+        const writer *w = &c->writers[i];
+        if (w->batch != NULL && w->sent && w->rollups_sent && w->carries_status)
+            return true;
+    }
+    return false;
+}
+
 /* Phase A answered with the digests never seen before: count exactly those
  * events in the batch's rollup, and send phase B. */
 static void send_rollups(collector *c, writer *w, PGresult *inserted)
@@ -368,7 +379,12 @@ static void send_rollups(collector *c, writer *w, PGresult *inserted)
         write_isolating(c, w, "rollup parameters exceed their buffers or a total would overflow");
         return;
     }
-    store_stage_status(w->db, status_values(c, b, counted + b->counted_earlier));
+    /* The status row goes with one writer's transaction at a time: two
+     * would queue on its row lock, the later waiting for the earlier's
+     * commit even when their batches share no key. */
+    w->carries_status = !status_in_flight(c);
+    if (w->carries_status)
+        store_stage_status(w->db, status_values(c, b, counted + b->counted_earlier));
     if (!store_send_rollups(w->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
         write_failed(c, w, PAUSE_DATABASE, err);
         return;
