@@ -156,6 +156,7 @@ typedef struct {
     bool sent;                /* an exchange is in flight (else it waits to retry) */
     bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
     bool carries_status;      /* ... which updates the collector_status row */
+    uint64_t status_commits;  /* c->commits when its status values were taken */
     uint64_t counted;         /* new events found by phase A */
     int64_t started;          /* this attempt */
     int64_t since;            /* when the batch was handed over */
@@ -194,6 +195,8 @@ typedef struct {
     buf hourly[ROLLUP_HOURLY_COLUMNS];
     buf counters[ROLLUP_COUNTER_COLUMNS];
     event_limits limits;
+    uint64_t commits;         /* batches committed */
+    bool status_behind;       /* a commit happened that the status row does not show */
     bool paused;
     rd_kafka_queue_t *consumer_queue; /* the consumer's, to sample its length */
     int64_t last_message_at;  /* when the consumer last returned a message */
@@ -253,6 +256,9 @@ bool writers_busy(const collector *c);
  * every writer in flight (never one alone: a transaction may wait for
  * another writer's, which only moves on when it is served). */
 void writers_poll(collector *c, int timeout_ms);
+/* Brings the collector_status row up to date on writer 0's connection when
+ * a commit it does not show happened and no writer is busy. */
+void write_status_if_behind(collector *c);
 /* Writes everything consumed so far, synchronously, one attempt per batch.
  * True when nothing is left unwritten. */
 bool write_all_now(collector *c);

@@ -17,6 +17,8 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     collector *c = opaque;
     bool cooperative = strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+    /* Positions before a rebalance say nothing about the fetcher after it. */
+    c->fetch_queue_filled = false;
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         log_info("assigned %d partition(s) (%s)", partitions->cnt,
                  cooperative ? "cooperative" : "eager");
@@ -34,8 +36,6 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
             rd_kafka_pause_partitions(rk, partitions);
         return;
     }
-    /* Positions before a rebalance say nothing about the fetcher after it. */
-    c->fetch_queue_filled = false;
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
         log_info("revoking %d partition(s)%s", partitions->cnt,
                  rd_kafka_assignment_lost(rk) ? " (assignment lost)" : "");

@@ -344,7 +344,7 @@ int main(int argc, char **argv)
         ops_stop(ops);
         return 0;
     }
-    maintain_partitions(&c);
+    bool partitions_ready = maintain_partitions(&c);
     refresh_keys(&c);
     status_init(config.kafka_group);
     c.consumer = make_consumer(&c);
@@ -360,7 +360,7 @@ int main(int argc, char **argv)
              config.batch_max_wait_ms, c.writer_count);
 
     int64_t next_key_refresh = time_now_usec() + config.key_refresh_ms * 1000;
-    int64_t next_maintenance = time_now_usec() + 3600 * USEC_PER_SEC;
+    int64_t next_maintenance = time_now_usec() + (partitions_ready ? 3600 : 60) * USEC_PER_SEC;
     int64_t next_lag = 0;
     int64_t last_db_check = 0;
     while (!stopsignal_requested()) {
@@ -381,6 +381,8 @@ int main(int argc, char **argv)
             refresh_keys(&c);
             next_key_refresh = now + config.key_refresh_ms * 1000;
         }
+        if (c.caught_up)
+            write_status_if_behind(&c);
         /* The partition upkeep waits for every open transaction on
          * event_ids: no batch is handed over while it is due, and it runs
          * once no writer has one open. */

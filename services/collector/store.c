@@ -12,6 +12,8 @@
 #include "event.h"
 #include "timeutil.h"
 
+#define SESSION_LOCK_TIMEOUT "30s"
+
 struct store {
     const char *url;
     int lateness_days;
@@ -265,9 +267,15 @@ bool store_ensure_connected(store *st, char *err, size_t err_size)
     st->conn = db_connect(st->url, "tally-collector", err, err_size);
     if (st->conn == NULL)
         return false;
+    /* A lock held past SESSION_LOCK_TIMEOUT (a schema change on event_ids
+     * waiting behind a transaction, say) fails the write as a transient
+     * error, retried, instead of freezing the collector. Rows the writers
+     * share are held for a commit's time, far less. */
     /* JIT compilation costs more than it saves on statements that run a few
      * times a second (the planner cannot see how small the arrays are). */
     if (!db_exec(st->conn, "SET jit = off", "configuring the session", err, err_size) ||
+        !db_exec(st->conn, "SET lock_timeout = '" SESSION_LOCK_TIMEOUT "'",
+                 "configuring the session", err, err_size) ||
         !prepare(st->conn, "inserts", sql_inserts, 2, "preparing the deduplication statement",
                  err, err_size) ||
         !prepare(st->conn, "rollups", st->rollup_sql, STORE_ROLLUP_PARAMS,
@@ -484,22 +492,35 @@ bool store_send_rollups(store *st, const buf *hourly, const buf *counters, bool 
                         char *err, size_t err_size)
 {
     begin_exchange(st, -1);
+    const char *const *status = st->status; /* this exchange's only, sent or not */
+    st->status = NULL;
     const char *values[STORE_ROLLUP_PARAMS];
     rollup_values(hourly, counters, values);
     if (!PQenterPipelineMode(st->conn) ||
         (!nothing_new &&
          (!PQsendQueryPrepared(st->conn, "rollups", STORE_ROLLUP_PARAMS, values, NULL, NULL, 0) ||
           !send_counters_notice(st, counters))) ||
-        (st->status != NULL &&
-         !PQsendQueryPrepared(st->conn, "status", STATUS_PARAMS, st->status, NULL, NULL, 0)) ||
+        (status != NULL &&
+         !PQsendQueryPrepared(st->conn, "status", STATUS_PARAMS, status, NULL, NULL, 0)) ||
         !PQsendQueryParams(st->conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) ||
         !PQpipelineSync(st->conn))
         return send_failed(st, "sending the batch's rollups", err, err_size);
     /* rollups and notice, or nothing new; the status row; COMMIT */
-    st->statements = (nothing_new ? 1 : 3) + (st->status != NULL ? 1 : 0);
-    st->status = NULL;
+    st->statements = (nothing_new ? 1 : 3) + (status != NULL ? 1 : 0);
     st->unflushed = PQflush(st->conn) == 1;
     return true;
+}
+
+bool store_write_status(store *st, const char *const *values, char *err, size_t err_size)
+{
+    if (!store_ensure_connected(st, err, err_size))
+        return false;
+    PGresult *res = PQexecPrepared(st->conn, "status", STATUS_PARAMS, values, NULL, NULL, 0);
+    bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok)
+        db_error(st->conn, res, "updating the collector's status row", err, err_size);
+    PQclear(res);
+    return ok;
 }
 
 bool store_pollfd(const store *st, struct pollfd *pfd)

@@ -73,6 +73,9 @@ store_error_kind store_last_error(const store *st);
 /* The collector's status row (status.h, `values` borrowed until sent) goes
  * with the next store_send_rollups, before its COMMIT. */
 void store_stage_status(store *st, const char *const *values);
+/* Writes the status row on its own (autocommit), between writes. */
+bool store_write_status(store *st, const char *const *values, char *err, size_t err_size)
+    __attribute__((warn_unused_result));
 
 /* The rollup statement takes one array per column, hourly then counters. */
 #define STORE_ROLLUP_PARAMS (ROLLUP_HOURLY_COLUMNS + ROLLUP_COUNTER_COLUMNS)

@@ -223,6 +223,10 @@ void write_done(collector *c, writer *w, uint64_t counted)
 {
     batch *b = w->batch;
     offsets_written(c, w->seq, b);
+    /* The status row is current only if this transaction carried it and no
+     * other committed since its values were taken. */
+    c->status_behind = !(w->carries_status && w->rollups_sent && w->status_commits == c->commits);
+    c->commits++;
     counted += b->counted_earlier;
     status_committed(b, counted);
     uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
@@ -383,6 +387,7 @@ static void send_rollups(collector *c, writer *w, PGresult *inserted)
      * would queue on its row lock, the later waiting for the earlier's
      * commit even when their batches share no key. */
     w->carries_status = !status_in_flight(c);
+    w->status_commits = c->commits;
     if (w->carries_status)
         store_stage_status(w->db, status_values(c, b, counted + b->counted_earlier));
     if (!store_send_rollups(w->db, c->hourly, c->counters, counted == 0, err, sizeof err)) {
@@ -501,4 +506,17 @@ bool write_all_now(collector *c)
             return false;
     }
     return batch_empty(c->filling);
+}
+
+void write_status_if_behind(collector *c)
+{
+    writer *w = &c->writers[0];
+    if (!c->status_behind || w->batch != NULL || writers_busy(c))
+        return;
+    static batch nothing; /* no dead letters of its own */
+    char err[512];
+    if (store_write_status(w->db, status_values(c, &nothing, 0), err, sizeof err))
+        c->status_behind = false;
+    else
+        log_warn("%s", err);
 }
