@@ -455,6 +455,13 @@ def test_key_created_while_running(s):
           "after creating a key that was missing, expected counted=26 rejected=1, got %s"
           % m.brief())
     wait_for_totals(s.db, expected.requests(), [collector], 30)
+    # The collector's status row (GET /v1/status) catches up once it is
+    # idle, whichever writer's transaction carried it last.
+    status = ("SELECT events_counted, dlq_by_code->>'unknown_key' FROM collector_status"
+              " WHERE kafka_group = 'it-newkey'")
+    wait_until("the status row to show 26 counted and 1 unknown_key",
+               lambda: s.db.query(status) == [["26", "1"]], 30,
+               on_timeout=lambda: s.db.query(status))
     lib.verify_totals(s.db, expected)
 
 
