@@ -197,6 +197,7 @@ typedef struct {
     event_limits limits;
     uint64_t commits;         /* batches committed */
     bool status_behind;       /* a commit happened that the status row does not show */
+    int64_t status_retry_at;  /* after a failed catch-up of the status row */
     bool paused;
     rd_kafka_queue_t *consumer_queue; /* the consumer's, to sample its length */
     int64_t last_message_at;  /* when the consumer last returned a message */

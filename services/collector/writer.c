@@ -511,12 +511,18 @@ bool write_all_now(collector *c)
 void write_status_if_behind(collector *c)
 {
     writer *w = &c->writers[0];
-    if (!c->status_behind || w->batch != NULL || writers_busy(c))
+    /* Not while a write is failing (the database is likely away: the
+     * retries say so), and after a failure of its own not for 5 s. */
+    int64_t now = time_now_usec();
+    if (!c->status_behind || w->batch != NULL || writers_busy(c) || any_writer_failing(c) ||
+        now < c->status_retry_at)
         return;
     static batch nothing; /* no dead letters of its own */
     char err[512];
-    if (store_write_status(w->db, status_values(c, &nothing, 0), err, sizeof err))
+    if (store_write_status(w->db, status_values(c, &nothing, 0), err, sizeof err)) {
         c->status_behind = false;
-    else
+    } else {
         log_warn("%s", err);
+        c->status_retry_at = now + 5 * USEC_PER_SEC;
+    }
 }
