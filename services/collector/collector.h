@@ -161,7 +161,7 @@ typedef struct {
     int64_t started;          /* this attempt */
     int64_t since;            /* when the batch was handed over */
     int64_t retry_at;         /* after a failure (0: none) */
-    bool failed;              /* its batch failed since it was handed over: keep consumption paused */
+    bool failed;              /* its batch failed since handed over: consumption stays paused */
     int64_t backoff_usec;
     /* The digests phase A records: the batch's own, or (when some are
      * left to an earlier batch, see write_next) `own_*`, the rest. */

@@ -290,9 +290,9 @@ static rd_kafka_topic_partition_list_t *partitions_behind(collector *c)
  * could take. A pause and resume does not end that wait; a seek does. So
  * when the queue, after being nearly full, has run dry (no message for
  * WAKE_QUIET_USEC) while the partitions hold unread events, they are
- * sought to their positions, at most every WAKE_INTERVAL_USEC. A seek drops what may be queued and
- * fetches it again from the position: nothing consumed is read twice and
- * nothing is skipped. */
+ * sought to their positions, at most every WAKE_INTERVAL_USEC. A seek
+ * drops what may be queued and fetches it again from the position:
+ * nothing consumed is read twice and nothing is skipped. */
 #define WAKE_QUIET_USEC    (20 * 1000)
 #define WAKE_INTERVAL_USEC (100 * 1000)
 /* The queue counts as full at this share of FETCH_QUEUE_KBYTES. */

@@ -31,8 +31,8 @@ static part_outcome part_refused(writer *w, event_error *code)
 }
 
 /* Writes the staged events [start, start + count) in one transaction. */
-static part_outcome write_part(collector *c, writer *w, size_t start, size_t count, event_error *code,
-                               char *err, size_t err_size)
+static part_outcome write_part(collector *c, writer *w, size_t start, size_t count,
+                               event_error *code, char *err, size_t err_size)
 {
     batch *b = w->batch;
     if (!store_begin(w->db, err, err_size))
@@ -59,8 +59,8 @@ static part_outcome write_part(collector *c, writer *w, size_t start, size_t cou
 
 /* Writes [start, start + count), halving refused parts down to single
  * events. Recursion depth is log2 of the batch size (at most 19). */
-static part_outcome isolate_range(collector *c, writer *w, size_t start, size_t count, bool known_refused,
-                                  char *err, size_t err_size)
+static part_outcome isolate_range(collector *c, writer *w, size_t start, size_t count,
+                                  bool known_refused, char *err, size_t err_size)
 {
     event_error code = EVENT_ERR_DATABASE_REJECTED;
     if (!known_refused) {

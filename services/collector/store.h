@@ -1,6 +1,6 @@
-/* The collector's PostgreSQL side: one connection, the key lookups, and the
- * transaction that deduplicates a batch and adds only its new events to the
- * rollups. */
+/* The collector's PostgreSQL side: one connection (each writer has its
+ * own), the key lookups, and the transaction that deduplicates a batch and
+ * adds only its new events to the rollups. */
 #ifndef TALLY_COLLECTOR_STORE_H
 #define TALLY_COLLECTOR_STORE_H
 
