@@ -27,7 +27,7 @@ bool apimodel_valid_id(const char *text)
 }
 
 bool apimodel_take_string(const json_t *value, const char *field, size_t min, size_t max,
-                        bool multiline, char *out, apimodel_error *err)
+                          bool multiline, char *out, apimodel_error *err)
 {
     if (!json_is_string(value))
         return apimodel_fail(err, "invalid_field", "%s must be a string", field);
@@ -469,8 +469,8 @@ bool apimodel_plan_apply(apimodel_plan *plan, const json_t *body, bool creating,
         } else if (strcmp(name, "stripeMeterEventName") == 0) {
             if (is_null)
                 plan->has_meter = false;
-            else if (!apimodel_take_string(value, "stripeMeterEventName", 1, APIMODEL_METER_MAX, false,
-                                  plan->meter, err))
+            else if (!apimodel_take_string(value, "stripeMeterEventName", 1, APIMODEL_METER_MAX,
+                                           false, plan->meter, err))
                 return false;
             else
                 plan->has_meter = true;
@@ -526,8 +526,8 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 return apimodel_fail(err, "invalid_field", "enabled must be true or false");
             key->enabled = json_is_true(value);
         } else if (creating && strcmp(name, "value") == 0) {
-            if (!apimodel_take_string(value, "value", APIMODEL_VALUE_MIN, APIMODEL_VALUE_MAX, false,
-                             key->value, err))
+            if (!apimodel_take_string(value, "value", APIMODEL_VALUE_MIN, APIMODEL_VALUE_MAX,
+                                      false, key->value, err))
                 return false;
             for (const char *c = key->value; *c; c++) {
                 if ((unsigned char)*c <= 0x20 || (unsigned char)*c >= 0x7f)
@@ -540,7 +540,8 @@ bool apimodel_key_apply(apimodel_key *key, const json_t *body, bool creating, ap
                 key->has_plan_id = false;
                 continue;
             }
-            if (!apimodel_take_string(value, "planId", 1, APIMODEL_ID_MAX, false, key->plan_id, err))
+            if (!apimodel_take_string(value, "planId", 1, APIMODEL_ID_MAX, false, key->plan_id,
+                                      err))
                 return false;
             if (!apimodel_valid_id(key->plan_id))
                 return apimodel_fail(err, "invalid_field", "planId is not a valid id");

@@ -70,7 +70,6 @@ static bool parse_credential(const char *text, size_t len, sigv4_authorization *
            copy_part(parts[3], lens[3], out->service, sizeof out->service);
 }
 
-/* "a;b;c": lower case, sorted, unique, and with host among them. */
 bool sigv4_header_signed(const char *signed_headers, const char *name)
 {
     size_t n = strlen(name);
@@ -85,6 +84,7 @@ bool sigv4_header_signed(const char *signed_headers, const char *name)
     return false;
 }
 
+/* "a;b;c": lower case, sorted, unique, and with host among them. */
 static bool signed_headers_valid(const char *list)
 {
     const char *previous = NULL;
