@@ -537,61 +537,55 @@ void store_stage_status(store *st, const char *const *values)
     st->status = values;
 }
 
-store_progress store_poll(store *st, bool wait, PGresult **kept, char *err, size_t err_size)
+store_progress store_poll(store *st, PGresult **kept, char *err, size_t err_size)
 {
     *kept = NULL;
-    for (;;) {
-        int flushed = PQflush(st->conn);
-        st->unflushed = flushed == 1;
-        if (flushed < 0 || !PQconsumeInput(st->conn)) {
-            db_error(st->conn, NULL, "talking to PostgreSQL", err, err_size);
-            store_disconnect(st);
-            return STORE_FAILED;
-        }
-        while (!PQisBusy(st->conn)) {
-            PGresult *res = PQgetResult(st->conn);
-            if (res == NULL) {
-                st->completed++; /* the end of one statement's results */
-                if (st->completed > st->statements + 1) {
-                    snprintf(err, err_size, "talking to PostgreSQL: pipeline out of step");
-                    store_disconnect(st);
-                    return STORE_FAILED;
-                }
-                continue;
-            }
-            ExecStatusType status = PQresultStatus(res);
-            if (status == PGRES_PIPELINE_SYNC) {
-                PQclear(res);
-                bool ok = !st->failed && PQexitPipelineMode(st->conn) == 1;
-                if (!ok) {
-                    snprintf(err, err_size, "%s",
-                             st->failed ? st->failure : "leaving pipeline mode failed");
-                    store_disconnect(st); /* rolls the transaction back */
-                    return STORE_FAILED;
-                }
-                *kept = st->kept;
-                st->kept = NULL;
-                return STORE_DONE;
-            }
-            if (status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED) {
-                if (!st->failed) {
-                    db_error(st->conn, res, "writing the batch", st->failure,
-                             sizeof st->failure);
-                    st->last_error = classify_sqlstate(db_sqlstate(res));
-                }
-                st->failed = true;
-            } else if (st->completed == st->keep && st->kept == NULL) {
-                st->kept = res;
-                continue;
-            }
-            PQclear(res);
-        }
-        if (!wait)
-            return STORE_PENDING;
-        /* poll, not select: a descriptor past FD_SETSIZE (1024) is fine. */
-        struct pollfd pfd = {PQsocket(st->conn), POLLIN | (flushed == 1 ? POLLOUT : 0), 0};
-        poll(&pfd, 1, 1000);
+    int flushed = PQflush(st->conn);
+    st->unflushed = flushed == 1;
+    if (flushed < 0 || !PQconsumeInput(st->conn)) {
+        db_error(st->conn, NULL, "talking to PostgreSQL", err, err_size);
+        store_disconnect(st);
+        return STORE_FAILED;
     }
+    while (!PQisBusy(st->conn)) {
+        PGresult *res = PQgetResult(st->conn);
+        if (res == NULL) {
+            st->completed++; /* the end of one statement's results */
+            if (st->completed > st->statements + 1) {
+                snprintf(err, err_size, "talking to PostgreSQL: pipeline out of step");
+                store_disconnect(st);
+                return STORE_FAILED;
+            }
+            continue;
+        }
+        ExecStatusType status = PQresultStatus(res);
+        if (status == PGRES_PIPELINE_SYNC) {
+            PQclear(res);
+            bool ok = !st->failed && PQexitPipelineMode(st->conn) == 1;
+            if (!ok) {
+                snprintf(err, err_size, "%s",
+                         st->failed ? st->failure : "leaving pipeline mode failed");
+                store_disconnect(st); /* rolls the transaction back */
+                return STORE_FAILED;
+            }
+            *kept = st->kept;
+            st->kept = NULL;
+            return STORE_DONE;
+        }
+        if (status == PGRES_FATAL_ERROR || status == PGRES_PIPELINE_ABORTED) {
+            if (!st->failed) {
+                db_error(st->conn, res, "writing the batch", st->failure,
+                         sizeof st->failure);
+                st->last_error = classify_sqlstate(db_sqlstate(res));
+            }
+            st->failed = true;
+        } else if (st->completed == st->keep && st->kept == NULL) {
+            st->kept = res;
+            continue;
+        }
+        PQclear(res);
+    }
+    return STORE_PENDING;
 }
 
 /* ---- one part of a batch, synchronously (isolating poison events) ------ */

@@ -84,11 +84,11 @@ bool store_write_status(store *st, const char *const *values, char *err, size_t 
  * exchange is in flight; false when not connected. */
 bool store_pollfd(const store *st, struct pollfd *pfd);
 
-/* Advances the exchange in flight; with `wait` blocks until it is done. On
- * STORE_DONE after store_send_inserts, *kept is the INSERT's result (owned
- * by the caller: PQclear it); otherwise *kept is NULL. */
-store_progress store_poll(store *st, bool wait, PGresult **kept, char *err,
-                          size_t err_size);
+/* Advances the exchange in flight without waiting (wait on store_pollfd's
+ * descriptor). On STORE_DONE after store_send_inserts, *kept is the
+ * INSERT's result (owned by the caller: PQclear it); otherwise *kept is
+ * NULL. */
+store_progress store_poll(store *st, PGresult **kept, char *err, size_t err_size);
 
 /* The same transaction in synchronous steps, for writing one part of a batch
  * on its own while poison events are isolated: store_begin, then

@@ -403,7 +403,7 @@ static void write_advance(collector *c, writer *w)
     while (w->batch != NULL && w->sent) {
         PGresult *inserted = NULL;
         char err[512];
-        switch (store_poll(w->db, false, &inserted, err, sizeof err)) {
+        switch (store_poll(w->db, &inserted, err, sizeof err)) {
         case STORE_PENDING:
             return;
         case STORE_DONE:
