@@ -243,6 +243,9 @@ void set_paused(collector *c, bool paused, pause_reason reason);
 void write_failed(collector *c, writer *w, pause_reason reason, const char *err);
 void write_done(collector *c, writer *w, uint64_t counted);
 void write_start(collector *c, writer *w);
+/* Starts again each failed write whose backoff has passed; returns the
+ * earliest retry still to come (0: none). */
+int64_t retry_writers(collector *c, int64_t now);
 /* Sets w->digests / week_days / digest_count: the events of w's batch that
  * no earlier uncommitted batch also holds (writer.c says why). False when
  * memory runs out. */

@@ -244,23 +244,6 @@ static int64_t longest_wait_usec(const collector *c, int64_t now)
     return longest;
 }
 
-/* Starts again each failed write whose backoff has passed; returns the
- * earliest retry still to come (0: none). */
-static int64_t retry_writers(collector *c, int64_t now)
-{
-    int64_t next = 0;
-    for (int i = 0; i < c->writer_count; i++) {
-        writer *w = &c->writers[i];
-        if (w->batch == NULL || w->sent)
-            continue;
-        if (now >= w->retry_at)
-            write_start(c, w);
-        else if (next == 0 || w->retry_at < next)
-            next = w->retry_at;
-    }
-    return next;
-}
-
 /* Events consumed but not yet in the database. */
 static size_t unwritten_events(const collector *c)
 {

@@ -179,13 +179,14 @@ void set_paused(collector *c, bool paused, pause_reason reason)
     metrics_set(c->m.paused, paused ? 1 : 0);
 }
 
-/* A write failed and waits to be retried (not yet started again). */
-static bool writer_failing(const writer *w)
+/* A write failed and waits to be started again. */
+static bool waiting_to_retry(const writer *w)
 {
     return w->batch != NULL && !w->sent;
 }
 
-static bool any_writer_failing(const collector *c)
+/* A batch held failed since it was handed over (consumption stays paused). */
+static bool any_write_failed(const collector *c)
 {
     for (int i = 0; i < c->writer_count; i++) {
         if (c->writers[i].batch != NULL && c->writers[i].failed)
@@ -254,8 +255,23 @@ void write_done(collector *c, writer *w, uint64_t counted)
     w->backoff_usec = 0;
     w->retry_at = 0;
     w->failed = false;
-    if (c->paused && !any_writer_failing(c))
+    if (c->paused && !any_write_failed(c))
         set_paused(c, false, PAUSE_DATABASE);
+}
+
+int64_t retry_writers(collector *c, int64_t now)
+{
+    int64_t next = 0;
+    for (int i = 0; i < c->writer_count; i++) {
+        writer *w = &c->writers[i];
+        if (!waiting_to_retry(w))
+            continue;
+        if (now >= w->retry_at)
+            write_start(c, w);
+        else if (next == 0 || w->retry_at < next)
+            next = w->retry_at;
+    }
+    return next;
 }
 
 /* Whether a batch handed over before w's, not committed yet, holds this
@@ -489,7 +505,7 @@ bool write_all_now(collector *c)
 {
     for (int i = 0; i < c->writer_count; i++) {
         writer *w = &c->writers[i];
-        if (writer_failing(w))
+        if (waiting_to_retry(w))
             write_start(c, w);
     }
     for (;;) {
@@ -514,7 +530,7 @@ void write_status_if_behind(collector *c)
     /* Not while a write is failing (the database is likely away: the
      * retries say so), and after a failure of its own not for 5 s. */
     int64_t now = time_now_usec();
-    if (!c->status_behind || w->batch != NULL || writers_busy(c) || any_writer_failing(c) ||
+    if (!c->status_behind || w->batch != NULL || writers_busy(c) || any_write_failed(c) ||
         now < c->status_retry_at)
         return;
     static batch nothing; /* no dead letters of its own */
