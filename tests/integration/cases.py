@@ -7,6 +7,7 @@ CloudEvents source; the rollups and the deduplication record are emptied
 before each test."""
 
 import json
+import subprocess
 import time
 
 import lib
@@ -136,6 +137,105 @@ def test_sigkill_restarts(s):
     wait_for_totals(s.db, unique, [collector], 120)
     lib.verify_totals(s.db, expected)
     s.note("%d events; killed after counted+duplicates %s" % (unique, ", ".join(kills)))
+
+
+def test_sigkill_many_writers(s):
+    """kill -9 while four writers have batches in flight at once: their
+    transactions commit out of order, the offsets must not, and an event two
+    batches hold (duplicates, a fifth of them on another partition) must be
+    counted by exactly one. Small batches at a high rate keep every writer
+    busy; each instance's debug log must show writer 3 committing, which
+    happens only while writers 0 to 2 are all busy."""
+    partitions = 32
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t2w-key-", 16, partitions)
+    s.db.add_keys(keys)
+    group = "it-sigkill-writers"
+    args = ["--writers", "4", "--batch-max-events", "300", "--log-level", "debug"]
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source="it-sigkill-writers", rate=8000,
+                    dup_ratio=0.2, dup_other_partition=0.5)
+    collector = s.collector(broker, group, args=args)
+    kills = []
+    for _ in range(3):
+        wait_until("%s to have four batches in flight" % collector.name,
+                   lambda: "batch written by writer 3" in collector.proc.log_text(), 60,
+                   on_timeout=lambda: collector.metrics().brief())
+        time.sleep(s.rng.uniform(0.2, 1.5))
+        collector.assert_alive()
+        m = collector.metrics()
+        collector.sigkill()
+        kills.append("%d+%d" % (m.counted, m.duplicates))
+        collector = s.collector(broker, group, args=args)
+    time.sleep(1)
+    summary = run.stop()
+    expected = Expected()
+    expected.add_summary(summary)
+    unique = summary["unique"]
+    wait_for_totals(s.db, unique, [collector], 120)
+    lib.verify_totals(s.db, expected)
+    s.note("%d events; 4 writers killed after counted+duplicates %s"
+           % (unique, ", ".join(kills)))
+
+
+def test_kill_while_earlier_batch_blocked(s):
+    """The out-of-order case made certain: one batch held up in PostgreSQL
+    (a psql session has inserted, uncommitted, the digest of one of its
+    events, so its INSERT waits) while later batches commit on the other
+    writers, then kill -9. Committing the later batches' offsets first would
+    skip the held batch's events after the restart; every event must still
+    be counted once, the held one too."""
+    partitions = 16
+    broker = s.broker(partitions)
+    keys = lib.keys_on_distinct_partitions("t2b-key-", 8, partitions)
+    s.db.add_keys(keys)
+    group, source = "it-blocked-batch", "it-blocked-batch"
+    args = ["--writers", "4", "--batch-max-events", "200"]
+    run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
+                    base_time=base_time(), source=source, rate=4000, dup_ratio=0.1)
+    collector = s.collector(broker, group, args=args)
+    wait_until("%s to count something" % collector.name, lambda: collector.metrics().counted > 0,
+               60, on_timeout=lambda: collector.metrics().brief())
+    held = event("held-1", keys[0], source)
+    week = "date_trunc('week', %s::timestamptz AT TIME ZONE 'UTC')::date" % lib.sql_literal(
+        held["time"])
+    locker = subprocess.Popen(["psql", "-X", "-q", "-d", s.ctx.db_url], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        locker.stdin.write(("BEGIN; INSERT INTO event_ids (event_hash, event_week) VALUES "
+                            "(tally_event_hash(%s, 'held-1'), %s);\n"
+                            % (lib.sql_literal(source), week)).encode())
+        locker.stdin.flush()
+        wait_until("psql's uncommitted digest",
+                   lambda: s.db.scalar("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a "
+                                       "USING (pid) WHERE a.application_name = 'psql' AND "
+                                       "l.locktype = 'transactionid'") != "0", 10)
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(keys[0], enc(held))])
+        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                   "'tally-collector' AND wait_event_type = 'Lock'")
+        wait_until("the held event's batch to wait on psql's row",
+                   lambda: s.db.scalar(waiting) != "0", 30)
+        held_at = collector.metrics().counted
+        wait_until("later batches to commit meanwhile",
+                   lambda: collector.metrics().counted >= held_at + 1000, 20,
+                   on_timeout=lambda: collector.metrics().brief())
+        time.sleep(1)  # time for an (asynchronous) offset commit to reach the broker
+        check(s.db.scalar(waiting) != "0", "the held batch went through before the kill")
+        later = collector.metrics().counted - held_at
+        collector.sigkill()
+    finally:
+        locker.stdin.close()  # psql ends; its transaction rolls back
+        locker.wait(10)
+    collector = s.collector(broker, group, args=args)
+    time.sleep(1)
+    summary = run.stop()
+    expected = Expected()
+    expected.add_summary(summary)
+    expect_event(expected, held)
+    wait_for_totals(s.db, summary["unique"] + 1, [collector], 60)
+    lib.verify_totals(s.db, expected)
+    s.note("%d events; killed with a batch held while %d later events were counted"
+           % (summary["unique"] + 1, later))
 
 
 # ---- 3. PostgreSQL stopped and restarted -------------------------------------------
@@ -904,6 +1004,8 @@ TESTS = [
     ("event_hash_matches_sql", test_event_hash_matches_sql),
     ("expired_partitions_dropped", test_expired_partitions_dropped),
     ("sigkill_restarts", test_sigkill_restarts),
+    ("sigkill_many_writers", test_sigkill_many_writers),
+    ("kill_while_earlier_batch_blocked", test_kill_while_earlier_batch_blocked),
     ("postgres_restart", test_postgres_restart),
     ("two_instances_one_killed", test_two_instances_one_killed),
     ("dlq_corpus", test_dlq_corpus),
