@@ -125,13 +125,22 @@ def raise_open_files(wanted):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+# A p99 of a millisecond or two is the third-slowest of 300 exchanges: one
+# scheduling hiccup on a shared two-core machine triples it (CI saw 0.51 ms
+# idle, 1.52 ms held, all answered; ASan here 2.01 and 5.66 ms). What the
+# test guards against shows as unanswered requests or waits of seconds, so
+# the bound has an absolute slack.
+HELD_SLACK_S = 0.005
+
+
 @test
 def one_client_cannot_take_every_connection(s):
     """One address (127.0.0.1) holds more half-open requests than the api's
     8,192-connection limit: a client from another address (127.0.0.2),
-    opening a connection per request as a new client does, still gets its
-    authorize answers within 2x the p99 it saw before (the per-address
-    limit, 1,024 by default, turns the rest away)."""
+    opening a connection per request as a new client does, still gets every
+    authorize answered, its p99 within 2x the one it saw before plus
+    HELD_SLACK_S (the per-address limit, 1,024 by default, turns the rest
+    away). Without that limit some of its connections get no answer."""
     key = authorize_key(s, "many-sockets")
     wanted = 8300
     limit = raise_open_files(wanted + 600)
@@ -149,10 +158,10 @@ def one_client_cannot_take_every_connection(s):
                      1000 * p99(attacked) if attacked else -1, ratio, failed), flush=True)
             check(failed == 0, "%d of the other client's authorizes got no answer while %d "
                   "connections were held" % (failed, count))
-            if ratio <= 2:
+            if p99(attacked) <= 2 * p99(idle) + HELD_SLACK_S:
                 return
-        check(False, "authorize p99 %.2f ms while held, %.2f ms idle"
-              % (1000 * p99(attacked), 1000 * p99(idle)))
+        check(False, "authorize p99 %.2f ms while held, more than 2 x %.2f ms idle + %.0f ms"
+              % (1000 * p99(attacked), 1000 * p99(idle), 1000 * HELD_SLACK_S))
 
 
 def wait_connected(socks, timeout):
