@@ -88,7 +88,7 @@ long batch_find_digest(const batch *b, const uint8_t digest[16])
 
 bool batch_empty(const batch *b)
 {
-    return b->consumed == 0;
+    return b->consumed == 0 && b->mark_count == 0;
 }
 
 static bool mark_offset(batch *b, int32_t partition, int64_t offset)
@@ -171,22 +171,35 @@ bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
     return true;
 }
 
+/* The lane of a key id (FNV-1a): the same key always takes the same lane. */
+static int lane_of(const collector *c, const char *key_id)
+{
+    uint64_t h = 14695981039346656037u;
+    for (const unsigned char *p = (const unsigned char *)key_id; *p; p++)
+        h = (h ^ *p) * 1099511628211u;
+    return (int)(h % (uint64_t)c->lane_count);
+}
+
 /* Takes ownership of `message`. False only when memory or the batch's bounds
  * run out (the caller then stops without acknowledging anything). */
 bool batch_add(collector *c, rd_kafka_message_t *message)
 {
-    batch *b = c->filling;
-    if (!mark_offset(b, message->partition, message->offset))
+    batch *head = c->filling[0]; /* the round's offsets and age */
+    if (!mark_offset(head, message->partition, message->offset))
         return false;
-    if (b->consumed++ == 0)
-        b->first_at = time_now_usec();
     c->limits.now_usec = time_now_usec();
+    if (head->first_at == 0)
+        head->first_at = c->limits.now_usec;
     usage_event ev;
     char reason[200];
     event_error err =
         event_parse(message->payload, message->len, &c->limits, &ev, reason, sizeof reason);
-    if (err != EVENT_OK)
-        return add_reject(b, message, err, reason);
+    if (err != EVENT_OK) {
+        head->consumed++;
+        return add_reject(head, message, err, reason);
+    }
+    batch *b = c->filling[lane_of(c, ev.subject)];
+    b->consumed++;
     const char *plan_id = keyplans_lookup(c->keys, ev.subject);
     if (plan_id == NULL) {
         if (!grow_array((void **)&b->unresolved, &b->unresolved_cap, b->unresolved_count,

@@ -164,7 +164,8 @@ typedef struct {
     bool failed;              /* its batch failed since handed over: consumption stays paused */
     int64_t backoff_usec;
     /* The digests phase A records: the batch's own, or (when some are
-     * left to an earlier batch, see write_next) `own_*`, the rest. */
+     * left to an earlier batch, see leave_to_earlier_batches) `own_*`, the
+     * rest. */
     const uint8_t *digests;
     const int32_t *week_days;
     size_t digest_count;
@@ -187,8 +188,13 @@ typedef struct {
     keyplans *keys;
     writer writers[WRITERS_MAX];
     int writer_count;
-    batch batches[WRITERS_MAX + 1]; /* one filling, one per writer */
-    batch *filling;
+    batch batches[2 * WRITERS_MAX]; /* one filling per lane, one per writer */
+    /* Each key's events go to one lane's filling batch (lane_of), so the
+     * batches of a round, written at once, never add to the same rollup
+     * rows: otherwise one writer's rollups wait for another's commit. Lane
+     * 0's batch also holds the offsets of every message of the round. */
+    batch *filling[WRITERS_MAX];
+    int lane_count;           /* = writer_count */
     uint64_t next_seq;        /* the next batch handed over gets this */
     uint64_t acked_seq;       /* the oldest batch whose offsets are not committed */
     pending_ack acks[ACKS_MAX];
@@ -250,10 +256,15 @@ int64_t retry_writers(collector *c, int64_t now);
  * no earlier uncommitted batch also holds (writer.c says why). False when
  * memory runs out. */
 bool leave_to_earlier_batches(collector *c, writer *w);
-/* A writer that can take the filling batch now, or NULL. */
-writer *idle_writer(collector *c);
-/* Hands the filling batch to `w` (from idle_writer). */
-void write_next(collector *c, writer *w);
+/* Whether the round (every lane's filling batch) holds no message. */
+bool round_empty(const collector *c);
+/* Messages the round holds, in all lanes. */
+size_t round_consumed(const collector *c);
+/* Whether enough writers are idle to take the round now. */
+bool round_ready(const collector *c);
+/* Hands each lane's batch that holds messages to an idle writer (from
+ * round_ready), lane 0's last. */
+void write_round(collector *c);
 /* Whether any writer has an exchange in flight. */
 bool writers_busy(const collector *c);
 /* Waits up to timeout_ms for any writer's database answer, then advances

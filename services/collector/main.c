@@ -18,12 +18,15 @@
  * trip. The price of a replay is only the work of re-reading a batch.
  *
  * Several writers (TALLY_WRITERS connections) write batches at once, so
- * PostgreSQL works on more than one core. Their transactions may commit in
- * any order, and the guarantee holds: an event two uncommitted batches
- * hold is recorded by the earlier one only (writer.c,
- * leave_to_earlier_batches), and offsets are still committed in
- * consumption order (offsets.c), so Kafka's committed offset never passes
- * a batch that is not in the database. */
+ * PostgreSQL works on more than one core. What is consumed is split by key
+ * into one batch per writer (a round: batch.c, lane_of), so the batches
+ * written at once never add to the same rollup rows and never wait for
+ * each other's commit. Their transactions may commit in any order, and the
+ * guarantee holds: an event two uncommitted batches hold is recorded by the
+ * earlier one only (writer.c, leave_to_earlier_batches), and offsets are
+ * still committed in consumption order (offsets.c; a round's offsets go
+ * with its last batch), so Kafka's committed offset never passes a batch
+ * that is not in the database. */
 #include <librdkafka/rdkafka.h>
 #include <malloc.h>
 #include <libpq-fe.h>
@@ -68,9 +71,10 @@ static const cfg_setting settings[] = {
      false, false, 1, 200,
      "...or, when no more events are waiting, once its first event is this old; "
      "under sustained load batches fill up instead, for at most 1 s"},
-    {"TALLY_WRITERS", "writers", CFG_INT, &config.writers, "2", false, false, 1, WRITERS_MAX,
-     "database connections writing batches at once, each its own transaction (more use more "
-     "of PostgreSQL's cores; batches then commit out of order, offsets still in order)"},
+    {"TALLY_WRITERS", "writers", CFG_INT, &config.writers, "4", false, false, 1, WRITERS_MAX,
+     "database connections writing batches at once, each its own transaction and its own share "
+     "of the keys (more use more of PostgreSQL's cores; batches then commit out of order, "
+     "offsets still in order)"},
     {"TALLY_FETCH_WAIT_MS", "fetch-wait-ms", CFG_INT, &config.fetch_wait_ms, "10", false, false,
      1, 500,
      "how long the broker may hold a fetch that finds no new events (fetch.wait.max.ms); "
@@ -247,7 +251,7 @@ static int64_t longest_wait_usec(const collector *c, int64_t now)
 /* Events consumed but not yet in the database. */
 static size_t unwritten_events(const collector *c)
 {
-    size_t events = c->filling->consumed;
+    size_t events = round_consumed(c);
     for (int i = 0; i < c->writer_count; i++) {
         if (c->writers[i].batch != NULL)
             events += c->writers[i].batch->consumed;
@@ -287,13 +291,15 @@ int main(int argc, char **argv)
      * (bounded by queued.max.messages.kbytes). */
     size_t capacity = (size_t)config.batch_max_events + BATCH_SPILL_EVENTS;
     c.writer_count = (int)config.writers;
-    for (int i = 0; i <= c.writer_count; i++) {
+    c.lane_count = c.writer_count;
+    for (int i = 0; i < c.writer_count + c.lane_count; i++) {
         if (!batch_init(&c.batches[i], capacity)) {
             log_error("out of memory");
             return 1;
         }
     }
-    c.filling = &c.batches[0];
+    for (int i = 0; i < c.lane_count; i++)
+        c.filling[i] = &c.batches[i];
     for (int i = 0; i < c.writer_count; i++) {
         c.writers[i].index = i;
         c.writers[i].db = store_new(config.database_url, (int)config.lateness_days);
@@ -374,17 +380,16 @@ int main(int argc, char **argv)
             next_maintenance = now + (maintain_partitions(&c) ? 3600 : 60) * USEC_PER_SEC;
             continue;
         }
-        batch *f = c.filling;
-        bool full = f->consumed >= (size_t)config.batch_max_events;
+        const batch *head = c.filling[0]; /* the round's age */
+        bool full = round_consumed(&c) >= (size_t)config.batch_max_events;
         /* Under light load a batch goes after config.batch_max_wait_ms; while events
          * keep arriving it fills up (bigger batches amortise the rollup
          * upserts) but never waits more than a second. */
-        int64_t age = now - f->first_at;
-        bool due = !batch_empty(f) &&
+        int64_t age = now - head->first_at;
+        bool due = !round_empty(&c) &&
                    ((age >= config.batch_max_wait_ms * 1000 && c.caught_up) || age >= USEC_PER_SEC);
-        writer *idle = (full || due) && !maintenance_due ? idle_writer(&c) : NULL;
-        if (idle != NULL) {
-            write_next(&c, idle);
+        if ((full || due) && !maintenance_due && round_ready(&c)) {
+            write_round(&c);
             continue;
         }
         bool busy = writers_busy(&c);
@@ -399,8 +404,8 @@ int main(int argc, char **argv)
             timeout_ms = 1; /* check the statements in flight often */
         else if (retry_at != 0)
             timeout_ms = (int)((retry_at - now) / 1000);
-        else if (!batch_empty(f))
-            timeout_ms = (int)((f->first_at + config.batch_max_wait_ms * 1000 - now) / 1000);
+        else if (!round_empty(&c))
+            timeout_ms = (int)((head->first_at + config.batch_max_wait_ms * 1000 - now) / 1000);
         else
             timeout_ms = 100;
         timeout_ms = timeout_ms < 0 ? 0 : timeout_ms > 100 ? 100 : timeout_ms;
@@ -455,7 +460,7 @@ int main(int argc, char **argv)
     }
     rd_kafka_flush(c.dlq, 5000);
     rd_kafka_destroy(c.dlq);
-    for (int i = 0; i <= c.writer_count; i++)
+    for (int i = 0; i < c.writer_count + c.lane_count; i++)
         batch_destroy(&c.batches[i]);
     offsets_free(&c);
     for (int i = 0; i < ROLLUP_HOURLY_COLUMNS; i++)

@@ -77,7 +77,10 @@ void offsets_record(collector *c, uint64_t seq, const batch *b)
         }
     }
     if (b->mark_count <= a->cap) {
-        memcpy(a->marks, b->marks, b->mark_count * sizeof *b->marks);
+        /* None in a round's batches but its last (lane 0's), which carries
+         * the round's offsets; memcpy must not see their NULL array. */
+        if (b->mark_count > 0)
+            memcpy(a->marks, b->marks, b->mark_count * sizeof *b->marks);
         a->count = b->mark_count;
     } else {
         /* Committing less is always safe: a later batch's offsets (or a

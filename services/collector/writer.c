@@ -467,10 +467,8 @@ void writers_poll(collector *c, int timeout_ms)
         write_advance(c, &c->writers[i]);
 }
 
-writer *idle_writer(collector *c)
+static writer *idle_writer(collector *c)
 {
-    if (!offsets_room(c))
-        return NULL;
     for (int i = 0; i < c->writer_count; i++) {
         if (c->writers[i].batch == NULL)
             return &c->writers[i];
@@ -478,12 +476,14 @@ writer *idle_writer(collector *c)
     return NULL;
 }
 
-/* The batch neither filling nor being written (there are writers + 1). */
+/* The batch neither filling nor being written (there are writers + lanes). */
 static batch *free_batch(collector *c)
 {
-    for (int i = 0; i <= c->writer_count; i++) {
+    for (int i = 0; i < c->writer_count + c->lane_count; i++) {
         batch *b = &c->batches[i];
-        bool taken = b == c->filling;
+        bool taken = false;
+        for (int j = 0; j < c->lane_count && !taken; j++)
+            taken = c->filling[j] == b;
         for (int j = 0; j < c->writer_count && !taken; j++)
             taken = c->writers[j].batch == b;
         if (!taken)
@@ -492,13 +492,58 @@ static batch *free_batch(collector *c)
     return NULL; /* unreachable: an idle writer leaves one free */
 }
 
-void write_next(collector *c, writer *w)
+bool round_empty(const collector *c)
 {
-    w->batch = c->filling;
+    return batch_empty(c->filling[0]); /* it holds every message's offset */
+}
+
+size_t round_consumed(const collector *c)
+{
+    size_t consumed = 0;
+    for (int i = 0; i < c->lane_count; i++)
+        consumed += c->filling[i]->consumed;
+    return consumed;
+}
+
+/* The batches handing the round over takes: lane 0's, and every other
+ * lane's that holds a message. */
+static int round_batches(const collector *c)
+{
+    int n = 1;
+    for (int i = 1; i < c->lane_count; i++)
+        n += !batch_empty(c->filling[i]);
+    return n;
+}
+
+bool round_ready(const collector *c)
+{
+    int needed = round_batches(c);
+    int idle = 0;
+    for (int i = 0; i < c->writer_count; i++)
+        idle += c->writers[i].batch == NULL;
+    return idle >= needed && c->next_seq - c->acked_seq + (uint64_t)needed <= ACKS_MAX;
+}
+
+static void write_lane(collector *c, int lane)
+{
+    writer *w = idle_writer(c);
+    w->batch = c->filling[lane];
     w->seq = c->next_seq++;
     w->since = time_now_usec();
-    c->filling = free_batch(c);
+    c->filling[lane] = free_batch(c);
     write_start(c, w);
+}
+
+/* Lane 0's batch goes last: its offsets cover the whole round, and
+ * offsets.c commits a batch's offsets only once every batch handed over
+ * before it is written. */
+void write_round(collector *c)
+{
+    for (int lane = 1; lane < c->lane_count; lane++) {
+        if (!batch_empty(c->filling[lane]))
+            write_lane(c, lane);
+    }
+    write_lane(c, 0);
 }
 
 bool write_all_now(collector *c)
@@ -509,9 +554,8 @@ bool write_all_now(collector *c)
             write_start(c, w);
     }
     for (;;) {
-        writer *w = batch_empty(c->filling) ? NULL : idle_writer(c);
-        if (w != NULL)
-            write_next(c, w);
+        if (!round_empty(c) && round_ready(c))
+            write_round(c);
         else if (writers_busy(c))
             writers_poll(c, 100);
         else
@@ -521,7 +565,7 @@ bool write_all_now(collector *c)
         if (c->writers[i].batch != NULL)
             return false;
     }
-    return batch_empty(c->filling);
+    return round_empty(c);
 }
 
 void write_status_if_behind(collector *c)

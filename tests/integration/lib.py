@@ -376,6 +376,16 @@ def keys_on_distinct_partitions(prefix, count, partitions):
     return keys
 
 
+def collector_lane(key_id, lanes):
+    """The writer lane (one batch per lane in each round) tally-collector
+    puts a key's events in: FNV-1a of the key id, as lane_of in
+    services/collector/batch.c."""
+    h = 14695981039346656037
+    for byte in key_id.encode():
+        h = ((h ^ byte) * 1099511628211) % 2 ** 64
+    return h % lanes
+
+
 # ---- the dev broker and kcat ----------------------------------------------------
 
 
