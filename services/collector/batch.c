@@ -30,8 +30,10 @@ bool batch_init(batch *b, size_t capacity)
     b->digests = malloc(b->capacity * 16);
     b->week_days = malloc(b->capacity * sizeof *b->week_days);
     b->rollup = rollup_new(b->capacity);
+    /* The digest index starts small and grows with the batch: clearing it
+     * touches all of it, and a writer's batch seldom nears its capacity. */
     return b->events && b->digests && b->week_days && b->rollup &&
-           hashindex_init(&b->digest_index, b->capacity);
+           hashindex_init(&b->digest_index, 4096);
 }
 
 void batch_clear(batch *b)
@@ -79,6 +81,11 @@ static uint64_t digest_hash(const uint8_t digest[16])
     uint64_t h;
     memcpy(&h, digest, sizeof h); /* a SHA-256 prefix is already uniform */
     return h;
+}
+
+static uint64_t staged_digest_hash(const void *digests, uint32_t index)
+{
+    return digest_hash((const uint8_t *)digests + (size_t)index * 16);
 }
 
 long batch_find_digest(const batch *b, const uint8_t digest[16])
@@ -161,6 +168,8 @@ bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
     };
     long group = rollup_group(b->rollup, dimensions, ev->time_usec);
     if (group < 0 ||
+        (hashindex_full(&b->digest_index) &&
+         !hashindex_grow(&b->digest_index, staged_digest_hash, b->digests)) ||
         !hashindex_add(&b->digest_index, digest_hash(digest), (uint32_t)b->event_count))
         return false;
     b->week_days[b->event_count] =
@@ -171,13 +180,10 @@ bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
     return true;
 }
 
-/* The lane of a key id (FNV-1a): the same key always takes the same lane. */
+/* The lane of a key id: the same key always takes the same lane. */
 static int lane_of(const collector *c, const char *key_id)
 {
-    uint64_t h = 14695981039346656037u;
-    for (const unsigned char *p = (const unsigned char *)key_id; *p; p++)
-        h = (h ^ *p) * 1099511628211u;
-    return (int)(h % (uint64_t)c->lane_count);
+    return (int)(digest_fnv1a(key_id, strlen(key_id)) % (uint64_t)c->lane_count);
 }
 
 /* Takes ownership of `message`. False only when memory or the batch's bounds

@@ -1,5 +1,6 @@
 /* Unit tests for services/collector/writer: which events a batch records
- * when other writers hold uncommitted batches (leave_to_earlier_batches). */
+ * when other writers hold uncommitted batches (leave_to_earlier_batches);
+ * and the batch's digest index, which grows as events are staged. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,31 @@ START_TEST(alone_records_everything)
 }
 END_TEST
 
+/* A batch's digest index starts small (batch.c): past several growths
+ * every staged event is still found, and a re-send is still caught. */
+START_TEST(digest_index_grows_with_the_batch)
+{
+    batch b;
+    ck_assert(batch_init(&b, 30000));
+    char id[16];
+    for (int i = 0; i < 20000; i++) {
+        snprintf(id, sizeof id, "e%d", i);
+        stage(&b, id, DAY_2026_11_23 + 3600);
+    }
+    ck_assert_uint_eq(b.event_count, 20000);
+    stage(&b, "e12345", DAY_2026_11_23 + 3600); /* a re-send */
+    ck_assert_uint_eq(b.event_count, 20000);
+    ck_assert_uint_eq(b.in_batch_duplicates, 1);
+    for (size_t i = 0; i < b.event_count; i++)
+        ck_assert_int_eq(batch_find_digest(&b, b.digests + i * 16), (long)i);
+    batch_clear(&b);
+    stage(&b, "e1", DAY_2026_11_23 + 3600); /* a new batch: not a duplicate */
+    ck_assert_uint_eq(b.event_count, 1);
+    ck_assert_uint_eq(b.in_batch_duplicates, 0);
+    batch_destroy(&b);
+}
+END_TEST
+
 Suite *writer_suite(void)
 {
     Suite *s = suite_create("collector_writer");
@@ -109,5 +135,8 @@ Suite *writer_suite(void)
     tcase_add_test(tc, another_week_is_another_event);
     tcase_add_test(tc, alone_records_everything);
     suite_add_tcase(s, tc);
+    TCase *index = tcase_create("digest_index");
+    tcase_add_test(index, digest_index_grows_with_the_batch);
+    suite_add_tcase(s, index);
     return s;
 }
