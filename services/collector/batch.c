@@ -146,15 +146,12 @@ bool add_reject(batch *b, rd_kafka_message_t *message, event_error code, const c
     return true;
 }
 
-/* Adds a valid event with a known key, unless its (source, id) is already
- * in the batch. False when the batch's bounds are exceeded. */
-bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
-                 const rd_kafka_message_t *message)
+/* stage_event once the event's digest is in its place in b->digests (the
+ * next free one). */
+static bool stage_digested(batch *b, const usage_event *ev, const char *plan_id,
+                           const rd_kafka_message_t *message)
 {
-    if (b->event_count >= b->capacity)
-        return false;
-    uint8_t *digest = b->digests + b->event_count * 16;
-    digest_event(ev->source, ev->id, digest);
+    const uint8_t *digest = b->digests + b->event_count * 16;
     if (batch_find_digest(b, digest) >= 0) {
         b->in_batch_duplicates++;
         return true;
@@ -178,6 +175,29 @@ bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
         (staged_event){(int32_t)group, message->partition, message->offset, ev->units, ev->bytes};
     b->event_count++;
     return true;
+}
+
+/* Adds a valid event with a known key, unless its (source, id) is already
+ * in the batch. False when the batch's bounds are exceeded. */
+bool stage_event(batch *b, const usage_event *ev, const char *plan_id,
+                 const rd_kafka_message_t *message)
+{
+    if (b->event_count >= b->capacity)
+        return false;
+    digest_event(ev->source, ev->id, b->digests + b->event_count * 16);
+    return stage_digested(b, ev, plan_id, message);
+}
+
+/* Whether another lane's batch of the round holds this digest: the same
+ * (source, id) sent again under another key. The copy consumed first is
+ * the one counted, as within one batch, whatever the keys' lanes. */
+static bool held_by_another_lane(const collector *c, const batch *b, const uint8_t digest[16])
+{
+    for (int i = 0; i < c->lane_count; i++) {
+        if (c->filling[i] != b && batch_find_digest(c->filling[i], digest) >= 0)
+            return true;
+    }
+    return false;
 }
 
 /* The lane of a key id: the same key always takes the same lane. */
@@ -214,8 +234,14 @@ bool batch_add(collector *c, rd_kafka_message_t *message)
         b->unresolved[b->unresolved_count++] = (unresolved){message, ev};
         return true;
     }
-    if (!stage_event(b, &ev, plan_id, message))
+    if (b->event_count >= b->capacity)
         return false; /* the message stays the caller's */
+    uint8_t *digest = b->digests + b->event_count * 16;
+    digest_event(ev.source, ev.id, digest);
+    if (held_by_another_lane(c, b, digest))
+        b->in_batch_duplicates++;
+    else if (!stage_digested(b, &ev, plan_id, message))
+        return false;
     rd_kafka_message_destroy(message);
     return true;
 }

@@ -153,6 +153,8 @@ typedef struct {
     store *db;
     batch *batch;             /* being written; NULL when idle */
     uint64_t seq;             /* the batch's place in consumption order */
+    uint64_t round;           /* the round it was handed over in (from 1) */
+    size_t round_events;      /* events the whole round held then */
     bool sent;                /* an exchange is in flight (else it waits to retry) */
     bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
     bool carries_status;      /* ... which updates the collector_status row */
@@ -191,11 +193,14 @@ typedef struct {
     batch batches[2 * WRITERS_MAX]; /* one filling per lane, one per writer */
     /* Each key's events go to one lane's filling batch (lane_of), so the
      * batches of a round, written at once, never add to the same rollup
-     * rows: otherwise one writer's rollups wait for another's commit. Lane
-     * 0's batch also holds the offsets of every message of the round. */
+     * rows: otherwise one writer's rollups wait for another's commit (only
+     * two rounds in flight at once can still share a lane's keys). Lane 0's
+     * batch also holds the offsets of every message of the round. */
     batch *filling[WRITERS_MAX];
     int lane_count;           /* = writer_count */
     uint64_t next_seq;        /* the next batch handed over gets this */
+    uint64_t rounds;          /* rounds handed over */
+    uint64_t accepted_round;  /* the latest round a batch of which committed events */
     uint64_t acked_seq;       /* the oldest batch whose offsets are not committed */
     pending_ack acks[ACKS_MAX];
     buf hourly[ROLLUP_HOURLY_COLUMNS];

@@ -19,9 +19,9 @@
  *
  * Several writers (TALLY_WRITERS connections) write batches at once, so
  * PostgreSQL works on more than one core. What is consumed is split by key
- * into one batch per writer (a round: batch.c, lane_of), so the batches
- * written at once never add to the same rollup rows and never wait for
- * each other's commit. Their transactions may commit in any order, and the
+ * into one batch per writer (a round: batch.c, lane_of), so the batches of
+ * a round never add to the same rollup rows and never wait for each
+ * other's commit. Their transactions may commit in any order, and the
  * guarantee holds: an event two uncommitted batches hold is recorded by the
  * earlier one only (writer.c, leave_to_earlier_batches), and offsets are
  * still committed in consumption order (offsets.c; a round's offsets go

@@ -156,16 +156,23 @@ static bool publish_poisons(collector *c, batch *b, char *err, size_t err_size)
     return ok && dlq_confirm(c, err, err_size);
 }
 
-/* A batch of at least this many events that PostgreSQL refuses whole, each
- * event on its own and none for an overflow, is taken for a refusal of
- * everything (a missing event_ids partition, a constraint that no event
- * meets): dead-lettering it would send all traffic to the DLQ in silence,
- * so the batch is kept and retried and /healthz turns red instead. */
+/* A round of at least this many events whose batches PostgreSQL refuses
+ * whole, each event on its own and none for an overflow, is taken for a
+ * refusal of everything (a missing event_ids partition, a constraint that
+ * no event meets): dead-lettering it would send all traffic to the DLQ in
+ * silence, so the batch is kept and retried and /healthz turns red
+ * instead. Judged by the round, not the batch: a round's batches split its
+ * keys (lanes), so one key's events can fill a batch alone; if another
+ * batch of the round, or of a later one, got events in, the refusal is
+ * these events' own. (The other writers' transactions have ended by now:
+ * write_isolating waits for them.) */
 #define REFUSES_ALL_MIN_EVENTS 20
 
-static bool refuses_everything(const batch *b)
+static bool refuses_everything(const collector *c, const writer *w)
 {
-    if (b->event_count < REFUSES_ALL_MIN_EVENTS || b->poison_count < b->event_count)
+    const batch *b = w->batch;
+    if (w->round_events < REFUSES_ALL_MIN_EVENTS || b->poison_count < b->event_count ||
+        c->accepted_round >= w->round)
         return false;
     for (size_t i = 0; i < b->poison_count; i++) {
         if (b->poisons[i].code == EVENT_ERR_COUNTER_OVERFLOW)
@@ -222,7 +229,7 @@ void write_isolating(collector *c, writer *w, const char *why)
         write_failed(c, w, PAUSE_DATABASE, err);
         return;
     }
-    if (refuses_everything(b)) {
+    if (refuses_everything(c, w)) {
         char systemic[700];
         snprintf(systemic, sizeof systemic,
                  "PostgreSQL refused each of the batch's %zu events on its own (%.400s); "

@@ -228,6 +228,10 @@ void write_done(collector *c, writer *w, uint64_t counted)
      * other committed since its values were taken. */
     c->status_behind = !(w->carries_status && w->rollups_sent && w->status_commits == c->commits);
     c->commits++;
+    /* The database took some of its events: a refusal of the rest of its
+     * round is theirs, not a refusal of everything (poison.c). */
+    if (b->event_count > b->poison_count && w->round > c->accepted_round)
+        c->accepted_round = w->round;
     counted += b->counted_earlier;
     status_committed(b, counted);
     uint64_t duplicates = b->event_count - b->poison_count - counted + b->in_batch_duplicates;
@@ -524,11 +528,13 @@ bool round_ready(const collector *c)
     return idle >= needed && c->next_seq - c->acked_seq + (uint64_t)needed <= ACKS_MAX;
 }
 
-static void write_lane(collector *c, int lane)
+static void write_lane(collector *c, int lane, size_t round_events)
 {
     writer *w = idle_writer(c);
     w->batch = c->filling[lane];
     w->seq = c->next_seq++;
+    w->round = c->rounds;
+    w->round_events = round_events;
     w->since = time_now_usec();
     c->filling[lane] = free_batch(c);
     write_start(c, w);
@@ -539,11 +545,15 @@ static void write_lane(collector *c, int lane)
  * before it is written. */
 void write_round(collector *c)
 {
+    size_t events = 0;
+    for (int lane = 0; lane < c->lane_count; lane++)
+        events += c->filling[lane]->event_count + c->filling[lane]->unresolved_count;
+    c->rounds++;
     for (int lane = 1; lane < c->lane_count; lane++) {
         if (!batch_empty(c->filling[lane]))
-            write_lane(c, lane);
+            write_lane(c, lane, events);
     }
-    write_lane(c, 0);
+    write_lane(c, 0, events);
 }
 
 bool write_all_now(collector *c)

@@ -9,6 +9,7 @@ before each test."""
 import json
 import subprocess
 import time
+import zlib
 
 import lib
 from lib import Expected, check, wait_until, wait_for_totals
@@ -181,17 +182,25 @@ def test_sigkill_many_writers(s):
 def test_kill_while_earlier_batch_blocked(s):
     """The out-of-order case made certain: one batch held up in PostgreSQL
     (a psql session has inserted, uncommitted, the digest of one of its
-    events, so its INSERT waits) while the other batches of its round (the
-    other lanes' keys) commit, lane 0's last of them, carrying the round's
-    offsets; then kill -9. Committing a batch's offsets as it commits would
-    skip the held batch's events after the restart; every event must still
-    be counted once, the held one too."""
+    events, so its INSERT waits) while the other batch of its round (lane
+    0's, carrying the round's offsets) and later rounds commit on the other
+    writers; then kill -9. The keys are in two lanes only, so a round needs
+    two of the four writers and later rounds go on past the held batch.
+    Committing a batch's offsets as it commits would skip the held batch's
+    events after the restart; every event must still be counted once, the
+    held one too."""
     partitions, writers = 16, 4
     broker = s.broker(partitions)
-    keys = lib.keys_on_distinct_partitions("t2b-key-", 8, partitions)
+    keys, used, i = [], set(), 0
+    while len(keys) < 8:  # lanes 0 and 1, distinct partitions
+        name = "t2b-key-%d" % i
+        p = zlib.crc32(name.encode()) % partitions
+        if lib.collector_lane(name, writers) in (0, 1) and p not in used:
+            keys.append(name)
+            used.add(p)
+        i += 1
     s.db.add_keys(keys)
-    # Held in another lane than 0, whose batch then commits meanwhile.
-    held_key = next(k for k in keys if lib.collector_lane(k, writers) != 0)
+    held_key = next(k for k in keys if lib.collector_lane(k, writers) == 1)
     group, source = "it-blocked-batch", "it-blocked-batch"
     args = ["--writers", str(writers), "--batch-max-events", "200"]
     run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
@@ -219,9 +228,10 @@ def test_kill_while_earlier_batch_blocked(s):
         wait_until("the held event's batch to wait on psql's row",
                    lambda: s.db.scalar(waiting) != "0", 30)
         held_at = collector.metrics().counted
-        # The round's other batches commit within milliseconds; then time
-        # for an (asynchronous) offset commit to reach the broker.
-        time.sleep(2)
+        wait_until("later rounds to commit meanwhile",
+                   lambda: collector.metrics().counted >= held_at + 1000, 20,
+                   on_timeout=lambda: collector.metrics().brief())
+        time.sleep(1)  # time for an (asynchronous) offset commit to reach the broker
         check(s.db.scalar(waiting) != "0", "the held batch went through before the kill")
         later = collector.metrics().counted - held_at
         collector.sigkill()
@@ -236,7 +246,7 @@ def test_kill_while_earlier_batch_blocked(s):
     expect_event(expected, held)
     wait_for_totals(s.db, summary["unique"] + 1, [collector], 60)
     lib.verify_totals(s.db, expected)
-    s.note("%d events; killed with a batch held while %d other events were counted"
+    s.note("%d events; killed with a batch held while %d later events were counted"
            % (summary["unique"] + 1, later))
 
 
@@ -610,7 +620,10 @@ def test_same_id_different_data(s):
     ka, kb, kc, kd, ke = ("t6c-a", "t6c-b", "t6c-c", "t6c-d", "t6c-e")
     s.db.add_keys([ka, kb, kc, kd, ke])
     src = "it-same"
-    collector = s.collector(broker, "it-same")
+    # Eight writers: t6c-a's lane (6) is then after t6c-b's (3), so the
+    # first copy of "a" counting (not t6c-b's) shows that the copy consumed
+    # first wins across lanes too, not the key's lane.
+    collector = s.collector(broker, "it-same", args=["--writers", "8"])
     t = now() - 120
     expected = Expected()
     a1 = event("a", ka, src, t, {"units": 3, "bytes": 100, "endpoint": "/one", "method": "GET"})

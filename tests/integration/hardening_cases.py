@@ -151,21 +151,23 @@ def poison_run(s, broker, keys, pa, pb, pc, hour, t_event, expected):
 
 
 def test_refusal_of_everything_pauses(s):
-    """When PostgreSQL refuses every event of a batch, each on its own (here a
-    constraint no row meets; in life a missing partition), that is not the
+    """When PostgreSQL refuses every event of a round, each on its own (here
+    a constraint no row meets; in life a missing partition), that is not the
     events' fault: nothing goes to the DLQ, consumption pauses with reason
-    database_refuses_all, and once the cause is gone every event is counted."""
+    database_refuses_all, and once the cause is gone every event is counted.
+    The 40 events are on four keys of four different lanes, 10 a batch:
+    the rule judges the round (at least 20 events), not each batch."""
     broker = s.broker(1)  # one partition: one fetch brings all 40
-    key = "t13-key"
-    s.db.add_keys([key])
+    keys = keys_in_distinct_lanes("t13-key-", 4)
+    s.db.add_keys(keys)
     s.db.execute("ALTER TABLE usage_hourly ADD CONSTRAINT t13_refuse_all CHECK (requests < 0)")
     try:
-        # All 40 are in Kafka before the collector starts, and its batch
-        # waits long enough to take them in one: a batch under 20 events
+        # All 40 are in Kafka before the collector starts, and its round
+        # waits long enough to take them in one: a round under 20 events
         # refused whole is read as its events' fault (isolated, dead-
         # lettered), and a busy machine could otherwise split the 40.
-        events = [event("all-%d" % i, key, "it-refuse-all") for i in range(40)]
-        lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(key, enc(e)) for e in events])
+        events = [event("all-%d" % i, keys[i % 4], "it-refuse-all") for i in range(40)]
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(e["subject"], enc(e)) for e in events])
         collector = s.collector(broker, "it-refuse-all", args=["--batch-max-wait-ms", "200"])
         wait_until("consumption paused: database_refuses_all",
                    lambda: collector.metrics().get(
@@ -178,6 +180,48 @@ def test_refusal_of_everything_pauses(s):
                on_timeout=lambda: collector.metrics().brief())
     check(not lib.kcat_consume_all(broker.bootstrap, DLQ), "the DLQ is not empty")
     collector.stop()
+
+
+def test_one_keys_refusal_is_its_own(s):
+    """One key's events, 25 of them and alone in their lane's batch, are all
+    refused by a constraint, while another key's 25 in the same round are
+    taken: the refusal is those events' fault, not a refusal of everything.
+    They go to the DLQ, the others are counted, and consumption never
+    pauses (judged per batch, it would, and hold every key back)."""
+    broker = s.broker(1)
+    bad, good = keys_in_distinct_lanes("t13b-key-", 2)
+    s.db.add_keys([bad, good])
+    s.db.execute("ALTER TABLE usage_hourly ADD CONSTRAINT t13b_refuse_one "
+                 "CHECK (key_id <> %s)" % lib.sql_literal(bad))
+    try:
+        events = [event("one-%d" % i, (bad, good)[i % 2], "it-refuse-one") for i in range(50)]
+        lib.kcat_produce_lines(broker.bootstrap, TOPIC, [(e["subject"], enc(e)) for e in events])
+        collector = s.collector(broker, "it-refuse-one", args=["--batch-max-wait-ms", "200"])
+        wait_until("25 counted and 25 dead-lettered",
+                   lambda: (lambda m: m.counted == 25 and m.rejected == 25)(collector.metrics()),
+                   60, on_timeout=lambda: collector.metrics().brief())
+        check(collector.metrics().get(
+            'tally_collector_pause_reason{reason="database_refuses_all"}') == 0,
+            "consumption paused as if everything were refused")
+        codes = {m["headers"].get("tally-error-code")
+                 for m in lib.kcat_consume_all(broker.bootstrap, DLQ)}
+        check(codes == {"database_rejected"}, "DLQ codes %r" % codes)
+    finally:
+        s.db.execute("ALTER TABLE usage_hourly DROP CONSTRAINT t13b_refuse_one")
+    collector.stop()
+
+
+def keys_in_distinct_lanes(prefix, count, lanes=4):
+    """`count` key ids in different collector lanes (default TALLY_WRITERS)."""
+    keys, used, i = [], set(), 0
+    while len(keys) < count:
+        name = "%s%d" % (prefix, i)
+        lane = lib.collector_lane(name, lanes)
+        if lane not in used:
+            keys.append(name)
+            used.add(lane)
+        i += 1
+    return keys
 
 
 def test_stall_turns_health_red(s):
@@ -321,6 +365,7 @@ def test_sigterm_before_first_assignment(s):
 TESTS = [
     ("poison_events_dead_lettered", test_poison_events_dead_lettered),
     ("refusal_of_everything_pauses", test_refusal_of_everything_pauses),
+    ("one_keys_refusal_is_its_own", test_one_keys_refusal_is_its_own),
     ("stall_turns_health_red", test_stall_turns_health_red),
     ("dlq_reason_cut_on_a_character", test_dlq_reason_cut_on_a_character),
     ("database_socket_above_fd_setsize", test_database_socket_above_fd_setsize),
