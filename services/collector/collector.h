@@ -154,7 +154,7 @@ typedef struct {
     batch *batch;             /* being written; NULL when idle */
     uint64_t seq;             /* the batch's place in consumption order */
     uint64_t round;           /* the round it was handed over in (from 1) */
-    size_t round_events;      /* events the whole round held then */
+    size_t round_events;      /* events the whole round had staged then */
     bool sent;                /* an exchange is in flight (else it waits to retry) */
     bool rollups_sent;        /* ... and it is phase B (rollups and COMMIT) */
     bool carries_status;      /* ... which updates the collector_status row */

@@ -184,7 +184,7 @@ def test_kill_while_earlier_batch_blocked(s):
     (a psql session has inserted, uncommitted, the digest of one of its
     events, so its INSERT waits) while the other batch of its round (lane
     0's, carrying the round's offsets) and later rounds commit on the other
-    writers; then kill -9. The keys are in two lanes only, so a round needs
+    writers, until the offsets ring is full; then kill -9. The keys are in two lanes only, so a round needs
     two of the four writers and later rounds go on past the held batch.
     Committing a batch's offsets as it commits would skip the held batch's
     events after the restart; every event must still be counted once, the
@@ -203,8 +203,11 @@ def test_kill_while_earlier_batch_blocked(s):
     held_key = next(k for k in keys if lib.collector_lane(k, writers) == 1)
     group, source = "it-blocked-batch", "it-blocked-batch"
     args = ["--writers", str(writers), "--batch-max-events", "200"]
+    # 1,000 events/s: rounds of about 100 (one per 100 ms), so the seven
+    # later rounds the offsets ring (16 batches, two a round) lets past the
+    # held batch take most of a second, longer than noticing the hold.
     run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
-                    base_time=base_time(), source=source, rate=4000, dup_ratio=0.1)
+                    base_time=base_time(), source=source, rate=1000, dup_ratio=0.1)
     collector = s.collector(broker, group, args=args)
     wait_until("%s to count something" % collector.name, lambda: collector.metrics().counted > 0,
                60, on_timeout=lambda: collector.metrics().brief())
@@ -228,12 +231,22 @@ def test_kill_while_earlier_batch_blocked(s):
         wait_until("the held event's batch to wait on psql's row",
                    lambda: s.db.scalar(waiting) != "0", 30)
         held_at = collector.metrics().counted
-        wait_until("later rounds to commit meanwhile",
-                   lambda: collector.metrics().counted >= held_at + 1000, 20,
+        # Later rounds commit until the ring is full: wait for the count to
+        # stand still, which also gives an (asynchronous) offset commit
+        # time to reach the broker.
+        seen = [held_at, time.monotonic()]
+
+        def standing_still():
+            counted = collector.metrics().counted
+            if counted != seen[0]:
+                seen[:] = [counted, time.monotonic()]
+            return time.monotonic() - seen[1] >= 1.5
+        wait_until("the count to stand still behind the held batch", standing_still, 30,
                    on_timeout=lambda: collector.metrics().brief())
-        time.sleep(1)  # time for an (asynchronous) offset commit to reach the broker
         check(s.db.scalar(waiting) != "0", "the held batch went through before the kill")
         later = collector.metrics().counted - held_at
+        check(later >= 100, "only %d events of later rounds committed past the held batch"
+              % later)
         collector.sigkill()
     finally:
         locker.stdin.close()  # psql ends; its transaction rolls back
