@@ -184,11 +184,11 @@ def test_kill_while_earlier_batch_blocked(s):
     (a psql session has inserted, uncommitted, the digest of one of its
     events, so its INSERT waits) while the other batch of its round (lane
     0's, carrying the round's offsets) and later rounds commit on the other
-    writers, until the offsets ring is full; then kill -9. The keys are in two lanes only, so a round needs
-    two of the four writers and later rounds go on past the held batch.
-    Committing a batch's offsets as it commits would skip the held batch's
-    events after the restart; every event must still be counted once, the
-    held one too."""
+    writers, until the offsets ring is full; then kill -9. The keys are in
+    two lanes only, so a round needs two of the four writers and later
+    rounds go on past the held batch. Committing a batch's offsets as it
+    commits would skip the held batch's events after the restart; every
+    event must still be counted once, the held one too."""
     partitions, writers = 16, 4
     broker = s.broker(partitions)
     keys, used, i = [], set(), 0
