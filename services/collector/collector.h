@@ -293,8 +293,9 @@ void offsets_written(collector *c, uint64_t seq, const batch *b);
  * being written). */
 void offsets_record(collector *c, uint64_t seq, const batch *b);
 rd_kafka_topic_partition_list_t *offsets_take_ready(collector *c);
-/* Whether another batch may be handed over (ACKS_MAX not reached). */
-bool offsets_room(const collector *c);
+/* Whether `batches` more batches may be handed over (ACKS_MAX not
+ * exceeded). */
+bool offsets_room(const collector *c, int batches);
 void offsets_free(collector *c);
 
 /* ---- poison.c ---- */

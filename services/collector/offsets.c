@@ -60,9 +60,9 @@ static void commit_list(collector *c, const rd_kafka_topic_partition_list_t *mer
     rd_kafka_topic_partition_list_destroy(offsets);
 }
 
-bool offsets_room(const collector *c)
+bool offsets_room(const collector *c, int batches)
 {
-    return c->next_seq - c->acked_seq < ACKS_MAX;
+    return c->next_seq - c->acked_seq + (uint64_t)batches <= ACKS_MAX;
 }
 
 void offsets_record(collector *c, uint64_t seq, const batch *b)

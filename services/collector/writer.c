@@ -525,7 +525,7 @@ bool round_ready(const collector *c)
     int idle = 0;
     for (int i = 0; i < c->writer_count; i++)
         idle += c->writers[i].batch == NULL;
-    return idle >= needed && c->next_seq - c->acked_seq + (uint64_t)needed <= ACKS_MAX;
+    return idle >= needed && offsets_room(c, needed);
 }
 
 static void write_lane(collector *c, int lane, size_t round_events)

@@ -84,9 +84,12 @@ START_TEST(in_order_and_gap)
     rd_kafka_topic_partition_list_destroy(ready);
 
     c.next_seq = c.acked_seq + ACKS_MAX;
-    ck_assert(!offsets_room(&c));
+    ck_assert(!offsets_room(&c, 1));
+    c.next_seq = c.acked_seq + ACKS_MAX - 1; /* room for one more, not a round of two */
+    ck_assert(offsets_room(&c, 1));
+    ck_assert(!offsets_room(&c, 2));
     c.next_seq = 4;
-    ck_assert(offsets_room(&c));
+    ck_assert(offsets_room(&c, 1));
     offsets_free(&c);
 }
 END_TEST
