@@ -103,6 +103,24 @@ def test_dedup_100k_with_replay(s):
 # ---- 2. SIGKILL at random moments ---------------------------------------------------
 
 
+def kill_repeatedly(s, start, times, ready_what, ready, longest_pause):
+    """Starts a collector with start(), then `times` times: waits until
+    ready(collector), waits a random 0.2 s to `longest_pause` more, kill -9s
+    it and starts the next. Returns (the last collector, "counted+duplicates"
+    at each kill)."""
+    collector, kills = start(), []
+    for _ in range(times):
+        wait_until("%s %s" % (collector.name, ready_what), lambda: ready(collector), 60,
+                   on_timeout=lambda: collector.metrics().brief())
+        time.sleep(s.rng.uniform(0.2, longest_pause))
+        collector.assert_alive()
+        m = collector.metrics()
+        collector.sigkill()
+        kills.append("%d+%d" % (m.counted, m.duplicates))
+        collector = start()
+    return collector, kills
+
+
 def test_sigkill_restarts(s):
     partitions = 32
     broker = s.broker(partitions)
@@ -114,20 +132,10 @@ def test_sigkill_restarts(s):
     run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
                     base_time=base_time(), source="it-sigkill", rate=1500, dup_ratio=0.2,
                     dup_other_partition=0.5, late_ratio=0.1)
-    collector = s.collector(broker, group)
-    kills = []
-    for _ in range(5):
-        # Kill once the instance is at work (it has written a batch), at a
-        # random moment after that.
-        wait_until("%s to count something" % collector.name,
-                   lambda: collector.metrics().counted > 0, 60,
-                   on_timeout=lambda: collector.metrics().brief())
-        time.sleep(s.rng.uniform(0.2, 2.0))
-        collector.assert_alive()
-        m = collector.metrics()
-        collector.sigkill()
-        kills.append("%d+%d" % (m.counted, m.duplicates))
-        collector = s.collector(broker, group)
+    # Each kill once the instance is at work (it has written a batch).
+    collector, kills = kill_repeatedly(
+        s, lambda: s.collector(broker, group), 5, "to count something",
+        lambda c: c.metrics().counted > 0, 2.0)
     time.sleep(1)
     summary = run.stop()
     expected = Expected()
@@ -156,18 +164,9 @@ def test_sigkill_many_writers(s):
     run = s.loadgen(broker, keys, count=1000000, seed=s.rng.randrange(1, 2 ** 31),
                     base_time=base_time(), source="it-sigkill-writers", rate=8000,
                     dup_ratio=0.2, dup_other_partition=0.5)
-    collector = s.collector(broker, group, args=args)
-    kills = []
-    for _ in range(3):
-        wait_until("%s to have four batches in flight" % collector.name,
-                   lambda: "batch written by writer 3" in collector.proc.log_text(), 60,
-                   on_timeout=lambda: collector.metrics().brief())
-        time.sleep(s.rng.uniform(0.2, 1.5))
-        collector.assert_alive()
-        m = collector.metrics()
-        collector.sigkill()
-        kills.append("%d+%d" % (m.counted, m.duplicates))
-        collector = s.collector(broker, group, args=args)
+    collector, kills = kill_repeatedly(
+        s, lambda: s.collector(broker, group, args=args), 3, "to have four batches in flight",
+        lambda c: "batch written by writer 3" in c.proc.log_text(), 1.5)
     time.sleep(1)
     summary = run.stop()
     expected = Expected()
